@@ -1,0 +1,132 @@
+import fastifySwagger from "@fastify/swagger";
+import fastifySwaggerUi from "@fastify/swagger-ui";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import { jsonSchemaTransform, jsonSchemaTransformObject, type ZodTypeProvider } from "fastify-type-provider-zod";
+import type { z } from "zod";
+import type { Config } from "./config.js";
+import type { Db } from "./db/prisma.js";
+import type { Catalogue } from "./domain/catalogue.js";
+import { systemClock, type Clock } from "./domain/clock.js";
+import { createIdGenerator, type IdGenerator } from "./domain/ids.js";
+import { createLicenceService } from "./domain/licences.js";
+import { createOrderService } from "./domain/orders.js";
+import { AppError, ServiceUnavailable } from "./errors.js";
+import { createAuthenticator } from "./orange/auth.js";
+import { registerErrorHandling, sendError } from "./orange/error-handler.js";
+import { orangeRoutes } from "./orange/routes.js";
+import { zodValidatorCompiler } from "./orange/validation.js";
+
+export interface AppDeps {
+  config: Config;
+  db: Db;
+  catalogue: Catalogue;
+  clock?: Clock;
+  ids?: IdGenerator;
+  /** The process logger (main.ts), or false for none; default: pino at config.logLevel. */
+  logger?: FastifyBaseLogger | false;
+}
+
+export const API_VERSION = "2.2.0";
+
+/** Keeps secrets out of the logs whatever a log line carries. */
+export const LOG_REDACT = [
+  "req.headers.authorization",
+  "req.headers.cookie",
+  "req.headers['x-api-key']",
+  "headers.authorization",
+  "*.password",
+  "*.clientSecret",
+  "*.token",
+];
+
+class ResponseSchemaViolation extends AppError {
+  constructor(readonly details: string) {
+    super(500, 1, "Internal error", "the server built an answer that breaks the contract; it has been logged");
+  }
+}
+
+/**
+ * Builds the Fastify instance without listening: main.ts listens, tests call `inject`.
+ */
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const { config, db, catalogue } = deps;
+  const clock = deps.clock ?? systemClock;
+  const ids = deps.ids ?? createIdGenerator();
+
+  const app = Fastify({
+    ...(deps.logger === undefined
+      ? { logger: { level: config.logLevel, redact: LOG_REDACT } }
+      : deps.logger === false
+        ? { logger: false }
+        : { loggerInstance: deps.logger }),
+    bodyLimit: config.bodyLimitBytes,
+    trustProxy: config.trustProxy,
+    return503OnClosing: true,
+    requestIdHeader: "x-request-id",
+    genReqId: () => ids.next("ev").replace(/^ev_/, "req_"),
+  }).withTypeProvider<ZodTypeProvider>();
+
+  app.setValidatorCompiler(zodValidatorCompiler);
+  app.setSerializerCompiler(({ schema, url, method }) => {
+    if (!config.responseValidation) return (data) => JSON.stringify(data);
+    const zodSchema = schema as z.ZodType;
+    return (data) => {
+      const result = zodSchema.safeParse(data);
+      if (!result.success) {
+        app.log.error({ url, method, issues: result.error.issues }, "response breaks its schema");
+        throw new ResponseSchemaViolation(JSON.stringify(result.error.issues));
+      }
+      return JSON.stringify(data);
+    };
+  });
+  // Only JSON is spoken here: other media types get 415 instead of a confusing 400.
+  app.removeContentTypeParser(["text/plain"]);
+  registerErrorHandling(app, config.bodyLimitBytes);
+
+  await app.register(fastifySwagger, {
+    openapi: {
+      openapi: "3.1.0",
+      info: {
+        title: "Orange Business Applications — partner API",
+        description:
+          "The API Orange's IT calls on the partner: availability, product orders (UC1-UC3) and licence " +
+          "consultation and updates. Wire contract: Orange Business Applications 2.2.",
+        version: API_VERSION,
+      },
+      components: {
+        securitySchemes: {
+          basic: { type: "http", scheme: "basic" },
+          bearer: { type: "http", scheme: "bearer" },
+          apiKey: { type: "apiKey", in: "header", name: config.inboundAuth.apiKey?.header ?? "x-api-key" },
+        },
+      },
+      security: [{ basic: [] }, { bearer: [] }, { apiKey: [] }],
+    },
+    transform: jsonSchemaTransform,
+    transformObject: jsonSchemaTransformObject,
+  });
+  await app.register(fastifySwaggerUi, { routePrefix: "/docs" });
+
+  app.get("/health/live", { schema: { hide: true } }, async () => ({ status: "ok" }));
+  app.get("/health/ready", { schema: { hide: true } }, async (_request, reply) => {
+    try {
+      await db.$queryRaw`SELECT 1`;
+      return { status: "ok" };
+    } catch (err) {
+      reply.log.error({ err }, "readiness check failed");
+      return sendError(reply, new ServiceUnavailable("the licence store does not answer"));
+    }
+  });
+
+  await app.register(orangeRoutes, {
+    orders: createOrderService({ db, catalogue, clock, ids, transactionTimeoutMs: config.transactionTimeoutMs }),
+    licences: createLicenceService({ db, catalogue, clock, ids, transactionTimeoutMs: config.transactionTimeoutMs }),
+    catalogue,
+    partnerName: config.partnerName,
+    orderMaxQuantity: config.orderMaxQuantity,
+    authenticate: createAuthenticator(config.inboundAuth),
+    pingOpen: config.inboundAuth.pingOpen,
+  });
+
+  return app;
+}

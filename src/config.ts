@@ -1,0 +1,146 @@
+import { z } from "zod";
+
+/**
+ * Every setting of the server, read once from the environment and validated. Defaults work on a
+ * laptop (`npm start` with nothing set); secrets never have defaults. The README lists them all,
+ * and .env.example carries the same list.
+ */
+
+const bool = (def: boolean) =>
+  z
+    .enum(["true", "false", "1", "0", "yes", "no"])
+    .default(def ? "true" : "false")
+    .transform((v) => v === "true" || v === "1" || v === "yes");
+
+const optionalString = z
+  .string()
+  .optional()
+  .transform((v) => (v === undefined || v.trim() === "" ? undefined : v));
+
+const list = z
+  .string()
+  .optional()
+  .transform((v) =>
+    (v ?? "")
+      .split(",")
+      .map((s) => s.trim())
+      .filter((s) => s.length > 0),
+  );
+
+const EnvSchema = z.object({
+  NODE_ENV: z.string().default("development"),
+  HOST: z.string().default("0.0.0.0"),
+  PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+  /** External PostgreSQL; when unset, an embedded PostgreSQL runs with its data in DATA_DIR. */
+  DATABASE_URL: optionalString,
+  DATA_DIR: z.string().default(".data"),
+  EMBEDDED_PG_PORT: z.coerce.number().int().min(1).max(65535).default(54320),
+  DATABASE_POOL_MAX: z.coerce.number().int().min(1).default(10),
+  DATABASE_CONNECT_TIMEOUT_MS: z.coerce.number().int().min(100).default(5000),
+  DATABASE_TRANSACTION_TIMEOUT_MS: z.coerce.number().int().min(1000).default(60000),
+  BODY_LIMIT_BYTES: z.coerce.number().int().min(1024).default(10 * 1024 * 1024),
+  /** Orders asking for more licences than this are rejected (400) before touching the store. */
+  ORDER_MAX_QUANTITY: z.coerce.number().int().min(1).default(100_000),
+  /** Product catalogue: Orange offer codes this partner sells, mapped to its plans. */
+  CATALOGUE_FILE: z.string().default("config/catalogue.json"),
+  /** Name written as `note.author` on failed orders. */
+  PARTNER_NAME: z.string().min(1).default("partner"),
+  TRUST_PROXY: bool(false),
+  /** Validate every response against its wire schema (tests turn this on; costs CPU). */
+  RESPONSE_VALIDATION: bool(false),
+
+  INBOUND_AUTH_DISABLED: bool(false),
+  INBOUND_BASIC_USER: optionalString,
+  INBOUND_BASIC_PASSWORD: optionalString,
+  INBOUND_BEARER_TOKEN: optionalString,
+  INBOUND_API_KEY_HEADER: z.string().default("x-api-key"),
+  INBOUND_API_KEY: optionalString,
+  /** Comma-separated IPs or CIDR ranges; empty = any source address. */
+  INBOUND_IP_ALLOWLIST: list,
+  PING_REQUIRES_AUTH: bool(false),
+});
+
+export type Env = z.input<typeof EnvSchema>;
+
+export interface InboundAuthConfig {
+  disabled: boolean;
+  basic?: { user: string; password: string };
+  bearerToken?: string;
+  apiKey?: { header: string; value: string };
+  ipAllowList: string[];
+  pingOpen: boolean;
+}
+
+export interface Config {
+  env: string;
+  host: string;
+  port: number;
+  logLevel: string;
+  databaseUrl?: string;
+  dataDir: string;
+  embeddedPgPort: number;
+  databasePoolMax: number;
+  databaseConnectTimeoutMs: number;
+  transactionTimeoutMs: number;
+  bodyLimitBytes: number;
+  orderMaxQuantity: number;
+  catalogueFile: string;
+  partnerName: string;
+  trustProxy: boolean;
+  responseValidation: boolean;
+  inboundAuth: InboundAuthConfig;
+}
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const parsed = EnvSchema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n  ${lines.join("\n  ")}`);
+  }
+  const e = parsed.data;
+  if ((e.INBOUND_BASIC_USER === undefined) !== (e.INBOUND_BASIC_PASSWORD === undefined)) {
+    throw new ConfigError("INBOUND_BASIC_USER and INBOUND_BASIC_PASSWORD must be set together");
+  }
+  return {
+    env: e.NODE_ENV,
+    host: e.HOST,
+    port: e.PORT,
+    logLevel: e.LOG_LEVEL,
+    databaseUrl: e.DATABASE_URL,
+    dataDir: e.DATA_DIR,
+    embeddedPgPort: e.EMBEDDED_PG_PORT,
+    databasePoolMax: e.DATABASE_POOL_MAX,
+    databaseConnectTimeoutMs: e.DATABASE_CONNECT_TIMEOUT_MS,
+    transactionTimeoutMs: e.DATABASE_TRANSACTION_TIMEOUT_MS,
+    bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    orderMaxQuantity: e.ORDER_MAX_QUANTITY,
+    catalogueFile: e.CATALOGUE_FILE,
+    partnerName: e.PARTNER_NAME,
+    trustProxy: e.TRUST_PROXY,
+    responseValidation: e.RESPONSE_VALIDATION,
+    inboundAuth: {
+      disabled: e.INBOUND_AUTH_DISABLED,
+      basic:
+        e.INBOUND_BASIC_USER !== undefined && e.INBOUND_BASIC_PASSWORD !== undefined
+          ? { user: e.INBOUND_BASIC_USER, password: e.INBOUND_BASIC_PASSWORD }
+          : undefined,
+      bearerToken: e.INBOUND_BEARER_TOKEN,
+      apiKey:
+        e.INBOUND_API_KEY !== undefined
+          ? { header: e.INBOUND_API_KEY_HEADER.toLowerCase(), value: e.INBOUND_API_KEY }
+          : undefined,
+      ipAllowList: e.INBOUND_IP_ALLOWLIST,
+      pingOpen: !e.PING_REQUIRES_AUTH,
+    },
+  };
+}
+
+/** True when at least one way for Orange to prove who it is has been configured. */
+export function hasInboundCredential(auth: InboundAuthConfig): boolean {
+  return auth.basic !== undefined || auth.bearerToken !== undefined || auth.apiKey !== undefined;
+}

@@ -1,0 +1,31 @@
+// The Prisma client, always through the pg driver adapter: Prisma runs with no native engine
+// on these machines (see ARCHITECTURE.md "Prisma offline").
+
+import { PrismaPg } from "@prisma/adapter-pg";
+import { PrismaClient, type Prisma } from "../generated/prisma/client.js";
+
+export type Db = PrismaClient;
+/** What `db.$transaction(async (tx) => …)` hands over; data access takes it to join the caller's transaction. */
+export type Tx = Prisma.TransactionClient;
+
+export interface CreatePrismaOptions {
+  /** Connections in the pool (pg's default: 10). Keep replicas × poolMax under max_connections. */
+  poolMax?: number;
+  /**
+   * How long a query may wait for a pooled connection, opening included (default 10 s). pg's own
+   * default is forever: a saturated pool or an unreachable server would hang requests.
+   */
+  connectTimeoutMs?: number;
+  /** An idle pooled connection broke (database restart, network); the pool replaces it. */
+  onPoolError?: (error: Error) => void;
+}
+
+const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+
+export function createPrisma(connectionString: string, opts: CreatePrismaOptions = {}): PrismaClient {
+  const adapter = new PrismaPg(
+    { connectionString, max: opts.poolMax, connectionTimeoutMillis: opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS },
+    { onPoolError: opts.onPoolError },
+  );
+  return new PrismaClient({ adapter });
+}

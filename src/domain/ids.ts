@@ -1,0 +1,42 @@
+import { randomBytes } from "node:crypto";
+
+/**
+ * Partner identifiers: a short type prefix, then a time-ordered body (48-bit milliseconds and
+ * a per-process counter) and randomness, in Crockford base32. Ids of one bulk insert sort in
+ * creation order, which keeps "list licences of a fleet" stable without an extra column.
+ */
+const ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz";
+
+function base32(value: bigint, length: number): string {
+  let out = "";
+  for (let i = 0; i < length; i++) {
+    out = ALPHABET[Number(value & 31n)] + out;
+    value >>= 5n;
+  }
+  return out;
+}
+
+export type IdPrefix = "po" | "cu" | "ct" | "fl" | "us" | "eu" | "upd" | "ev";
+
+export interface IdGenerator {
+  next(prefix: IdPrefix): string;
+}
+
+export function createIdGenerator(now: () => number = Date.now): IdGenerator {
+  let lastMs = 0;
+  let counter = 0;
+  return {
+    next(prefix) {
+      const ms = now();
+      if (ms > lastMs) {
+        lastMs = ms;
+        counter = 0;
+      } else {
+        counter++;
+      }
+      // 10 chars of time (50 bits) + 4 chars of counter (20 bits) + 6 random chars (30 bits).
+      const rand = randomBytes(4).readUInt32BE(0);
+      return `${prefix}_${base32(BigInt(lastMs), 10)}${base32(BigInt(counter), 4)}${base32(BigInt(rand), 6)}`;
+    },
+  };
+}

@@ -1,0 +1,255 @@
+import type { Db, Tx } from "../db/prisma.js";
+import type { Catalogue } from "./catalogue.js";
+import type { Clock } from "./clock.js";
+import { Conflict } from "../errors.js";
+import type { IdGenerator } from "./ids.js";
+import type { JsonObject, JsonValue } from "./json.js";
+import { canSwapOffer, transition, type ExternalState, type LicenceState } from "./licence-state.js";
+
+/** A licence as the domain sees it (Orange's UserService without the wire shape). */
+export interface LicenceRecord {
+  id: string;
+  fleetId: string;
+  customerId: string;
+  state: LicenceState;
+  externalState: ExternalState | null;
+  offerCode: string;
+  endUser: JsonObject | null;
+  realizingResource: JsonObject | null;
+  login: JsonObject | null;
+  serviceCharacteristics: JsonValue[] | null;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export interface LicenceChange {
+  licenceId: string;
+  externalState?: ExternalState;
+  /** Orange offer code to move the licence to. */
+  swapToOffer?: string;
+}
+
+export interface UpdateLicencesCommand {
+  idempotencyKey?: string;
+  orangeRef?: string;
+  requestHash: string;
+  request: JsonValue;
+  changes: LicenceChange[];
+}
+
+export interface UpdateOutcome {
+  updateId: string;
+  state: "completed" | "failed";
+  reason?: string;
+  completedAt: Date;
+  /** The licences after the change (or unchanged when it failed), in the order of the request. */
+  licences: LicenceRecord[];
+}
+
+export interface LicenceServiceDeps {
+  db: Db;
+  catalogue: Catalogue;
+  clock: Clock;
+  ids: IdGenerator;
+  transactionTimeoutMs: number;
+}
+
+interface LicenceRow {
+  id: string;
+  fleet_id: string;
+  customer_id: string;
+  state: LicenceState;
+  external_state: ExternalState | null;
+  offer_code: string;
+  end_user: JsonObject | null;
+  realizing_resource: JsonObject | null;
+  login: JsonObject | null;
+  service_characteristics: JsonValue[] | null;
+  created_at: Date;
+  updated_at: Date;
+}
+
+function toRecord(r: LicenceRow): LicenceRecord {
+  return {
+    id: r.id,
+    fleetId: r.fleet_id,
+    customerId: r.customer_id,
+    state: r.state,
+    externalState: r.external_state,
+    offerCode: r.offer_code,
+    endUser: r.end_user,
+    realizingResource: r.realizing_resource,
+    login: r.login,
+    serviceCharacteristics: r.service_characteristics,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+export function createLicenceService(deps: LicenceServiceDeps) {
+  const { db, catalogue, clock, ids } = deps;
+
+  /** Licences of a fleet in creation order; null when the fleet does not exist. */
+  async function listByFleet(fleetId: string): Promise<LicenceRecord[] | null> {
+    const rows = await db.$queryRaw<(LicenceRow & { fleet_exists: boolean })[]>`
+      SELECT l.id, f.id AS fleet_id, f.customer_id, l.state, l.external_state, l.offer_code,
+             l.end_user, l.realizing_resource, l.login, l.service_characteristics, l.created_at,
+             l.updated_at
+      FROM fleet f LEFT JOIN licence l ON l.fleet_id = f.id
+      WHERE f.id = ${fleetId}
+      ORDER BY l.id`;
+    if (rows.length === 0) return null;
+    return rows.filter((r) => r.id !== null).map(toRecord);
+  }
+
+  /** The licences that exist among `licenceIds`, in the order asked. */
+  async function listByIds(licenceIds: string[]): Promise<LicenceRecord[]> {
+    const rows = await selectByIds(db, licenceIds, false);
+    return orderLike(rows.map(toRecord), licenceIds);
+  }
+
+  async function getById(licenceId: string): Promise<LicenceRecord | null> {
+    const [row] = await selectByIds(db, [licenceId], false);
+    return row ? toRecord(row) : null;
+  }
+
+  async function selectByIds(q: Db | Tx, licenceIds: string[], lock: boolean): Promise<LicenceRow[]> {
+    // Rows are locked in id order so that two updates on overlapping lists cannot deadlock.
+    return lock
+      ? q.$queryRaw<LicenceRow[]>`
+          SELECT l.*, f.customer_id FROM licence l JOIN fleet f ON f.id = l.fleet_id
+          WHERE l.id = ANY(${licenceIds}::text[]) ORDER BY l.id FOR UPDATE OF l`
+      : q.$queryRaw<LicenceRow[]>`
+          SELECT l.*, f.customer_id FROM licence l JOIN fleet f ON f.id = l.fleet_id
+          WHERE l.id = ANY(${licenceIds}::text[]) ORDER BY l.id`;
+  }
+
+  async function claimUpdate(tx: Tx, cmd: UpdateLicencesCommand, updateId: string, now: Date) {
+    const inserted = await tx.$queryRaw<{ id: string }[]>`
+      INSERT INTO licence_update (id, idempotency_key, orange_ref, request_hash, request, state,
+                                  licence_ids, created_at)
+      VALUES (${updateId}, ${cmd.idempotencyKey ?? null}, ${cmd.orangeRef ?? null}, ${cmd.requestHash},
+              ${JSON.stringify(cmd.request)}::jsonb, 'acknowledged'::"RequestState",
+              ${cmd.changes.map((c) => c.licenceId)}::text[], ${now})
+      ON CONFLICT (idempotency_key) DO NOTHING
+      RETURNING id`;
+    if (inserted.length > 0) return null;
+    const [existing] = await tx.$queryRaw<{ id: string; request_hash: string; response: JsonValue }[]>`
+      SELECT id, request_hash, response FROM licence_update WHERE idempotency_key = ${cmd.idempotencyKey ?? null}`;
+    if (!existing) throw new Error("idempotency key conflict without a stored update");
+    if (existing.request_hash !== cmd.requestHash) {
+      throw new Conflict(
+        `update reference ${JSON.stringify(cmd.idempotencyKey)} was already used by update ${existing.id} with a different body`,
+      );
+    }
+    return existing.response;
+  }
+
+  /** Checks every change against the locked licences; the first violation fails the whole list. */
+  function plan(cmd: UpdateLicencesCommand, found: Map<string, LicenceRecord>): { reason?: string; next: LicenceRecord[] } {
+    const missing = cmd.changes.filter((c) => !found.has(c.licenceId)).map((c) => c.licenceId);
+    if (missing.length > 0) {
+      return { reason: `unknown licence id(s): ${missing.join(", ")}`, next: [] };
+    }
+    const customers = new Set([...found.values()].map((l) => l.customerId));
+    if (customers.size > 1) {
+      return { reason: "the licences belong to different customers; one update concerns one customer", next: [] };
+    }
+    const next: LicenceRecord[] = [];
+    for (const change of cmd.changes) {
+      const current = found.get(change.licenceId)!;
+      let state = current.state;
+      if (change.externalState !== undefined) {
+        const t = transition(current.state, change.externalState);
+        if (!t.ok) return { reason: `licence ${current.id} ${t.reason}`, next: [] };
+        state = t.state;
+      }
+      let offerCode = current.offerCode;
+      if (change.swapToOffer !== undefined) {
+        const t = canSwapOffer(current.state);
+        if (!t.ok) return { reason: `licence ${current.id} ${t.reason}`, next: [] };
+        if (!catalogue.find(change.swapToOffer)) {
+          return {
+            reason: `offer ${JSON.stringify(change.swapToOffer)} is not in the partner's catalogue (known: ${catalogue.codes().join(", ")})`,
+            next: [],
+          };
+        }
+        offerCode = change.swapToOffer;
+      }
+      next.push({
+        ...current,
+        state,
+        externalState: change.externalState ?? current.externalState,
+        offerCode,
+      });
+    }
+    return { next };
+  }
+
+  async function updateLicences(
+    cmd: UpdateLicencesCommand,
+    render: (outcome: UpdateOutcome) => unknown,
+  ): Promise<{ replayed: boolean; response: unknown }> {
+    return db.$transaction(
+      async (tx) => {
+        const now = clock.now();
+        const updateId = ids.next("upd");
+        const stored = await claimUpdate(tx, cmd, updateId, now);
+        if (stored !== null) return { replayed: true, response: stored };
+
+        const rows = await selectByIds(tx, cmd.changes.map((c) => c.licenceId), true);
+        const found = new Map(rows.map((r) => [r.id, toRecord(r)]));
+        const { reason, next } = plan(cmd, found);
+        let outcome: UpdateOutcome;
+        if (reason !== undefined) {
+          outcome = {
+            updateId,
+            state: "failed",
+            reason,
+            completedAt: now,
+            licences: orderLike([...found.values()], cmd.changes.map((c) => c.licenceId)),
+          };
+        } else {
+          const updated = await tx.$queryRaw<LicenceRow[]>`
+            UPDATE licence l SET
+              state = v.state::"LicenceState",
+              external_state = v.external_state::"ExternalState",
+              offer_code = v.offer_code,
+              terminated_at = CASE WHEN v.state = 'terminated' THEN COALESCE(l.terminated_at, ${now}) END,
+              updated_at = ${now}
+            FROM unnest(${next.map((l) => l.id)}::text[], ${next.map((l) => l.state)}::text[],
+                        ${next.map((l) => l.externalState)}::text[], ${next.map((l) => l.offerCode)}::text[])
+                 AS v(id, state, external_state, offer_code), fleet f
+            WHERE l.id = v.id AND f.id = l.fleet_id
+            RETURNING l.*, f.customer_id`;
+          outcome = {
+            updateId,
+            state: "completed",
+            completedAt: now,
+            licences: orderLike(updated.map(toRecord), cmd.changes.map((c) => c.licenceId)),
+          };
+        }
+        const response = render(outcome);
+        await tx.$executeRaw`
+          UPDATE licence_update SET state = ${outcome.state}::"RequestState",
+            response = ${JSON.stringify(response)}::jsonb, failure_reason = ${outcome.reason ?? null},
+            completed_at = ${now}
+          WHERE id = ${updateId}`;
+        return { replayed: false, response };
+      },
+      { timeout: deps.transactionTimeoutMs, maxWait: deps.transactionTimeoutMs },
+    );
+  }
+
+  return { listByFleet, listByIds, getById, updateLicences };
+}
+
+export type LicenceService = ReturnType<typeof createLicenceService>;
+
+function orderLike(records: LicenceRecord[], ids: string[]): LicenceRecord[] {
+  const byId = new Map(records.map((r) => [r.id, r]));
+  return ids.flatMap((id) => {
+    const r = byId.get(id);
+    return r ? [r] : [];
+  });
+}

