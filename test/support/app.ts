@@ -1,0 +1,112 @@
+import { readFileSync } from "node:fs";
+import type { FastifyInstance, InjectOptions } from "fastify";
+import { expect } from "vitest";
+import { buildApp } from "../../src/app.js";
+import { loadConfig, type Config } from "../../src/config.js";
+import type { Db } from "../../src/db/prisma.js";
+import { createCatalogue, type Catalogue } from "../../src/domain/catalogue.js";
+import type { Clock } from "../../src/domain/clock.js";
+import { createTestDatabase } from "./db.js";
+
+export const TEST_TOKEN = "test-orange-token";
+export const AUTH = { authorization: `Bearer ${TEST_TOKEN}` };
+
+export const catalogueFile = new URL("../../config/catalogue.json", import.meta.url);
+
+export function loadTestCatalogue(): Catalogue {
+  return createCatalogue(JSON.parse(readFileSync(catalogueFile, "utf8")));
+}
+
+/**
+ * Paths of empty optional nodes ({}, [], null) in a response body: Orange's parser rejects
+ * them, so every response of the suite goes through this (see `TestApp.call`).
+ */
+export function findEmptyNodes(value: unknown, path = "$"): string[] {
+  if (value === null) return [path];
+  if (Array.isArray(value)) {
+    if (value.length === 0) return [path];
+    return value.flatMap((v, i) => findEmptyNodes(v, `${path}[${i}]`));
+  }
+  if (typeof value === "object") {
+    const entries = Object.entries(value as Record<string, unknown>);
+    if (entries.length === 0) return [path];
+    return entries.flatMap(([k, v]) => (v === undefined ? [`${path}.${k}`] : findEmptyNodes(v, `${path}.${k}`)));
+  }
+  return [];
+}
+
+export interface CallResult {
+  status: number;
+  headers: Record<string, string | string[] | number | undefined>;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  body: any;
+  text: string;
+}
+
+export interface TestApp {
+  app: FastifyInstance;
+  db: Db;
+  url: string;
+  config: Config;
+  catalogue: Catalogue;
+  /**
+   * One HTTP call through inject, authenticated as Orange unless `headers.authorization` is
+   * given (null removes it). Fails the test when the JSON answer holds an empty node.
+   */
+  call(
+    method: InjectOptions["method"],
+    url: string,
+    body?: unknown,
+    headers?: Record<string, string | null>,
+  ): Promise<CallResult>;
+  close(): Promise<void>;
+}
+
+export interface TestAppOptions {
+  /** Extra environment for loadConfig (auth settings, limits…). */
+  env?: Record<string, string>;
+  clock?: Clock;
+  /** Use this database instead of a fresh clone (e.g. a broken URL for 503 tests). */
+  database?: { url: string; db: Db; drop(): Promise<void> };
+}
+
+export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
+  const database = opts.database ?? (await createTestDatabase().then((d) => ({ url: d.url, db: d.prisma, drop: d.drop })));
+  const config = loadConfig({
+    INBOUND_BEARER_TOKEN: TEST_TOKEN,
+    RESPONSE_VALIDATION: "true",
+    LOG_LEVEL: "silent",
+    PARTNER_NAME: "Caisse Test SAS",
+    ...opts.env,
+  });
+  const catalogue = loadTestCatalogue();
+  const app = await buildApp({ config, db: database.db, catalogue, clock: opts.clock, logger: false });
+  await app.ready();
+  return {
+    app,
+    db: database.db,
+    url: database.url,
+    config,
+    catalogue,
+    async call(method, url, body, headers = {}) {
+      const merged: Record<string, string> = {};
+      for (const [k, v] of Object.entries({ ...AUTH, ...headers })) if (v !== null) merged[k] = v;
+      const res = await app.inject({
+        method,
+        url,
+        headers: body === undefined ? merged : { "content-type": "application/json", ...merged },
+        payload: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+      });
+      let parsed: unknown = undefined;
+      if (String(res.headers["content-type"] ?? "").includes("json") && res.body.length > 0) {
+        parsed = JSON.parse(res.body);
+        expect(findEmptyNodes(parsed), `empty nodes in the answer to ${method} ${url}`).toEqual([]);
+      }
+      return { status: res.statusCode, headers: res.headers, body: parsed, text: res.body };
+    },
+    async close() {
+      await app.close();
+      await database.drop();
+    },
+  };
+}
