@@ -1,0 +1,62 @@
+import { randomBytes } from "node:crypto";
+import { setTimeout as delay } from "node:timers/promises";
+import pg from "pg";
+import { inject } from "vitest";
+import { createPrisma, type Db } from "../../src/db/prisma.js";
+
+const TEMPLATE_DATABASE = "orange_template";
+
+export interface TestDatabase {
+  url: string;
+  prisma: Db;
+  drop(): Promise<void>;
+}
+
+function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: inject("pgAdminUrl") });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * A fresh database cloned from the migrated template: each test file gets its own, so files run
+ * in parallel without seeing each other's rows.
+ */
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const name = `test_${randomBytes(6).toString("hex")}`;
+  await admin(async (client) => {
+    // PostgreSQL refuses to clone a template another session is cloning at the same moment.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await client.query(`CREATE DATABASE ${name} TEMPLATE ${TEMPLATE_DATABASE}`);
+        return;
+      } catch (err) {
+        if (attempt < 50 && /being accessed by other users/.test(String((err as Error).message))) {
+          await delay(50 + Math.random() * 100);
+          continue;
+        }
+        throw err;
+      }
+    }
+  });
+  const url = withDatabase(inject("pgAdminUrl"), name);
+  const prisma = createPrisma(url, { poolMax: 10 });
+  return {
+    url,
+    prisma,
+    async drop() {
+      await prisma.$disconnect();
+      await admin((client) => client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+    },
+  };
+}
