@@ -96,8 +96,8 @@ describe("migrations", () => {
     const url = await emptyDatabase();
     const results = await Promise.all([applyMigrations(url), applyMigrations(url), applyMigrations(url)]);
     expect(results.flatMap((r) => r.applied).sort()).toEqual(migrationNames);
-    const [{ count }] = await query<{ count: string }>(url, `SELECT count(*) FROM _prisma_migrations`);
-    expect(Number(count)).toBe(migrationNames.length);
+    const [row] = await query<{ count: string }>(url, `SELECT count(*) FROM _prisma_migrations`);
+    expect(Number(row?.count)).toBe(migrationNames.length);
   });
 
   it("gives exactly the schema of prisma/schema.prisma (no drift)", async () => {

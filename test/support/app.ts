@@ -71,7 +71,8 @@ export interface TestAppOptions {
 }
 
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
-  const database = opts.database ?? (await createTestDatabase().then((d) => ({ url: d.url, db: d.prisma, drop: d.drop })));
+  const database: NonNullable<TestAppOptions["database"]> =
+    opts.database ?? (await createTestDatabase().then((d) => ({ url: d.url, db: d.prisma, drop: d.drop })));
   const config = loadConfig({
     INBOUND_BEARER_TOKEN: TEST_TOKEN,
     RESPONSE_VALIDATION: "true",
