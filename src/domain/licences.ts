@@ -192,12 +192,14 @@ export function createLicenceService(deps: LicenceServiceDeps) {
   ): Promise<{ replayed: boolean; response: unknown }> {
     return db.$transaction(
       async (tx) => {
-        const now = clock.now();
         const updateId = ids.next("upd");
-        const stored = await claimUpdate(tx, cmd, updateId, now);
+        const stored = await claimUpdate(tx, cmd, updateId, clock.now());
         if (stored !== null) return { replayed: true, response: stored };
 
         const rows = await selectByIds(tx, cmd.changes.map((c) => c.licenceId), true);
+        // The change time is read once the rows are locked: an update that waited behind another
+        // one must not stamp its change (lastUpdate) earlier than the change it waited for.
+        const now = clock.now();
         const found = new Map(rows.map((r) => [r.id, toRecord(r)]));
         const { reason, next } = plan(cmd, found);
         let outcome: UpdateOutcome;
