@@ -63,8 +63,8 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
   const ctx: RenderContext = { catalogue: opts.catalogue, partnerName: opts.partnerName };
 
   app.addHook("onRequest", async (request) => {
-    if (request.routeOptions.config.public === true && opts.pingOpen) return;
-    opts.authenticate(request);
+    // An open /ping skips authentication only: content negotiation applies to every route.
+    if (!(request.routeOptions.config.public === true && opts.pingOpen)) opts.authenticate(request);
     if (!acceptsJson(request.headers.accept)) {
       throw new NotAcceptable(`this API answers application/json only (Accept: ${request.headers.accept})`);
     }

@@ -1,0 +1,151 @@
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AUTH, createTestApp, findEmptyNodes, type TestApp } from "./support/app.js";
+
+/**
+ * One smoke test over a real TCP port with the platform's fetch: the server listens, answers
+ * ping, takes a UC2 order, lists the new fleet's licences and applies an update, as Orange would
+ * see it on the wire.
+ */
+
+/** The UC2 example of the contract (examples/uc2-request.json). */
+const UC2_REQUEST = {
+  externalReference: { type: "orange", id: "ORD-2026-000102" },
+  category: "production",
+  orderDate: "2026-05-02T09:20:00.000Z",
+  customer: { externalReference: { type: "orange", id: "CUST-884201" }, tradingName: "Boulangerie Martin" },
+  orderItem: [
+    {
+      id: "1",
+      action: "add",
+      productOffering: { name: "Caisse Pro", externalReference: { type: "orange", id: "MBA-CAISSE-PRO" } },
+      productRef: { userServiceQuantity: 3, characteristic: [{ name: "storageSize", value: "50GB" }] },
+      endUserConfiguration: [
+        { endUser: { givenName: "Paul", familyName: "Martin", email: "paul@boulangerie-martin.example" } },
+      ],
+    },
+  ],
+};
+
+const ISO_MS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+const PRO = { name: "Caisse Pro", externalReference: { type: "orange", id: "MBA-CAISSE-PRO" } };
+const PREMIUM = { name: "Caisse Premium", externalReference: { type: "orange", id: "MBA-CAISSE-PREMIUM" } };
+
+describe("smoke test over a real port", () => {
+  let t: TestApp;
+  let base: string;
+  beforeAll(async () => {
+    t = await createTestApp();
+    await t.app.listen({ port: 0, host: "127.0.0.1" });
+    const address = t.app.server.address() as AddressInfo;
+    base = `http://127.0.0.1:${address.port}`;
+  });
+  afterAll(async () => t.close());
+
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  async function call(method: string, path: string, body?: unknown): Promise<{ status: number; body: any; response: Response }> {
+    const response = await fetch(`${base}${path}`, {
+      method,
+      headers: {
+        accept: "application/json",
+        ...AUTH,
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+      },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    expect(response.headers.get("content-type")).toMatch(/^application\/json/);
+    const parsed: unknown = await response.json();
+    expect(findEmptyNodes(parsed), `empty nodes in the answer to ${method} ${path}`).toEqual([]);
+    return { status: response.status, body: parsed, response };
+  }
+
+  it("pings, takes a UC2 order, lists the fleet's licences and updates them", async () => {
+    // Availability, without credentials.
+    const ping = await fetch(`${base}/ping`);
+    expect(ping.status).toBe(200);
+    expect(await ping.json()).toEqual({ status: "ok" });
+
+    // UC2: a new fleet with three licences, the first one pre-configured for Paul.
+    const order = await call("POST", "/productordering/v2/productOrder", UC2_REQUEST);
+    expect(order.status).toBe(201);
+    expect(order.response.headers.get("idempotent-replayed")).toBe("false");
+    expect(order.body).toMatchObject({
+      externalReference: UC2_REQUEST.externalReference,
+      category: "production",
+      state: "completed",
+      orderDate: "2026-05-02T09:20:00.000Z",
+      customer: { externalReference: UC2_REQUEST.customer.externalReference, tradingName: "Boulangerie Martin" },
+      orderItem: [
+        {
+          id: "1",
+          action: "add",
+          state: "completed",
+          productOffering: PRO,
+          productRef: { userServiceQuantity: 3, characteristic: [{ name: "storageSize", value: "50GB" }] },
+          endUserConfiguration: [
+            { endUser: { givenName: "Paul", familyName: "Martin", email: "paul@boulangerie-martin.example" } },
+          ],
+        },
+      ],
+    });
+    expect(order.body.id).toMatch(/^po_/);
+    expect(order.body.customer.id).toMatch(/^cu_/);
+    expect(order.body.completionDate).toMatch(ISO_MS);
+    const fleetId: string = order.body.orderItem[0].productRef.id;
+    expect(fleetId).toMatch(/^fl_/);
+    const paulId: string = order.body.orderItem[0].endUserConfiguration[0].endUser.id;
+    expect(paulId).toMatch(/^eu_/);
+
+    // The fleet's licences.
+    const list = await call("GET", `/userservice/v2/userService?productRefId=${encodeURIComponent(fleetId)}`);
+    expect(list.status).toBe(200);
+    expect(list.body).toHaveLength(3);
+    for (const licence of list.body) {
+      expect(licence).toMatchObject({ relatedProductRefId: fleetId, state: "active", productOffering: PRO });
+      expect(licence.id).toMatch(/^us_/);
+      expect(licence.externalState).toBeUndefined();
+      expect(licence.creationDate).toMatch(ISO_MS);
+      expect(licence.lastUpdate).toMatch(ISO_MS);
+    }
+    const ids: string[] = list.body.map((l: { id: string }) => l.id);
+    expect(new Set(ids).size).toBe(3);
+    const withPaul = list.body.filter((l: { endUser?: { id: string } }) => l.endUser !== undefined);
+    expect(withPaul).toHaveLength(1);
+    expect(withPaul[0].endUser).toMatchObject({ id: paulId, givenName: "Paul", familyName: "Martin" });
+
+    // Suspend one licence, delete another, move the third to Premium: one transaction.
+    const [suspended, deleted, swapped] = ids as [string, string, string];
+    const updateRef = { type: "orange", id: "UPD-2026-004411" };
+    const update = await call("POST", "/userservice/v2/userService/update", {
+      externalReference: updateRef,
+      userService: [
+        { id: suspended, externalState: "suspended" },
+        { id: deleted, externalState: "deleted" },
+        {
+          id: swapped,
+          productOfferingOperation: {
+            action: "swap",
+            productOffering: { externalReference: { type: "orange", id: "MBA-CAISSE-PREMIUM" } },
+          },
+        },
+      ],
+    });
+    expect(update.status).toBe(200);
+    expect(update.body.externalReference).toEqual(updateRef);
+    expect(update.body.state).toBe("completed");
+    expect(update.body.note).toBeUndefined();
+    const after = new Map<string, Record<string, unknown>>(
+      update.body.userService.map((l: { id: string }) => [l.id, l]),
+    );
+    expect(after.size).toBe(3);
+    expect(after.get(suspended)).toMatchObject({ relatedProductRefId: fleetId, state: "inactive", externalState: "suspended", productOffering: PRO });
+    expect(after.get(deleted)).toMatchObject({ relatedProductRefId: fleetId, state: "terminated", externalState: "deleted", productOffering: PRO });
+    expect(after.get(swapped)).toMatchObject({ relatedProductRefId: fleetId, state: "active", productOffering: PREMIUM });
+
+    // The consultation shows the change.
+    const again = await call("GET", `/userservice/v2/userService?productRefId=${encodeURIComponent(fleetId)}`);
+    expect(again.status).toBe(200);
+    const states = Object.fromEntries(again.body.map((l: { id: string; state: string }) => [l.id, l.state]));
+    expect(states).toEqual({ [suspended]: "inactive", [deleted]: "terminated", [swapped]: "active" });
+  });
+});
