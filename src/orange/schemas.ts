@@ -118,7 +118,11 @@ export type LoginKeyValue = z.infer<typeof LoginKeyValueSchema>;
 
 export const ProductRefSchema = z.looseObject({
   id: NonEmpty.optional().describe("the fleet id (productRefId): absent in UC2, present in UC3"),
-  userServiceQuantity: z.number().int().min(1).describe("number of new licences to add"),
+  userServiceQuantity: z
+    .number()
+    .int()
+    .min(1, "must be an integer >= 1")
+    .describe("number of new licences to add"),
   characteristic: z.array(CharacteristicSchema).optional(),
 });
 

@@ -51,6 +51,8 @@ function leafIssues(issue: Issue, prefix: readonly PropertyKey[] = []): { path: 
 }
 
 function rule(issue: Issue): string {
+  // A schema may phrase its own rule ("must be an integer >= 1"); the value received is added.
+  if (issue.code !== "custom" && issue.message.startsWith("must ")) return `${issue.message} (got ${show(issue.input)})`;
   switch (issue.code) {
     case "invalid_type":
       return `must be ${TYPE_NAMES[issue.expected] ?? issue.expected} (got ${show(issue.input)})`;
