@@ -1,0 +1,548 @@
+// `npm run bench`: the real server, started as a child process on a real port against an embedded
+// PostgreSQL this script starts in a temporary folder, measured against bare baselines in the
+// same run. Prints a table and writes bench/results/latest.json. Exit code 0 even when a target
+// is missed (it is a report); non-zero only when something breaks.
+//
+//   1. GET /ping throughput (autocannon) vs a bare node:http server answering the same bytes
+//   2. UC2 order of 10,000 licences, end to end, vs a bare INSERT … SELECT … FROM unnest
+//   3. GET /userservice/v2/userService?productRefId= on 10,000 licences vs a bare SELECT + JSON.stringify
+//   4. peak RSS of the server process over the whole run
+//
+// Only 127.0.0.1 is touched. Everything started here is stopped at the end, even on failure.
+
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import autocannon from "autocannon";
+import pg from "pg";
+import { startEmbeddedPostgres, type EmbeddedPostgresServer } from "../src/db/embedded.js";
+import { createIdGenerator } from "../src/domain/ids.js";
+import {
+  Child,
+  closeHttpClient,
+  freePort,
+  LOOPBACK,
+  median,
+  percentile,
+  readCpuMs,
+  renderTable,
+  request,
+  RssSampler,
+  timed,
+  waitUntilAnswers,
+  type Figure,
+} from "./support.js";
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+
+const PING = { connections: 10, warmupSeconds: 1, durationSeconds: 5, rounds: 2 };
+const ORDER = { licences: 10_000, runs: 5, warmups: 1 };
+const LIST = { requests: 50, warmups: 5 };
+const TARGETS = { pingRatioMin: 0.8, orderRatioMax: 3, listRatioMax: 3, listP50MaxMs: 100, peakRssMaxMb: 300 };
+/** The whole run is abandoned (and everything stopped) past this. */
+const WATCHDOG_MS = 10 * 60_000;
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const RESULTS_FILE = path.join(ROOT, "bench", "results", "latest.json");
+const OFFER = "MBA-CAISSE-PRO";
+
+/** /work/shared/orange-api/examples/uc2-request.json; the bench sets the quantity and a fresh reference. */
+const UC2_EXAMPLE = {
+  externalReference: { type: "orange", id: "ORD-2026-000102" },
+  category: "production",
+  orderDate: "2026-05-02T09:20:00.000Z",
+  customer: { externalReference: { type: "orange", id: "CUST-884201" }, tradingName: "Boulangerie Martin" },
+  orderItem: [
+    {
+      id: "1",
+      action: "add",
+      productOffering: { name: "Caisse Pro", externalReference: { type: "orange", id: OFFER } },
+      productRef: { userServiceQuantity: 3, characteristic: [{ name: "storageSize", value: "50GB" }] },
+      endUserConfiguration: [
+        { endUser: { givenName: "Paul", familyName: "Martin", email: "paul@boulangerie-martin.example" } },
+      ],
+    },
+  ],
+};
+
+/** The query of listByFleet (src/domain/licences.ts), for the bare baseline. */
+const LIST_SQL = `
+  SELECT l.id, f.id AS fleet_id, f.customer_id, l.state, l.external_state, l.offer_code,
+         l.end_user, l.realizing_resource, l.login, l.service_characteristics, l.created_at,
+         l.updated_at
+  FROM fleet f LEFT JOIN licence l ON l.fleet_id = f.id
+  WHERE f.id = $1
+  ORDER BY l.id`;
+
+/** Settings of the server this script must control; inherited values are dropped. */
+const SERVER_SETTINGS = [
+  "NODE_ENV",
+  "NODE_OPTIONS",
+  "HOST",
+  "PORT",
+  "LOG_LEVEL",
+  "DATABASE_URL",
+  "DATA_DIR",
+  "EMBEDDED_PG_PORT",
+  "DATABASE_POOL_MAX",
+  "DATABASE_CONNECT_TIMEOUT_MS",
+  "DATABASE_TRANSACTION_TIMEOUT_MS",
+  "BODY_LIMIT_BYTES",
+  "ORDER_MAX_QUANTITY",
+  "CATALOGUE_FILE",
+  "PARTNER_NAME",
+  "TRUST_PROXY",
+  "RESPONSE_VALIDATION",
+  "PING_REQUIRES_AUTH",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Resources, released by cleanup() whatever happens
+
+interface Resources {
+  tmpDir?: string;
+  postgres?: EmbeddedPostgresServer;
+  server?: Child;
+  bare?: Child;
+  pool?: pg.Pool;
+  sampler?: RssSampler;
+}
+const res: Resources = {};
+
+let cleaning: Promise<void> | undefined;
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    res.sampler?.sample();
+    res.sampler?.stop();
+    closeHttpClient();
+    const steps: [string, (() => Promise<unknown>) | undefined][] = [
+      ["server", res.server && (() => res.server!.stop())],
+      ["bare ping server", res.bare && (() => res.bare!.stop(5_000))],
+      ["pg pool", res.pool && (() => res.pool!.end())],
+      ["embedded PostgreSQL", res.postgres && (() => res.postgres!.stop())],
+    ];
+    for (const [name, step] of steps) {
+      if (!step) continue;
+      try {
+        await step();
+      } catch (err) {
+        console.error(`cleanup: stopping the ${name} failed:`, err);
+        process.exitCode = 1;
+      }
+    }
+    if (res.tmpDir) rmSync(res.tmpDir, { recursive: true, force: true });
+  })();
+  return cleaning;
+}
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    console.error(`\n${signal}: stopping everything`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps
+
+function machine() {
+  const cpus = os.cpus();
+  let commit: string | undefined;
+  try {
+    commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" }).trim();
+    const dirty = execFileSync("git", ["status", "--porcelain", "--", "src"], { cwd: ROOT, encoding: "utf8" }).trim();
+    if (dirty) commit += " (src/ modified)";
+  } catch {
+    commit = undefined;
+  }
+  return {
+    cpu: cpus[0]?.model ?? "unknown",
+    cores: cpus.length,
+    totalMemoryMb: Math.round(os.totalmem() / 2 ** 20),
+    node: process.version,
+    platform: `${os.platform()} ${os.release()}`,
+    loadAverageAtStart: os.loadavg().map((l) => Number(l.toFixed(2))),
+    date: new Date().toISOString(),
+    commit,
+  };
+}
+
+async function startServer(databaseUrl: string, token: string): Promise<{ child: Child; base: string }> {
+  const port = await freePort();
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const key of Object.keys(env)) {
+    if (SERVER_SETTINGS.includes(key) || key.startsWith("INBOUND_")) delete env[key];
+  }
+  Object.assign(env, {
+    PORT: String(port),
+    HOST: LOOPBACK,
+    DATABASE_URL: databaseUrl,
+    LOG_LEVEL: "warn",
+    INBOUND_BEARER_TOKEN: token,
+  });
+  // BENCH_SERVER_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", to profile the server.
+  const extra = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter((a) => a !== "");
+  const child = Child.start("server", process.execPath, [...extra, "--import", "tsx", "src/main.ts"], { cwd: ROOT, env });
+  const base = `http://${LOOPBACK}:${port}`;
+  // First start applies the migrations; tsx compiles on the fly on a busy machine: be patient.
+  await waitUntilAnswers(`${base}/health/ready`, child, 120_000);
+  return { child, base };
+}
+
+async function startBarePingServer(): Promise<{ child: Child; base: string }> {
+  const port = await freePort();
+  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), HOST: LOOPBACK };
+  delete env.NODE_OPTIONS;
+  const child = Child.start("bare ping server", process.execPath, ["--import", "tsx", "bench/bare-ping-server.ts"], {
+    cwd: ROOT,
+    env,
+  });
+  const base = `http://${LOOPBACK}:${port}`;
+  await waitUntilAnswers(`${base}/ping`, child, 60_000);
+  return { child, base };
+}
+
+async function cannon(url: string, seconds: number): Promise<autocannon.Result> {
+  const result = await autocannon({ url, connections: PING.connections, duration: seconds });
+  if (result.errors > 0 || result.timeouts > 0 || result.non2xx > 0) {
+    throw new Error(`${url}: ${result.errors} errors, ${result.timeouts} timeouts, ${result.non2xx} non-2xx answers`);
+  }
+  return result;
+}
+
+async function benchPing(serverBase: string, bareBase: string, pids: { real: number; bare: number }) {
+  // Same bytes? Compare what both answer before measuring.
+  const [real, bare] = [await request("GET", `${serverBase}/ping`), await request("GET", `${bareBase}/ping`)];
+  if (real.status !== 200 || real.body.toString() !== '{"status":"ok"}') {
+    throw new Error(`GET /ping answered ${real.status} ${real.body.toString().slice(0, 200)}`);
+  }
+  if (real.headers["content-type"] !== bare.headers["content-type"] || !real.body.equals(bare.body)) {
+    console.log(
+      `  note: the answers differ (real: ${real.headers["content-type"]} ${real.body}, bare: ${bare.headers["content-type"]} ${bare.body})`,
+    );
+  }
+  const targets = { real: `${serverBase}/ping`, bare: `${bareBase}/ping` };
+  for (const url of Object.values(targets)) await cannon(url, PING.warmupSeconds);
+  const runs: { real: number[]; bare: number[] } = { real: [], bare: [] };
+  const cpu: { real: number[]; bare: number[] } = { real: [], bare: [] };
+  for (let round = 1; round <= PING.rounds; round++) {
+    // Alternated, so that a burst of load from elsewhere does not fall on one side only.
+    for (const side of round % 2 === 1 ? (["bare", "real"] as const) : (["real", "bare"] as const)) {
+      const cpuBefore = readCpuMs(pids[side]);
+      const r = await cannon(targets[side], PING.durationSeconds);
+      // CPU per request is far less sensitive than req/s to what else runs on the machine.
+      const cpuUs = ((readCpuMs(pids[side]) - cpuBefore) * 1000) / r.requests.total;
+      runs[side].push(r.requests.average);
+      cpu[side].push(cpuUs);
+      console.log(
+        `  ${side.padEnd(4)} round ${round}: ${r.requests.average.toFixed(0)} req/s ` +
+          `(p50 ${r.latency.p50} ms, p99 ${r.latency.p99} ms), server CPU ${cpuUs.toFixed(0)} µs/request`,
+      );
+    }
+  }
+  const realRps = Math.max(...runs.real);
+  const bareRps = Math.max(...runs.bare);
+  return { realRps, bareRps, runs, cpuUsPerRequest: { real: median(cpu.real), bare: median(cpu.bare) } };
+}
+
+interface OrderRun {
+  ms: number;
+  fleetId: string;
+}
+
+async function postOrder(base: string, token: string, reference: string): Promise<OrderRun> {
+  const body = structuredClone(UC2_EXAMPLE);
+  body.externalReference.id = reference;
+  body.orderItem[0]!.productRef.userServiceQuantity = ORDER.licences;
+  const r = await request("POST", `${base}/productordering/v2/productOrder`, {
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json", accept: "application/json" },
+    body: JSON.stringify(body),
+  });
+  const answer = JSON.parse(r.body.toString("utf8")) as {
+    state?: string;
+    orderItem?: { productRef?: { id?: string } }[];
+  };
+  const fleetId = answer.orderItem?.[0]?.productRef?.id;
+  if (r.status !== 201 || answer.state !== "completed" || fleetId === undefined) {
+    throw new Error(`UC2 order ${reference} answered ${r.status}: ${r.body.toString("utf8").slice(0, 500)}`);
+  }
+  return { ms: r.ms, fleetId };
+}
+
+/** A customer, fleet and product_order row for the bare inserts (foreign keys of licence). */
+async function seedBareFleet(pool: pg.Pool): Promise<{ fleetId: string; orderId: string }> {
+  const tag = randomBytes(6).toString("hex");
+  const ids = { customerId: `cu_bench${tag}`, fleetId: `fl_bench${tag}`, orderId: `po_bench${tag}` };
+  await pool.query(`INSERT INTO customer (id, orange_ref) VALUES ($1, $2)`, [ids.customerId, `BENCH-BARE-${tag}`]);
+  await pool.query(`INSERT INTO fleet (id, customer_id, offer_code) VALUES ($1, $2, $3)`, [ids.fleetId, ids.customerId, OFFER]);
+  await pool.query(
+    `INSERT INTO product_order (id, request_hash, request, state, use_case, quantity, customer_id, fleet_id)
+     VALUES ($1, 'bench', '{}'::jsonb, 'completed', 'UC2', $2, $3, $4)`,
+    [ids.orderId, ORDER.licences, ids.customerId, ids.fleetId],
+  );
+  return ids;
+}
+
+const idGenerator = createIdGenerator();
+
+/** The bare baseline: the same ids the server makes, one INSERT … SELECT … FROM unnest, autocommit. */
+async function bareInsert(pool: pg.Pool, fleetId: string, orderId: string): Promise<number> {
+  const { ms } = await timed(async () => {
+    const ids = Array.from({ length: ORDER.licences }, () => idGenerator.next("us"));
+    const r = await pool.query(
+      `INSERT INTO licence (id, fleet_id, order_id, state, offer_code, created_at, updated_at)
+       SELECT u.id, $2, $3, 'active', $4, now(), now() FROM unnest($1::text[]) AS u(id)`,
+      [ids, fleetId, orderId, OFFER],
+    );
+    if (r.rowCount !== ORDER.licences) throw new Error(`bare insert wrote ${r.rowCount} rows`);
+  });
+  return ms;
+}
+
+async function benchOrders(base: string, token: string, pool: pg.Pool, pid: number) {
+  const bare = await seedBareFleet(pool);
+  const runTag = randomBytes(4).toString("hex");
+  const server: OrderRun[] = [];
+  const baseline: number[] = [];
+  const serverCpu: number[] = [];
+  for (let i = 0; i < ORDER.warmups + ORDER.runs; i++) {
+    const warm = i < ORDER.warmups;
+    // Alternated: both sides see the licence table grow alike.
+    const cpuBefore = readCpuMs(pid);
+    const o = await postOrder(base, token, `BENCH-${runTag}-${i}`);
+    const cpuMs = readCpuMs(pid) - cpuBefore;
+    const b = await bareInsert(pool, bare.fleetId, bare.orderId);
+    console.log(
+      `  ${warm ? "warm-up" : `run ${i - ORDER.warmups + 1}`}: order ${o.ms.toFixed(0)} ms ` +
+        `(server CPU ${cpuMs.toFixed(0)} ms), bare insert ${b.toFixed(0)} ms`,
+    );
+    if (warm) continue;
+    serverCpu.push(cpuMs);
+    server.push(o);
+    baseline.push(b);
+  }
+  const fleetId = server[0]!.fleetId;
+  const { rows } = await pool.query<{ n: string }>(`SELECT count(*) AS n FROM licence WHERE fleet_id = $1`, [fleetId]);
+  if (Number(rows[0]?.n) !== ORDER.licences) throw new Error(`fleet ${fleetId} holds ${rows[0]?.n} licences, not ${ORDER.licences}`);
+  return {
+    orderMs: median(server.map((s) => s.ms)),
+    bareMs: median(baseline),
+    orderRuns: server.map((s) => s.ms),
+    bareRuns: baseline,
+    serverCpuMs: median(serverCpu),
+    fleetId,
+  };
+}
+
+async function benchList(base: string, token: string, pool: pg.Pool, fleetId: string, pid: number) {
+  const url = `${base}/userservice/v2/userService?productRefId=${encodeURIComponent(fleetId)}`;
+  const headers = { authorization: `Bearer ${token}`, accept: "application/json" };
+  const first = await request("GET", url, { headers });
+  const list = JSON.parse(first.body.toString("utf8")) as unknown[];
+  if (first.status !== 200 || !Array.isArray(list) || list.length !== ORDER.licences) {
+    throw new Error(`GET by fleet answered ${first.status} with ${Array.isArray(list) ? list.length : "no"} licences`);
+  }
+  const client = await pool.connect();
+  try {
+    const split = { queryMs: [] as number[], stringifyMs: [] as number[] };
+    const bareOnce = async () => {
+      const started = performance.now();
+      const r = await client.query(LIST_SQL, [fleetId]);
+      const queried = performance.now();
+      if (JSON.stringify(r.rows).length === 0) throw new Error("empty JSON");
+      const done = performance.now();
+      split.queryMs.push(queried - started);
+      split.stringifyMs.push(done - queried);
+      return done - started;
+    };
+    for (let i = 0; i < LIST.warmups; i++) {
+      await request("GET", url, { headers });
+      await bareOnce();
+    }
+    const server: number[] = [];
+    const baseline: number[] = [];
+    split.queryMs.length = 0;
+    split.stringifyMs.length = 0;
+    let serverCpuMs = 0;
+    for (let i = 0; i < LIST.requests; i++) {
+      const cpuBefore = readCpuMs(pid);
+      const r = await request("GET", url, { headers });
+      if (r.status !== 200) throw new Error(`GET by fleet answered ${r.status}`);
+      serverCpuMs += readCpuMs(pid) - cpuBefore;
+      server.push(r.ms);
+      baseline.push(await bareOnce());
+    }
+    return {
+      p50: percentile(server, 50),
+      p99: percentile(server, 99),
+      bareP50: percentile(baseline, 50),
+      bareP99: percentile(baseline, 99),
+      answerBytes: first.body.length,
+      serverCpuMsPerRequest: serverCpuMs / LIST.requests,
+      bareQueryP50: median(split.queryMs),
+      bareStringifyP50: median(split.stringifyMs),
+      serverRuns: server,
+      bareRuns: baseline,
+    };
+  } finally {
+    client.release();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const watchdog = setTimeout(() => {
+    console.error(`the bench did not finish within ${WATCHDOG_MS / 60_000} minutes; stopping everything`);
+    void cleanup().finally(() => process.exit(1));
+  }, WATCHDOG_MS);
+  watchdog.unref();
+
+  const m = machine();
+  console.log(`machine: ${m.cpu}, ${m.cores} cores, ${m.totalMemoryMb} MB RAM (${m.platform})`);
+  console.log(`node ${m.node}, ${m.date}, commit ${m.commit ?? "?"}, load average ${m.loadAverageAtStart.join(" ")}`);
+  console.log("");
+
+  res.tmpDir = mkdtempSync(path.join(os.tmpdir(), "orange-bench-"));
+  // As root, PostgreSQL runs as its own system user, which must be able to enter the folder.
+  chmodSync(res.tmpDir, 0o755);
+  console.log("starting embedded PostgreSQL …");
+  res.postgres = await startEmbeddedPostgres({ dataDir: path.join(res.tmpDir, "pg"), port: await freePort() });
+
+  const token = randomBytes(32).toString("base64url");
+  console.log("starting the server (node --import tsx src/main.ts) …");
+  const server = await startServer(res.postgres.url, token);
+  res.server = server.child;
+  res.sampler = new RssSampler(server.child.pid);
+  const idleMb = res.sampler.sample()?.rssKb ?? Number.NaN;
+  console.log(`  pid ${server.child.pid} ready on ${server.base}, RSS ${(idleMb / 1024).toFixed(0)} MB`);
+  const bare = await startBarePingServer();
+  res.bare = bare.child;
+
+  console.log(`\n1. GET /ping, autocannon ${PING.connections} connections, ${PING.rounds} × ${PING.durationSeconds} s each after ${PING.warmupSeconds} s warm-up`);
+  res.sampler.phase("ping");
+  const ping = await benchPing(server.base, bare.base, { real: server.child.pid, bare: bare.child.pid });
+  console.log(`  server RSS peak during this step: ${res.sampler.phase("orders").toFixed(0)} MB`);
+  await res.bare.stop(5_000);
+
+  res.pool = new pg.Pool({ connectionString: res.postgres.url, max: 2 });
+  console.log(`\n2. UC2 order of ${ORDER.licences} licences (${ORDER.warmups} warm-up + ${ORDER.runs} runs) vs bare INSERT … unnest`);
+  const orders = await benchOrders(server.base, token, res.pool, server.child.pid);
+  console.log(`  server RSS peak during this step: ${res.sampler.phase("list").toFixed(0)} MB`);
+
+  console.log(`\n3. GET userService?productRefId= on ${ORDER.licences} licences (${LIST.requests} sequential requests) vs bare SELECT + JSON.stringify`);
+  const list = await benchList(server.base, token, res.pool, orders.fleetId, server.child.pid);
+  console.log(
+    `  server: p50 ${list.p50.toFixed(1)} ms, p99 ${list.p99.toFixed(1)} ms, CPU ${list.serverCpuMsPerRequest.toFixed(0)} ms/request, ` +
+      `answer ${(list.answerBytes / 2 ** 20).toFixed(1)} MB`,
+  );
+  console.log(
+    `  bare:   p50 ${list.bareP50.toFixed(1)} ms (query ${list.bareQueryP50.toFixed(1)} ms + stringify ${list.bareStringifyP50.toFixed(1)} ms), p99 ${list.bareP99.toFixed(1)} ms`,
+  );
+
+  console.log(`  server RSS peak during this step: ${res.sampler.phase("end").toFixed(0)} MB`);
+  const peakMb = res.sampler.peakMb();
+
+  const figures: Figure[] = [
+    {
+      name: "GET /ping throughput",
+      unit: "req/s",
+      value: ping.realRps,
+      baseline: ping.bareRps,
+      ratio: ping.realRps / ping.bareRps,
+      target: `≥ ${TARGETS.pingRatioMin.toFixed(2)}×`,
+      pass: ping.realRps / ping.bareRps >= TARGETS.pingRatioMin,
+      note:
+        `best of ${PING.rounds} rounds each; baseline: bare node:http in its own process; server CPU per request ` +
+        `${ping.cpuUsPerRequest.real.toFixed(0)} µs vs ${ping.cpuUsPerRequest.bare.toFixed(0)} µs bare`,
+    },
+    {
+      name: `UC2 order ${ORDER.licences} licences (median)`,
+      unit: "ms",
+      value: orders.orderMs,
+      baseline: orders.bareMs,
+      ratio: orders.orderMs / orders.bareMs,
+      target: `≤ ${TARGETS.orderRatioMax.toFixed(2)}×`,
+      pass: orders.orderMs / orders.bareMs <= TARGETS.orderRatioMax,
+      note:
+        `baseline: INSERT … SELECT … FROM unnest($1::text[]) with pg, autocommit; ` +
+        `server CPU ${orders.serverCpuMs.toFixed(0)} ms/order (median)`,
+    },
+    {
+      name: `GET by fleet ${ORDER.licences} p50`,
+      unit: "ms",
+      value: list.p50,
+      baseline: list.bareP50,
+      ratio: list.p50 / list.bareP50,
+      target: `≤ ${TARGETS.listRatioMax.toFixed(2)}× and ≤ ${TARGETS.listP50MaxMs} ms`,
+      pass: list.p50 / list.bareP50 <= TARGETS.listRatioMax && list.p50 <= TARGETS.listP50MaxMs,
+      note:
+        `baseline: the same SELECT with pg + JSON.stringify (query p50 ${list.bareQueryP50.toFixed(1)} ms, ` +
+        `stringify p50 ${list.bareStringifyP50.toFixed(1)} ms); server CPU ${list.serverCpuMsPerRequest.toFixed(0)} ms/request`,
+    },
+    {
+      name: `GET by fleet ${ORDER.licences} p99`,
+      unit: "ms",
+      value: list.p99,
+      baseline: list.bareP99,
+      ratio: list.p99 / list.bareP99,
+      target: `≤ ${TARGETS.listRatioMax.toFixed(2)}×`,
+      pass: list.p99 / list.bareP99 <= TARGETS.listRatioMax,
+    },
+    {
+      name: "server peak RSS (whole run)",
+      unit: "MB",
+      value: peakMb,
+      baseline: null,
+      ratio: null,
+      target: `≤ ${TARGETS.peakRssMaxMb} MB`,
+      pass: peakMb <= TARGETS.peakRssMaxMb,
+      note: `VmHWM of /proc/<pid>/status, sampled every 100 ms (${res.sampler.samples} samples); RSS when ready: ${(idleMb / 1024).toFixed(0)} MB`,
+    },
+  ];
+
+  await cleanup();
+
+  console.log("");
+  console.log(renderTable(figures));
+  for (const f of figures) if (f.note) console.log(`  ${f.name}: ${f.note}`);
+  const passed = figures.filter((f) => f.pass).length;
+  console.log(`\n${passed}/${figures.length} targets met.`);
+
+  mkdirSync(path.dirname(RESULTS_FILE), { recursive: true });
+  const report = {
+    machine: m,
+    parameters: { ping: PING, order: ORDER, list: LIST, targets: TARGETS },
+    figures,
+    raw: {
+      ping: ping.runs,
+      orderMs: orders.orderRuns,
+      bareInsertMs: orders.bareRuns,
+      listMs: list.serverRuns,
+      bareSelectMs: list.bareRuns,
+      listAnswerBytes: list.answerBytes,
+      serverIdleRssMb: idleMb / 1024,
+      serverRssPeakMbByStep: Object.fromEntries(
+        Object.entries(res.sampler.phasePeaksKb).map(([phase, kb]) => [phase, Math.round(kb / 1024)]),
+      ),
+    },
+  };
+  writeFileSync(RESULTS_FILE, JSON.stringify(report, null, 2) + "\n");
+  console.log(`written to ${path.relative(process.cwd(), RESULTS_FILE)}`);
+  if (existsSync(path.join(ROOT, ".env"))) console.log("note: the server also read ./.env (settings set by the bench take precedence)");
+}
+
+main()
+  .catch(async (err: unknown) => {
+    console.error("bench failed:", err);
+    process.exitCode = 1;
+    await cleanup();
+  })
+  .finally(() => {
+    // Nothing may keep the process alive (autocannon, pg) once everything is stopped.
+    process.exit(process.exitCode ?? 0);
+  });
