@@ -1,5 +1,6 @@
 import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
+import { createServer } from "node:http";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import { jsonSchemaTransform, jsonSchemaTransformObject, type ZodTypeProvider } from "fastify-type-provider-zod";
 import type { z } from "zod";
@@ -13,6 +14,7 @@ import { createOrderService } from "./domain/orders.js";
 import { AppError, ServiceUnavailable } from "./errors.js";
 import { createAuthenticator } from "./orange/auth.js";
 import { registerErrorHandling, sendError } from "./orange/error-handler.js";
+import { createPingFastPath } from "./orange/ping.js";
 import { orangeRoutes } from "./orange/routes.js";
 import { zodValidatorCompiler } from "./orange/validation.js";
 
@@ -53,7 +55,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const clock = deps.clock ?? systemClock;
   const ids = deps.ids ?? createIdGenerator();
 
+  const pingFastPath = createPingFastPath(config.inboundAuth.pingOpen || config.inboundAuth.disabled);
   const app = Fastify({
+    // An open GET /ping is answered before routing (src/orange/ping.ts); `inject` bypasses this
+    // factory, so tests reach the Fastify route, which answers the same bytes.
+    serverFactory: (handler) =>
+      createServer((req, res) => {
+        if (!pingFastPath.handle(req, res)) handler(req, res);
+      }),
     ...(deps.logger === undefined
       ? { logger: { level: config.logLevel, redact: LOG_REDACT } }
       : deps.logger === false
@@ -63,9 +72,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     trustProxy: config.trustProxy,
     return503OnClosing: true,
     requestIdHeader: "x-request-id",
-    genReqId: () => ids.next("ev").replace(/^ev_/, "req_"),
+    genReqId: () => ids.next("req"),
   }).withTypeProvider<ZodTypeProvider>();
 
+  app.addHook("preClose", async () => pingFastPath.disable());
   app.setValidatorCompiler(zodValidatorCompiler);
   app.setSerializerCompiler(({ schema, url, method }) => {
     if (!config.responseValidation) return (data) => JSON.stringify(data);

@@ -148,4 +148,27 @@ describe("smoke test over a real port", () => {
     const states = Object.fromEntries(again.body.map((l: { id: string; state: string }) => [l.id, l.state]));
     expect(states).toEqual({ [suspended]: "inactive", [deleted]: "terminated", [swapped]: "active" });
   });
+
+  it("answers an open GET /ping over the port with the bytes and headers of the Fastify route", async () => {
+    // Over a real port an open GET /ping is answered before routing (src/orange/ping.ts);
+    // inject reaches the Fastify route: both must say exactly the same thing.
+    const fast = await fetch(`${base}/ping`);
+    const routed = await t.app.inject({ method: "GET", url: "/ping" });
+    expect(fast.status).toBe(routed.statusCode);
+    expect(await fast.text()).toBe(routed.body);
+    expect(fast.headers.get("content-type")).toBe(routed.headers["content-type"]);
+    expect(fast.headers.get("content-length")).toBe(String(routed.headers["content-length"]));
+
+    // What the fast path does not take still gets Fastify's answers.
+    const html = await fetch(`${base}/ping`, { headers: { accept: "text/html" } });
+    expect(html.status).toBe(406);
+    expect(((await html.json()) as { code: number }).code).toBe(62);
+    const post = await fetch(`${base}/ping`, { method: "POST", headers: AUTH });
+    expect(post.status).toBe(405);
+    expect(post.headers.get("allow")).toBe("GET");
+    await post.body?.cancel();
+    const query = await fetch(`${base}/ping?probe=1`);
+    expect(query.status).toBe(200);
+    expect(await query.text()).toBe(routed.body);
+  });
 });

@@ -7,16 +7,17 @@ import { randomBytes } from "node:crypto";
  */
 const ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz";
 
-function base32(value: bigint, length: number): string {
+/** `value` (an integer below 2^53) as `length` base32 digits; plain numbers: BigInt costs µs per id. */
+function base32(value: number, length: number): string {
   let out = "";
   for (let i = 0; i < length; i++) {
-    out = ALPHABET[Number(value & 31n)] + out;
-    value >>= 5n;
+    out = ALPHABET[value % 32] + out;
+    value = Math.floor(value / 32);
   }
   return out;
 }
 
-export type IdPrefix = "po" | "cu" | "ct" | "fl" | "us" | "eu" | "upd" | "ev";
+export type IdPrefix = "po" | "cu" | "ct" | "fl" | "us" | "eu" | "upd" | "ev" | "req";
 
 export interface IdGenerator {
   next(prefix: IdPrefix): string;
@@ -43,19 +44,20 @@ function random32(): number {
 
 export function createIdGenerator(now: () => number = Date.now): IdGenerator {
   let lastMs = 0;
+  let timePart = base32(0, 10);
   let counter = 0;
   return {
     next(prefix) {
       const ms = now();
       if (ms > lastMs) {
         lastMs = ms;
+        timePart = base32(ms, 10);
         counter = 0;
       } else {
         counter++;
       }
       // 10 chars of time (50 bits) + 4 chars of counter (20 bits) + 6 random chars (30 bits).
-      const rand = random32();
-      return `${prefix}_${base32(BigInt(lastMs), 10)}${base32(BigInt(counter), 4)}${base32(BigInt(rand), 6)}`;
+      return `${prefix}_${timePart}${base32(counter, 4)}${base32(random32(), 6)}`;
     },
   };
 }

@@ -5,6 +5,7 @@ import type { OrderService } from "../domain/orders.js";
 import { InvalidBodyField, InvalidQuery, NotAcceptable, NotFound } from "../errors.js";
 import type { Authenticator } from "./auth.js";
 import { rejectOtherMethods } from "./error-handler.js";
+import { acceptsJson } from "./ping.js";
 import {
   renderOrder,
   renderUpdate,
@@ -50,24 +51,23 @@ const errors = {
   503: ErrorBodySchema.describe("store unavailable, retry later (code 5)"),
 };
 
-/** Orange always sends `Accept: application/json` or nothing; anything that excludes JSON gets 406. */
-function acceptsJson(accept: string | undefined): boolean {
-  if (accept === undefined || accept.trim() === "") return true;
-  return accept
-    .split(",")
-    .map((part) => part.split(";")[0]!.trim().toLowerCase())
-    .some((type) => type === "application/json" || type === "*/*" || type === "application/*" || type.endsWith("+json"));
-}
-
 export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (app, opts) => {
   const ctx: RenderContext = { catalogue: opts.catalogue, partnerName: opts.partnerName };
 
-  app.addHook("onRequest", async (request) => {
-    // An open /ping skips authentication only: content negotiation applies to every route.
-    if (!(request.routeOptions.config.public === true && opts.pingOpen)) opts.authenticate(request);
-    if (!acceptsJson(request.headers.accept)) {
-      throw new NotAcceptable(`this API answers application/json only (Accept: ${request.headers.accept})`);
+  // A callback hook, not an async one: it runs on every call, /ping included, and a promise per
+  // request is measurable there.
+  app.addHook("onRequest", (request, _reply, done) => {
+    try {
+      // An open /ping skips authentication only: content negotiation applies to every route.
+      if (!(request.routeOptions.config.public === true && opts.pingOpen)) opts.authenticate(request);
+      if (!acceptsJson(request.headers.accept)) {
+        throw new NotAcceptable(`this API answers application/json only (Accept: ${request.headers.accept})`);
+      }
+    } catch (err) {
+      done(err as Error);
+      return;
     }
+    done();
   });
 
   app.get(
