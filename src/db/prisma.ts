@@ -2,7 +2,10 @@
 // on these machines (see ARCHITECTURE.md "Prisma offline").
 
 import { PrismaPg } from "@prisma/adapter-pg";
-import { PrismaClient, type Prisma } from "../generated/prisma/client.js";
+import { Prisma, PrismaClient } from "../generated/prisma/client.js";
+
+/** Tagged SQL helpers (`Prisma.raw`, `Prisma.sql`) for fragments shared between raw queries. */
+export { Prisma };
 
 export type Db = PrismaClient;
 /** What `db.$transaction(async (tx) => …)` hands over; data access takes it to join the caller's transaction. */

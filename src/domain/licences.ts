@@ -1,4 +1,4 @@
-import type { Db, Tx } from "../db/prisma.js";
+import { Prisma, type Db, type Tx } from "../db/prisma.js";
 import type { Catalogue } from "./catalogue.js";
 import type { Clock } from "./clock.js";
 import { Conflict } from "../errors.js";
@@ -18,8 +18,9 @@ export interface LicenceRecord {
   realizingResource: JsonObject | null;
   login: JsonObject | null;
   serviceCharacteristics: JsonValue[] | null;
-  createdAt: Date;
-  updatedAt: Date;
+  /** ISO 8601 UTC with milliseconds, as PostgreSQL formats it (see LICENCE_COLUMNS). */
+  createdAt: string;
+  updatedAt: string;
 }
 
 export interface LicenceChange {
@@ -65,9 +66,22 @@ interface LicenceRow {
   realizing_resource: JsonObject | null;
   login: JsonObject | null;
   service_characteristics: JsonValue[] | null;
-  created_at: Date;
-  updated_at: Date;
+  created_at: string;
+  updated_at: string;
 }
+
+const iso = (column: string) => `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+
+/**
+ * The columns of a LicenceRow, for queries over `licence l` joined to `fleet f`. Timestamps leave
+ * PostgreSQL already formatted: parsing then formatting 20,000 Dates in JavaScript was a third of
+ * the time of listing a 10,000-licence fleet.
+ */
+const LICENCE_COLUMNS = Prisma.raw(
+  `l.id, l.fleet_id, f.customer_id, l.state, l.external_state, l.offer_code, l.end_user,
+   l.realizing_resource, l.login, l.service_characteristics,
+   ${iso("l.created_at")} AS created_at, ${iso("l.updated_at")} AS updated_at`,
+);
 
 function toRecord(r: LicenceRow): LicenceRecord {
   return {
@@ -91,10 +105,9 @@ export function createLicenceService(deps: LicenceServiceDeps) {
 
   /** Licences of a fleet in creation order; null when the fleet does not exist. */
   async function listByFleet(fleetId: string): Promise<LicenceRecord[] | null> {
-    const rows = await db.$queryRaw<(LicenceRow & { fleet_exists: boolean })[]>`
-      SELECT l.id, f.id AS fleet_id, f.customer_id, l.state, l.external_state, l.offer_code,
-             l.end_user, l.realizing_resource, l.login, l.service_characteristics, l.created_at,
-             l.updated_at
+    // LEFT JOIN: a fleet without licences gives one row of nulls, told apart from an unknown fleet.
+    const rows = await db.$queryRaw<LicenceRow[]>`
+      SELECT ${LICENCE_COLUMNS}
       FROM fleet f LEFT JOIN licence l ON l.fleet_id = f.id
       WHERE f.id = ${fleetId}
       ORDER BY l.id`;
@@ -117,10 +130,10 @@ export function createLicenceService(deps: LicenceServiceDeps) {
     // Rows are locked in id order so that two updates on overlapping lists cannot deadlock.
     return lock
       ? q.$queryRaw<LicenceRow[]>`
-          SELECT l.*, f.customer_id FROM licence l JOIN fleet f ON f.id = l.fleet_id
+          SELECT ${LICENCE_COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
           WHERE l.id = ANY(${licenceIds}::text[]) ORDER BY l.id FOR UPDATE OF l`
       : q.$queryRaw<LicenceRow[]>`
-          SELECT l.*, f.customer_id FROM licence l JOIN fleet f ON f.id = l.fleet_id
+          SELECT ${LICENCE_COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
           WHERE l.id = ANY(${licenceIds}::text[]) ORDER BY l.id`;
   }
 
@@ -223,7 +236,7 @@ export function createLicenceService(deps: LicenceServiceDeps) {
                         ${next.map((l) => l.externalState)}::text[], ${next.map((l) => l.offerCode)}::text[])
                  AS v(id, state, external_state, offer_code), fleet f
             WHERE l.id = v.id AND f.id = l.fleet_id
-            RETURNING l.*, f.customer_id`;
+            RETURNING ${LICENCE_COLUMNS}`;
           outcome = {
             updateId,
             state: "completed",

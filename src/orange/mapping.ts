@@ -260,20 +260,40 @@ export function renderOrder(req: ProductOrderRequest, o: OrderOutcome, ctx: Rend
 // ---------------------------------------------------------------------------------------------
 // UserService
 
+const offeringCache = new WeakMap<Catalogue, Map<string, JsonObject>>();
+
+/** The ProductOfferingRef of a catalogue code, built once per code (fleet listings repeat it 10,000 times). */
+function licenceOffering(code: string, catalogue: Catalogue): JsonObject {
+  let byCode = offeringCache.get(catalogue);
+  if (!byCode) offeringCache.set(catalogue, (byCode = new Map()));
+  let offering = byCode.get(code);
+  if (!offering) byCode.set(code, (offering = compact(offeringOut(code, undefined, catalogue))));
+  return offering;
+}
+
+/**
+ * One licence on the wire. The hot path of a fleet listing, so it is built field by field rather
+ * than through compact(): absent optional nodes are `undefined` (JSON.stringify leaves them out),
+ * and only the nodes that could hold something empty go through compact().
+ */
 export function renderUserService(l: LicenceRecord, catalogue: Catalogue): UserService {
-  return compact({
+  return {
     id: l.id,
     relatedProductRefId: l.fleetId,
     state: l.state,
-    externalState: l.externalState,
-    productOffering: offeringOut(l.offerCode, undefined, catalogue),
-    endUser: individualOut(l.endUser),
-    realizingResource: realizingResourceOut(l.realizingResource),
-    login: l.login ? pick(l.login, ["key", "value"] as const) : undefined,
-    serviceCharacteristic: characteristicsOut(l.serviceCharacteristics),
-    creationDate: l.createdAt.toISOString(),
-    lastUpdate: l.updatedAt.toISOString(),
-  }) as UserService;
+    externalState: l.externalState ?? undefined,
+    productOffering: licenceOffering(l.offerCode, catalogue) as UserService["productOffering"],
+    endUser: l.endUser ? (compact(individualOut(l.endUser)) as UserService["endUser"]) : undefined,
+    realizingResource: l.realizingResource
+      ? (compact(realizingResourceOut(l.realizingResource)) as UserService["realizingResource"])
+      : undefined,
+    login: l.login ? (compact(pick(l.login, ["key", "value"] as const)) as UserService["login"]) : undefined,
+    serviceCharacteristic: l.serviceCharacteristics
+      ? (compact(characteristicsOut(l.serviceCharacteristics)) as UserService["serviceCharacteristic"])
+      : undefined,
+    creationDate: l.createdAt,
+    lastUpdate: l.updatedAt,
+  };
 }
 
 export function toUpdateCommand(req: UserServiceUpdateRequest, idempotencyKeyHeader: string | undefined): UpdateLicencesCommand {
