@@ -1,7 +1,7 @@
 import { Prisma, type Db, type Tx } from "../db/prisma.js";
 import type { Catalogue } from "./catalogue.js";
 import type { Clock } from "./clock.js";
-import { Conflict } from "../errors.js";
+import { replayOrConflict, type StoredRequest } from "./idempotency.js";
 import type { IdGenerator } from "./ids.js";
 import type { JsonObject, JsonValue } from "./json.js";
 import { canSwapOffer, transition, type ExternalState, type LicenceState } from "./licence-state.js";
@@ -147,15 +147,9 @@ export function createLicenceService(deps: LicenceServiceDeps) {
       ON CONFLICT (idempotency_key) DO NOTHING
       RETURNING id`;
     if (inserted.length > 0) return null;
-    const [existing] = await tx.$queryRaw<{ id: string; request_hash: string; response: JsonValue }[]>`
+    const [stored] = await tx.$queryRaw<StoredRequest[]>`
       SELECT id, request_hash, response FROM licence_update WHERE idempotency_key = ${cmd.idempotencyKey ?? null}`;
-    if (!existing) throw new Error("idempotency key conflict without a stored update");
-    if (existing.request_hash !== cmd.requestHash) {
-      throw new Conflict(
-        `update reference ${JSON.stringify(cmd.idempotencyKey)} was already used by update ${existing.id} with a different body`,
-      );
-    }
-    return existing.response;
+    return replayOrConflict("update", stored, cmd);
   }
 
   /** Checks every change against the locked licences; the first violation fails the whole list. */

@@ -1,7 +1,7 @@
 import type { Db, Tx } from "../db/prisma.js";
 import type { Catalogue } from "./catalogue.js";
 import type { Clock } from "./clock.js";
-import { Conflict } from "../errors.js";
+import { replayOrConflict, type StoredRequest } from "./idempotency.js";
 import type { IdGenerator } from "./ids.js";
 import type { JsonObject, JsonValue } from "./json.js";
 
@@ -114,15 +114,9 @@ export function createOrderService(deps: OrderServiceDeps) {
       ON CONFLICT (idempotency_key) DO NOTHING
       RETURNING id`;
     if (inserted.length > 0) return null;
-    const [existing] = await tx.$queryRaw<{ id: string; request_hash: string; response: JsonValue }[]>`
+    const [stored] = await tx.$queryRaw<StoredRequest[]>`
       SELECT id, request_hash, response FROM product_order WHERE idempotency_key = ${cmd.idempotencyKey ?? null}`;
-    if (!existing) throw new Error("idempotency key conflict without a stored order");
-    if (existing.request_hash !== cmd.requestHash) {
-      throw new Conflict(
-        `order reference ${JSON.stringify(cmd.idempotencyKey)} was already used by order ${existing.id} with a different body`,
-      );
-    }
-    return existing.response;
+    return replayOrConflict("order", stored, cmd);
   }
 
   /** Every business rule is checked before anything is written, so a failed order writes nothing but itself. */
