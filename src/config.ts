@@ -59,6 +59,26 @@ const EnvSchema = z.object({
   /** Comma-separated IPs or CIDR ranges; empty = any source address. */
   INBOUND_IP_ALLOWLIST: list,
   PING_REQUIRES_AUTH: bool(false),
+
+  /** api: HTTP only; worker: event delivery only; all: both in one process. */
+  ROLE: z.enum(["api", "worker", "all"]).default("all"),
+  ORANGE_EVENT_BASE_URL: z.url().default("https://ope.apibackbone.orange.com"),
+  ORANGE_OFFER: z.enum(["mba2", "mba2-beta"]).default("mba2"),
+  ORANGE_PRODUCT_ORDERING_EVENT_PATH: z.string().startsWith("/").default("/productordering/v2/event"),
+  ORANGE_USER_SERVICE_EVENT_PATH: z.string().startsWith("/").default("/userservice/v2/event"),
+  ORANGE_TOKEN_URL: z.url().default("https://ope.apibackbone.orange.com/oauth/v3/token"),
+  ORANGE_CLIENT_ID: optionalString,
+  ORANGE_CLIENT_SECRET: optionalString,
+  /** Deadline of one call to Orange (token or event). */
+  ORANGE_EVENT_TIMEOUT_MS: z.coerce.number().int().min(100).default(10_000),
+  EVENT_RETRY_BASE_MS: z.coerce.number().int().min(1).default(5_000),
+  EVENT_RETRY_MAX_MS: z.coerce.number().int().min(1).default(3_600_000),
+  EVENT_MAX_ATTEMPTS: z.coerce.number().int().min(1).default(12),
+  EVENT_MAX_AGE_MS: z.coerce.number().int().min(1).default(86_400_000),
+  WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(8),
+  WORKER_LEASE_MS: z.coerce.number().int().min(1000).default(120_000),
+  WORKER_POLL_INTERVAL_MS: z.coerce.number().int().min(10).default(1_000),
+  WORKER_STOP_TIMEOUT_MS: z.coerce.number().int().min(0).default(10_000),
 });
 
 export type Env = z.input<typeof EnvSchema>;
@@ -72,8 +92,31 @@ export interface InboundAuthConfig {
   pingOpen: boolean;
 }
 
+export type Role = "api" | "worker" | "all";
+
+export interface OrangeEventsConfig {
+  baseUrl: string;
+  offer: "mba2" | "mba2-beta";
+  productOrderingPath: string;
+  userServicePath: string;
+  tokenUrl: string;
+  /** Both set, or neither (then events are queued but not delivered). */
+  clientId?: string;
+  clientSecret?: string;
+  timeoutMs: number;
+}
+
+export interface WorkerConfig {
+  concurrency: number;
+  leaseMs: number;
+  pollIntervalMs: number;
+  stopTimeoutMs: number;
+  retry: { baseMs: number; maxMs: number; maxAttempts: number; maxAgeMs: number };
+}
+
 export interface Config {
   env: string;
+  role: Role;
   host: string;
   port: number;
   logLevel: string;
@@ -90,6 +133,8 @@ export interface Config {
   trustProxy: boolean;
   responseValidation: boolean;
   inboundAuth: InboundAuthConfig;
+  orange: OrangeEventsConfig;
+  worker: WorkerConfig;
 }
 
 export class ConfigError extends Error {
@@ -106,8 +151,20 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if ((e.INBOUND_BASIC_USER === undefined) !== (e.INBOUND_BASIC_PASSWORD === undefined)) {
     throw new ConfigError("INBOUND_BASIC_USER and INBOUND_BASIC_PASSWORD must be set together");
   }
+  if ((e.ORANGE_CLIENT_ID === undefined) !== (e.ORANGE_CLIENT_SECRET === undefined)) {
+    throw new ConfigError("ORANGE_CLIENT_ID and ORANGE_CLIENT_SECRET must be set together");
+  }
+  if (e.EVENT_RETRY_MAX_MS < e.EVENT_RETRY_BASE_MS) {
+    throw new ConfigError("EVENT_RETRY_MAX_MS must not be smaller than EVENT_RETRY_BASE_MS");
+  }
+  // A run of the delivery job lasts up to half the lease plus one delivery (token request and
+  // two POSTs at most): a shorter lease would hand live deliveries to another worker.
+  if (e.WORKER_LEASE_MS < 6 * e.ORANGE_EVENT_TIMEOUT_MS) {
+    throw new ConfigError("WORKER_LEASE_MS must be at least 6 × ORANGE_EVENT_TIMEOUT_MS");
+  }
   return {
     env: e.NODE_ENV,
+    role: e.ROLE,
     host: e.HOST,
     port: e.PORT,
     logLevel: e.LOG_LEVEL,
@@ -136,6 +193,28 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
           : undefined,
       ipAllowList: e.INBOUND_IP_ALLOWLIST,
       pingOpen: !e.PING_REQUIRES_AUTH,
+    },
+    orange: {
+      baseUrl: e.ORANGE_EVENT_BASE_URL,
+      offer: e.ORANGE_OFFER,
+      productOrderingPath: e.ORANGE_PRODUCT_ORDERING_EVENT_PATH,
+      userServicePath: e.ORANGE_USER_SERVICE_EVENT_PATH,
+      tokenUrl: e.ORANGE_TOKEN_URL,
+      clientId: e.ORANGE_CLIENT_ID,
+      clientSecret: e.ORANGE_CLIENT_SECRET,
+      timeoutMs: e.ORANGE_EVENT_TIMEOUT_MS,
+    },
+    worker: {
+      concurrency: e.WORKER_CONCURRENCY,
+      leaseMs: e.WORKER_LEASE_MS,
+      pollIntervalMs: e.WORKER_POLL_INTERVAL_MS,
+      stopTimeoutMs: e.WORKER_STOP_TIMEOUT_MS,
+      retry: {
+        baseMs: e.EVENT_RETRY_BASE_MS,
+        maxMs: e.EVENT_RETRY_MAX_MS,
+        maxAttempts: e.EVENT_MAX_ATTEMPTS,
+        maxAgeMs: e.EVENT_MAX_AGE_MS,
+      },
     },
   };
 }

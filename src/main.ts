@@ -8,11 +8,16 @@ import { startEmbeddedPostgres } from "./db/embedded.js";
 import { applyMigrations } from "./db/migrate.js";
 import { createPrisma } from "./db/prisma.js";
 import { createCatalogue } from "./domain/catalogue.js";
+import { createOrangeEventClient, type OrangeEventClient } from "./events/orange-client.js";
+import { createTokenCache, type TokenCache } from "./events/token-cache.js";
+import { startEventWorker, type EventWorker } from "./events/worker.js";
 
 /**
- * Process entry: configuration → database (embedded unless DATABASE_URL) → migrations → HTTP.
- * Shutdown order: stop accepting HTTP (in-flight requests finish) → close the pool → stop the
- * embedded database.
+ * Process entry: configuration → database (embedded unless DATABASE_URL) → migrations → HTTP
+ * (ROLE api or all) and the event delivery worker (ROLE worker or all, when Orange client
+ * credentials are configured).
+ * Shutdown order: stop accepting HTTP (in-flight requests finish) → stop the worker (running
+ * deliveries finish or are handed back) → close the pool → stop the embedded database.
  */
 
 if (existsSync(".env")) process.loadEnvFile(".env");
@@ -57,6 +62,63 @@ function ensureInboundCredential(config: Config, embedded: boolean, log: pino.Lo
   );
 }
 
+interface RunningWorker {
+  worker: EventWorker;
+  client: OrangeEventClient;
+  tokens: TokenCache;
+}
+
+/** The delivery worker, or undefined (with the reason logged) when it must not run here. */
+async function startWorkerRole(config: Config, databaseUrl: string, log: pino.Logger): Promise<RunningWorker | undefined> {
+  if (config.role === "api") return undefined;
+  const { orange } = config;
+  if (orange.clientId === undefined || orange.clientSecret === undefined) {
+    if (config.role === "worker") {
+      throw new ConfigError("ROLE=worker needs ORANGE_CLIENT_ID and ORANGE_CLIENT_SECRET to deliver events to Orange");
+    }
+    log.warn(
+      "ORANGE_CLIENT_ID/ORANGE_CLIENT_SECRET are not set: events to Orange are kept in the outbox but NOT delivered " +
+        "until a worker with credentials runs",
+    );
+    return undefined;
+  }
+  const eventLog = log.child({ component: "events" });
+  const tokens = createTokenCache({
+    tokenUrl: orange.tokenUrl,
+    clientId: orange.clientId,
+    clientSecret: orange.clientSecret,
+    timeoutMs: orange.timeoutMs,
+    logger: eventLog,
+  });
+  const client = createOrangeEventClient({
+    baseUrl: orange.baseUrl,
+    offer: orange.offer,
+    productOrderingPath: orange.productOrderingPath,
+    userServicePath: orange.userServicePath,
+    tokens,
+    timeoutMs: orange.timeoutMs,
+    logger: eventLog,
+  });
+  try {
+    const worker = await startEventWorker({
+      databaseUrl,
+      client,
+      retry: config.worker.retry,
+      concurrency: config.worker.concurrency,
+      leaseMs: config.worker.leaseMs,
+      pollIntervalMs: config.worker.pollIntervalMs,
+      stopTimeoutMs: config.worker.stopTimeoutMs,
+      logger: eventLog,
+    });
+    log.info({ eventUrl: client.urlFor("productordering"), offer: orange.offer }, "delivering events to Orange");
+    return { worker, client, tokens };
+  } catch (err) {
+    await client.close();
+    await tokens.close();
+    throw err;
+  }
+}
+
 async function main(): Promise<void> {
   const config = loadConfig();
   const log = pino({ level: config.logLevel, redact: LOG_REDACT });
@@ -84,20 +146,25 @@ async function main(): Promise<void> {
     const { applied } = await applyMigrations(databaseUrl, { log: (msg) => log.info({ component: "migrations" }, msg) });
     log.info({ applied }, applied.length > 0 ? "migrations applied" : "schema up to date");
 
-    const catalogue = createCatalogue(JSON.parse(readFileSync(config.catalogueFile, "utf8")));
-    log.info({ file: config.catalogueFile, offers: catalogue.codes() }, "product catalogue loaded");
-    ensureInboundCredential(config, embedded !== undefined, log);
-
     const db = createPrisma(databaseUrl, {
       poolMax: config.databasePoolMax,
       connectTimeoutMs: config.databaseConnectTimeoutMs,
     });
-    const app = await buildApp({ config, db, catalogue, logger: log });
-    await app.listen({ host: config.host, port: config.port });
-    log.info(
-      { address: `http://${config.host}:${config.port}`, docs: `http://localhost:${config.port}/docs` },
-      "partner server listening",
-    );
+    let app: Awaited<ReturnType<typeof buildApp>> | undefined;
+    if (config.role !== "worker") {
+      const catalogue = createCatalogue(JSON.parse(readFileSync(config.catalogueFile, "utf8")));
+      log.info({ file: config.catalogueFile, offers: catalogue.codes() }, "product catalogue loaded");
+      ensureInboundCredential(config, embedded !== undefined, log);
+      app = await buildApp({ config, db, catalogue, logger: log });
+    }
+    const worker = await startWorkerRole(config, databaseUrl, log);
+    if (app) {
+      await app.listen({ host: config.host, port: config.port });
+      log.info(
+        { address: `http://${config.host}:${config.port}`, docs: `http://localhost:${config.port}/docs` },
+        "partner server listening",
+      );
+    }
 
     let closing = false;
     const shutdown = async (signal: string) => {
@@ -107,9 +174,14 @@ async function main(): Promise<void> {
       const deadline = setTimeout(() => {
         log.error("shutdown took too long; exiting");
         process.exit(1);
-      }, 20_000);
+      }, Math.max(20_000, config.worker.stopTimeoutMs + 10_000));
       deadline.unref();
-      await app.close();
+      await app?.close();
+      if (worker) {
+        await worker.worker.stop();
+        await worker.client.close();
+        await worker.tokens.close();
+      }
       await db.$disconnect();
       await stopEmbedded();
       log.info("stopped");

@@ -7,6 +7,7 @@ import { createHash, randomUUID } from "node:crypto";
 import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { Logger, runMigrations as runJobQueueMigrations } from "graphile-worker";
 import pg from "pg";
 
 // The key `prisma migrate deploy` locks: this runner and Prisma's CLI exclude each other too.
@@ -17,6 +18,11 @@ export interface ApplyMigrationsOptions {
   /** Folder holding `<name>/migration.sql`; defaults to the repository's prisma/migrations. */
   migrationsDir?: string;
   log?: (msg: string) => void;
+  /**
+   * Also install or upgrade graphile-worker's schema (`graphile_worker`), which the outbox
+   * needs in every role: the API enqueues with `graphile_worker.add_job` (default true).
+   */
+  jobQueue?: boolean;
 }
 
 /** A migration script failed; its transaction was rolled back and nothing was recorded. */
@@ -70,10 +76,25 @@ export async function applyMigrations(
       await client.query(`SELECT pg_advisory_lock(${PRISMA_MIGRATE_LOCK_KEY})`);
     }
     // The lock is the session's: ending the connection releases it, even when a query failed.
-    return await applyLocked(client, migrations, log);
+    const result = await applyLocked(client, migrations, log);
+    if (opts.jobQueue ?? true) await migrateJobQueue(connectionString, log);
+    return result;
   } finally {
     await client.end().catch(() => {});
   }
+}
+
+/**
+ * graphile-worker keeps its own migrations (in `graphile_worker.migrations`); it is run here,
+ * under the same lock, so that a database is complete after applyMigrations whatever role the
+ * process has, and test templates carry it too.
+ */
+async function migrateJobQueue(connectionString: string, log: (msg: string) => void): Promise<void> {
+  const logger = new Logger(() => (level, message) => {
+    const name = String(level);
+    if (name === "error" || name === "warning") log(`graphile-worker: ${message}`);
+  });
+  await runJobQueueMigrations({ connectionString, maxPoolSize: 1, logger });
 }
 
 async function applyLocked(

@@ -1,0 +1,349 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { retryDelayMs } from "../src/events/delivery.js";
+import { DELIVERY_LOCK_NAMESPACE, enqueueEvent } from "../src/events/outbox.js";
+import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { startMockGateway, type MockGateway } from "./support/mock-gateway.js";
+import { clock, enqueue, eventRow, ids, startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
+
+let database: TestDatabase;
+let gw: MockGateway;
+const running: WorkerHarness[] = [];
+const children: ChildProcess[] = [];
+
+beforeAll(async () => {
+  database = await createTestDatabase();
+  gw = await startMockGateway();
+});
+beforeEach(() => {
+  gw.reset();
+});
+afterEach(async () => {
+  for (const child of children.splice(0)) child.kill("SIGKILL");
+  await Promise.all(running.splice(0).map((w) => w.stop()));
+});
+afterAll(async () => {
+  await gw?.close();
+  await database?.drop();
+});
+
+async function worker(overrides: Parameters<typeof startWorker>[2] = {}): Promise<WorkerHarness> {
+  const w = await startWorker(gw, database.url, overrides);
+  running.push(w);
+  return w;
+}
+
+const db = () => database.prisma;
+const bodiesFor = (fleetId: string) =>
+  gw.received.filter((r) => (r.body as { resource?: { fleet?: string } }).resource?.fleet === fleetId);
+const deliveredIds = (fleetId: string) =>
+  bodiesFor(fleetId)
+    .filter((r) => r.status === 201)
+    .map((r) => (r.body as { id: string }).id);
+
+describe("retryDelayMs", () => {
+  const policy = { baseMs: 1_000, maxMs: 60_000, maxAttempts: 12, maxAgeMs: 86_400_000 };
+
+  it("draws a delay up to a ceiling that doubles with each attempt and stops at the cap (full jitter)", () => {
+    expect(retryDelayMs(policy, 1, undefined, () => 0.999)).toBe(999);
+    expect(retryDelayMs(policy, 3, undefined, () => 0.5)).toBe(2_000);
+    expect(retryDelayMs(policy, 30, undefined, () => 0.999)).toBe(59_940);
+    expect(retryDelayMs(policy, 5, undefined, () => 0)).toBe(0);
+  });
+
+  it("never retries sooner than Orange's Retry-After", () => {
+    expect(retryDelayMs(policy, 1, 30_000, () => 0.5)).toBe(30_000);
+    expect(retryDelayMs(policy, 8, 1_000, () => 0.5)).toBe(30_000); // the drawn delay is longer
+  });
+});
+
+describe("delivery of outbox events", () => {
+  it("delivers a committed event with its envelope, to the offer's URL, with a bearer token", async () => {
+    await worker();
+    const event = await enqueue(db(), {
+      fleetId: "fl_a",
+      orderId: "po_a",
+      resource: { id: "po_a", state: "completed", fleet: "fl_a" },
+    });
+
+    const row = await waitFor("delivery", async () => {
+      const r = await eventRow(db(), event.id);
+      return r?.state === "delivered" ? r : undefined;
+    });
+    const [call] = gw.delivered();
+    expect(call?.path).toBe("/mba2/productordering/v2/event");
+    expect(call?.token).toMatch(/^mock-token-/);
+    expect(call?.headers.authorization).toBe(`Bearer ${call?.token}`);
+    expect(call?.body).toEqual(event.body);
+    expect(call?.body).toEqual(row.body);
+    expect(row).toMatchObject({ attempts: 1, lastStatus: 201, lastRequestId: call?.requestId, lastError: null });
+    expect(row.deliveredAt).toBeInstanceOf(Date);
+    expect(row.deliveryAttempts).toHaveLength(1);
+    expect(row.deliveryAttempts[0]).toMatchObject({ attempt: 1, outcome: "delivered", status: 201, requestId: call?.requestId });
+    expect(row.deliveryAttempts[0]?.finishedAt).toBeInstanceOf(Date);
+  });
+
+  it("sends userservice events to the userservice endpoint of the configured offer", async () => {
+    await worker({ offer: "mba2-beta" });
+    const event = await enqueue(db(), {
+      api: "userservice",
+      type: "updateNotification",
+      fleetId: "fl_us",
+      resource: { userService: [{ id: "us_1" }], fleet: "fl_us" },
+    });
+    await waitFor("delivery", () => gw.delivered().find((r) => (r.body as { id: string }).id === event.id));
+    expect(gw.delivered()[0]?.path).toBe("/mba2-beta/userservice/v2/event");
+  });
+
+  it("sends nothing for a change that rolled back", async () => {
+    await worker();
+    await expect(
+      db().$transaction(async (tx) => {
+        await enqueueEvent(
+          tx,
+          { api: "productordering", type: "completedStateNotification", resource: { fleet: "fl_rb" }, fleetId: "fl_rb" },
+          clock,
+          ids,
+        );
+        throw new Error("rolled back");
+      }),
+    ).rejects.toThrow("rolled back");
+    // A later event of the same fleet is delivered alone: had the first left anything, it would
+    // have gone out before it.
+    const later = await enqueue(db(), { fleetId: "fl_rb", resource: { fleet: "fl_rb" } });
+    await waitFor("the later event", () => deliveredIds("fl_rb").length === 1);
+    expect(bodiesFor("fl_rb").map((r) => (r.body as { id: string }).id)).toEqual([later.id]);
+    expect(await db().outboxEvent.count({ where: { orderingKey: "fl_rb" } })).toBe(1);
+  });
+
+  it("retries a 5xx and delivers on the second attempt, recording both", async () => {
+    gw.scriptEvents(500);
+    await worker();
+    const event = await enqueue(db(), { fleetId: "fl_500", resource: { fleet: "fl_500" } });
+    const row = await waitFor("delivery", async () => {
+      const r = await eventRow(db(), event.id);
+      return r?.state === "delivered" ? r : undefined;
+    });
+    expect(row.attempts).toBe(2);
+    expect(row.deliveryAttempts.map((a) => [a.attempt, a.outcome, a.status])).toEqual([
+      [1, "retry", 500],
+      [2, "delivered", 201],
+    ]);
+    expect(row.deliveryAttempts[0]?.error).toBe("HTTP 500");
+    expect(row.deliveryAttempts[0]?.requestId).toMatch(/^mock-/);
+    expect(bodiesFor("fl_500").map((r) => (r.body as { id: string }).id)).toEqual([event.id, event.id]);
+  });
+
+  it("retries a 429 no sooner than its Retry-After", async () => {
+    gw.scriptEvents(429); // Retry-After: 1
+    await worker();
+    const event = await enqueue(db(), { fleetId: "fl_429", resource: { fleet: "fl_429" } });
+    const row = await waitFor("delivery", async () => {
+      const r = await eventRow(db(), event.id);
+      return r?.state === "delivered" ? r : undefined;
+    });
+    const [first, second] = row.deliveryAttempts;
+    expect([first?.status, second?.status]).toEqual([429, 201]);
+    // Backoff of this worker is at most 50 ms; only Retry-After explains a second's wait.
+    expect(second!.startedAt.getTime() - first!.finishedAt!.getTime()).toBeGreaterThanOrEqual(950);
+  });
+
+  it("parks an event Orange rejects with a 4xx after one attempt, keeping status, request id and body", async () => {
+    gw.scriptEvents(400);
+    await worker();
+    const rejected = await enqueue(db(), { fleetId: "fl_400", resource: { fleet: "fl_400" } });
+    const next = await enqueue(db(), { fleetId: "fl_400", resource: { fleet: "fl_400" } });
+
+    // The parked event does not block its fleet: the next one is delivered.
+    await waitFor("the next event of the fleet", () => deliveredIds("fl_400").includes(next.id));
+    const row = (await eventRow(db(), rejected.id))!;
+    const call = gw.received.find((r) => (r.body as { id: string }).id === rejected.id);
+    expect(row).toMatchObject({ state: "dead", attempts: 1, lastStatus: 400, lastRequestId: call?.requestId, lastError: "HTTP 400" });
+    expect(JSON.parse(row.lastResponseBody ?? "{}")).toMatchObject({ code: 24 });
+    expect(row.deadAt).toBeInstanceOf(Date);
+    expect(row.deliveryAttempts.map((a) => [a.outcome, a.status])).toEqual([["park", 400]]);
+    expect(gw.received.filter((r) => (r.body as { id: string }).id === rejected.id)).toHaveLength(1);
+  });
+
+  it("parks an event as dead once its attempts are spent", async () => {
+    gw.scriptEvents(503, 3);
+    await worker({ retry: { baseMs: 5, maxMs: 20, maxAttempts: 3, maxAgeMs: 60_000 } });
+    const event = await enqueue(db(), { fleetId: "fl_bound", resource: { fleet: "fl_bound" } });
+    const row = await waitFor("parking", async () => {
+      const r = await eventRow(db(), event.id);
+      return r?.state === "dead" ? r : undefined;
+    });
+    expect(row.attempts).toBe(3);
+    expect(row.lastStatus).toBe(503);
+    expect(row.lastError).toBe("gave up after 3 attempts: HTTP 503");
+    expect(row.deliveryAttempts.map((a) => a.outcome)).toEqual(["retry", "retry", "retry"]);
+    expect(gw.received.filter((r) => (r.body as { id: string }).id === event.id)).toHaveLength(3);
+  });
+
+  it("parks an event whose next attempt would come after its maximum age", async () => {
+    gw.scriptEvents(503);
+    await worker({ retry: { baseMs: 5_000, maxMs: 5_000, maxAttempts: 10, maxAgeMs: 1 } });
+    const event = await enqueue(db(), { fleetId: "fl_age", resource: { fleet: "fl_age" } });
+    const row = await waitFor("parking", async () => {
+      const r = await eventRow(db(), event.id);
+      return r?.state === "dead" ? r : undefined;
+    });
+    expect(row.attempts).toBe(1);
+    expect(row.lastError).toBe("gave up after 1 attempts: HTTP 503");
+  });
+
+  it("delivers the events of one fleet in seq order despite concurrent writers, a failure and two workers", async () => {
+    await worker({ concurrency: 4 });
+    await worker({ concurrency: 4 });
+    const fleet = "fl_order";
+    const sent: string[] = [];
+    for (let i = 0; i < 6; i++) sent.push((await enqueue(db(), { fleetId: fleet, resource: { fleet, n: i } })).id);
+    gw.scriptEvents(500, 2); // somewhere in the middle of the stream
+    await Promise.all(Array.from({ length: 8 }, (_, i) => enqueue(db(), { fleetId: fleet, resource: { fleet, n: 6 + i } })));
+    for (let i = 0; i < 6; i++) sent.push((await enqueue(db(), { fleetId: fleet, resource: { fleet, n: 14 + i } })).id);
+
+    await waitFor("20 deliveries", () => deliveredIds(fleet).length >= 20);
+    const bySeq = (await db().outboxEvent.findMany({ where: { orderingKey: fleet }, orderBy: { seq: "asc" } })).map((r) => r.id);
+    expect(bySeq).toHaveLength(20);
+    expect(deliveredIds(fleet)).toEqual(bySeq);
+    // Each attempt went out only after the previous event of the fleet was settled.
+    const calls = bodiesFor(fleet).map((r) => (r.body as { id: string }).id);
+    for (let i = 1; i < calls.length; i++) {
+      expect(bySeq.indexOf(calls[i]!)).toBeGreaterThanOrEqual(bySeq.indexOf(calls[i - 1]!));
+    }
+    expect(gw.received.some((r) => r.status === 500)).toBe(true);
+    expect(await db().outboxEvent.count({ where: { orderingKey: fleet, state: { not: "delivered" } } })).toBe(0);
+  });
+
+  it("keeps delivering other fleets while one fleet waits for a retry", async () => {
+    await worker({ retry: { baseMs: 60_000, maxMs: 60_000, maxAttempts: 5, maxAgeMs: 3_600_000 }, random: () => 0.99 });
+    gw.scriptEvents(503);
+    const blocked = await enqueue(db(), { fleetId: "fl_blocked", resource: { fleet: "fl_blocked" } });
+    await waitFor("the first failure", () => gw.received.some((r) => r.status === 503));
+    const behind = await enqueue(db(), { fleetId: "fl_blocked", resource: { fleet: "fl_blocked" } });
+    const others = await Promise.all(
+      ["fl_x", "fl_y", "fl_x", "fl_y"].map((fleetId) => enqueue(db(), { fleetId, resource: { fleet: fleetId } })),
+    );
+    await waitFor("the other fleets", () => deliveredIds("fl_x").length + deliveredIds("fl_y").length === 4);
+    expect([...deliveredIds("fl_x"), ...deliveredIds("fl_y")].sort()).toEqual(others.map((e) => e.id).sort());
+    // The blocked fleet's later event waits behind the retry.
+    expect((await eventRow(db(), blocked.id))?.state).toBe("pending");
+    expect((await eventRow(db(), behind.id))?.attempts).toBe(0);
+    expect(bodiesFor("fl_blocked").map((r) => (r.body as { id: string }).id)).toEqual([blocked.id]);
+  });
+
+  it("uses one token for many events", async () => {
+    await worker({ concurrency: 8 });
+    const events = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => enqueue(db(), { fleetId: `fl_tok_${i % 8}`, resource: { fleet: "fl_tok" } })),
+    );
+    await waitFor("40 deliveries", () => deliveredIds("fl_tok").length === 40);
+    expect(new Set(deliveredIds("fl_tok"))).toEqual(new Set(events.map((e) => e.id)));
+    expect(gw.tokenRequests).toBe(1);
+  });
+
+  it("hands a delivery back when the worker stops mid-call; another worker delivers it with the same id", async () => {
+    gw.scriptEvents("hang");
+    const first = await worker({ stopTimeoutMs: 200 });
+    const event = await enqueue(db(), { fleetId: "fl_stop", resource: { fleet: "fl_stop" } });
+    await waitFor("the hanging call", () => bodiesFor("fl_stop").length === 1);
+    await first.stop();
+
+    const interrupted = (await eventRow(db(), event.id))!;
+    expect(interrupted.state).toBe("pending");
+    expect(interrupted.deliveryAttempts).toHaveLength(1);
+    expect(interrupted.deliveryAttempts[0]?.outcome).toBe("retry");
+    expect(interrupted.deliveryAttempts[0]?.error).toMatch(/^aborted: the worker was stopping/);
+
+    await worker();
+    const row = await waitFor("re-delivery", async () => {
+      const r = await eventRow(db(), event.id);
+      return r?.state === "delivered" ? r : undefined;
+    });
+    expect(deliveredIds("fl_stop")).toEqual([event.id]);
+    expect(row.attempts).toBe(2);
+  });
+
+  it("re-delivers, with the same id, an event whose worker was killed mid-delivery", async () => {
+    gw.scriptEvents("hang");
+    const child = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("./support/worker-process.ts", import.meta.url))], {
+      env: {
+        ...process.env,
+        DATABASE_URL: database.url,
+        GW_URL: gw.url,
+        GW_TOKEN_URL: gw.tokenUrl,
+        GW_CLIENT_ID: gw.clientId,
+        GW_CLIENT_SECRET: gw.clientSecret,
+      },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    children.push(child);
+    let out = "";
+    child.stdout?.on("data", (chunk: Buffer) => (out += chunk.toString()));
+    await waitFor("the worker process", () => out.includes("ready"), 20_000);
+
+    const event = await enqueue(db(), { fleetId: "fl_kill", resource: { fleet: "fl_kill" } });
+    await waitFor("the hanging call", () => bodiesFor("fl_kill").length === 1);
+    const exited = new Promise((resolve) => child.once("exit", resolve));
+    child.kill("SIGKILL");
+    await exited;
+
+    // The dead worker's job stays locked (graphile would wait 4 h); a worker with a short lease
+    // releases it.
+    const rescuer = await worker({ leaseMs: 300, sweepIntervalMs: 200 });
+    const row = await waitFor("re-delivery", async () => {
+      const r = await eventRow(db(), event.id);
+      return r?.state === "delivered" ? r : undefined;
+    });
+    expect(bodiesFor("fl_kill").map((r) => (r.body as { id: string }).id)).toEqual([event.id, event.id]);
+    expect(deliveredIds("fl_kill")).toEqual([event.id]);
+    expect(row.deliveryAttempts.map((a) => [a.attempt, a.outcome])).toEqual([
+      [1, "retry"],
+      [2, "delivered"],
+    ]);
+    expect(row.deliveryAttempts[0]?.error).toMatch(/^interrupted/);
+    expect(row.deliveryAttempts[1]?.workerId).toBe(rescuer.worker.id);
+  });
+
+  it("never lets two runs deliver one fleet at once: a run that finds the fleet busy tries again later", async () => {
+    // Another run holds the fleet (same lock a running delivery takes).
+    const other = new pg.Client({ connectionString: database.url });
+    await other.connect();
+    try {
+      await other.query("SELECT pg_advisory_lock($1::int, hashtext($2))", [DELIVERY_LOCK_NAMESPACE, "fl_busy"]);
+      await worker();
+      const event = await enqueue(db(), { fleetId: "fl_busy", resource: { fleet: "fl_busy" } });
+      // The worker claims the job, finds the fleet busy and queues a new job for later (its
+      // run_at is the busy retry delay, 500 ms, after its creation; the enqueued job's is now).
+      await waitFor("the busy run to reschedule", async () => {
+        const rows = await db().$queryRaw<{ n: number }[]>`
+          SELECT count(*)::int AS n FROM graphile_worker.jobs
+           WHERE key = 'deliver:fl_busy' AND run_at >= created_at + interval '400 milliseconds'`;
+        return (rows[0]?.n ?? 0) > 0;
+      });
+      expect((await eventRow(db(), event.id))?.attempts).toBe(0);
+      expect(bodiesFor("fl_busy")).toHaveLength(0);
+      await other.query("SELECT pg_advisory_unlock($1::int, hashtext($2))", [DELIVERY_LOCK_NAMESPACE, "fl_busy"]);
+      await waitFor("delivery once the fleet is free", () => deliveredIds("fl_busy").includes(event.id));
+    } finally {
+      await other.end();
+    }
+  });
+
+  it("re-schedules pending events whose job is gone", async () => {
+    const admin = new pg.Client({ connectionString: database.url });
+    await admin.connect();
+    try {
+      const event = await enqueue(db(), { fleetId: "fl_orphan", resource: { fleet: "fl_orphan" } });
+      await admin.query("SELECT graphile_worker.remove_job('deliver:fl_orphan')");
+      const w = await worker();
+      // The start-up sweep found it; a second sweep has nothing to do.
+      await waitFor("delivery", () => deliveredIds("fl_orphan").includes(event.id));
+      expect((await w.worker.sweep()).rescheduledKeys).toEqual([]);
+    } finally {
+      await admin.end();
+    }
+  });
+});

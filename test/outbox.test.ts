@@ -1,0 +1,123 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { enqueueEvent } from "../src/events/outbox.js";
+import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { clock, enqueue, ids, jobsOf } from "./support/outbox-harness.js";
+
+let database: TestDatabase;
+
+beforeAll(async () => {
+  database = await createTestDatabase();
+});
+afterAll(async () => {
+  await database.drop();
+});
+
+describe("enqueueEvent", () => {
+  it("writes the event envelope and its delivery job in the caller's transaction", async () => {
+    const db = database.prisma;
+    const event = await enqueue(db, {
+      fleetId: "fl_commit",
+      orderId: "po_commit",
+      resource: { id: "po_commit", state: "completed", orderItem: [{ id: "1" }] },
+    });
+
+    const row = await db.outboxEvent.findUniqueOrThrow({ where: { id: event.id } });
+    expect(row).toMatchObject({
+      api: "productordering",
+      type: "completedStateNotification",
+      orderingKey: "fl_commit",
+      fleetId: "fl_commit",
+      orderId: "po_commit",
+      state: "pending",
+      attempts: 0,
+    });
+    expect(row.body).toEqual({
+      id: event.id,
+      type: "completedStateNotification",
+      time: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+      resource: { id: "po_commit", state: "completed", orderItem: [{ id: "1" }] },
+    });
+    expect(event.id).toMatch(/^ev_/);
+    expect(await jobsOf(db, "fl_commit")).toBe(1);
+  });
+
+  it("leaves neither an event nor a job when the transaction rolls back", async () => {
+    const db = database.prisma;
+    let id: string | undefined;
+    await expect(
+      db.$transaction(async (tx) => {
+        id = (await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: {}, fleetId: "fl_rollback" }, clock, ids)).id;
+        throw new Error("the business change failed");
+      }),
+    ).rejects.toThrow("the business change failed");
+    expect(id).toBeDefined();
+    expect(await db.outboxEvent.count({ where: { orderingKey: "fl_rollback" } })).toBe(0);
+    expect(await jobsOf(db, "fl_rollback")).toBe(0);
+  });
+
+  it("keeps one job per ordering key, however many events wait", async () => {
+    const db = database.prisma;
+    await Promise.all(Array.from({ length: 10 }, () => enqueue(db, { fleetId: "fl_many" })));
+    expect(await db.outboxEvent.count({ where: { orderingKey: "fl_many" } })).toBe(10);
+    expect(await jobsOf(db, "fl_many")).toBe(1);
+  });
+
+  it("adds a second job for a key whose job is running (the delivery task keeps them apart)", async () => {
+    const db = database.prisma;
+    await enqueue(db, { fleetId: "fl_running" });
+    // As a worker claiming it would.
+    await db.$executeRaw`UPDATE graphile_worker._private_jobs SET locked_at = now(), locked_by = 'some-worker'
+                          WHERE key = 'deliver:fl_running'`;
+    await enqueue(db, { fleetId: "fl_running" });
+    const jobs = await db.$queryRaw<{ key: string | null; locked_by: string | null }[]>`
+      SELECT key, locked_by FROM graphile_worker._private_jobs
+       WHERE payload->>'orderingKey' = 'fl_running' ORDER BY id`;
+    expect(jobs).toEqual([
+      { key: null, locked_by: "some-worker" },
+      { key: "deliver:fl_running", locked_by: null },
+    ]);
+  });
+
+  it("orders an event without a fleet by its order", async () => {
+    const db = database.prisma;
+    const event = await enqueue(db, { orderId: "po_alone", type: "failedStateNotification" });
+    const row = await db.outboxEvent.findUniqueOrThrow({ where: { id: event.id } });
+    expect(row.orderingKey).toBe("po_alone");
+    expect(row.fleetId).toBeNull();
+    expect(await jobsOf(db, "po_alone")).toBe(1);
+  });
+
+  it("refuses an event with neither a fleet nor an order", async () => {
+    await expect(
+      database.prisma.$transaction((tx) =>
+        enqueueEvent(tx, { api: "productordering", type: "completedStateNotification", resource: {} }, clock, ids),
+      ),
+    ).rejects.toThrow(/ordering key/);
+  });
+
+  it("gives the events of one fleet seqs in commit order when transactions overlap", async () => {
+    const db = database.prisma;
+    // The first transaction enqueues, then lingers before committing; the second one, started
+    // later, must not get an earlier seq... nor commit first.
+    let releaseFirst!: () => void;
+    const firstMayCommit = new Promise<void>((resolve) => (releaseFirst = resolve));
+    let firstId = "";
+    const first = db.$transaction(async (tx) => {
+      firstId = (await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: {}, fleetId: "fl_overlap" }, clock, ids)).id;
+      await firstMayCommit;
+    });
+    while (firstId === "") await new Promise((r) => setTimeout(r, 5));
+    let secondDone = false;
+    const second = enqueue(db, { fleetId: "fl_overlap", api: "userservice", type: "updateNotification" }).then((e) => {
+      secondDone = true;
+      return e;
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(secondDone).toBe(false); // waits for the first transaction of its fleet
+    releaseFirst();
+    await first;
+    const secondEvent = await second;
+    const rows = await db.outboxEvent.findMany({ where: { orderingKey: "fl_overlap" }, orderBy: { seq: "asc" } });
+    expect(rows.map((r) => r.id)).toEqual([firstId, secondEvent.id]);
+  });
+});
