@@ -186,9 +186,10 @@ async function startServer(databaseUrl: string, token: string): Promise<{ child:
   });
   // BENCH_SERVER_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", to profile the server.
   const extra = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter((a) => a !== "");
-  const child = Child.start("server", process.execPath, [...extra, "--import", "tsx", "src/main.ts"], { cwd: ROOT, env });
+  // The build `npm start` runs (compiled JavaScript): what a deployment runs, not tsx's on-the-fly loader.
+  const child = Child.start("server", process.execPath, [...extra, "dist/main.js"], { cwd: ROOT, env });
   const base = `http://${LOOPBACK}:${port}`;
-  // First start applies the migrations; tsx compiles on the fly on a busy machine: be patient.
+  // First start applies the migrations: be patient on a busy machine.
   await waitUntilAnswers(`${base}/health/ready`, child, 120_000);
   return { child, base };
 }
@@ -414,7 +415,9 @@ async function main(): Promise<void> {
   res.postgres = await startEmbeddedPostgres({ dataDir: path.join(res.tmpDir, "pg"), port: await freePort() });
 
   const token = randomBytes(32).toString("base64url");
-  console.log("starting the server (node --import tsx src/main.ts) …");
+  console.log("building the server (npm run build) …");
+  execFileSync("npm", ["run", "build", "--silent"], { cwd: ROOT, stdio: "inherit" });
+  console.log("starting the server (node dist/main.js) …");
   const server = await startServer(res.postgres.url, token);
   res.server = server.child;
   res.sampler = new RssSampler(server.child.pid);
