@@ -35,6 +35,7 @@ import {
   waitUntilAnswers,
   type Figure,
 } from "./support.js";
+import { uc2Request } from "../test/support/examples.js";
 
 // ---------------------------------------------------------------------------------------------
 // Parameters
@@ -50,24 +51,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const RESULTS_FILE = path.join(ROOT, "bench", "results", "latest.json");
 const OFFER = "MBA-CAISSE-PRO";
 
-/** /work/shared/orange-api/examples/uc2-request.json; the bench sets the quantity and a fresh reference. */
-const UC2_EXAMPLE = {
-  externalReference: { type: "orange", id: "ORD-2026-000102" },
-  category: "production",
-  orderDate: "2026-05-02T09:20:00.000Z",
-  customer: { externalReference: { type: "orange", id: "CUST-884201" }, tradingName: "Boulangerie Martin" },
-  orderItem: [
-    {
-      id: "1",
-      action: "add",
-      productOffering: { name: "Caisse Pro", externalReference: { type: "orange", id: OFFER } },
-      productRef: { userServiceQuantity: 3, characteristic: [{ name: "storageSize", value: "50GB" }] },
-      endUserConfiguration: [
-        { endUser: { givenName: "Paul", familyName: "Martin", email: "paul@boulangerie-martin.example" } },
-      ],
-    },
-  ],
-};
+
 
 /** The query of listByFleet (src/domain/licences.ts), for the bare baseline. */
 const LIST_SQL = `
@@ -256,7 +240,7 @@ interface OrderRun {
 }
 
 async function postOrder(base: string, token: string, reference: string): Promise<OrderRun> {
-  const body = structuredClone(UC2_EXAMPLE);
+  const body = uc2Request();
   body.externalReference.id = reference;
   body.orderItem[0]!.productRef.userServiceQuantity = ORDER.licences;
   const r = await request("POST", `${base}/productordering/v2/productOrder`, {

@@ -2,6 +2,7 @@ import { createServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createPrisma } from "../src/db/prisma.js";
 import { AUTH, createTestApp, type CallResult, type TestApp } from "./support/app.js";
+import { uc2Request } from "./support/examples.js";
 
 /**
  * Orange's error bodies (contract section 7): every rejection answers `{code, message,
@@ -12,26 +13,7 @@ import { AUTH, createTestApp, type CallResult, type TestApp } from "./support/ap
 const ORDER_URL = "/productordering/v2/productOrder";
 const UPDATE_URL = "/userservice/v2/userService/update";
 
-/** The UC2 example of the contract (examples/uc2-request.json). */
-function uc2(): Record<string, unknown> {
-  return {
-    externalReference: { type: "orange", id: "ORD-2026-000102" },
-    category: "production",
-    orderDate: "2026-05-02T09:20:00.000Z",
-    customer: { externalReference: { type: "orange", id: "CUST-884201" }, tradingName: "Boulangerie Martin" },
-    orderItem: [
-      {
-        id: "1",
-        action: "add",
-        productOffering: { name: "Caisse Pro", externalReference: { type: "orange", id: "MBA-CAISSE-PRO" } },
-        productRef: { userServiceQuantity: 3, characteristic: [{ name: "storageSize", value: "50GB" }] },
-        endUserConfiguration: [
-          { endUser: { givenName: "Paul", familyName: "Martin", email: "paul@boulangerie-martin.example" } },
-        ],
-      },
-    ],
-  };
-}
+const uc2 = uc2Request;
 
 /** uc2() with orderItem[0].productRef replaced. */
 function uc2WithProductRef(productRef: Record<string, unknown>): Record<string, unknown> {

@@ -1,6 +1,7 @@
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AUTH, createTestApp, findEmptyNodes, type TestApp } from "./support/app.js";
+import { uc2Request } from "./support/examples.js";
 
 /**
  * One smoke test over a real TCP port with the platform's fetch: the server listens, answers
@@ -8,24 +9,7 @@ import { AUTH, createTestApp, findEmptyNodes, type TestApp } from "./support/app
  * see it on the wire.
  */
 
-/** The UC2 example of the contract (examples/uc2-request.json). */
-const UC2_REQUEST = {
-  externalReference: { type: "orange", id: "ORD-2026-000102" },
-  category: "production",
-  orderDate: "2026-05-02T09:20:00.000Z",
-  customer: { externalReference: { type: "orange", id: "CUST-884201" }, tradingName: "Boulangerie Martin" },
-  orderItem: [
-    {
-      id: "1",
-      action: "add",
-      productOffering: { name: "Caisse Pro", externalReference: { type: "orange", id: "MBA-CAISSE-PRO" } },
-      productRef: { userServiceQuantity: 3, characteristic: [{ name: "storageSize", value: "50GB" }] },
-      endUserConfiguration: [
-        { endUser: { givenName: "Paul", familyName: "Martin", email: "paul@boulangerie-martin.example" } },
-      ],
-    },
-  ],
-};
+const UC2_REQUEST = uc2Request();
 
 const ISO_MS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 const PRO = { name: "Caisse Pro", externalReference: { type: "orange", id: "MBA-CAISSE-PRO" } };
