@@ -3,19 +3,12 @@ import { setTimeout as delay } from "node:timers/promises";
 import pg from "pg";
 import { inject } from "vitest";
 import { createPrisma, type Db } from "../../src/db/prisma.js";
-
-const TEMPLATE_DATABASE = "orange_template";
+import { TEMPLATE_DATABASE, withDatabase } from "./global-setup.js";
 
 export interface TestDatabase {
   url: string;
   prisma: Db;
   drop(): Promise<void>;
-}
-
-function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
 }
 
 async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
