@@ -6,7 +6,16 @@
 //   1. GET /ping throughput (autocannon) vs a bare node:http server answering the same bytes
 //   2. UC2 order of 10,000 licences, end to end, vs a bare INSERT … SELECT … FROM unnest
 //   3. GET /userservice/v2/userService?productRefId= on 10,000 licences vs a bare SELECT + JSON.stringify
-//   4. peak RSS of the server process over the whole run
+//   4. peak RSS of the server process over steps 1–3
+//   5. events: a backlog of 5,000 outbox events (500 fleets × 10, written with enqueueEvent)
+//      delivered by a server started with ORANGE_* pointing at a loopback mock of Orange's
+//      gateway (in this process, see bench/events.ts): events/s, token requests, each event once
+//      and in per-fleet order; the same for one fleet (serial delivery), for information
+//   6. async order (ORDERING_MODE=async, when the configuration has it) → completedStateNotification
+//      received by the mock: p50/p99 latency
+//
+// BENCH_ONLY=events runs steps 5–6 only. BENCH_SERVER_ENV="WORKER_CONCURRENCY=16 …" adds settings
+// to the servers started here (to try a setting; the figures of record use the defaults).
 //
 // Only 127.0.0.1 is touched. Everything started here is stopped at the end, even on failure.
 
@@ -19,6 +28,7 @@ import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
 import pg from "pg";
 import { startEmbeddedPostgres, type EmbeddedPostgresServer } from "../src/db/embedded.js";
+import { createPrisma, type Db } from "../src/db/prisma.js";
 import { createIdGenerator } from "../src/domain/ids.js";
 import {
   Child,
@@ -36,6 +46,15 @@ import {
   type Figure,
 } from "./support.js";
 import { uc2Request } from "../test/support/examples.js";
+import {
+  asyncOrderingAvailable,
+  benchAsyncOrderLatency,
+  benchThroughput,
+  orangeEnv,
+  TappedGateway,
+  type LatencyResult,
+  type ThroughputResult,
+} from "./events.js";
 
 // ---------------------------------------------------------------------------------------------
 // Parameters
@@ -43,7 +62,19 @@ import { uc2Request } from "../test/support/examples.js";
 const PING = { connections: 10, warmupSeconds: 1, durationSeconds: 5, rounds: 2 };
 const ORDER = { licences: 10_000, runs: 5, warmups: 1 };
 const LIST = { requests: 50, warmups: 5 };
-const TARGETS = { pingRatioMin: 0.8, orderRatioMax: 3, listRatioMax: 3, listP50MaxMs: 100, peakRssMaxMb: 300 };
+const EVENTS = { fleets: 500, perFleet: 10, transactions: 4, serialEvents: 300, timeoutMs: 120_000 };
+const LATENCY = { orders: 50, warmups: 5, timeoutMs: 15_000 };
+const TARGETS = {
+  pingRatioMin: 0.8,
+  orderRatioMax: 3,
+  listRatioMax: 3,
+  listP50MaxMs: 100,
+  peakRssMaxMb: 300,
+  eventsPerSecondMin: 1_000,
+  tokenRequests: 1,
+  asyncOrderP50MaxMs: 50,
+};
+const ONLY_EVENTS = process.env.BENCH_ONLY === "events";
 /** The whole run is abandoned (and everything stopped) past this. */
 const WATCHDOG_MS = 10 * 60_000;
 
@@ -82,7 +113,13 @@ const SERVER_SETTINGS = [
   "TRUST_PROXY",
   "RESPONSE_VALIDATION",
   "PING_REQUIRES_AUTH",
+  "ROLE",
+  "ADMIN_TOKEN",
+  "ORDERING_MODE",
+  "UPDATE_MODE",
 ];
+/** Prefixes of settings dropped likewise (Orange client, worker, retries, inbound credentials). */
+const SERVER_SETTING_PREFIXES = ["INBOUND_", "ORANGE_", "WORKER_", "EVENT_"];
 
 // ---------------------------------------------------------------------------------------------
 // Resources, released by cleanup() whatever happens
@@ -94,6 +131,8 @@ interface Resources {
   bare?: Child;
   pool?: pg.Pool;
   sampler?: RssSampler;
+  gateway?: TappedGateway;
+  db?: Db;
 }
 const res: Resources = {};
 
@@ -107,6 +146,8 @@ function cleanup(): Promise<void> {
       ["server", res.server && (() => res.server!.stop())],
       ["bare ping server", res.bare && (() => res.bare!.stop(5_000))],
       ["pg pool", res.pool && (() => res.pool!.end())],
+      ["Prisma client", res.db && (() => res.db!.$disconnect())],
+      ["mock gateway", res.gateway && (() => res.gateway!.close())],
       ["embedded PostgreSQL", res.postgres && (() => res.postgres!.stop())],
     ];
     for (const [name, step] of steps) {
@@ -155,11 +196,27 @@ function machine() {
   };
 }
 
-async function startServer(databaseUrl: string, token: string): Promise<{ child: Child; base: string }> {
+/** BENCH_SERVER_ENV="KEY=value KEY=value": settings added to every server started here. */
+function extraServerSettings(): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of (process.env.BENCH_SERVER_ENV ?? "").split(/\s+/).filter((p) => p !== "")) {
+    const eq = pair.indexOf("=");
+    if (eq <= 0) throw new Error(`BENCH_SERVER_ENV: "${pair}" is not KEY=value`);
+    out[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return out;
+}
+
+async function startServer(
+  databaseUrl: string,
+  token: string,
+  settings: Record<string, string> = {},
+  name = "server",
+): Promise<{ child: Child; base: string }> {
   const port = await freePort();
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const key of Object.keys(env)) {
-    if (SERVER_SETTINGS.includes(key) || key.startsWith("INBOUND_")) delete env[key];
+    if (SERVER_SETTINGS.includes(key) || SERVER_SETTING_PREFIXES.some((p) => key.startsWith(p))) delete env[key];
   }
   Object.assign(env, {
     PORT: String(port),
@@ -167,11 +224,13 @@ async function startServer(databaseUrl: string, token: string): Promise<{ child:
     DATABASE_URL: databaseUrl,
     LOG_LEVEL: "warn",
     INBOUND_BEARER_TOKEN: token,
+    ...settings,
+    ...extraServerSettings(),
   });
   // BENCH_SERVER_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", to profile the server.
   const extra = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter((a) => a !== "");
   // The build `npm start` runs (compiled JavaScript): what a deployment runs, not tsx's on-the-fly loader.
-  const child = Child.start("server", process.execPath, [...extra, "dist/main.js"], { cwd: ROOT, env });
+  const child = Child.start(name, process.execPath, [...extra, "dist/main.js"], { cwd: ROOT, env });
   const base = `http://${LOOPBACK}:${port}`;
   // First start applies the migrations: be patient on a busy machine.
   await waitUntilAnswers(`${base}/health/ready`, child, 120_000);
@@ -401,8 +460,36 @@ async function main(): Promise<void> {
   const token = randomBytes(32).toString("base64url");
   console.log("building the server (npm run build) …");
   execFileSync("npm", ["run", "build", "--silent"], { cwd: ROOT, stdio: "inherit" });
+
+  const figures: Figure[] = [];
+  const raw: Record<string, unknown> = {};
+  if (!ONLY_EVENTS) await apiSteps(res.postgres.url, token, figures, raw);
+  await eventSteps(res.postgres.url, token, figures, raw);
+
+  await cleanup();
+
+  console.log("");
+  console.log(renderTable(figures));
+  for (const f of figures) if (f.note) console.log(`  ${f.name}: ${f.note}`);
+  const targets = figures.filter((f) => !f.info);
+  console.log(`\n${targets.filter((f) => f.pass).length}/${targets.length} targets met.`);
+
+  mkdirSync(path.dirname(RESULTS_FILE), { recursive: true });
+  const report = {
+    machine: m,
+    parameters: { ping: PING, order: ORDER, list: LIST, events: EVENTS, asyncOrder: LATENCY, targets: TARGETS, only: ONLY_EVENTS ? "events" : undefined },
+    figures,
+    raw,
+  };
+  writeFileSync(RESULTS_FILE, JSON.stringify(report, null, 2) + "\n");
+  console.log(`written to ${path.relative(process.cwd(), RESULTS_FILE)}`);
+  if (existsSync(path.join(ROOT, ".env"))) console.log("note: the server also read ./.env (settings set by the bench take precedence)");
+}
+
+/** Steps 1–4: the API server without event delivery. */
+async function apiSteps(databaseUrl: string, token: string, figures: Figure[], raw: Record<string, unknown>): Promise<void> {
   console.log("starting the server (node dist/main.js) …");
-  const server = await startServer(res.postgres.url, token);
+  const server = await startServer(databaseUrl, token);
   res.server = server.child;
   res.sampler = new RssSampler(server.child.pid);
   const idleMb = res.sampler.sample()?.rssKb ?? Number.NaN;
@@ -416,7 +503,7 @@ async function main(): Promise<void> {
   console.log(`  server RSS peak during this step: ${res.sampler.phase("orders").toFixed(0)} MB`);
   await res.bare.stop(5_000);
 
-  res.pool = new pg.Pool({ connectionString: res.postgres.url, max: 2 });
+  res.pool = new pg.Pool({ connectionString: databaseUrl, max: 2 });
   console.log(`\n2. UC2 order of ${ORDER.licences} licences (${ORDER.warmups} warm-up + ${ORDER.runs} runs) vs bare INSERT … unnest`);
   const orders = await benchOrders(server.base, token, res.pool, server.child.pid);
   console.log(`  server RSS peak during this step: ${res.sampler.phase("list").toFixed(0)} MB`);
@@ -433,8 +520,11 @@ async function main(): Promise<void> {
 
   console.log(`  server RSS peak during this step: ${res.sampler.phase("end").toFixed(0)} MB`);
   const peakMb = res.sampler.peakMb();
+  res.sampler.stop();
+  await res.server.stop();
+  res.server = undefined;
 
-  const figures: Figure[] = [
+  figures.push(
     {
       name: "GET /ping throughput",
       unit: "req/s",
@@ -481,7 +571,7 @@ async function main(): Promise<void> {
       pass: list.p99 / list.bareP99 <= TARGETS.listRatioMax,
     },
     {
-      name: "server peak RSS (whole run)",
+      name: "server peak RSS (steps 1–3)",
       unit: "MB",
       value: peakMb,
       baseline: null,
@@ -490,37 +580,165 @@ async function main(): Promise<void> {
       pass: peakMb <= TARGETS.peakRssMaxMb,
       note: `VmHWM of /proc/<pid>/status, sampled every 100 ms (${res.sampler.samples} samples); RSS when ready: ${(idleMb / 1024).toFixed(0)} MB`,
     },
-  ];
+  );
+  Object.assign(raw, {
+    ping: ping.runs,
+    orderMs: orders.orderRuns,
+    bareInsertMs: orders.bareRuns,
+    listMs: list.serverRuns,
+    bareSelectMs: list.bareRuns,
+    listAnswerBytes: list.answerBytes,
+    serverIdleRssMb: idleMb / 1024,
+    serverRssPeakMbByStep: Object.fromEntries(
+      Object.entries(res.sampler.phasePeaksKb).map(([phase, kb]) => [phase, Math.round(kb / 1024)]),
+    ),
+  });
+}
 
-  await cleanup();
+function meetsDelivery(t: ThroughputResult): string {
+  return t.deliveryEventsPerSecond >= TARGETS.eventsPerSecondMin
+    ? `delivery alone meets ${TARGETS.eventsPerSecondMin}/s`
+    : `delivery alone misses ${TARGETS.eventsPerSecondMin}/s`;
+}
 
-  console.log("");
-  console.log(renderTable(figures));
-  for (const f of figures) if (f.note) console.log(`  ${f.name}: ${f.note}`);
-  const passed = figures.filter((f) => f.pass).length;
-  console.log(`\n${passed}/${figures.length} targets met.`);
+/** Steps 5–6: a server delivering events to the loopback mock of Orange's gateway. */
+async function eventSteps(databaseUrl: string, token: string, figures: Figure[], raw: Record<string, unknown>): Promise<void> {
+  res.gateway = await TappedGateway.start();
+  const gw = res.gateway.gw;
+  const asyncOrdering = asyncOrderingAvailable();
+  const settings: Record<string, string> = { ROLE: "all", ...orangeEnv(gw) };
+  if (asyncOrdering) settings.ORDERING_MODE = "async";
+  console.log(
+    `\nstarting the events server (ROLE=all, ORANGE_* → mock gateway ${gw.url}${asyncOrdering ? ", ORDERING_MODE=async" : ""}) …`,
+  );
+  const server = await startServer(databaseUrl, token, settings, "events server");
+  res.server = server.child;
+  const sampler = new RssSampler(server.child.pid);
+  console.log(`  pid ${server.child.pid} ready on ${server.base}`);
+  res.db = createPrisma(databaseUrl, { poolMax: EVENTS.transactions + 1 });
 
-  mkdirSync(path.dirname(RESULTS_FILE), { recursive: true });
-  const report = {
-    machine: m,
-    parameters: { ping: PING, order: ORDER, list: LIST, targets: TARGETS },
-    figures,
-    raw: {
-      ping: ping.runs,
-      orderMs: orders.orderRuns,
-      bareInsertMs: orders.bareRuns,
-      listMs: list.serverRuns,
-      bareSelectMs: list.bareRuns,
-      listAnswerBytes: list.answerBytes,
-      serverIdleRssMb: idleMb / 1024,
-      serverRssPeakMbByStep: Object.fromEntries(
-        Object.entries(res.sampler.phasePeaksKb).map(([phase, kb]) => [phase, Math.round(kb / 1024)]),
-      ),
+  const printThroughput = (t: ThroughputResult) =>
+    console.log(
+      `  ${t.events} events: ${t.eventsPerSecond.toFixed(0)} events/s from first enqueue to last arrival ` +
+        `(${t.totalMs.toFixed(0)} ms = enqueue ${t.enqueueMs.toFixed(0)} ms + delivery after commit ${t.deliveryMs.toFixed(0)} ms → ` +
+        `${t.deliveryEventsPerSecond.toFixed(0)} events/s); token requests ${t.tokenRequests}; ` +
+        `CPU ms: enqueue (bench+Prisma) ${t.enqueueCpuMs.toFixed(0)}, PostgreSQL ${t.postgresCpuMs.toFixed(0)} (of which enqueue ${t.postgresEnqueueCpuMs.toFixed(0)}), ` +
+        `server ${t.serverCpuMs.toFixed(0)}, mock ${t.mockCpuMs.toFixed(0)}; machine ${(t.machineBusy * 100).toFixed(0)} % busy`,
+    );
+  const total = EVENTS.fleets * EVENTS.perFleet;
+  console.log(`\n5. ${total} events queued at once (${EVENTS.fleets} fleets × ${EVENTS.perFleet}, ${EVENTS.transactions} transactions) → mock gateway`);
+  const tokensAtStart = gw.tokenRequests;
+  const burst = await benchThroughput(res.db, res.gateway, server.child.pid, {
+    fleets: EVENTS.fleets,
+    perFleet: EVENTS.perFleet,
+    transactions: EVENTS.transactions,
+    timeoutMs: EVENTS.timeoutMs,
+  });
+  printThroughput(burst);
+  const tokensAfterBurst = gw.tokenRequests - tokensAtStart;
+  console.log(`  1 fleet × ${EVENTS.serialEvents} (serial: per-fleet order), for information`);
+  const serial = await benchThroughput(res.db, res.gateway, server.child.pid, {
+    fleets: 1,
+    perFleet: EVENTS.serialEvents,
+    transactions: 1,
+    timeoutMs: EVENTS.timeoutMs,
+  });
+  printThroughput(serial);
+
+  let latency: LatencyResult | undefined;
+  if (asyncOrdering) {
+    console.log(`\n6. async UC2 order of 1 licence → completedStateNotification at the mock (${LATENCY.warmups} warm-up + ${LATENCY.orders} orders)`);
+    latency = await benchAsyncOrderLatency(server.base, token, res.gateway, LATENCY);
+    console.log(
+      `  p50 ${latency.p50.toFixed(1)} ms, p99 ${latency.p99.toFixed(1)} ms, max ${latency.max.toFixed(1)} ms (acknowledged answer p50 ${latency.ackP50.toFixed(1)} ms)`,
+    );
+  } else {
+    console.log("\n6. async order latency: skipped: async ordering mode not available");
+  }
+  const tokenRequests = gw.tokenRequests - tokensAtStart;
+  const peakMb = sampler.peakMb();
+  sampler.stop();
+
+  figures.push(
+    {
+      name: `events throughput ${EVENTS.fleets}×${EVENTS.perFleet}`,
+      unit: "ev/s",
+      value: burst.eventsPerSecond,
+      baseline: null,
+      ratio: null,
+      target: `≥ ${TARGETS.eventsPerSecondMin}`,
+      pass: burst.eventsPerSecond >= TARGETS.eventsPerSecondMin,
+      note:
+        `first enqueue → last event at the mock: ${burst.totalMs.toFixed(0)} ms (enqueue in ${EVENTS.transactions} transactions ` +
+        `${burst.enqueueMs.toFixed(0)} ms, delivery after commit ${burst.deliveryMs.toFixed(0)} ms = ${burst.deliveryEventsPerSecond.toFixed(0)} ev/s); ` +
+        `each event once, per-fleet order kept; CPU server ${burst.serverCpuMs.toFixed(0)} ms, mock ${burst.mockCpuMs.toFixed(0)} ms, ` +
+        `machine ${(burst.machineBusy * 100).toFixed(0)} % busy`,
     },
-  };
-  writeFileSync(RESULTS_FILE, JSON.stringify(report, null, 2) + "\n");
-  console.log(`written to ${path.relative(process.cwd(), RESULTS_FILE)}`);
-  if (existsSync(path.join(ROOT, ".env"))) console.log("note: the server also read ./.env (settings set by the bench take precedence)");
+    {
+      name: `  same, delivery alone (after commit)`,
+      unit: "ev/s",
+      value: burst.deliveryEventsPerSecond,
+      baseline: null,
+      ratio: null,
+      target: `(≥ ${TARGETS.eventsPerSecondMin})`,
+      pass: burst.deliveryEventsPerSecond >= TARGETS.eventsPerSecondMin,
+      info: true,
+      note:
+        `the backlog visible at once (4 commits) → last event at the mock; CPU per event: PostgreSQL ` +
+        `${((burst.postgresCpuMs - burst.postgresEnqueueCpuMs) / burst.events).toFixed(2)} ms, server ${(burst.serverCpuMs / burst.events).toFixed(2)} ms, ` +
+        `mock ${(burst.mockCpuMs / burst.events).toFixed(2)} ms; enqueue: bench/Prisma ${(burst.enqueueCpuMs / burst.events).toFixed(2)} ms, ` +
+        `PostgreSQL ${(burst.postgresEnqueueCpuMs / burst.events).toFixed(2)} ms; ${meetsDelivery(burst)}`,
+    },
+    {
+      name: `events throughput 1×${EVENTS.serialEvents} (info)`,
+      unit: "ev/s",
+      value: serial.eventsPerSecond,
+      baseline: null,
+      ratio: null,
+      target: "–",
+      pass: true,
+      info: true,
+      note: `one fleet is delivered serially; delivery after commit ${serial.deliveryEventsPerSecond.toFixed(0)} ev/s (${(serial.deliveryMs / serial.events).toFixed(2)} ms/event)`,
+    },
+    {
+      name: "token requests (events steps)",
+      unit: "",
+      value: tokenRequests,
+      baseline: null,
+      ratio: null,
+      target: `= ${TARGETS.tokenRequests}`,
+      pass: tokenRequests === TARGETS.tokenRequests,
+      note: `${tokensAfterBurst} during the ${total}-event burst; ${tokenRequests} over every event of steps 5–6`,
+    },
+  );
+  if (latency) {
+    figures.push(
+      {
+        name: "async order → event p50",
+        unit: "ms",
+        value: latency.p50,
+        baseline: null,
+        ratio: null,
+        target: `≤ ${TARGETS.asyncOrderP50MaxMs} ms`,
+        pass: latency.p50 <= TARGETS.asyncOrderP50MaxMs,
+        note: `POST productOrder (ORDERING_MODE=async, 1 licence) → completedStateNotification received by the mock; ${latency.orders} sequential orders; acknowledged answer p50 ${latency.ackP50.toFixed(1)} ms`,
+      },
+      {
+        name: "async order → event p99",
+        unit: "ms",
+        value: latency.p99,
+        baseline: null,
+        ratio: null,
+        target: "–",
+        pass: true,
+        info: true,
+      },
+    );
+  }
+  Object.assign(raw, {
+    events: { burst, serial, tokenRequests, eventsServerPeakRssMb: Math.round(peakMb) },
+    asyncOrder: latency ? { runsMs: latency.runs } : "skipped: async ordering mode not available",
+  });
 }
 
 main()

@@ -7,11 +7,15 @@ import type { z } from "zod";
 import type { Config } from "./config.js";
 import type { Db } from "./db/prisma.js";
 import type { Catalogue } from "./domain/catalogue.js";
+import { createAdminAuthenticator } from "./admin/auth.js";
+import { adminRoutes } from "./admin/routes.js";
 import { systemClock, type Clock } from "./domain/clock.js";
 import { createIdGenerator, type IdGenerator } from "./domain/ids.js";
+import { createLicenceChangeService } from "./domain/licence-changes.js";
 import { createLicenceService } from "./domain/licences.js";
 import { createOrderService } from "./domain/orders.js";
 import { AppError, ServiceUnavailable } from "./errors.js";
+import { createEventOperatorService } from "./events/operator.js";
 import { createAuthenticator } from "./orange/auth.js";
 import { registerErrorHandling, sendError } from "./orange/error-handler.js";
 import { createPingFastPath } from "./orange/ping.js";
@@ -108,6 +112,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
           basic: { type: "http", scheme: "basic" },
           bearer: { type: "http", scheme: "bearer" },
           apiKey: { type: "apiKey", in: "header", name: config.inboundAuth.apiKey?.header ?? "x-api-key" },
+          adminBearer: { type: "http", scheme: "bearer", description: "ADMIN_TOKEN: the operators' /admin/v1 API" },
         },
       },
       security: [{ basic: [] }, { bearer: [] }, { apiKey: [] }],
@@ -136,6 +141,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     orderMaxQuantity: config.orderMaxQuantity,
     authenticate: createAuthenticator(config.inboundAuth),
     pingOpen: config.inboundAuth.pingOpen,
+    orderingMode: config.orderingMode,
+    updateMode: config.updateMode,
+  });
+
+  // The operators' API: its own credential, registered even when disabled (ADMIN_TOKEN unset) so
+  // that it answers a clear 503 and the OpenAPI document does not depend on the configuration.
+  await app.register(adminRoutes, {
+    authenticate: createAdminAuthenticator(config.admin.token),
+    enabled: config.admin.token !== undefined,
+    licenceChanges: createLicenceChangeService({ db, clock, ids, transactionTimeoutMs: config.transactionTimeoutMs }),
+    events: createEventOperatorService({ db, transactionTimeoutMs: config.transactionTimeoutMs }),
+    catalogue,
   });
 
   return app;

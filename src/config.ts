@@ -46,6 +46,13 @@ const EnvSchema = z.object({
   CATALOGUE_FILE: z.string().default("config/catalogue.json"),
   /** Name written as `note.author` on failed orders. */
   PARTNER_NAME: z.string().min(1).default("partner"),
+  /**
+   * sync: productOrder answers the final state; async: it answers `acknowledged`, the worker
+   * carries the order out and sends completedStateNotification / failedStateNotification.
+   */
+  ORDERING_MODE: z.enum(["sync", "async"]).default("sync"),
+  /** sync: userService/update answers the final state; async: `acknowledged`, then updateNotification. */
+  UPDATE_MODE: z.enum(["sync", "async"]).default("sync"),
   TRUST_PROXY: bool(false),
   /** Validate every response against its wire schema (tests turn this on; costs CPU). */
   RESPONSE_VALIDATION: bool(false),
@@ -59,6 +66,8 @@ const EnvSchema = z.object({
   /** Comma-separated IPs or CIDR ranges; empty = any source address. */
   INBOUND_IP_ALLOWLIST: list,
   PING_REQUIRES_AUTH: bool(false),
+  /** Bearer token of the operators' admin API (/admin/v1); unset = the admin API is disabled. */
+  ADMIN_TOKEN: optionalString,
 
   /** api: HTTP only; worker: event delivery only; all: both in one process. */
   ROLE: z.enum(["api", "worker", "all"]).default("all"),
@@ -93,6 +102,9 @@ export interface InboundAuthConfig {
 }
 
 export type Role = "api" | "worker" | "all";
+
+/** How an Orange API is answered (contract section 5). */
+export type AnswerMode = "sync" | "async";
 
 export interface OrangeEventsConfig {
   baseUrl: string;
@@ -130,9 +142,13 @@ export interface Config {
   orderMaxQuantity: number;
   catalogueFile: string;
   partnerName: string;
+  orderingMode: AnswerMode;
+  updateMode: AnswerMode;
   trustProxy: boolean;
   responseValidation: boolean;
   inboundAuth: InboundAuthConfig;
+  /** The operators' admin API (/admin/v1): disabled (503) when no token is configured. */
+  admin: { token?: string };
   orange: OrangeEventsConfig;
   worker: WorkerConfig;
 }
@@ -153,6 +169,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   }
   if ((e.ORANGE_CLIENT_ID === undefined) !== (e.ORANGE_CLIENT_SECRET === undefined)) {
     throw new ConfigError("ORANGE_CLIENT_ID and ORANGE_CLIENT_SECRET must be set together");
+  }
+  if (
+    e.ADMIN_TOKEN !== undefined &&
+    [e.INBOUND_BEARER_TOKEN, e.INBOUND_API_KEY, e.INBOUND_BASIC_PASSWORD].includes(e.ADMIN_TOKEN)
+  ) {
+    // One leaked secret must not open both doors: Orange's credential never works on /admin.
+    throw new ConfigError("ADMIN_TOKEN must differ from every inbound (Orange) credential");
   }
   if (e.EVENT_RETRY_MAX_MS < e.EVENT_RETRY_BASE_MS) {
     throw new ConfigError("EVENT_RETRY_MAX_MS must not be smaller than EVENT_RETRY_BASE_MS");
@@ -178,6 +201,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     orderMaxQuantity: e.ORDER_MAX_QUANTITY,
     catalogueFile: e.CATALOGUE_FILE,
     partnerName: e.PARTNER_NAME,
+    orderingMode: e.ORDERING_MODE,
+    updateMode: e.UPDATE_MODE,
     trustProxy: e.TRUST_PROXY,
     responseValidation: e.RESPONSE_VALIDATION,
     inboundAuth: {
@@ -194,6 +219,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       ipAllowList: e.INBOUND_IP_ALLOWLIST,
       pingOpen: !e.PING_REQUIRES_AUTH,
     },
+    admin: { token: e.ADMIN_TOKEN },
     orange: {
       baseUrl: e.ORANGE_EVENT_BASE_URL,
       offer: e.ORANGE_OFFER,

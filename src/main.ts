@@ -6,16 +6,18 @@ import { buildApp, LOG_REDACT } from "./app.js";
 import { ConfigError, hasInboundCredential, loadConfig, type Config } from "./config.js";
 import { startEmbeddedPostgres } from "./db/embedded.js";
 import { applyMigrations } from "./db/migrate.js";
-import { createPrisma } from "./db/prisma.js";
-import { createCatalogue } from "./domain/catalogue.js";
+import { createPrisma, type Db } from "./db/prisma.js";
+import { createCatalogue, type Catalogue } from "./domain/catalogue.js";
 import { createOrangeEventClient, type OrangeEventClient } from "./events/orange-client.js";
 import { createTokenCache, type TokenCache } from "./events/token-cache.js";
 import { startEventWorker, type EventWorker } from "./events/worker.js";
+import { createAsyncJobs } from "./orange/jobs.js";
 
 /**
  * Process entry: configuration → database (embedded unless DATABASE_URL) → migrations → HTTP
- * (ROLE api or all) and the event delivery worker (ROLE worker or all, when Orange client
- * credentials are configured).
+ * (ROLE api or all) and the worker (ROLE worker or all, when Orange client credentials are
+ * configured): event delivery, and the asynchronous orders and updates (ORDERING_MODE /
+ * UPDATE_MODE async), whose outcome is an event and so needs the same credentials.
  * Shutdown order: stop accepting HTTP (in-flight requests finish) → stop the worker (running
  * deliveries finish or are handed back) → close the pool → stop the embedded database.
  */
@@ -69,7 +71,13 @@ interface RunningWorker {
 }
 
 /** The delivery worker, or undefined (with the reason logged) when it must not run here. */
-async function startWorkerRole(config: Config, databaseUrl: string, log: pino.Logger): Promise<RunningWorker | undefined> {
+async function startWorkerRole(
+  config: Config,
+  databaseUrl: string,
+  db: Db,
+  catalogue: Catalogue,
+  log: pino.Logger,
+): Promise<RunningWorker | undefined> {
   if (config.role === "api") return undefined;
   const { orange } = config;
   if (orange.clientId === undefined || orange.clientSecret === undefined) {
@@ -80,6 +88,17 @@ async function startWorkerRole(config: Config, databaseUrl: string, log: pino.Lo
       "ORANGE_CLIENT_ID/ORANGE_CLIENT_SECRET are not set: events to Orange are kept in the outbox but NOT delivered " +
         "until a worker with credentials runs",
     );
+    const asyncApis = [
+      ...(config.orderingMode === "async" ? ["ORDERING_MODE"] : []),
+      ...(config.updateMode === "async" ? ["UPDATE_MODE"] : []),
+    ];
+    if (asyncApis.length > 0) {
+      log.warn(
+        { async: asyncApis },
+        "asynchronous mode without a worker here: orders/updates are answered 'acknowledged' and STAY acknowledged " +
+          "(nothing is created or changed) until a worker with Orange credentials runs (ROLE=all or worker)",
+      );
+    }
     return undefined;
   }
   const eventLog = log.child({ component: "events" });
@@ -109,6 +128,14 @@ async function startWorkerRole(config: Config, databaseUrl: string, log: pino.Lo
       pollIntervalMs: config.worker.pollIntervalMs,
       stopTimeoutMs: config.worker.stopTimeoutMs,
       logger: eventLog,
+      // Registered whatever this process's modes: a job left by an API replica in async mode
+      // is carried out by any worker.
+      jobs: createAsyncJobs({
+        db,
+        catalogue,
+        partnerName: config.partnerName,
+        transactionTimeoutMs: config.transactionTimeoutMs,
+      }),
     });
     log.info({ eventUrl: client.urlFor("productordering"), offer: orange.offer }, "delivering events to Orange");
     return { worker, client, tokens };
@@ -150,14 +177,16 @@ async function main(): Promise<void> {
       poolMax: config.databasePoolMax,
       connectTimeoutMs: config.databaseConnectTimeoutMs,
     });
+    // The worker needs the catalogue too: it carries out asynchronous orders and updates.
+    const catalogue = createCatalogue(JSON.parse(readFileSync(config.catalogueFile, "utf8")));
+    log.info({ file: config.catalogueFile, offers: catalogue.codes() }, "product catalogue loaded");
     let app: Awaited<ReturnType<typeof buildApp>> | undefined;
     if (config.role !== "worker") {
-      const catalogue = createCatalogue(JSON.parse(readFileSync(config.catalogueFile, "utf8")));
-      log.info({ file: config.catalogueFile, offers: catalogue.codes() }, "product catalogue loaded");
       ensureInboundCredential(config, embedded !== undefined, log);
       app = await buildApp({ config, db, catalogue, logger: log });
+      log.info({ ordering: config.orderingMode, update: config.updateMode }, "answer modes");
     }
-    const worker = await startWorkerRole(config, databaseUrl, log);
+    const worker = await startWorkerRole(config, databaseUrl, db, catalogue, log);
     if (app) {
       await app.listen({ host: config.host, port: config.port });
       log.info(

@@ -16,10 +16,19 @@ const ORANGE_PATHS = [
   "/userservice/v2/userService/update",
 ];
 
+const ADMIN_PATHS = [
+  "/admin/v1/licence-changes",
+  "/admin/v1/events",
+  "/admin/v1/events/{id}",
+  "/admin/v1/events/{id}/resend",
+];
+
+const ALL_PATHS = [...ORANGE_PATHS, ...ADMIN_PATHS];
+
 interface OpenApiDocument {
   openapi: string;
   info: { title: string; version: string };
-  paths: Record<string, Record<string, { responses?: Record<string, unknown> }>>;
+  paths: Record<string, Record<string, { responses?: Record<string, unknown>; tags?: string[]; security?: unknown[] }>>;
   components?: { schemas?: Record<string, unknown>; securitySchemes?: Record<string, unknown> };
 }
 
@@ -40,12 +49,26 @@ describe("the committed OpenAPI document", () => {
   it("is OpenAPI 3.1 and lists every Orange path with its method", () => {
     const doc = JSON.parse(generated) as OpenApiDocument;
     expect(doc.openapi).toBe("3.1.0");
-    expect(Object.keys(doc.paths).sort()).toEqual([...ORANGE_PATHS].sort());
+    expect(Object.keys(doc.paths).sort()).toEqual([...ALL_PATHS].sort());
     expect(Object.keys(doc.paths["/ping"]!)).toEqual(["get"]);
     expect(Object.keys(doc.paths["/productordering/v2/productOrder"]!)).toEqual(["post"]);
     expect(Object.keys(doc.paths["/userservice/v2/userService"]!)).toEqual(["get"]);
     expect(Object.keys(doc.paths["/userservice/v2/userService/{id}"]!)).toEqual(["get"]);
     expect(Object.keys(doc.paths["/userservice/v2/userService/update"]!)).toEqual(["post"]);
+  });
+
+  it("lists the operators' admin routes under the admin tag, with the admin bearer only", () => {
+    const doc = JSON.parse(generated) as OpenApiDocument;
+    expect(Object.keys(doc.paths["/admin/v1/licence-changes"]!)).toEqual(["post"]);
+    expect(Object.keys(doc.paths["/admin/v1/events"]!)).toEqual(["get"]);
+    expect(Object.keys(doc.paths["/admin/v1/events/{id}"]!)).toEqual(["get"]);
+    expect(Object.keys(doc.paths["/admin/v1/events/{id}/resend"]!)).toEqual(["post"]);
+    for (const path of ADMIN_PATHS) {
+      for (const operation of Object.values(doc.paths[path]!)) {
+        expect(operation.tags).toEqual(["admin"]);
+        expect(operation.security).toEqual([{ adminBearer: [] }]);
+      }
+    }
   });
 
   it("documents the success and error answers of the order endpoint", () => {
@@ -62,7 +85,7 @@ describe("the committed OpenAPI document", () => {
 
   it("declares the inbound security schemes", () => {
     const doc = JSON.parse(generated) as OpenApiDocument;
-    expect(Object.keys(doc.components?.securitySchemes ?? {}).sort()).toEqual(["apiKey", "basic", "bearer"]);
+    expect(Object.keys(doc.components?.securitySchemes ?? {}).sort()).toEqual(["adminBearer", "apiKey", "basic", "bearer"]);
   });
 });
 
@@ -79,7 +102,7 @@ describe("the served documentation", () => {
     expect(res.headers["content-type"]).toMatch(/application\/json/);
     const doc = res.json<OpenApiDocument>();
     expect(doc.openapi).toBe("3.1.0");
-    expect(Object.keys(doc.paths).sort()).toEqual([...ORANGE_PATHS].sort());
+    expect(Object.keys(doc.paths).sort()).toEqual([...ALL_PATHS].sort());
   });
 
   it("GET /docs serves the Swagger UI", async () => {

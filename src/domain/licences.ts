@@ -1,4 +1,6 @@
 import { Prisma, type Db, type Tx } from "../db/prisma.js";
+import { scheduleUpdateJob } from "../events/jobs.js";
+import { enqueueEvent } from "../events/outbox.js";
 import type { Catalogue } from "./catalogue.js";
 import type { Clock } from "./clock.js";
 import { replayOrConflict, type StoredRequest } from "./idempotency.js";
@@ -45,6 +47,12 @@ export interface UpdateOutcome {
   completedAt: Date;
   /** The licences after the change (or unchanged when it failed), in the order of the request. */
   licences: LicenceRecord[];
+}
+
+/** How the `process_update` job reads a stored request and renders the final update (src/orange owns both). */
+export interface UpdateWire {
+  toCommand(request: JsonValue): UpdateLicencesCommand;
+  render(request: JsonValue, outcome: UpdateOutcome): unknown;
 }
 
 export interface LicenceServiceDeps {
@@ -193,64 +201,115 @@ export function createLicenceService(deps: LicenceServiceDeps) {
     return { next };
   }
 
+  /**
+   * Applies a claimed update in `tx`, all or nothing: the one business path of both modes. A
+   * change that is not allowed is a `failed` outcome (nothing written), not an exception.
+   */
+  async function apply(tx: Tx, updateId: string, cmd: UpdateLicencesCommand): Promise<UpdateOutcome> {
+    const requested = cmd.changes.map((c) => c.licenceId);
+    const rows = await selectByIds(tx, requested, true);
+    // The change time is read once the rows are locked: an update that waited behind another
+    // one must not stamp its change (lastUpdate) earlier than the change it waited for.
+    const now = clock.now();
+    const found = new Map(rows.map((r) => [r.id, toRecord(r)]));
+    const { reason, next } = plan(cmd, found);
+    if (reason !== undefined) {
+      return { updateId, state: "failed", reason, completedAt: now, licences: orderLike([...found.values()], requested) };
+    }
+    const updated = await tx.$queryRaw<LicenceRow[]>`
+      UPDATE licence l SET
+        state = v.state::"LicenceState",
+        external_state = v.external_state::"ExternalState",
+        offer_code = v.offer_code,
+        terminated_at = CASE WHEN v.state = 'terminated' THEN COALESCE(l.terminated_at, ${now}) END,
+        updated_at = ${now}
+      FROM unnest(${next.map((l) => l.id)}::text[], ${next.map((l) => l.state)}::text[],
+                  ${next.map((l) => l.externalState)}::text[], ${next.map((l) => l.offerCode)}::text[])
+           AS v(id, state, external_state, offer_code), fleet f
+      WHERE l.id = v.id AND f.id = l.fleet_id
+      RETURNING ${LICENCE_COLUMNS}`;
+    return { updateId, state: "completed", completedAt: now, licences: orderLike(updated.map(toRecord), requested) };
+  }
+
+  /** Records the outcome on the update row; `response` null keeps the stored answer (async: the acknowledgement). */
+  async function finish(tx: Tx, outcome: UpdateOutcome, response: unknown): Promise<void> {
+    await tx.$executeRaw`
+      UPDATE licence_update SET state = ${outcome.state}::"RequestState",
+        response = COALESCE(${response === null ? null : JSON.stringify(response)}::jsonb, response),
+        failure_reason = ${outcome.reason ?? null}, completed_at = ${outcome.completedAt}
+      WHERE id = ${outcome.updateId}`;
+  }
+
+  const txOptions = { timeout: deps.transactionTimeoutMs, maxWait: deps.transactionTimeoutMs };
+
+  /** Sync mode: the update is applied in the request's transaction and answered final. */
   async function updateLicences(
     cmd: UpdateLicencesCommand,
     render: (outcome: UpdateOutcome) => unknown,
   ): Promise<{ replayed: boolean; response: unknown }> {
-    return db.$transaction(
-      async (tx) => {
-        const updateId = ids.next("upd");
-        const stored = await claimUpdate(tx, cmd, updateId, clock.now());
-        if (stored !== null) return { replayed: true, response: stored };
-
-        const rows = await selectByIds(tx, cmd.changes.map((c) => c.licenceId), true);
-        // The change time is read once the rows are locked: an update that waited behind another
-        // one must not stamp its change (lastUpdate) earlier than the change it waited for.
-        const now = clock.now();
-        const found = new Map(rows.map((r) => [r.id, toRecord(r)]));
-        const { reason, next } = plan(cmd, found);
-        let outcome: UpdateOutcome;
-        if (reason !== undefined) {
-          outcome = {
-            updateId,
-            state: "failed",
-            reason,
-            completedAt: now,
-            licences: orderLike([...found.values()], cmd.changes.map((c) => c.licenceId)),
-          };
-        } else {
-          const updated = await tx.$queryRaw<LicenceRow[]>`
-            UPDATE licence l SET
-              state = v.state::"LicenceState",
-              external_state = v.external_state::"ExternalState",
-              offer_code = v.offer_code,
-              terminated_at = CASE WHEN v.state = 'terminated' THEN COALESCE(l.terminated_at, ${now}) END,
-              updated_at = ${now}
-            FROM unnest(${next.map((l) => l.id)}::text[], ${next.map((l) => l.state)}::text[],
-                        ${next.map((l) => l.externalState)}::text[], ${next.map((l) => l.offerCode)}::text[])
-                 AS v(id, state, external_state, offer_code), fleet f
-            WHERE l.id = v.id AND f.id = l.fleet_id
-            RETURNING ${LICENCE_COLUMNS}`;
-          outcome = {
-            updateId,
-            state: "completed",
-            completedAt: now,
-            licences: orderLike(updated.map(toRecord), cmd.changes.map((c) => c.licenceId)),
-          };
-        }
-        const response = render(outcome);
-        await tx.$executeRaw`
-          UPDATE licence_update SET state = ${outcome.state}::"RequestState",
-            response = ${JSON.stringify(response)}::jsonb, failure_reason = ${outcome.reason ?? null},
-            completed_at = ${now}
-          WHERE id = ${updateId}`;
-        return { replayed: false, response };
-      },
-      { timeout: deps.transactionTimeoutMs, maxWait: deps.transactionTimeoutMs },
-    );
+    return db.$transaction(async (tx) => {
+      const updateId = ids.next("upd");
+      const stored = await claimUpdate(tx, cmd, updateId, clock.now());
+      if (stored !== null) return { replayed: true, response: stored };
+      const outcome = await apply(tx, updateId, cmd);
+      const response = render(outcome);
+      await finish(tx, outcome, response);
+      return { replayed: false, response };
+    }, txOptions);
   }
 
-  return { listByFleet, listByIds, getById, updateLicences };
+  /**
+   * Async mode: the update is stored `acknowledged` with its acknowledgement (what a retry of the
+   * same reference answers) and its `process_update` job, in one transaction; no licence changes yet.
+   */
+  async function acknowledgeUpdate(
+    cmd: UpdateLicencesCommand,
+    renderAcknowledgement: (updateId: string) => unknown,
+  ): Promise<{ replayed: boolean; response: unknown }> {
+    return db.$transaction(async (tx) => {
+      const updateId = ids.next("upd");
+      const stored = await claimUpdate(tx, cmd, updateId, clock.now());
+      if (stored !== null) return { replayed: true, response: stored };
+      const response = renderAcknowledgement(updateId);
+      await tx.$executeRaw`UPDATE licence_update SET response = ${JSON.stringify(response)}::jsonb WHERE id = ${updateId}`;
+      await scheduleUpdateJob(tx, updateId);
+      return { replayed: false, response };
+    }, txOptions);
+  }
+
+  /**
+   * The `process_update` job: applies an acknowledged update and, in the same transaction, marks
+   * it completed/failed and enqueues the updateNotification carrying `render(outcome)` (the
+   * UserServiceUpdate a sync answer would have been). Does nothing once the update is no longer
+   * acknowledged (the job retried after its commit).
+   */
+  async function processUpdate(updateId: string, wire: UpdateWire): Promise<"processed" | "skipped"> {
+    return db.$transaction(async (tx) => {
+      const [row] = await tx.$queryRaw<{ request: JsonValue; state: string }[]>`
+        SELECT request, state FROM licence_update WHERE id = ${updateId} FOR UPDATE`;
+      if (row?.state !== "acknowledged") return "skipped";
+      const outcome = await apply(tx, updateId, wire.toCommand(row.request));
+      await finish(tx, outcome, null);
+      await enqueueEvent(
+        tx,
+        {
+          api: "userservice",
+          type: "updateNotification",
+          resource: wire.render(row.request, outcome),
+          // Ordering key: the fleet of the licences. An update concerns one customer (plan()
+          // fails it otherwise), but its licences may span several fleets of that customer; the
+          // event then follows the first licence's fleet. No licence found at all: the update.
+          fleetId: outcome.licences[0]?.fleetId,
+          updateId,
+        },
+        clock,
+        ids,
+      );
+      return "processed";
+    }, txOptions);
+  }
+
+  return { listByFleet, listByIds, getById, updateLicences, acknowledgeUpdate, processUpdate };
 }
 
 export type LicenceService = ReturnType<typeof createLicenceService>;

@@ -1,4 +1,6 @@
 import type { Db, Tx } from "../db/prisma.js";
+import { scheduleOrderJob } from "../events/jobs.js";
+import { enqueueEvent } from "../events/outbox.js";
 import type { Catalogue } from "./catalogue.js";
 import type { Clock } from "./clock.js";
 import { replayOrConflict, type StoredRequest } from "./idempotency.js";
@@ -81,6 +83,12 @@ export interface OrderReply {
   /** True when this is a retry answered from the stored result of the first call. */
   replayed: boolean;
   response: unknown;
+}
+
+/** How the `process_order` job reads a stored request and renders the final order (src/orange owns both). */
+export interface OrderWire {
+  toCommand(request: JsonValue): PlaceOrderCommand;
+  render(request: JsonValue, outcome: OrderOutcome): unknown;
 }
 
 export interface OrderServiceDeps {
@@ -241,73 +249,138 @@ export function createOrderService(deps: OrderServiceDeps) {
     return { licenceIds, endUserIds };
   }
 
-  async function placeOrder(
-    cmd: PlaceOrderCommand,
-    render: (outcome: OrderOutcome) => unknown,
-  ): Promise<OrderReply> {
-    return db.$transaction(
-      async (tx) => {
-        const now = clock.now();
-        const orderId = ids.next("po");
-        const stored = await claimOrder(tx, cmd, orderId, now);
-        if (stored !== null) return { replayed: true, response: stored };
-
-        const outcome: OrderOutcome = {
-          orderId,
-          useCase: useCaseOf(cmd),
-          state: "completed",
-          completedAt: now,
-          contactIds: [],
-          licenceIds: [],
-          endUserIds: [],
-        };
-        try {
-          const checked = await check(tx, cmd);
-          outcome.customerId = checked.customerId;
-          if (cmd.customer) outcome.customerId = await upsertCustomer(tx, cmd.customer, now);
-          if (outcome.customerId !== undefined) {
-            for (const contact of cmd.contacts) {
-              outcome.contactIds.push(await upsertContact(tx, outcome.customerId, contact, now));
-            }
-          }
-          const item = cmd.item;
-          if (item) {
-            if (item.fleetId === undefined) {
-              outcome.fleetId = ids.next("fl");
-              await tx.$executeRaw`
-                INSERT INTO fleet (id, customer_id, offer_code, characteristics, created_at, updated_at)
-                VALUES (${outcome.fleetId}, ${outcome.customerId!}, ${item.offerCode},
-                        ${json(item.fleetCharacteristics)}::jsonb, ${now}, ${now})`;
-            } else {
-              outcome.fleetId = item.fleetId;
-              if (item.fleetCharacteristics !== undefined) {
-                await tx.$executeRaw`
-                  UPDATE fleet SET characteristics = ${json(item.fleetCharacteristics)}::jsonb, updated_at = ${now}
-                  WHERE id = ${item.fleetId}`;
-              }
-            }
-            Object.assign(outcome, await addLicences(tx, orderId, outcome.fleetId, item, now));
-          }
-        } catch (err) {
-          if (!(err instanceof OrderFailed)) throw err;
-          outcome.state = "failed";
-          outcome.reason = err.message;
+  /**
+   * Carries out a claimed order in `tx`: the one business path of both modes. A business failure
+   * (unknown offer, unknown fleet…) is an outcome, not an exception; anything thrown is a
+   * technical error and rolls the transaction back.
+   */
+  async function carryOut(tx: Tx, orderId: string, cmd: PlaceOrderCommand, now: Date): Promise<OrderOutcome> {
+    const outcome: OrderOutcome = {
+      orderId,
+      useCase: useCaseOf(cmd),
+      state: "completed",
+      completedAt: now,
+      contactIds: [],
+      licenceIds: [],
+      endUserIds: [],
+    };
+    try {
+      const checked = await check(tx, cmd);
+      outcome.customerId = checked.customerId;
+      if (cmd.customer) outcome.customerId = await upsertCustomer(tx, cmd.customer, now);
+      if (outcome.customerId !== undefined) {
+        for (const contact of cmd.contacts) {
+          outcome.contactIds.push(await upsertContact(tx, outcome.customerId, contact, now));
         }
-
-        const response = render(outcome);
-        await tx.$executeRaw`
-          UPDATE product_order SET
-            state = ${outcome.state}::"RequestState", response = ${JSON.stringify(response)}::jsonb,
-            failure_reason = ${outcome.reason ?? null}, customer_id = ${outcome.customerId ?? null},
-            fleet_id = ${outcome.fleetId ?? null}, completed_at = ${outcome.completedAt}
-          WHERE id = ${orderId}`;
-        return { replayed: false, response };
-      },
-      { timeout: deps.transactionTimeoutMs, maxWait: deps.transactionTimeoutMs },
-    );
+      }
+      const item = cmd.item;
+      if (item) {
+        if (item.fleetId === undefined) {
+          outcome.fleetId = ids.next("fl");
+          await tx.$executeRaw`
+            INSERT INTO fleet (id, customer_id, offer_code, characteristics, created_at, updated_at)
+            VALUES (${outcome.fleetId}, ${outcome.customerId!}, ${item.offerCode},
+                    ${json(item.fleetCharacteristics)}::jsonb, ${now}, ${now})`;
+        } else {
+          outcome.fleetId = item.fleetId;
+          if (item.fleetCharacteristics !== undefined) {
+            await tx.$executeRaw`
+              UPDATE fleet SET characteristics = ${json(item.fleetCharacteristics)}::jsonb, updated_at = ${now}
+              WHERE id = ${item.fleetId}`;
+          }
+        }
+        Object.assign(outcome, await addLicences(tx, orderId, outcome.fleetId, item, now));
+      }
+    } catch (err) {
+      if (!(err instanceof OrderFailed)) throw err;
+      outcome.state = "failed";
+      outcome.reason = err.message;
+    }
+    return outcome;
   }
 
-  return { placeOrder };
+  /** Records the outcome on the order row; `response` null keeps the stored answer (async: the acknowledgement). */
+  async function finish(tx: Tx, outcome: OrderOutcome, response: unknown): Promise<void> {
+    await tx.$executeRaw`
+      UPDATE product_order SET
+        state = ${outcome.state}::"RequestState",
+        response = COALESCE(${response === null ? null : JSON.stringify(response)}::jsonb, response),
+        failure_reason = ${outcome.reason ?? null}, customer_id = ${outcome.customerId ?? null},
+        fleet_id = ${outcome.fleetId ?? null}, completed_at = ${outcome.completedAt}
+      WHERE id = ${outcome.orderId}`;
+  }
+
+  const txOptions = { timeout: deps.transactionTimeoutMs, maxWait: deps.transactionTimeoutMs };
+
+  /** Sync mode: the order is carried out in the request's transaction and answered final. */
+  async function placeOrder(cmd: PlaceOrderCommand, render: (outcome: OrderOutcome) => unknown): Promise<OrderReply> {
+    return db.$transaction(async (tx) => {
+      const now = clock.now();
+      const orderId = ids.next("po");
+      const stored = await claimOrder(tx, cmd, orderId, now);
+      if (stored !== null) return { replayed: true, response: stored };
+      const outcome = await carryOut(tx, orderId, cmd, now);
+      const response = render(outcome);
+      await finish(tx, outcome, response);
+      return { replayed: false, response };
+    }, txOptions);
+  }
+
+  /**
+   * Async mode: the order is stored `acknowledged` with its acknowledgement (what a retry of the
+   * same reference answers, before and after the order is carried out) and its `process_order`
+   * job, in one transaction. Nothing else is written until the job runs.
+   */
+  async function acknowledgeOrder(
+    cmd: PlaceOrderCommand,
+    renderAcknowledgement: (orderId: string) => unknown,
+  ): Promise<OrderReply> {
+    return db.$transaction(async (tx) => {
+      const orderId = ids.next("po");
+      const stored = await claimOrder(tx, cmd, orderId, clock.now());
+      if (stored !== null) return { replayed: true, response: stored };
+      const response = renderAcknowledgement(orderId);
+      await tx.$executeRaw`UPDATE product_order SET response = ${JSON.stringify(response)}::jsonb WHERE id = ${orderId}`;
+      await scheduleOrderJob(tx, orderId);
+      return { replayed: false, response };
+    }, txOptions);
+  }
+
+  /**
+   * The `process_order` job: carries out an acknowledged order and, in the same transaction,
+   * marks it completed/failed and enqueues the event carrying `render(outcome)` (the ProductOrder
+   * a sync answer would have been). The licences become visible with the completed state, at
+   * commit. A second run (the job retried after its commit) finds the order no longer
+   * acknowledged and does nothing.
+   */
+  async function processOrder(orderId: string, wire: OrderWire): Promise<"processed" | "skipped"> {
+    return db.$transaction(async (tx) => {
+      // The row lock makes two runs of the job for one order queue behind each other.
+      const [row] = await tx.$queryRaw<{ request: JsonValue; state: string }[]>`
+        SELECT request, state FROM product_order WHERE id = ${orderId} FOR UPDATE`;
+      if (row?.state !== "acknowledged") return "skipped";
+      const cmd = wire.toCommand(row.request);
+      const outcome = await carryOut(tx, orderId, cmd, clock.now());
+      await finish(tx, outcome, null);
+      await enqueueEvent(
+        tx,
+        {
+          api: "productordering",
+          type: outcome.state === "completed" ? "completedStateNotification" : "failedStateNotification",
+          resource: wire.render(row.request, outcome),
+          // Ordering key: UC2 the new fleet, UC3 the given fleet (even one that turned out
+          // unknown), UC1 and a failed UC2 the order.
+          fleetId: outcome.fleetId ?? cmd.item?.fleetId,
+          orderId,
+        },
+        clock,
+        ids,
+      );
+      return "processed";
+    }, txOptions);
+  }
+
+  return { placeOrder, acknowledgeOrder, processOrder };
 }
 
 export type OrderService = ReturnType<typeof createOrderService>;

@@ -115,14 +115,15 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         await schedule(conn, orderingKey, { delayMs: 0 });
         return;
       }
-      const { rows } = await conn.query<HeadRow>(
-        `SELECT id, api, body, attempts, next_attempt_at <= clock_timestamp() AS due, next_attempt_at
+      const { rows } = await conn.query<HeadRow>({
+        name: "outbox_head",
+        text: `SELECT id, api, body, attempts, next_attempt_at <= clock_timestamp() AS due, next_attempt_at
            FROM outbox_event
           WHERE ordering_key = $1 AND state = 'pending'
           ORDER BY seq
           LIMIT 1`,
-        [orderingKey],
-      );
+        values: [orderingKey],
+      });
       const head = rows[0];
       if (!head) return;
       if (!head.due) {
@@ -130,8 +131,9 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         return;
       }
       const attempt = head.attempts + 1;
-      const started = await conn.query<{ id: string }>(
-        `WITH interrupted AS (
+      const started = await conn.query<{ id: string }>({
+        name: "outbox_attempt_start",
+        text: `WITH interrupted AS (
            UPDATE event_delivery_attempt
               SET finished_at = clock_timestamp(), outcome = 'retry', error = $4
             WHERE event_id = $1 AND finished_at IS NULL
@@ -140,11 +142,15 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
             WHERE id = $1 AND state = 'pending' AND attempts = $2 - 1
            RETURNING id
          )
+         -- Attempt rows are numbered over the event's whole life: an operator's re-send of a dead
+         -- event restarts outbox_event.attempts (a fresh retry budget) and keeps the history.
          INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at)
-         SELECT id, $2, $3, clock_timestamp() FROM bumped
+         SELECT id, (SELECT coalesce(max(a.attempt), 0) + 1 FROM event_delivery_attempt a WHERE a.event_id = $1),
+                $3, clock_timestamp()
+           FROM bumped
          RETURNING id`,
-        [head.id, attempt, options.workerId?.() ?? null, INTERRUPTED],
-      );
+        values: [head.id, attempt, options.workerId?.() ?? null, INTERRUPTED],
+      });
       const attemptId = started.rows[0]?.id;
       if (attemptId === undefined) continue; // changed under us (operator action): look again
 
@@ -195,8 +201,9 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
       delayMs = retryDelayMs(retry, attempt, result.retryAfterMs, random);
       giveUp = attempt >= retry.maxAttempts;
     }
-    const { rows } = await conn.query<{ state: "delivered" | "dead" | "pending"; next_attempt_at: Date; last_error: string | null }>(
-      `WITH t AS (SELECT clock_timestamp() AS now),
+    const { rows } = await conn.query<{ state: "delivered" | "dead" | "pending"; next_attempt_at: Date; last_error: string | null }>({
+      name: "outbox_attempt_finish",
+      text: `WITH t AS (SELECT clock_timestamp() AS now),
        decided AS (
          SELECT e.id,
                 CASE
@@ -236,7 +243,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
           WHERE id = $10
        )
        SELECT state, next_attempt_at, last_error FROM ev`,
-      [
+      values: [
         head.id,
         result.outcome,
         giveUp,
@@ -248,7 +255,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         error,
         attemptId,
       ],
-    );
+    });
     const row = rows[0];
     if (!row) throw new Error(`outbox event ${head.id} left the pending state during its delivery`);
     return { state: row.state, nextAttemptAt: row.next_attempt_at, error: row.last_error };

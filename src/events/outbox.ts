@@ -8,7 +8,6 @@
  * (delivery.ts) reads the key's pending events in seq order.
  */
 import type { Tx } from "../db/prisma.js";
-import type { Prisma } from "../generated/prisma/client.js";
 import type { Clock } from "../domain/clock.js";
 import type { IdGenerator } from "../domain/ids.js";
 import type { OrangeEvent, OrangeEventApi } from "./orange-client.js";
@@ -53,33 +52,34 @@ export function jobKeyOf(orderingKey: string): string {
  * is still on its way.
  */
 export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: IdGenerator): Promise<EnqueuedEvent> {
-  const orderingKey = event.fleetId ?? event.orderId;
-  if (orderingKey === undefined) throw new Error("an outbox event needs a fleetId or an orderId (its ordering key)");
+  // An update none of whose licences exists has no fleet: it is ordered on its own.
+  const orderingKey = event.fleetId ?? event.orderId ?? event.updateId;
+  if (orderingKey === undefined) throw new Error("an outbox event needs a fleetId, an orderId or an updateId (its ordering key)");
   const id = ids.next("ev");
   const body: OrangeEvent = { id, type: event.type, time: clock.now().toISOString(), resource: event.resource };
 
-  await tx.$executeRaw`SELECT 1 FROM pg_advisory_xact_lock(${ENQUEUE_LOCK_NAMESPACE}::int, hashtext(${orderingKey}))`;
-  await tx.outboxEvent.create({
-    data: {
-      id,
-      api: event.api,
-      type: event.type,
-      orderingKey,
-      fleetId: event.fleetId ?? null,
-      orderId: event.orderId ?? null,
-      updateId: event.updateId ?? null,
-      body: body as unknown as Prisma.InputJsonValue,
-    },
-    select: { id: true },
-  });
+  // One statement (one round trip instead of three: the bench measured ~0.7 ms of Prisma CPU per
+  // statement): the key lock, then the row, whose seq (nextval) is drawn only once the lock is
+  // held (the INSERT reads FROM the lock), then the job, added once the row is written.
   // preserve_run_at: when the key's job is waiting for a retry of an earlier event, the new
   // event waits behind it instead of pulling the job forward. When the key's job is running,
   // graphile creates a second one; delivery.ts makes sure the two never deliver at once.
-  await tx.$executeRaw`SELECT 1 FROM graphile_worker.add_job(
-    ${DELIVER_TASK}::text,
-    json_build_object('orderingKey', ${orderingKey}::text),
-    job_key => ${jobKeyOf(orderingKey)}::text,
-    job_key_mode => 'preserve_run_at'
-  )`;
+  const written = await tx.$executeRaw`
+    WITH locked AS (
+      SELECT 1 AS ok FROM pg_advisory_xact_lock(${ENQUEUE_LOCK_NAMESPACE}::int, hashtext(${orderingKey}::text))
+    ), inserted AS (
+      INSERT INTO outbox_event (id, api, type, ordering_key, fleet_id, order_id, update_id, body)
+      SELECT ${id}::text, ${event.api}::text, ${event.type}::text, ${orderingKey}::text, ${event.fleetId ?? null}::text,
+             ${event.orderId ?? null}::text, ${event.updateId ?? null}::text, ${JSON.stringify(body)}::jsonb
+        FROM locked
+      RETURNING ordering_key
+    )
+    SELECT 1 FROM inserted CROSS JOIN LATERAL graphile_worker.add_job(
+      ${DELIVER_TASK}::text,
+      json_build_object('orderingKey', inserted.ordering_key),
+      job_key => ${jobKeyOf(orderingKey)}::text,
+      job_key_mode => 'preserve_run_at'
+    )`;
+  if (written !== 1) throw new Error(`outbox event ${id} was not written (${written} rows)`);
   return { id, orderingKey, body };
 }

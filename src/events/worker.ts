@@ -10,12 +10,16 @@
  *   attempts after database errors, say) gets a job again.
  * - Graceful stop: stop claiming, let running deliveries finish for `stopTimeoutMs`, then abort
  *   them (each records its interrupted attempt and hands its key back to the queue), then close.
+ * - With `jobs`, the same runner carries out asynchronous orders and updates (`process_order`,
+ *   `process_update`, see jobs.ts). A run that throws (database down) is retried by graphile with
+ *   its own backoff; a business failure is not an exception but a failed order and its event.
  */
 import { EventEmitter } from "node:events";
-import { Logger, run, type Runner, type WorkerEvents } from "graphile-worker";
+import { Logger, run, type Runner, type Task, type TaskList, type WorkerEvents } from "graphile-worker";
 import pg from "pg";
 import { createDeliverEventsTask, schedule, type RetryPolicy } from "./delivery.js";
 import type { EventLogger } from "./http.js";
+import { PROCESS_ORDER_TASK, PROCESS_UPDATE_TASK, type AsyncJobs } from "./jobs.js";
 import type { OrangeEventClient } from "./orange-client.js";
 import { DELIVER_TASK } from "./outbox.js";
 
@@ -41,6 +45,8 @@ export interface EventWorkerOptions {
   applicationName?: string;
   logger?: WorkerLogger;
   random?: () => number;
+  /** Asynchronous orders and updates; without it, their jobs wait for a worker that has it. */
+  jobs?: AsyncJobs;
 }
 
 export interface SweepResult {
@@ -96,6 +102,13 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     ...(logger ? { logger } : {}),
   });
 
+  const taskList: TaskList = { [DELIVER_TASK]: task };
+  if (options.jobs) {
+    const jobs = options.jobs;
+    taskList[PROCESS_ORDER_TASK] = idTask("orderId", (id) => jobs.processOrder(id), logger);
+    taskList[PROCESS_UPDATE_TASK] = idTask("updateId", (id) => jobs.processUpdate(id), logger);
+  }
+
   async function sweep(): Promise<SweepResult> {
     const stale = await pool.query<{ locked_by: string }>(
       `SELECT DISTINCT locked_by FROM graphile_worker.jobs
@@ -131,7 +144,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     await sweep();
     runner = await run({
       pgPool: pool,
-      taskList: { [DELIVER_TASK]: task },
+      taskList,
       concurrency: options.concurrency,
       noHandleSignals: true,
       pollInterval: options.pollIntervalMs ?? 1_000,
@@ -191,6 +204,18 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       })();
       return stopping;
     },
+  };
+}
+
+/** A task whose payload is `{ [field]: "<id>" }`; a malformed payload is dropped, not retried. */
+function idTask(field: string, work: (id: string) => Promise<void>, logger: WorkerLogger | undefined): Task {
+  return async (payload, helpers) => {
+    const id = (payload as Record<string, unknown> | null)?.[field];
+    if (typeof id !== "string" || id.length === 0) {
+      logger?.warn({ jobId: helpers.job.id, task: helpers.job.task_identifier, payload }, `job without ${field}; dropped`);
+      return;
+    }
+    await work(id);
   };
 }
 

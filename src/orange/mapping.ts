@@ -1,6 +1,14 @@
 import { createHash } from "node:crypto";
 import type { Catalogue } from "../domain/catalogue.js";
 import type { JsonObject, JsonValue } from "../domain/json.js";
+import type {
+  AppliedLicenceChange,
+  CharacteristicAction,
+  EndUserAction,
+  LicenceChangeItem,
+  RealizingResourceAction,
+  RightAction,
+} from "../domain/licence-changes.js";
 import type { LicenceChange, LicenceRecord, UpdateLicencesCommand, UpdateOutcome } from "../domain/licences.js";
 import type { ContactData, CustomerData, OrderOutcome, PlaceOrderCommand } from "../domain/orders.js";
 import { MissingBodyField } from "../errors.js";
@@ -8,10 +16,13 @@ import type {
   Characteristic,
   ExternalReferenceField,
   Individual,
+  LoginKeyValue,
   Organization,
   ProductOrderRequest,
   ProductOrderResponse,
+  RealizingResource,
   UserService,
+  UserServiceChangeNotification,
   UserServiceUpdateRequest,
   UserServiceUpdateResponse,
 } from "./schemas.js";
@@ -216,11 +227,30 @@ function offeringOut(code: string, sentName: string | undefined, catalogue: Cata
   } as JsonObject;
 }
 
-/** The ProductOrder answered to Orange (and stored for retries): the request echoed with partner ids and states. */
+/**
+ * The ProductOrder answered to Orange (sync mode, stored for retries) or carried by the
+ * completed/failedStateNotification event (async mode): the request echoed with partner ids and states.
+ */
 export function renderOrder(req: ProductOrderRequest, o: OrderOutcome, ctx: RenderContext): ProductOrderResponse {
+  return renderOrderBody(req, o, ctx);
+}
+
+/**
+ * The async answer (contract section 5): `acknowledged` with the partner order id, the request
+ * echoed without any other partner id (nothing is created yet), no completionDate.
+ */
+export function renderOrderAcknowledgement(req: ProductOrderRequest, orderId: string, ctx: RenderContext): ProductOrderResponse {
+  return renderOrderBody(req, { orderId, state: "acknowledged" }, ctx);
+}
+
+type OrderView = OrderOutcome | { orderId: string; state: "acknowledged" };
+
+function renderOrderBody(req: ProductOrderRequest, o: OrderView, ctx: RenderContext): ProductOrderResponse {
   const item = req.orderItem?.[0];
   const org = customerOf(req);
-  const failed = o.state === "failed";
+  // Partner ids and catalogue names only once something was created.
+  const failed = o.state !== "completed";
+  const done = o.state === "acknowledged" ? undefined : o;
   const body = {
     id: o.orderId,
     externalReference: externalReferenceOut(req.externalReference),
@@ -228,12 +258,13 @@ export function renderOrder(req: ProductOrderRequest, o: OrderOutcome, ctx: Rend
     state: o.state,
     orderDate: req.orderDate,
     requestedStartDate: req.requestedStartDate,
-    completionDate: o.completedAt.toISOString(),
-    note: failed
-      ? { text: o.reason, date: o.completedAt.toISOString(), author: ctx.partnerName }
-      : req.note && pick(req.note, ["text", "date", "author"] as const),
-    customer: org ? organizationOut(org, failed ? undefined : o.customerId) : undefined,
-    relatedContact: (req.relatedContact ?? []).map((c, i) => individualOut(c, failed ? undefined : o.contactIds[i])),
+    completionDate: done?.completedAt.toISOString(),
+    note:
+      done?.state === "failed"
+        ? { text: done.reason, date: done.completedAt.toISOString(), author: ctx.partnerName }
+        : req.note && pick(req.note, ["text", "date", "author"] as const),
+    customer: org ? organizationOut(org, failed ? undefined : done?.customerId) : undefined,
+    relatedContact: (req.relatedContact ?? []).map((c, i) => individualOut(c, failed ? undefined : done?.contactIds[i])),
     orderItem: item && [
       {
         id: item.id ?? "1",
@@ -243,12 +274,12 @@ export function renderOrder(req: ProductOrderRequest, o: OrderOutcome, ctx: Rend
           ? { name: item.productOffering.name, externalReference: pick(item.productOffering.externalReference, REF_KEYS) }
           : offeringOut(item.productOffering.externalReference.id, item.productOffering.name, ctx.catalogue),
         productRef: {
-          id: failed ? item.productRef.id : o.fleetId,
+          id: failed ? item.productRef.id : done?.fleetId,
           userServiceQuantity: item.productRef.userServiceQuantity,
           characteristic: characteristicsOut(item.productRef.characteristic),
         },
         endUserConfiguration: item.endUserConfiguration?.map((c, i) => ({
-          endUser: c.endUser ? individualOut(c.endUser, failed ? undefined : o.endUserIds[i]) : undefined,
+          endUser: c.endUser ? individualOut(c.endUser, failed ? undefined : done?.endUserIds[i]) : undefined,
           realizingResource: realizingResourceOut(c.realizingResource as JsonObject | undefined),
         })),
       },
@@ -313,6 +344,18 @@ export function toUpdateCommand(req: UserServiceUpdateRequest, idempotencyKeyHea
   };
 }
 
+/**
+ * The async answer to an update: the reference echoed and `acknowledged`, nothing else. The
+ * licences as they are before the change would read as the result; the final ones travel in
+ * the updateNotification event.
+ */
+export function renderUpdateAcknowledgement(req: UserServiceUpdateRequest): UserServiceUpdateResponse {
+  return compact({
+    externalReference: externalReferenceOut(req.externalReference),
+    state: "acknowledged",
+  }) as UserServiceUpdateResponse;
+}
+
 export function renderUpdate(req: UserServiceUpdateRequest, o: UpdateOutcome, ctx: RenderContext): UserServiceUpdateResponse {
   return compact({
     externalReference: externalReferenceOut(req.externalReference),
@@ -323,4 +366,67 @@ export function renderUpdate(req: UserServiceUpdateRequest, o: UpdateOutcome, ct
         : undefined,
     userService: o.licences.map((l) => renderUserService(l, ctx.catalogue)),
   }) as UserServiceUpdateResponse;
+}
+
+// ---------------------------------------------------------------------------------------------
+// UC5: partner-initiated changes
+
+/** One licence's UC5 operations as an operator sends them (the event's shapes, plus a password). */
+export interface LicenceOperationsIn {
+  id: string;
+  endUserOperation?: { action: EndUserAction; endUser?: Individual };
+  realizingResourceOperation?: { action: RealizingResourceAction; realizingResource?: RealizingResource };
+  rightOperation?: { action: RightAction; loginKeyValue?: LoginKeyValue; email: string; password?: string };
+  serviceCharacteristicOperation?: { action: CharacteristicAction; characteristic: Characteristic };
+}
+
+/** The domain command of one licence: contract fields only; the password goes nowhere. */
+export function toLicenceChangeItem(op: LicenceOperationsIn): LicenceChangeItem {
+  const eu = op.endUserOperation;
+  const rr = op.realizingResourceOperation;
+  const right = op.rightOperation;
+  const sc = op.serviceCharacteristicOperation;
+  return {
+    licenceId: op.id,
+    endUser: eu && { action: eu.action, endUser: eu.endUser ? individualData(eu.endUser) : undefined },
+    realizingResource: rr && {
+      action: rr.action,
+      realizingResource: rr.realizingResource
+        ? (compact(realizingResourceOut(rr.realizingResource as JsonObject)) as JsonObject)
+        : undefined,
+    },
+    right: right && {
+      action: right.action,
+      login: right.loginKeyValue && { key: right.loginKeyValue.key, value: right.loginKeyValue.value },
+      email: right.email,
+    },
+    serviceCharacteristic: sc && {
+      action: sc.action,
+      characteristic: { name: sc.characteristic.name, value: sc.characteristic.value },
+    },
+  };
+}
+
+/** `resource` of the UC5 updateNotification of one fleet. Never a password (none reaches here). */
+export function renderChangeNotification(changes: AppliedLicenceChange[]): UserServiceChangeNotification {
+  return compact({
+    userService: changes.map((c) => ({
+      id: c.licenceId,
+      relatedProductRefId: c.fleetId,
+      endUserOperation: c.endUser && { action: c.endUser.action, endUser: individualOut(c.endUser.endUser) },
+      realizingResourceOperation: c.realizingResource && {
+        action: c.realizingResource.action,
+        realizingResource: realizingResourceOut(c.realizingResource.realizingResource),
+      },
+      rightOperation: c.right && {
+        action: c.right.action,
+        loginKeyValue: c.right.action === "reset" ? undefined : c.right.login,
+        email: c.right.email,
+      },
+      serviceCharacteristicOperation: c.serviceCharacteristic && {
+        action: c.serviceCharacteristic.action,
+        characteristic: { name: c.serviceCharacteristic.characteristic.name, value: c.serviceCharacteristic.characteristic.value },
+      },
+    })),
+  }) as UserServiceChangeNotification;
 }

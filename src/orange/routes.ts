@@ -1,4 +1,5 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
+import type { AnswerMode } from "../config.js";
 import type { Catalogue } from "../domain/catalogue.js";
 import type { LicenceService } from "../domain/licences.js";
 import type { OrderService } from "../domain/orders.js";
@@ -8,7 +9,9 @@ import { rejectOtherMethods } from "./error-handler.js";
 import { acceptsJson } from "./ping.js";
 import {
   renderOrder,
+  renderOrderAcknowledgement,
   renderUpdate,
+  renderUpdateAcknowledgement,
   renderUserService,
   toPlaceOrderCommand,
   toUpdateCommand,
@@ -40,6 +43,9 @@ export interface OrangeRoutesOptions {
   orderMaxQuantity: number;
   authenticate: Authenticator;
   pingOpen: boolean;
+  /** Contract section 5: sync answers the final state; async answers `acknowledged` and sends an event later. */
+  orderingMode: AnswerMode;
+  updateMode: AnswerMode;
 }
 
 const MAX_IDS_PER_QUERY = 1000;
@@ -97,7 +103,10 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
         tags: ["productOrdering"],
         body: ProductOrderRequestSchema,
         response: {
-          201: ProductOrderResponseSchema.describe("the order, completed or failed (with the reason in note.text)"),
+          201: ProductOrderResponseSchema.describe(
+            "the order, completed or failed (with the reason in note.text); in asynchronous mode acknowledged " +
+              "with its id, the final order then comes as a completedStateNotification or failedStateNotification event",
+          ),
           ...errors,
           409: ErrorBodySchema.describe("order reference already used with another body (code 63)"),
         },
@@ -110,7 +119,10 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
           `orderItem[0].productRef.userServiceQuantity must be <= ${opts.orderMaxQuantity} (got ${cmd.item.quantity})`,
         );
       }
-      const result = await opts.orders.placeOrder(cmd, (outcome) => renderOrder(request.body, outcome, ctx));
+      const result =
+        opts.orderingMode === "async"
+          ? await opts.orders.acknowledgeOrder(cmd, (orderId) => renderOrderAcknowledgement(request.body, orderId, ctx))
+          : await opts.orders.placeOrder(cmd, (outcome) => renderOrder(request.body, outcome, ctx));
       return reply.code(201).header("idempotent-replayed", String(result.replayed)).send(result.response as never);
     },
   );
@@ -181,7 +193,10 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
         tags: ["userService"],
         body: UserServiceUpdateRequestSchema,
         response: {
-          200: UserServiceUpdateResponseSchema,
+          200: UserServiceUpdateResponseSchema.describe(
+            "completed or failed with the licences after the change; in asynchronous mode acknowledged, the result " +
+              "then comes as an updateNotification event",
+          ),
           ...errors,
           409: ErrorBodySchema.describe("update reference already used with another body (code 63)"),
         },
@@ -189,7 +204,10 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
     },
     async (request, reply) => {
       const cmd = toUpdateCommand(request.body, headerValue(request.headers["idempotency-key"]));
-      const result = await opts.licences.updateLicences(cmd, (outcome) => renderUpdate(request.body, outcome, ctx));
+      const result =
+        opts.updateMode === "async"
+          ? await opts.licences.acknowledgeUpdate(cmd, () => renderUpdateAcknowledgement(request.body))
+          : await opts.licences.updateLicences(cmd, (outcome) => renderUpdate(request.body, outcome, ctx));
       return reply.code(200).header("idempotent-replayed", String(result.replayed)).send(result.response as never);
     },
   );

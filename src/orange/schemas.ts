@@ -305,6 +305,57 @@ export const UserServiceUpdateResponseSchema = z
 export type UserServiceUpdateResponse = z.infer<typeof UserServiceUpdateResponseSchema>;
 
 // ---------------------------------------------------------------------------------------------
+// UC5: partner-initiated changes (contract section 6), carried by an updateNotification event
+
+export const EndUserOperationSchema = z
+  .object({
+    action: z.enum(["add", "modify", "swap", "delete"]),
+    endUser: ResponseIndividualSchema.describe("the end user after the change (delete: the one removed)"),
+  })
+  .meta({ id: "EndUserOperation" });
+
+export const RealizingResourceOperationSchema = z
+  .object({
+    action: z.enum(["add", "modify", "swap", "delete"]),
+    realizingResource: RealizingResourceSchema.describe("the resource after the change (delete: the one removed)"),
+  })
+  .meta({ id: "RealizingResourceOperation" });
+
+/** Never a password: a reset carries only the action and the e-mail the new password goes to. */
+export const RightOperationSchema = z
+  .strictObject({
+    action: z.enum(["add", "modify", "reset"]),
+    loginKeyValue: LoginKeyValueSchema.optional().describe("absent on reset"),
+    email: z.string().min(1).describe("where the login or the new password is sent"),
+  })
+  .meta({ id: "RightOperation" });
+
+export const ServiceCharacteristicOperationSchema = z
+  .object({
+    action: z.enum(["add", "modify", "delete"]),
+    characteristic: CharacteristicSchema,
+  })
+  .meta({ id: "ServiceCharacteristicOperation" });
+
+export const UserServiceChangeSchema = z
+  .object({
+    id: z.string(),
+    relatedProductRefId: z.string().describe("the fleet id"),
+    endUserOperation: EndUserOperationSchema.optional(),
+    realizingResourceOperation: RealizingResourceOperationSchema.optional(),
+    rightOperation: RightOperationSchema.optional(),
+    serviceCharacteristicOperation: ServiceCharacteristicOperationSchema.optional(),
+  })
+  .meta({ id: "UserServiceChange" });
+export type UserServiceChange = z.infer<typeof UserServiceChangeSchema>;
+
+/** `resource` of a UC5 updateNotification: the licences of one fleet the partner changed. */
+export const UserServiceChangeNotificationSchema = z
+  .object({ userService: z.array(UserServiceChangeSchema).min(1) })
+  .meta({ id: "UserServiceChangeNotification" });
+export type UserServiceChangeNotification = z.infer<typeof UserServiceChangeNotificationSchema>;
+
+// ---------------------------------------------------------------------------------------------
 // Ping and errors
 
 export const PingResponseSchema = z.object({ status: z.literal("ok") });

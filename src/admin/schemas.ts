@@ -1,0 +1,206 @@
+import { z } from "zod";
+import { EVENT_SORT_FIELDS } from "../events/operator.js";
+import {
+  CharacteristicSchema,
+  DateTimeSchema,
+  IndividualSchema,
+  LoginKeyValueSchema,
+  RealizingResourceSchema,
+  UserServiceSchema,
+} from "../orange/schemas.js";
+
+/**
+ * Wire schemas of the operators' admin API (/admin/v1). The licence-change body reuses the
+ * shapes of Orange's UC5 operations (contract section 6), plus an optional password that is
+ * never stored nor sent. Unlike Orange's routes, unknown fields are rejected: an operator's typo
+ * must not pass silently.
+ */
+
+const MAX_LICENCES_PER_CHANGE = 1000;
+
+function requiredUnless<T extends { action: string }>(field: keyof T & string, exempt: string) {
+  return (op: T, ctx: z.RefinementCtx) => {
+    if (op.action !== exempt && op[field] === undefined) {
+      ctx.addIssue({ code: "custom", path: [field], message: `is required for action ${JSON.stringify(op.action)}` });
+    }
+  };
+}
+
+export const AdminEndUserOperationSchema = z
+  .strictObject({
+    action: z.enum(["add", "modify", "swap", "delete"]),
+    endUser: IndividualSchema.optional().describe(
+      "add/swap: the end user to link (its id is kept only if it is a known end user); modify: the fields to change; delete: not needed",
+    ),
+  })
+  .superRefine(requiredUnless("endUser", "delete"));
+
+export const AdminRealizingResourceOperationSchema = z
+  .strictObject({
+    action: z.enum(["add", "modify", "swap", "delete"]),
+    realizingResource: RealizingResourceSchema.optional().describe(
+      "add/swap: the new resource; modify: type and characteristics to change (merged by name); delete: not needed",
+    ),
+  })
+  .superRefine(requiredUnless("realizingResource", "delete"));
+
+export const AdminRightOperationSchema = z
+  .strictObject({
+    action: z.enum(["add", "modify", "reset"]),
+    loginKeyValue: LoginKeyValueSchema.optional().describe("add/modify: the login; reset: optional, must be the licence's login"),
+    email: z.email().describe("where the login or the new password is sent"),
+    password: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("accepted for the partner's identity system; never stored, never in an event"),
+  })
+  .superRefine(requiredUnless("loginKeyValue", "reset"));
+
+export const AdminServiceCharacteristicOperationSchema = z.strictObject({
+  action: z.enum(["add", "modify", "delete"]),
+  characteristic: CharacteristicSchema.describe("delete: only the name matters"),
+});
+
+export const AdminLicenceChangeSchema = z
+  .strictObject({
+    id: z.string().min(1).describe("partner licence id"),
+    endUserOperation: AdminEndUserOperationSchema.optional(),
+    realizingResourceOperation: AdminRealizingResourceOperationSchema.optional(),
+    rightOperation: AdminRightOperationSchema.optional(),
+    serviceCharacteristicOperation: AdminServiceCharacteristicOperationSchema.optional(),
+  })
+  .superRefine((item, ctx) => {
+    if (
+      item.endUserOperation === undefined &&
+      item.realizingResourceOperation === undefined &&
+      item.rightOperation === undefined &&
+      item.serviceCharacteristicOperation === undefined
+    ) {
+      ctx.addIssue({
+        code: "custom",
+        path: [],
+        message:
+          "must carry at least one operation: endUserOperation, realizingResourceOperation, rightOperation or serviceCharacteristicOperation",
+      });
+    }
+  });
+
+export const AdminLicenceChangesRequestSchema = z
+  .strictObject({
+    userService: z.array(AdminLicenceChangeSchema).min(1).max(MAX_LICENCES_PER_CHANGE),
+  })
+  .superRefine((req, ctx) => {
+    const seen = new Map<string, number>();
+    req.userService.forEach((item, i) => {
+      const first = seen.get(item.id);
+      if (first !== undefined) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["userService", i, "id"],
+          message: `duplicates userService[${first}].id (${JSON.stringify(item.id)}): each licence appears once`,
+        });
+      } else seen.set(item.id, i);
+    });
+  })
+  .meta({ id: "AdminLicenceChangesRequest" });
+export type AdminLicenceChangesRequest = z.infer<typeof AdminLicenceChangesRequestSchema>;
+
+export const AdminLicenceChangesResponseSchema = z
+  .object({
+    userService: z.array(UserServiceSchema).describe("the licences after the change, in the order of the request"),
+    events: z
+      .array(z.object({ id: z.string(), fleetId: z.string() }))
+      .describe("the updateNotification events written: one per fleet, in fleet id order"),
+  })
+  .meta({ id: "AdminLicenceChangesResponse" });
+
+// ---------------------------------------------------------------------------------------------
+// Outbox events
+
+export const OutboxStateSchema = z.enum(["pending", "delivered", "dead"]);
+
+const SortSchema = z
+  .string()
+  .default("-createdAt")
+  .transform((value, ctx) => {
+    const keys = value.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
+    const out: { field: (typeof EVENT_SORT_FIELDS)[number]; descending: boolean }[] = [];
+    for (const key of keys) {
+      const descending = key.startsWith("-");
+      const field = key.replace(/^[-+]/, "");
+      if (!(EVENT_SORT_FIELDS as readonly string[]).includes(field)) {
+        ctx.addIssue({
+          code: "custom",
+          message: `must list fields among ${EVENT_SORT_FIELDS.join(", ")}, each optionally prefixed with - for descending (got ${JSON.stringify(value)})`,
+        });
+        return z.NEVER;
+      }
+      out.push({ field: field as (typeof EVENT_SORT_FIELDS)[number], descending });
+    }
+    return out.length > 0 ? out : [{ field: "createdAt" as const, descending: true }];
+  });
+
+export const EventListQuerySchema = z.object({
+  state: OutboxStateSchema.optional(),
+  type: z.string().min(1).optional().describe("completedStateNotification, failedStateNotification, updateNotification"),
+  fleetId: z.string().min(1).optional(),
+  orderId: z.string().min(1).optional(),
+  offset: z.coerce.number().int().min(0).default(0),
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  sort: SortSchema.describe(`comma-separated fields among ${EVENT_SORT_FIELDS.join(", ")}; - for descending (default -createdAt)`),
+});
+
+export const EventParamsSchema = z.object({ id: z.string().min(1) });
+
+export const EventBodySchema = z.object({
+  id: z.string(),
+  type: z.string(),
+  time: z.string(),
+  resource: z.unknown(),
+});
+
+export const EventSchema = z
+  .object({
+    id: z.string().describe("the event id Orange receives"),
+    api: z.enum(["productordering", "userservice"]),
+    type: z.string(),
+    state: OutboxStateSchema,
+    orderingKey: z.string().describe("delivery order key: the fleet id, else the order id"),
+    fleetId: z.string().optional(),
+    orderId: z.string().optional(),
+    updateId: z.string().optional(),
+    attempts: z.number().int().describe("delivery attempts since the event was created or last re-sent"),
+    nextAttemptAt: DateTimeSchema.optional().describe("while pending"),
+    lastError: z.string().optional(),
+    lastStatus: z.number().int().optional(),
+    lastRequestId: z.string().optional().describe("Orange's X-OAPI-Request-Id of the last answer"),
+    lastResponseBody: z.string().optional(),
+    createdAt: DateTimeSchema,
+    deliveredAt: DateTimeSchema.optional(),
+    deadAt: DateTimeSchema.optional(),
+    body: EventBodySchema.describe("the envelope as sent to Orange"),
+  })
+  .meta({ id: "OutboxEvent" });
+
+export const EventListSchema = z.array(EventSchema);
+
+export const DeliveryAttemptSchema = z
+  .object({
+    attempt: z.number().int(),
+    workerId: z.string().optional(),
+    startedAt: DateTimeSchema,
+    finishedAt: DateTimeSchema.optional(),
+    outcome: z.enum(["delivered", "retry", "park"]).optional().describe("absent while running or when its worker died"),
+    status: z.number().int().optional(),
+    requestId: z.string().optional(),
+    responseBody: z.string().optional(),
+    error: z.string().optional(),
+  })
+  .meta({ id: "EventDeliveryAttempt" });
+
+export const EventDetailSchema = EventSchema.extend({
+  deliveryAttempts: z.array(DeliveryAttemptSchema).min(1).optional().describe("oldest first; absent before the first attempt"),
+}).meta({
+  id: "OutboxEventDetail",
+});

@@ -1,0 +1,418 @@
+import { randomBytes } from "node:crypto";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { createOrderService } from "../src/domain/orders.js";
+import type { AsyncJobs } from "../src/events/jobs.js";
+import { createAsyncJobs, orderWire } from "../src/orange/jobs.js";
+import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
+import { startMockGateway, type MockGateway, type ReceivedEvent } from "./support/mock-gateway.js";
+import { clock, ids, startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
+
+/**
+ * ORDERING_MODE=async and UPDATE_MODE=async (contract section 5): the answer is `acknowledged`,
+ * a real worker carries the request out against a real PostgreSQL, and the final state reaches
+ * the loopback Orange gateway as an event whose resource is what the sync mode would have answered.
+ */
+
+const ORDER_URL = "/productordering/v2/productOrder";
+const UPDATE_URL = "/userservice/v2/userService/update";
+const PRO = "MBA-CAISSE-PRO";
+
+let asyncApp: TestApp;
+let syncApp: TestApp;
+let gw: MockGateway;
+const running: WorkerHarness[] = [];
+
+beforeAll(async () => {
+  gw = await startMockGateway();
+  [asyncApp, syncApp] = await Promise.all([
+    createTestApp({ env: { ORDERING_MODE: "async", UPDATE_MODE: "async" } }),
+    createTestApp(),
+  ]);
+});
+beforeEach(() => gw.reset());
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((w) => w.stop()));
+});
+afterAll(async () => {
+  await gw?.close();
+  await asyncApp?.close();
+  await syncApp?.close();
+});
+
+function realJobs(): AsyncJobs {
+  return createAsyncJobs({
+    db: asyncApp.db,
+    catalogue: asyncApp.catalogue,
+    partnerName: asyncApp.config.partnerName,
+    transactionTimeoutMs: asyncApp.config.transactionTimeoutMs,
+  });
+}
+
+async function worker(jobs: AsyncJobs = realJobs()): Promise<WorkerHarness> {
+  const w = await startWorker(gw, asyncApp.url, { jobs });
+  running.push(w);
+  return w;
+}
+
+function ref(prefix: string): string {
+  return `${prefix}-${randomBytes(5).toString("hex")}`;
+}
+
+const orange = (id: string) => ({ type: "orange", id });
+
+function uc2(orderRef: string, opts: { quantity: number; offer?: string }) {
+  return {
+    externalReference: orange(orderRef),
+    category: "production",
+    orderDate: "2026-05-02T09:20:00.000Z",
+    customer: {
+      externalReference: orange(ref("CUS")),
+      tradingName: "Boulangerie Martin",
+      organizationCode: "41234567800019",
+    },
+    relatedContact: [
+      {
+        role: "customerFleetManager",
+        externalReference: orange(ref("CT")),
+        givenName: "Claire",
+        familyName: "Martin",
+        email: "claire.martin@boulangerie-martin.example",
+      },
+    ],
+    orderItem: [
+      {
+        id: "1",
+        action: "add",
+        productOffering: { name: "Caisse Pro", externalReference: orange(opts.offer ?? PRO) },
+        productRef: { userServiceQuantity: opts.quantity },
+        endUserConfiguration: [{ endUser: { givenName: "Ana", familyName: "Diaz", email: "ana@example.org" } }],
+      },
+    ],
+  };
+}
+
+/** The event of an order (or an update) the gateway accepted, once it arrived. */
+function deliveredFor(pick: (resource: Record<string, unknown>) => boolean): ReceivedEvent[] {
+  return gw.delivered().filter((r) => pick((r.body as { resource: Record<string, unknown> }).resource));
+}
+
+async function eventOf(pick: (resource: Record<string, unknown>) => boolean): Promise<{
+  call: ReceivedEvent;
+  body: { id: string; type: string; time: string; resource: Record<string, unknown> };
+}> {
+  const call = await waitFor("the event at the gateway", () => deliveredFor(pick)[0]);
+  return { call, body: call.body as never };
+}
+
+/** Partner ids and dates differ between two databases and two runs: compare the rest. */
+function normalise(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(normalise);
+  if (value !== null && typeof value === "object") {
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [
+        k,
+        k === "completionDate" || (k === "date" && typeof v === "string") ? "<date>" : normalise(v),
+      ]),
+    );
+  }
+  return typeof value === "string" && /^(po|cu|ct|fl|us|eu|upd)_[0-9a-z]{20}$/.test(value) ? "<id>" : value;
+}
+
+async function orderRow(orderId: string) {
+  return asyncApp.db.productOrder.findUnique({ where: { id: orderId } });
+}
+
+async function licencesOfOrder(orderId: string): Promise<number> {
+  return asyncApp.db.licence.count({ where: { orderId } });
+}
+
+async function placeAndComplete(quantity: number): Promise<{ orderId: string; fleetId: string; licenceIds: string[] }> {
+  const res = await asyncApp.call("POST", ORDER_URL, uc2(ref("ORD"), { quantity }));
+  expect(res.status, res.text).toBe(201);
+  const orderId = res.body.id as string;
+  const { body } = await eventOf((r) => r.id === orderId);
+  const fleetId = (body.resource as { orderItem: { productRef: { id: string } }[] }).orderItem[0]!.productRef.id;
+  const list = await asyncApp.call("GET", `/userservice/v2/userService?productRefId=${fleetId}`);
+  return { orderId, fleetId, licenceIds: (list.body as { id: string }[]).map((l) => l.id) };
+}
+
+describe("asynchronous productOrder", () => {
+  it("acknowledges a UC2 order at once, then the worker creates the fleet and sends the sync answer as completedStateNotification", async () => {
+    const body = uc2(ref("ORD"), { quantity: 3 });
+
+    const res = await asyncApp.call("POST", ORDER_URL, body);
+    expect(res.status, res.text).toBe(201);
+    expect(res.headers["idempotent-replayed"]).toBe("false");
+    const orderId = res.body.id as string;
+    expect(orderId).toMatch(/^po_/);
+    expect(res.body).toMatchObject({ state: "acknowledged", externalReference: body.externalReference, category: "production" });
+    expect(res.body.orderItem[0].state).toBe("acknowledged");
+    expect(res.body.orderItem[0].productRef).toEqual({ userServiceQuantity: 3 }); // no fleet yet
+    expect(res.body).not.toHaveProperty("completionDate");
+    expect(res.body.customer).not.toHaveProperty("id");
+
+    // Durable and not carried out: no worker runs yet.
+    expect(await orderRow(orderId)).toMatchObject({ state: "acknowledged", fleetId: null, completedAt: null });
+    expect(await licencesOfOrder(orderId)).toBe(0);
+    const jobs = await asyncApp.db.$queryRaw<{ n: number }[]>`
+      SELECT count(*)::int AS n FROM graphile_worker.jobs
+       WHERE task_identifier = 'process_order' AND key = ${`order:${orderId}`}`;
+    expect(jobs[0]?.n).toBe(1);
+
+    // Licences appear with the completed state, never before it: each probe reads both in one snapshot.
+    await worker();
+    await waitFor("the order completed", async () => {
+      const [row] = await asyncApp.db.$queryRaw<{ state: string; licences: number }[]>`
+        SELECT (SELECT state::text FROM product_order WHERE id = ${orderId}) AS state,
+               (SELECT count(*)::int FROM licence WHERE order_id = ${orderId}) AS licences`;
+      if (row!.state !== "completed") expect(row!.licences).toBe(0);
+      return row!.state === "completed";
+    });
+
+    const { call, body: event } = await eventOf((r) => r.id === orderId);
+    expect(call.path).toBe("/mba2/productordering/v2/event");
+    expect(event.type).toBe("completedStateNotification");
+    expect(event.id).toMatch(/^ev_/);
+
+    const sync = await syncApp.call("POST", ORDER_URL, body);
+    expect(sync.status, sync.text).toBe(201);
+    expect(sync.body.state).toBe("completed");
+    expect(normalise(event.resource)).toEqual(normalise(sync.body));
+
+    const fleetId = (event.resource as { orderItem: { productRef: { id: string } }[] }).orderItem[0]!.productRef.id;
+    expect(fleetId).toMatch(/^fl_/);
+    const list = await asyncApp.call("GET", `/userservice/v2/userService?productRefId=${fleetId}`);
+    expect(list.status).toBe(200);
+    expect(list.body).toHaveLength(3);
+    expect(await orderRow(orderId)).toMatchObject({ state: "completed", fleetId, failureReason: null });
+    const outbox = await asyncApp.db.outboxEvent.findMany({ where: { orderId } });
+    expect(outbox).toHaveLength(1);
+    expect(outbox[0]).toMatchObject({ orderingKey: fleetId, fleetId, state: "delivered" });
+  });
+
+  it("sends failedStateNotification with the reason for an unknown offer, and creates nothing", async () => {
+    const body = uc2(ref("ORD"), { quantity: 2, offer: "MBA-UNKNOWN" });
+    const customerRef = body.customer.externalReference.id;
+    await worker();
+
+    const res = await asyncApp.call("POST", ORDER_URL, body);
+    expect(res.status, res.text).toBe(201);
+    expect(res.body.state).toBe("acknowledged");
+    const orderId = res.body.id as string;
+
+    const { body: event } = await eventOf((r) => r.id === orderId);
+    expect(event.type).toBe("failedStateNotification");
+    expect(event.resource).toMatchObject({
+      state: "failed",
+      note: { text: expect.stringContaining("MBA-UNKNOWN"), author: asyncApp.config.partnerName },
+    });
+    const sync = await syncApp.call("POST", ORDER_URL, body);
+    expect(sync.body.state).toBe("failed");
+    expect(normalise(event.resource)).toEqual(normalise(sync.body));
+
+    expect(await orderRow(orderId)).toMatchObject({ state: "failed", failureReason: expect.stringContaining("MBA-UNKNOWN") });
+    expect(await licencesOfOrder(orderId)).toBe(0);
+    expect(await asyncApp.db.customer.count({ where: { orangeRef: customerRef } })).toBe(0);
+    // No fleet: the order is its own ordering key.
+    expect(await asyncApp.db.outboxEvent.findFirst({ where: { orderId } })).toMatchObject({ orderingKey: orderId, fleetId: null });
+  });
+
+  it("answers a retried order acknowledged again, before and after it is carried out, and creates it once", async () => {
+    const body = uc2(ref("ORD"), { quantity: 2 });
+    const first = await asyncApp.call("POST", ORDER_URL, body);
+    const again = await asyncApp.call("POST", ORDER_URL, body);
+    expect(again.status).toBe(201);
+    expect(again.headers["idempotent-replayed"]).toBe("true");
+    expect(again.body).toEqual(first.body);
+    const orderId = first.body.id as string;
+
+    await worker();
+    await eventOf((r) => r.id === orderId);
+    const late = await asyncApp.call("POST", ORDER_URL, body);
+    expect(late.status).toBe(201);
+    expect(late.body).toEqual(first.body); // the stored acknowledgement
+    expect(late.body.state).toBe("acknowledged");
+
+    const conflict = await asyncApp.call("POST", ORDER_URL, { ...body, category: "trial" });
+    expect(conflict.status).toBe(409);
+
+    const orangeRef = body.externalReference.id;
+    expect(await asyncApp.db.productOrder.count({ where: { orangeRef } })).toBe(1);
+    expect(await licencesOfOrder(orderId)).toBe(2);
+    expect(await asyncApp.db.outboxEvent.count({ where: { orderId } })).toBe(1);
+    expect(deliveredFor((r) => r.id === orderId)).toHaveLength(1);
+  });
+
+  it("writes no event and nothing else when the job's transaction rolls back, and retries the job", async () => {
+    const body = uc2(ref("ORD"), { quantity: 2 });
+    const res = await asyncApp.call("POST", ORDER_URL, body);
+    const orderId = res.body.id as string;
+
+    // A technical error inside the job (here while rendering) rolls everything back.
+    const orders = createOrderService({
+      db: asyncApp.db,
+      catalogue: asyncApp.catalogue,
+      clock,
+      ids,
+      transactionTimeoutMs: 10_000,
+    });
+    const wire = orderWire({ catalogue: asyncApp.catalogue, partnerName: asyncApp.config.partnerName });
+    await expect(
+      orders.processOrder(orderId, {
+        toCommand: wire.toCommand,
+        render: () => {
+          throw new Error("database went away");
+        },
+      }),
+    ).rejects.toThrow("database went away");
+    expect(await orderRow(orderId)).toMatchObject({ state: "acknowledged", fleetId: null });
+    expect(await licencesOfOrder(orderId)).toBe(0);
+    expect(await asyncApp.db.outboxEvent.count({ where: { orderId } })).toBe(0);
+
+    // The same failure in the worker: graphile runs the job again, and the order goes out once.
+    const real = realJobs();
+    let failures = 0;
+    await worker({
+      async processOrder(id) {
+        if (id === orderId && failures === 0) {
+          failures++;
+          throw new Error("database went away");
+        }
+        await real.processOrder(id);
+      },
+      processUpdate: (id) => real.processUpdate(id),
+    });
+    const { body: event } = await eventOf((r) => r.id === orderId);
+    expect(failures).toBe(1);
+    expect(event.type).toBe("completedStateNotification");
+    expect(await asyncApp.db.outboxEvent.count({ where: { orderId } })).toBe(1);
+    expect(await licencesOfOrder(orderId)).toBe(2);
+  });
+  it("keys each order's event on its fleet: UC3 the given fleet (even an unknown one), UC1 the order", async () => {
+    await worker();
+    const { fleetId } = await placeAndComplete(1);
+    const item = (fleet: string) => ({
+      id: "1",
+      action: "add",
+      productOffering: { externalReference: orange(PRO) },
+      productRef: { id: fleet, userServiceQuantity: 2 },
+    });
+    const post = (body: object) => asyncApp.call("POST", ORDER_URL, { externalReference: orange(ref("ORD")), ...body });
+    const uc3 = await post({ orderItem: [item(fleetId)] });
+    const unknown = await post({ orderItem: [item("fl_nowhere")] });
+    const uc1 = await post({ customer: { externalReference: orange(ref("CUS")) } });
+    for (const r of [uc3, unknown, uc1]) expect(r.body.state, r.text).toBe("acknowledged");
+
+    const uc3Event = await eventOf((r) => r.id === uc3.body.id);
+    expect(uc3Event.body.type).toBe("completedStateNotification");
+    expect(uc3Event.body.resource).toMatchObject({ orderItem: [{ productRef: { id: fleetId, userServiceQuantity: 2 } }] });
+    const unknownEvent = await eventOf((r) => r.id === unknown.body.id);
+    expect(unknownEvent.body.type).toBe("failedStateNotification");
+    await eventOf((r) => r.id === uc1.body.id);
+
+    const keyOf = async (orderId: string) => (await asyncApp.db.outboxEvent.findFirst({ where: { orderId } }))?.orderingKey;
+    expect(await keyOf(uc3.body.id)).toBe(fleetId);
+    expect(await keyOf(unknown.body.id)).toBe("fl_nowhere");
+    expect(await keyOf(uc1.body.id)).toBe(uc1.body.id);
+    expect((await asyncApp.call("GET", `/userservice/v2/userService?productRefId=${fleetId}`)).body).toHaveLength(3);
+  });
+});
+
+describe("asynchronous userService/update", () => {
+  async function postUpdate(body: unknown): Promise<CallResult> {
+    return asyncApp.call("POST", UPDATE_URL, body);
+  }
+
+  it("acknowledges an update, then applies it and sends updateNotification with the licences after the change", async () => {
+    await worker();
+    const { fleetId, licenceIds } = await placeAndComplete(3);
+    const [a, b] = licenceIds as [string, string];
+    const updateRef = ref("UPD");
+    const body = {
+      externalReference: orange(updateRef),
+      userService: [
+        { id: a, externalState: "suspended" },
+        { id: b, productOfferingOperation: { action: "swap", productOffering: { externalReference: orange("MBA-CAISSE-PREMIUM") } } },
+      ],
+    };
+    gw.reset();
+
+    const res = await postUpdate(body);
+    expect(res.status, res.text).toBe(200);
+    expect(res.body).toEqual({ externalReference: orange(updateRef), state: "acknowledged" });
+
+    const { call, body: event } = await eventOf(() => true);
+    expect(call.path).toBe("/mba2/userservice/v2/event");
+    expect(event.type).toBe("updateNotification");
+    expect(event.resource).toMatchObject({
+      externalReference: orange(updateRef),
+      state: "completed",
+      userService: [
+        { id: a, relatedProductRefId: fleetId, state: "inactive", externalState: "suspended" },
+        { id: b, relatedProductRefId: fleetId, state: "active", productOffering: { externalReference: orange("MBA-CAISSE-PREMIUM") } },
+      ],
+    });
+    expect(event.resource).not.toHaveProperty("note");
+
+    const now = await asyncApp.call("GET", `/userservice/v2/userService?id=${a},${b}`);
+    expect(now.body).toEqual((event.resource as { userService: unknown[] }).userService);
+    const update = await asyncApp.db.licenceUpdate.findFirst({ where: { orangeRef: updateRef } });
+    expect(update).toMatchObject({ state: "completed", failureReason: null });
+    expect(await asyncApp.db.outboxEvent.findFirst({ where: { updateId: update!.id } })).toMatchObject({
+      api: "userservice",
+      orderingKey: fleetId,
+    });
+
+    // A retry answers the stored acknowledgement and changes nothing more.
+    const retry = await postUpdate(body);
+    expect(retry.body).toEqual(res.body);
+    expect(retry.headers["idempotent-replayed"]).toBe("true");
+    expect(await asyncApp.db.licenceUpdate.count({ where: { orangeRef: updateRef } })).toBe(1);
+  });
+
+  it("fails the whole update on one unknown id: failed event with the reason, nothing changed", async () => {
+    await worker();
+    const { fleetId, licenceIds } = await placeAndComplete(2);
+    const [a] = licenceIds as [string];
+    const before = await asyncApp.call("GET", `/userservice/v2/userService/${a}`);
+    const updateRef = ref("UPD");
+    gw.reset();
+
+    const res = await postUpdate({
+      externalReference: orange(updateRef),
+      userService: [
+        { id: a, externalState: "deleted" },
+        { id: "us_unknown", externalState: "suspended" },
+      ],
+    });
+    expect(res.status).toBe(200);
+    expect(res.body.state).toBe("acknowledged");
+
+    const { body: event } = await eventOf(() => true);
+    expect(event.type).toBe("updateNotification");
+    expect(event.resource).toMatchObject({
+      externalReference: orange(updateRef),
+      state: "failed",
+      note: { text: expect.stringContaining("us_unknown"), author: asyncApp.config.partnerName },
+      userService: [{ id: a, relatedProductRefId: fleetId, state: "active" }],
+    });
+    const after = await asyncApp.call("GET", `/userservice/v2/userService/${a}`);
+    expect(after.body).toEqual(before.body);
+    expect(await asyncApp.db.licenceUpdate.findFirst({ where: { orangeRef: updateRef } })).toMatchObject({
+      state: "failed",
+      failureReason: expect.stringContaining("us_unknown"),
+    });
+  });
+
+  it("orders an update none of whose licences exists on the update itself", async () => {
+    await worker();
+    const res = await postUpdate({ userService: [{ id: "us_nowhere", externalState: "suspended" }] });
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({ state: "acknowledged" });
+    const { body: event } = await eventOf(() => true);
+    expect(event.resource).toMatchObject({ state: "failed", note: { text: expect.stringContaining("us_nowhere") } });
+    expect(event.resource).not.toHaveProperty("userService");
+    const row = await asyncApp.db.outboxEvent.findFirst({ where: { id: event.id } });
+    expect(row?.orderingKey).toBe(row?.updateId);
+  });
+});
