@@ -3,6 +3,7 @@ import { EVENT_SORT_FIELDS } from "../events/operator.js";
 import {
   CharacteristicSchema,
   DateTimeSchema,
+  eachLicenceOnce,
   IndividualSchema,
   LoginKeyValueSchema,
   RealizingResourceSchema,
@@ -90,19 +91,7 @@ export const AdminLicenceChangesRequestSchema = z
   .strictObject({
     userService: z.array(AdminLicenceChangeSchema).min(1).max(MAX_LICENCES_PER_CHANGE),
   })
-  .superRefine((req, ctx) => {
-    const seen = new Map<string, number>();
-    req.userService.forEach((item, i) => {
-      const first = seen.get(item.id);
-      if (first !== undefined) {
-        ctx.addIssue({
-          code: "custom",
-          path: ["userService", i, "id"],
-          message: `duplicates userService[${first}].id (${JSON.stringify(item.id)}): each licence appears once`,
-        });
-      } else seen.set(item.id, i);
-    });
-  })
+  .superRefine(eachLicenceOnce)
   .meta({ id: "AdminLicenceChangesRequest" });
 export type AdminLicenceChangesRequest = z.infer<typeof AdminLicenceChangesRequestSchema>;
 

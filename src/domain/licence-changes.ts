@@ -1,9 +1,9 @@
-import { Prisma, type Db, type Tx } from "../db/prisma.js";
+import type { Db, Tx } from "../db/prisma.js";
 import { enqueueEvent } from "../events/outbox.js";
 import type { Clock } from "./clock.js";
 import type { IdGenerator } from "./ids.js";
 import type { JsonObject, JsonValue } from "./json.js";
-import type { LicenceRecord } from "./licences.js";
+import { LICENCE_COLUMNS, toRecord, type LicenceRecord, type LicenceRow } from "./licences.js";
 
 /**
  * Partner-initiated licence changes (UC5): an operator changes the end user, the technical
@@ -90,46 +90,6 @@ export interface LicenceChangeServiceDeps {
   clock: Clock;
   ids: IdGenerator;
   transactionTimeoutMs: number;
-}
-
-interface Row {
-  id: string;
-  fleet_id: string;
-  customer_id: string;
-  state: LicenceRecord["state"];
-  external_state: LicenceRecord["externalState"];
-  offer_code: string;
-  end_user: JsonObject | null;
-  realizing_resource: JsonObject | null;
-  login: JsonObject | null;
-  service_characteristics: JsonValue[] | null;
-  created_at: string;
-  updated_at: string;
-}
-
-const iso = (column: string) => `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
-
-const COLUMNS = Prisma.raw(
-  `l.id, l.fleet_id, f.customer_id, l.state, l.external_state, l.offer_code, l.end_user,
-   l.realizing_resource, l.login, l.service_characteristics,
-   ${iso("l.created_at")} AS created_at, ${iso("l.updated_at")} AS updated_at`,
-);
-
-function toRecord(r: Row): LicenceRecord {
-  return {
-    id: r.id,
-    fleetId: r.fleet_id,
-    customerId: r.customer_id,
-    state: r.state,
-    externalState: r.external_state,
-    offerCode: r.offer_code,
-    endUser: r.end_user,
-    realizingResource: r.realizing_resource,
-    login: r.login,
-    serviceCharacteristics: r.service_characteristics,
-    createdAt: r.created_at,
-    updatedAt: r.updated_at,
-  };
 }
 
 const show = (v: unknown) => JSON.stringify(v);
@@ -279,8 +239,8 @@ export function createLicenceChangeService(deps: LicenceChangeServiceDeps) {
       async (tx) => {
         // Locked in id order, as every writer of licences does, so that writers cannot deadlock.
         // A licence of an order that is not completed is unknown to Orange, hence to this API.
-        const rows = await tx.$queryRaw<Row[]>`
-          SELECT ${COLUMNS}
+        const rows = await tx.$queryRaw<LicenceRow[]>`
+          SELECT ${LICENCE_COLUMNS}
           FROM licence l JOIN fleet f ON f.id = l.fleet_id JOIN product_order o ON o.id = l.order_id
           WHERE l.id = ANY(${licenceIds}::text[]) AND o.state = 'completed'
           ORDER BY l.id FOR UPDATE OF l`;
@@ -295,7 +255,7 @@ export function createLicenceChangeService(deps: LicenceChangeServiceDeps) {
         const now = clock.now();
         const after: LicenceRecord[] = [];
         for (const { next } of planned) {
-          const [row] = await tx.$queryRaw<Row[]>`
+          const [row] = await tx.$queryRaw<LicenceRow[]>`
             UPDATE licence l SET
               end_user = ${json(next.endUser)}::jsonb,
               realizing_resource = ${json(next.realizingResource)}::jsonb,
@@ -304,7 +264,7 @@ export function createLicenceChangeService(deps: LicenceChangeServiceDeps) {
               updated_at = ${now}
             FROM fleet f
             WHERE l.id = ${next.id} AND f.id = l.fleet_id
-            RETURNING ${COLUMNS}`;
+            RETURNING ${LICENCE_COLUMNS}`;
           after.push(toRecord(row!));
         }
 

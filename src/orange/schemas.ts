@@ -272,24 +272,27 @@ export const UserServiceUpdateItemSchema = z
     }
   });
 
+/** Refinement of a request listing licences: each licence id appears once. */
+export function eachLicenceOnce(req: { userService: { id: string }[] }, ctx: z.RefinementCtx): void {
+  const seen = new Map<string, number>();
+  req.userService.forEach((item, i) => {
+    const first = seen.get(item.id);
+    if (first !== undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["userService", i, "id"],
+        message: `duplicates userService[${first}].id (${JSON.stringify(item.id)}): each licence appears once`,
+      });
+    } else seen.set(item.id, i);
+  });
+}
+
 export const UserServiceUpdateRequestSchema = z
   .looseObject({
     externalReference: ExternalReferenceFieldSchema.optional(),
     userService: z.array(UserServiceUpdateItemSchema).min(1),
   })
-  .superRefine((req, ctx) => {
-    const seen = new Map<string, number>();
-    req.userService.forEach((item, i) => {
-      const first = seen.get(item.id);
-      if (first !== undefined) {
-        ctx.addIssue({
-          code: "custom",
-          path: ["userService", i, "id"],
-          message: `duplicates userService[${first}].id (${JSON.stringify(item.id)}): each licence appears once`,
-        });
-      } else seen.set(item.id, i);
-    });
-  })
+  .superRefine(eachLicenceOnce)
   .meta({ id: "UserServiceUpdateRequest" });
 export type UserServiceUpdateRequest = z.infer<typeof UserServiceUpdateRequestSchema>;
 
