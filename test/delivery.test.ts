@@ -242,6 +242,13 @@ describe("delivery of outbox events", () => {
     await waitFor("40 deliveries", () => deliveredIds("fl_tok").length === 40);
     expect(new Set(deliveredIds("fl_tok"))).toEqual(new Set(events.map((e) => e.id)));
     expect(gw.tokenRequests).toBe(1);
+    // Each run released its fleet's lock (the last finish of a drained fleet releases it).
+    await waitFor("the fleet locks to be released", async () => {
+      const locks = await db().$queryRaw<{ n: number }[]>`
+        SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = ${DELIVERY_LOCK_NAMESPACE}::int::oid`;
+      return locks[0]!.n === 0 ? true : undefined;
+    });
+    expect(await db().outboxEvent.count({ where: { orderingKey: { startsWith: "fl_tok" }, state: { not: "delivered" } } })).toBe(0);
   });
 
   it("hands a delivery back when the worker stops mid-call; another worker delivers it with the same id", async () => {

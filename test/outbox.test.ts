@@ -1,7 +1,8 @@
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { enqueueEvent } from "../src/events/outbox.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
-import { clock, enqueue, ids, jobsOf } from "./support/outbox-harness.js";
+import { clock, enqueue, ids, jobsOf, waitFor } from "./support/outbox-harness.js";
 
 let database: TestDatabase;
 
@@ -75,6 +76,40 @@ describe("enqueueEvent", () => {
     expect(jobs).toEqual([
       { key: null, locked_by: "some-worker" },
       { key: "deliver:fl_running", locked_by: null },
+    ]);
+  });
+
+  it("still adds a job when a worker claims the key's job while the event is being written", async () => {
+    const db = database.prisma;
+    await enqueue(db, { fleetId: "fl_race" });
+    // A worker's claim of the key's job, not yet committed when the next event's add_job runs:
+    // add_job sees the job free (no key to clear), its upsert waits for the claim, then skips the
+    // now-running job; without a second add_job the event would have no job.
+    const worker = new pg.Client({ connectionString: database.url });
+    await worker.connect();
+    try {
+      await worker.query("BEGIN");
+      await worker.query(
+        "UPDATE graphile_worker._private_jobs SET locked_at = now(), locked_by = 'racing-worker' WHERE key = 'deliver:fl_race'",
+      );
+      const writing = enqueue(db, { fleetId: "fl_race" });
+      await waitFor("the event's add_job to wait for the claim", async () => {
+        const { rows } = await worker.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        );
+        return rows[0]!.n > 0 ? true : undefined;
+      });
+      await worker.query("COMMIT");
+      await writing;
+    } finally {
+      await worker.end();
+    }
+    const jobs = await db.$queryRaw<{ key: string | null; locked_by: string | null }[]>`
+      SELECT key, locked_by FROM graphile_worker._private_jobs
+       WHERE payload->>'orderingKey' = 'fl_race' ORDER BY id`;
+    expect(jobs).toEqual([
+      { key: null, locked_by: "racing-worker" },
+      { key: "deliver:fl_race", locked_by: null },
     ]);
   });
 

@@ -19,7 +19,7 @@
 import type { JobHelpers, Task } from "graphile-worker";
 import type pg from "pg";
 import type { EventLogger } from "./http.js";
-import type { DeliveryResult, OrangeEvent, OrangeEventApi, OrangeEventClient } from "./orange-client.js";
+import type { DeliveryResult, OrangeEventApi, OrangeEventClient } from "./orange-client.js";
 import { DELIVER_TASK, DELIVERY_LOCK_NAMESPACE, jobKeyOf } from "./outbox.js";
 
 export interface RetryPolicy {
@@ -52,11 +52,23 @@ export interface DeliveryTaskOptions {
 interface HeadRow {
   id: string;
   api: OrangeEventApi;
-  body: OrangeEvent;
+  /** The event as stored (jsonb text): sent as is, never parsed and re-serialised. */
+  json: string;
+  type: string;
   attempts: number;
   due: boolean;
   next_attempt_at: Date;
 }
+
+/** The key's session advisory lock, held by the run's connection. */
+interface KeyLock {
+  held: boolean;
+}
+
+type NoRow = { [K in keyof HeadRow]: null };
+
+/** Pending events of a key read at once; each is still claimed by its own conditional update. */
+const PREFETCH = 64;
 
 const INTERRUPTED = "interrupted: the worker stopped or died during the attempt";
 
@@ -79,25 +91,18 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
       return;
     }
     const conn = await pool.connect();
+    const lock: KeyLock = { held: false };
     let broken = false;
     try {
-      const { rows } = await conn.query<{ locked: boolean }>(
-        "SELECT pg_try_advisory_lock($1::int, hashtext($2)) AS locked",
-        [DELIVERY_LOCK_NAMESPACE, orderingKey],
-      );
-      if (!rows[0]?.locked) {
-        // Another run delivers this key right now; it goes on while events are pending, and
-        // this retry covers an event it may have just missed.
-        await schedule(conn, orderingKey, { delayMs: busyRetryMs });
-        return;
-      }
       try {
-        await deliverKey(conn, orderingKey, helpers.abortSignal);
+        await deliverKey(conn, orderingKey, helpers.abortSignal, lock);
       } finally {
-        await conn.query("SELECT pg_advisory_unlock($1::int, hashtext($2))", [DELIVERY_LOCK_NAMESPACE, orderingKey]).catch(() => {
-          // The lock must not outlive the run on a pooled connection: drop the connection.
-          broken = true;
-        });
+        if (lock.held) {
+          await conn.query("SELECT pg_advisory_unlock($1::int, hashtext($2))", [DELIVERY_LOCK_NAMESPACE, orderingKey]).catch(() => {
+            // The lock must not outlive the run on a pooled connection: drop the connection.
+            broken = true;
+          });
+        }
       }
     } catch (err) {
       broken = true;
@@ -107,78 +112,100 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
     }
   };
 
-  async function deliverKey(conn: pg.PoolClient, orderingKey: string, abortSignal: AbortSignal): Promise<void> {
+  /**
+   * Statements per event: one (its finish starts the next). Per run: the first read, which also
+   * takes the key lock, and, when the run ends with the key drained, nothing more (the last
+   * finish releases the lock). An event committed after the run's job was claimed has its own
+   * job (add_job on a running job's key creates one), so a run need not look again once its
+   * batch was not full.
+   */
+  async function deliverKey(conn: pg.PoolClient, orderingKey: string, abortSignal: AbortSignal, lock: KeyLock): Promise<void> {
     const startedAt = performance.now();
+    const mustStop = () => abortSignal.aborted || performance.now() - startedAt > options.runBudgetMs;
     for (;;) {
-      if (abortSignal.aborted || performance.now() - startedAt > options.runBudgetMs) {
+      if (mustStop()) {
         // Shutting down, or long enough: hand the rest of the key to the next free worker.
         await schedule(conn, orderingKey, { delayMs: 0 });
         return;
       }
-      const { rows } = await conn.query<HeadRow>({
-        name: "outbox_head",
-        text: `SELECT id, api, body, attempts, next_attempt_at <= clock_timestamp() AS due, next_attempt_at
-           FROM outbox_event
-          WHERE ordering_key = $1 AND state = 'pending'
-          ORDER BY seq
-          LIMIT 1`,
-        values: [orderingKey],
+      // The key's next pending events, the first of them claimed for an attempt if it is due.
+      const { rows } = await conn.query<{ locked: boolean } & (HeadRow | NoRow) & Started>({
+        name: "outbox_heads",
+        text: `WITH lock AS MATERIALIZED (
+           SELECT CASE WHEN $5::boolean THEN pg_try_advisory_lock($4::int, hashtext($1)) ELSE true END AS locked
+         ),
+         heads AS MATERIALIZED (
+           SELECT id, api, body::text AS json, body->>'type' AS type, attempts, seq,
+                  next_attempt_at <= clock_timestamp() AS due, next_attempt_at
+             FROM outbox_event
+            WHERE (SELECT locked FROM lock) AND ordering_key = $1 AND state = 'pending'
+            ORDER BY seq
+            LIMIT ${PREFETCH}
+         ),
+         first AS (SELECT id, attempts FROM heads WHERE due AND seq = (SELECT min(seq) FROM heads)),
+         ${START_SQL({ id: "(SELECT id FROM first)", attempts: "(SELECT attempts FROM first)", workerId: "$2", error: "$3" })}
+         SELECT l.locked, h.id, h.api, h.json, h.type, h.attempts, h.due, h.next_attempt_at,
+                (SELECT id FROM att) AS attempt_id, (SELECT attempt FROM att) AS attempt
+           FROM lock l LEFT JOIN heads h ON true
+          ORDER BY h.seq`,
+        values: [orderingKey, options.workerId?.() ?? null, INTERRUPTED, DELIVERY_LOCK_NAMESPACE, !lock.held],
       });
-      const head = rows[0];
-      if (!head) return;
-      if (!head.due) {
-        await schedule(conn, orderingKey, { at: head.next_attempt_at });
+      if (!rows[0]?.locked) {
+        // Another run delivers this key right now; it goes on while events are pending, and
+        // this retry covers an event it may have just missed.
+        await schedule(conn, orderingKey, { delayMs: busyRetryMs });
         return;
       }
-      const attempt = head.attempts + 1;
-      const started = await conn.query<{ id: string }>({
-        name: "outbox_attempt_start",
-        text: `WITH interrupted AS (
-           UPDATE event_delivery_attempt
-              SET finished_at = clock_timestamp(), outcome = 'retry', error = $4
-            WHERE event_id = $1 AND finished_at IS NULL
-         ), bumped AS (
-           UPDATE outbox_event SET attempts = $2
-            WHERE id = $1 AND state = 'pending' AND attempts = $2 - 1
-           RETURNING id
-         )
-         -- Attempt rows are numbered over the event's whole life: an operator's re-send of a dead
-         -- event restarts outbox_event.attempts (a fresh retry budget) and keeps the history.
-         INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at)
-         SELECT id, (SELECT coalesce(max(a.attempt), 0) + 1 FROM event_delivery_attempt a WHERE a.event_id = $1),
-                $3, clock_timestamp()
-           FROM bumped
-         RETURNING id`,
-        values: [head.id, attempt, options.workerId?.() ?? null, INTERRUPTED],
-      });
-      const attemptId = started.rows[0]?.id;
-      if (attemptId === undefined) continue; // changed under us (operator action): look again
-
-      let result: DeliveryResult;
-      try {
-        result = await options.client.send(head.api, head.body, abortSignal);
-      } catch (err) {
-        result = { outcome: "retry", error: `delivery failed: ${err instanceof Error ? err.message : String(err)}` };
-      }
-      const aborted = abortSignal.aborted && result.outcome === "retry";
-      const next = await finish(conn, head, attempt, attemptId, result, aborted);
-      const fields = {
-        eventId: head.id,
-        orderingKey,
-        attempt,
-        outcome: result.outcome,
-        status: result.status,
-        requestId: result.requestId,
-        state: next.state,
-      };
-      if (next.state === "delivered") {
-        logger?.debug(fields, "event delivered");
-      } else if (next.state === "dead") {
-        logger?.warn({ ...fields, error: next.error }, "event parked as dead");
-      } else {
-        logger?.info({ ...fields, error: result.error, nextAttemptAt: next.nextAttemptAt }, "event delivery will be retried");
-        await schedule(conn, orderingKey, { at: next.nextAttemptAt });
+      lock.held = true;
+      const batch = rows.filter((r): r is HeadRow & { locked: boolean } & Started => r.id !== null);
+      if (batch.length === 0) return;
+      const first = batch[0]!;
+      if (!first.due) {
+        await schedule(conn, orderingKey, { at: first.next_attempt_at });
         return;
+      }
+      // undefined: the first event changed under us (an operator's action): read again.
+      let started: { attemptId: string; attempt: number } | undefined =
+        first.attempt_id === null || first.attempt === null ? undefined : { attemptId: first.attempt_id, attempt: first.attempt };
+      // Each event of the batch is sent once its predecessor is delivered or parked; the statement
+      // that finishes an attempt also starts the next event's (one round trip per event).
+      for (let i = 0; started !== undefined; i++) {
+        const head = batch[i]!;
+        const { attemptId, attempt } = started;
+        let result: DeliveryResult;
+        try {
+          result = await options.client.send(head.api, { id: head.id, type: head.type, json: head.json }, abortSignal);
+        } catch (err) {
+          result = { outcome: "retry", error: `delivery failed: ${err instanceof Error ? err.message : String(err)}` };
+        }
+        const aborted = abortSignal.aborted && result.outcome === "retry";
+        const following = batch[i + 1];
+        const next = following?.due && !mustStop() ? following : undefined;
+        // The key is drained: release it with this statement and leave.
+        const drained = following === undefined && batch.length < PREFETCH;
+        const done = await finish(conn, head, attempt, attemptId, result, aborted, next, drained ? orderingKey : undefined);
+        if (done.unlocked) lock.held = false;
+        const fields = {
+          eventId: head.id,
+          orderingKey,
+          attempt,
+          outcome: result.outcome,
+          status: result.status,
+          requestId: result.requestId,
+          state: done.state,
+        };
+        if (done.state === "delivered") {
+          logger?.debug(fields, "event delivered");
+        } else if (done.state === "dead") {
+          logger?.warn({ ...fields, error: done.error }, "event parked as dead");
+        } else {
+          logger?.info({ ...fields, error: result.error, nextAttemptAt: done.nextAttemptAt }, "event delivery will be retried");
+          await schedule(conn, orderingKey, { at: done.nextAttemptAt });
+          return;
+        }
+        if (drained) return;
+        // No next event started (end of batch, not due, budget, or changed under us): read again.
+        started = done.next;
       }
     }
   }
@@ -190,7 +217,15 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
     attemptId: string,
     result: DeliveryResult,
     aborted: boolean,
-  ): Promise<{ state: "delivered" | "dead" | "pending"; nextAttemptAt: Date; error: string | null }> {
+    next: HeadRow | undefined,
+    unlockKey: string | undefined,
+  ): Promise<{
+    state: "delivered" | "dead" | "pending";
+    nextAttemptAt: Date;
+    error: string | null;
+    next: { attemptId: string; attempt: number } | undefined;
+    unlocked: boolean;
+  }> {
     const error = aborted ? `aborted: the worker was stopping (${result.error ?? "no answer"})` : (result.error ?? null);
     let delayMs = 0;
     let giveUp = false;
@@ -201,7 +236,12 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
       delayMs = retryDelayMs(retry, attempt, result.retryAfterMs, random);
       giveUp = attempt >= retry.maxAttempts;
     }
-    const { rows } = await conn.query<{ state: "delivered" | "dead" | "pending"; next_attempt_at: Date; last_error: string | null }>({
+    const { rows } = await conn.query<{
+      state: "delivered" | "dead" | "pending";
+      next_attempt_at: Date;
+      last_error: string | null;
+      unlocked: boolean | null;
+    } & Started>({
       name: "outbox_attempt_finish",
       text: `WITH t AS (SELECT clock_timestamp() AS now),
        decided AS (
@@ -221,6 +261,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
        ev AS (
          UPDATE outbox_event e
             SET state = d.state,
+                attempts = $17::int,
                 delivered_at = CASE WHEN d.state = 'delivered' THEN d.now END,
                 dead_at = CASE WHEN d.state = 'dead' THEN d.now END,
                 next_attempt_at = CASE WHEN d.state = 'pending' THEN d.now + $4::bigint * interval '1 millisecond' ELSE e.next_attempt_at END,
@@ -229,20 +270,27 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
                 last_response_body = $8,
                 last_error = CASE
                   WHEN d.state = 'dead' AND $2::text = 'retry'
-                    THEN 'gave up after ' || e.attempts || ' attempts: ' || coalesce($9, 'no answer')
+                    THEN 'gave up after ' || $17::int || ' attempts: ' || coalesce($9, 'no answer')
                   ELSE $9
                 END
            FROM decided d
           WHERE e.id = d.id
          RETURNING e.state, e.next_attempt_at, e.last_error
        ),
-       att AS (
+       closed AS (
          UPDATE event_delivery_attempt
             SET finished_at = clock_timestamp(), outcome = $2::"DeliveryAttemptOutcome",
                 status = $6, request_id = $7, response_body = $8, error = $9
           WHERE id = $10
+       ),
+       -- The next event of the key, only once this one is out of the way (delivered or parked).
+       ${START_SQL({ id: "$11", attempts: "$12", workerId: "$13", error: "$14", condition: "(SELECT state FROM decided) <> 'pending'" })},
+       unlock AS MATERIALIZED (
+         SELECT CASE WHEN $15::text IS NOT NULL THEN pg_advisory_unlock($16::int, hashtext($15)) END AS unlocked
        )
-       SELECT state, next_attempt_at, last_error FROM ev`,
+       SELECT state, next_attempt_at, last_error, (SELECT id FROM att) AS attempt_id, (SELECT attempt FROM att) AS attempt,
+              (SELECT unlocked FROM unlock) AS unlocked
+         FROM ev`,
       values: [
         head.id,
         result.outcome,
@@ -254,12 +302,65 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         result.body ?? null,
         error,
         attemptId,
+        next?.id ?? null,
+        next?.attempts ?? null,
+        options.workerId?.() ?? null,
+        INTERRUPTED,
+        unlockKey ?? null,
+        DELIVERY_LOCK_NAMESPACE,
+        attempt,
       ],
     });
     const row = rows[0];
     if (!row) throw new Error(`outbox event ${head.id} left the pending state during its delivery`);
-    return { state: row.state, nextAttemptAt: row.next_attempt_at, error: row.last_error };
+    return {
+      state: row.state,
+      nextAttemptAt: row.next_attempt_at,
+      error: row.last_error,
+      next: row.attempt_id === null || row.attempt === null ? undefined : { attemptId: row.attempt_id, attempt: row.attempt },
+      unlocked: row.unlocked === true,
+    };
   }
+}
+
+/** What a statement that starts an attempt returns: null when the event changed under us. */
+interface Started {
+  attempt_id: string | null;
+  attempt: number | null;
+}
+
+/**
+ * CTEs that start an attempt of a pending event (whose attempts column is still `attempts`):
+ * records the attempt row and yields `att (id, attempt)`. The attempts column itself is written
+ * when the attempt finishes; an attempt left open by a worker that stopped or died is closed here
+ * as a retry and counted. Attempt rows are numbered over the event's whole life: an operator's
+ * re-send of a dead event restarts the attempts column (a fresh retry budget), not the history.
+ */
+function START_SQL(p: { id: string; attempts: string; workerId: string; error: string; condition?: string }): string {
+  // FOR UPDATE: the row's latest version is checked, not the statement's snapshot, which may
+  // predate the key lock (taken in the same statement) and the commit of a previous run's finish.
+  return `claimed AS (
+    SELECT id, attempts FROM outbox_event
+     WHERE id = ${p.id}::text AND state = 'pending' AND attempts = ${p.attempts}::int AND ${p.condition ?? "TRUE"}
+       FOR UPDATE
+  ),
+  interrupted AS (
+    UPDATE event_delivery_attempt
+       SET finished_at = clock_timestamp(), outcome = 'retry', error = ${p.error}::text
+     WHERE event_id = (SELECT id FROM claimed) AND finished_at IS NULL
+    RETURNING 1
+  ),
+  recounted AS (
+    UPDATE outbox_event SET attempts = attempts + (SELECT count(*) FROM interrupted)
+     WHERE id = (SELECT id FROM claimed) AND EXISTS (SELECT 1 FROM interrupted)
+  ),
+  att AS (
+    INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at)
+    SELECT c.id, (SELECT coalesce(max(a.attempt), 0) + 1 FROM event_delivery_attempt a WHERE a.event_id = c.id),
+           ${p.workerId}::text, clock_timestamp()
+      FROM claimed c
+    RETURNING id, (SELECT attempts + 1 + (SELECT count(*) FROM interrupted) FROM claimed)::int AS attempt
+  )`;
 }
 
 /** (Re)schedules the key's job; replaces the run time of a waiting job of the key, if any. */

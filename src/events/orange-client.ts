@@ -27,6 +27,13 @@ export interface OrangeEvent {
   resource: unknown;
 }
 
+/** An event already serialised (as stored in the outbox): sent byte for byte. */
+export interface SerializedOrangeEvent {
+  id: string;
+  type: string;
+  json: string;
+}
+
 export type DeliveryOutcome = "delivered" | "retry" | "park";
 
 export interface DeliveryResult {
@@ -63,7 +70,7 @@ export interface OrangeEventClientOptions {
 }
 
 export interface OrangeEventClient {
-  send(api: OrangeEventApi, event: OrangeEvent, signal?: AbortSignal): Promise<DeliveryResult>;
+  send(api: OrangeEventApi, event: OrangeEvent | SerializedOrangeEvent, signal?: AbortSignal): Promise<DeliveryResult>;
   /** The URL events of `api` are POSTed to. */
   urlFor(api: OrangeEventApi): string;
   /** Closes the Agent the client created, if any. */
@@ -145,7 +152,7 @@ export function createOrangeEventClient(options: OrangeEventClientOptions): Oran
 
     async send(api, event, signal) {
       const url = urls[api];
-      const body = JSON.stringify(event);
+      const body = "json" in event ? event.json : JSON.stringify(event);
       let bearer = await token(signal);
       if ("error" in bearer) return logged(api, event, { outcome: "retry", error: bearer.error });
       let attempt = await post(url, bearer.token, body, signal);
@@ -170,7 +177,7 @@ export function createOrangeEventClient(options: OrangeEventClientOptions): Oran
     },
   };
 
-  function logged(api: OrangeEventApi, event: OrangeEvent, result: DeliveryResult): DeliveryResult {
+  function logged(api: OrangeEventApi, event: OrangeEvent | SerializedOrangeEvent, result: DeliveryResult): DeliveryResult {
     if (logger) {
       const fields = {
         api,

@@ -64,6 +64,11 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
   // preserve_run_at: when the key's job is waiting for a retry of an earlier event, the new
   // event waits behind it instead of pulling the job forward. When the key's job is running,
   // graphile creates a second one; delivery.ts makes sure the two never deliver at once.
+  // add_job is called a second time when the first call returned no job: a worker claimed the
+  // key's job between add_job's "clear the key of a running job" and its upsert, whose
+  // ON CONFLICT then skips the (now running) job and inserts nothing; that run may already have
+  // read the key's events, so without a new job this event would wait for the sweep. The second
+  // call finds the job running and creates a new one.
   const written = await tx.$executeRaw`
     WITH locked AS (
       SELECT 1 AS ok FROM pg_advisory_xact_lock(${ENQUEUE_LOCK_NAMESPACE}::int, hashtext(${orderingKey}::text))
@@ -74,12 +79,20 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
         FROM locked
       RETURNING ordering_key
     )
-    SELECT 1 FROM inserted CROSS JOIN LATERAL graphile_worker.add_job(
-      ${DELIVER_TASK}::text,
-      json_build_object('orderingKey', inserted.ordering_key),
-      job_key => ${jobKeyOf(orderingKey)}::text,
-      job_key_mode => 'preserve_run_at'
-    )`;
+    SELECT coalesce(
+      (graphile_worker.add_job(
+        ${DELIVER_TASK}::text,
+        json_build_object('orderingKey', inserted.ordering_key),
+        job_key => ${jobKeyOf(orderingKey)}::text,
+        job_key_mode => 'preserve_run_at'
+      )).id,
+      (graphile_worker.add_job(
+        ${DELIVER_TASK}::text,
+        json_build_object('orderingKey', inserted.ordering_key),
+        job_key => ${jobKeyOf(orderingKey)}::text,
+        job_key_mode => 'preserve_run_at'
+      )).id
+    ) FROM inserted`;
   if (written !== 1) throw new Error(`outbox event ${id} was not written (${written} rows)`);
   return { id, orderingKey, body };
 }
