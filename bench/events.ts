@@ -1,7 +1,7 @@
 // Events steps of `npm run bench` (bench/run.ts): delivery throughput of a backlog of outbox
 // events, and the latency of an async order until Orange (the loopback mock) gets its event.
 //
-// The mock gateway (test/support/mock-gateway.ts) runs inside the bench process: during these
+// The mock gateway (src/simulator/gateway.ts) runs inside the bench process: during these
 // steps the bench process does nothing but wait, so the mock has a core's worth of event loop to
 // itself; in-process, every arrival is time-stamped on the same clock as the enqueue and the POST
 // (no IPC between the measuring clock and the mock), and its CPU is measured (process.cpuUsage)
@@ -13,7 +13,7 @@ import { ConfigError, loadConfig } from "../src/config.js";
 import type { Db } from "../src/db/prisma.js";
 import { createIdGenerator } from "../src/domain/ids.js";
 import { enqueueEvent } from "../src/events/outbox.js";
-import { startMockGateway, type MockGateway, type ReceivedEvent } from "../test/support/mock-gateway.js";
+import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
 import { uc2Request } from "../test/support/examples.js";
 import { percentile, readCpuMs, readCpuMsWithReapedChildren, request } from "./support.js";
 

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
 import { createTestApp, TEST_TOKEN, type CallResult, type TestApp } from "./support/app.js";
-import { startMockGateway } from "./support/mock-gateway.js";
+import { startMockGateway } from "../src/simulator/gateway.js";
 import { enqueue, eventRow, startWorker, waitFor } from "./support/outbox-harness.js";
 
 /**

@@ -4,7 +4,7 @@ import { createOrderService } from "../src/domain/orders.js";
 import type { AsyncJobs } from "../src/events/jobs.js";
 import { createAsyncJobs, orderWire } from "../src/orange/jobs.js";
 import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
-import { startMockGateway, type MockGateway, type ReceivedEvent } from "./support/mock-gateway.js";
+import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
 import { clock, ids, startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
 
 /**

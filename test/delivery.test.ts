@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { retryDelayMs } from "../src/events/delivery.js";
 import { DELIVERY_LOCK_NAMESPACE, enqueueEvent } from "../src/events/outbox.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
-import { startMockGateway, type MockGateway } from "./support/mock-gateway.js";
+import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
 import { clock, enqueue, eventRow, ids, startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
 
 let database: TestDatabase;

@@ -8,7 +8,7 @@ import {
   type OrangeEventClientOptions,
 } from "../src/events/orange-client.js";
 import { createTokenCache, type TokenCache } from "../src/events/token-cache.js";
-import { startMockGateway, type MockGateway } from "./support/mock-gateway.js";
+import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
 
 const NOW = Date.parse("2026-05-02T09:15:00.000Z");
 const clock: Clock = { now: () => new Date(NOW) };

@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { Clock } from "../src/domain/clock.js";
 import { createOutboundAgent } from "../src/events/http.js";
 import { TokenRequestError, createTokenCache, type TokenCacheOptions } from "../src/events/token-cache.js";
-import { startMockGateway, type MockGateway } from "./support/mock-gateway.js";
+import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
 
 /** A clock the test moves by hand. */
 function manualClock(start = Date.parse("2026-05-02T09:00:00.000Z")) {

@@ -11,7 +11,7 @@ import { createOrangeEventClient, type OrangeEventClient } from "../../src/event
 import { enqueueEvent, type EnqueuedEvent, type NewEvent } from "../../src/events/outbox.js";
 import { createTokenCache, type TokenCache } from "../../src/events/token-cache.js";
 import { startEventWorker, type EventWorker, type EventWorkerOptions } from "../../src/events/worker.js";
-import type { MockGateway } from "./mock-gateway.js";
+import type { MockGateway } from "../../src/simulator/gateway.js";
 
 export const clock: Clock = { now: () => new Date() };
 export const ids = createIdGenerator();

@@ -1,5 +1,6 @@
 /**
- * A loopback mock of Orange's API gateway, on a real port, for tests of outbound delivery.
+ * A mock of Orange's API gateway on a real port (loopback by default): the simulator's
+ * (`npm run simulate`), the tests' and the benchmark's stand-in for Orange.
  *
  *   const gw = await startMockGateway({ expiresIn: 3600 });
  *   // token URL: gw.tokenUrl (checks Basic gw.clientId:gw.clientSecret and grant_type)
@@ -40,6 +41,8 @@ export interface ReceivedEvent {
   /** The status answered, or "hang". */
   status: number | "hang";
   requestId: string;
+  /** Arrival time (Date.now()). */
+  at: number;
 }
 
 export interface TokenRequest {
@@ -58,6 +61,10 @@ export interface MockGatewayOptions {
   expiresIn?: number;
   /** The gateway's clock, in ms, for token expiry (default Date.now). */
   now?: () => number;
+  /** Interface to listen on (default 127.0.0.1). */
+  host?: string;
+  /** Port to listen on (default: any free port). */
+  port?: number;
 }
 
 export interface MockGateway {
@@ -82,6 +89,8 @@ export interface MockGateway {
   scriptToken(answer: ScriptedAnswer, times?: number): void;
   /** Every token issued so far becomes invalid (event calls with it get 401). */
   revokeTokens(): void;
+  /** Calls `listener` on every event call from now on, once it is answered; returns the unsubscribe. */
+  subscribe(listener: (event: ReceivedEvent) => void): () => void;
   /** Forgets scripts, tokens and recordings. */
   reset(): void;
   /** Stops listening and drops every connection (hanging ones included). */
@@ -108,6 +117,7 @@ export async function startMockGateway(options: MockGatewayOptions = {}): Promis
   let tokenScript: ScriptedAnswer[] = [];
   let tokenLog: TokenRequest[] = [];
   let received: ReceivedEvent[] = [];
+  const listeners = new Set<(event: ReceivedEvent) => void>();
 
   function answer(res: ServerResponse, status: number, body?: unknown, headers: Record<string, string> = {}): void {
     for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
@@ -195,8 +205,13 @@ export async function startMockGateway(options: MockGatewayOptions = {}): Promis
       token,
       status: 201,
       requestId,
+      at: Date.now(),
     };
     received.push(entry);
+    // Listeners see the event once its answer is decided (below, synchronously).
+    queueMicrotask(() => {
+      for (const listener of listeners) listener(entry);
+    });
 
     const scripted = eventScript.shift();
     if (scripted !== undefined) {
@@ -239,10 +254,11 @@ export async function startMockGateway(options: MockGatewayOptions = {}): Promis
 
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
+    server.listen(options.port ?? 0, options.host ?? "127.0.0.1", () => resolve());
   });
   const { port } = server.address() as AddressInfo;
-  const url = `http://127.0.0.1:${port}`;
+  const host = options.host === undefined || options.host === "0.0.0.0" || options.host === "::" ? "127.0.0.1" : options.host;
+  const url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
 
   return {
     url,
@@ -273,6 +289,10 @@ export async function startMockGateway(options: MockGatewayOptions = {}): Promis
     },
     revokeTokens() {
       tokens = new Map();
+    },
+    subscribe(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
     },
     reset() {
       tokens = new Map();
