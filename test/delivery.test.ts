@@ -3,6 +3,7 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { retryDelayMs } from "../src/events/delivery.js";
+import { createEventOperatorService } from "../src/events/operator.js";
 import { DELIVERY_LOCK_NAMESPACE, enqueueEvent } from "../src/events/outbox.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
@@ -192,6 +193,28 @@ describe("delivery of outbox events", () => {
     });
     expect(row.attempts).toBe(1);
     expect(row.lastError).toBe("gave up after 1 attempts: HTTP 503");
+  });
+
+  it("gives a re-sent event a fresh age budget: it is retried, not parked at its first failure", async () => {
+    const policy = { baseMs: 10, maxMs: 50, maxAttempts: 10, maxAgeMs: 60_000 };
+    const event = await enqueue(db(), { fleetId: "fl_resent_old", resource: { fleet: "fl_resent_old" } });
+    // Parked two days ago, long past the age bound.
+    await db().$executeRaw`UPDATE outbox_event SET state = 'dead', dead_at = now(), created_at = now() - interval '2 days'
+                            WHERE id = ${event.id}`;
+    const operator = createEventOperatorService({ db: db(), transactionTimeoutMs: 10_000 });
+    gw.scriptEvents(503, 1);
+    await operator.resend(event.id);
+    await worker({ retry: policy });
+    const row = await waitFor("the re-sent event's delivery", async () => {
+      const r = await eventRow(db(), event.id);
+      return r?.state === "delivered" || r?.state === "dead" ? r : undefined;
+    });
+    expect(row.state).toBe("delivered");
+    expect(row.deliveryAttempts.map((a) => [a.outcome, a.status])).toEqual([
+      ["retry", 503],
+      ["delivered", 201],
+    ]);
+    expect(row.attempts).toBe(2);
   });
 
   it("delivers the events of one fleet in seq order despite concurrent writers, a failure and two workers", async () => {

@@ -74,6 +74,7 @@ function eventOut(e: EventRecord) {
     createdAt: e.createdAt,
     deliveredAt: e.deliveredAt,
     deadAt: e.deadAt,
+    resentAt: e.resentAt,
     body: e.body,
   });
 }

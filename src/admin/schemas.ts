@@ -168,6 +168,7 @@ export const EventSchema = z
     createdAt: DateTimeSchema,
     deliveredAt: DateTimeSchema.optional(),
     deadAt: DateTimeSchema.optional(),
+    resentAt: DateTimeSchema.optional().describe("last re-send by an operator; the retry age bound counts from here"),
     body: EventBodySchema.describe("the envelope as sent to Orange"),
   })
   .meta({ id: "OutboxEvent" });

@@ -251,7 +251,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
                   WHEN $2::text = 'park' THEN 'dead'
                   WHEN $3::boolean THEN 'dead'
                   WHEN $5::bigint IS NOT NULL
-                   AND t.now + $4::bigint * interval '1 millisecond' > e.created_at + $5::bigint * interval '1 millisecond' THEN 'dead'
+                   AND t.now + $4::bigint * interval '1 millisecond' > coalesce(e.resent_at, e.created_at) + $5::bigint * interval '1 millisecond' THEN 'dead'
                   ELSE 'pending'
                 END::"OutboxState" AS state,
                 t.now

@@ -84,7 +84,7 @@ export function createEventOperatorService(deps: { db: Db; transactionTimeoutMs:
         }
         await tx.$executeRaw`
           UPDATE outbox_event
-             SET state = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL,
+             SET state = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL, resent_at = now(),
                  last_error = NULL, last_status = NULL, last_request_id = NULL, last_response_body = NULL
            WHERE id = ${id}`;
         await schedule(asPgConnection(tx), row.ordering_key, { delayMs: 0 });
