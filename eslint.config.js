@@ -12,4 +12,6 @@ export default tseslint.config(
     },
   },
   { files: ["bench/**", "scripts/**"], rules: { "no-console": "off" } },
+  // Plain JavaScript run by node (TypeScript files get node's globals from @types/node).
+  { files: ["bin/**"], languageOptions: { globals: { process: "readonly" } } },
 );

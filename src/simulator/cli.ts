@@ -1,0 +1,306 @@
+/**
+ * `npm run simulate` / `npx orange-simulate`: plays Orange's IT against a partner server.
+ *
+ *   npm run simulate                                   # our own server, embedded database, sync then async
+ *   npm run simulate -- --target https://partner.example --auth-bearer "$TOKEN" --ordering async
+ *   npm run simulate -- --target … --load 8 --duration 30
+ *
+ * Exit status: 0 when every check passed, 1 when one failed or was skipped, 2 on a usage error.
+ */
+import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { startMockGateway, type MockGateway } from "./gateway.js";
+import { renderLoadText, runLoad } from "./load.js";
+import { renderHtml, renderJson, renderText } from "./report.js";
+import { runScenarios, type RunReport, type TargetAuth } from "./runner.js";
+import { loadScenarios } from "./scenario.js";
+import { startSelfHostedServer } from "./self-host.js";
+
+type Mode = "sync" | "async";
+type Modes = { ordering: Mode; update: Mode };
+
+const BUILTIN_SCENARIOS = fileURLToPath(new URL("../../scenarios/", import.meta.url));
+
+const HELP = `Usage: npm run simulate -- [options]
+
+Plays Orange's IT against a partner server (contract scenarios, events at a mock Orange gateway)
+and reports every check. Without --target, starts this repository's server on its embedded
+database and runs the suite twice: sync answers, then async answers.
+
+Target
+  --target URL              the partner server's base URL (omit: self-hosted)
+  --auth-bearer TOKEN       Orange's inbound credentials on the target: a bearer token,
+  --auth-basic USER:PASS    HTTP Basic,
+  --auth-header "NAME: VALUE"  or an API key header (default: none)
+  --ordering sync|async     how the target answers productOrder (default sync)
+  --update sync|async       how the target answers userService/update (default sync)
+  --offers CODE,CODE        Orange offer codes in the target's catalogue (default MBA-CAISSE-PRO,MBA-CAISSE-PREMIUM)
+
+Mock Orange gateway (the target sends its events here)
+  --gateway-host HOST       interface to listen on (default 127.0.0.1)
+  --gateway-port PORT       port (default: a free one)
+  --offer mba2|mba2-beta    offer segment of the event URLs (default mba2-beta)
+  --client-id ID            OAuth client id the gateway accepts (default partner-client-id)
+  --client-secret SECRET    its secret (default partner-client-secret)
+  --token-expires-in S      expires_in of the tokens it issues (default 3600)
+
+Scenarios
+  --scenarios PATH          a scenario file or directory (repeatable); adds to the built-in suite
+  --no-builtin              run only the --scenarios given
+  --only NAMES              comma-separated scenario names or tags to run
+  --skip NAMES              comma-separated scenario names or tags to leave out
+  --event-timeout MS        how long to wait for an event (default 10000)
+  --request-timeout MS      how long to wait for an answer (default 10000)
+
+Report
+  --report-json FILE        default simulate-report.json
+  --report-html FILE        default simulate-report.html
+  --show-secrets            print credentials in the curl lines instead of placeholders
+  --no-color
+
+Load mode (instead of the scenarios)
+  --load N                  N concurrent virtual Orange users placing orders and updates
+  --duration S              for S seconds (default 10)
+`;
+
+class UsageError extends Error {}
+
+function parseAuth(values: { "auth-bearer"?: string; "auth-basic"?: string; "auth-header"?: string }): TargetAuth {
+  const given = [values["auth-bearer"], values["auth-basic"], values["auth-header"]].filter((v) => v !== undefined);
+  if (given.length > 1) throw new UsageError("give one of --auth-bearer, --auth-basic, --auth-header");
+  if (values["auth-bearer"] !== undefined) return { kind: "bearer", token: values["auth-bearer"] };
+  if (values["auth-basic"] !== undefined) {
+    const i = values["auth-basic"].indexOf(":");
+    if (i <= 0) throw new UsageError("--auth-basic must be USER:PASSWORD");
+    return { kind: "basic", user: values["auth-basic"].slice(0, i), password: values["auth-basic"].slice(i + 1) };
+  }
+  if (values["auth-header"] !== undefined) {
+    const i = values["auth-header"].indexOf(":");
+    if (i <= 0) throw new UsageError('--auth-header must be "NAME: VALUE"');
+    return { kind: "header", name: values["auth-header"].slice(0, i).trim(), value: values["auth-header"].slice(i + 1).trim() };
+  }
+  return { kind: "none" };
+}
+
+function mode(value: string | undefined, option: string): Mode {
+  if (value === undefined || value === "sync" || value === "async") return value ?? "sync";
+  throw new UsageError(`--${option} must be sync or async, not "${value}"`);
+}
+
+function positiveInt(value: string | undefined, option: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`--${option} must be an integer >= 1, not "${value}"`);
+  return n;
+}
+
+function list(value: string | undefined): string[] | undefined {
+  return value
+    ?.split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    allowPositionals: false,
+    options: {
+      target: { type: "string" },
+      "auth-bearer": { type: "string" },
+      "auth-basic": { type: "string" },
+      "auth-header": { type: "string" },
+      ordering: { type: "string" },
+      update: { type: "string" },
+      offers: { type: "string" },
+      "gateway-host": { type: "string" },
+      "gateway-port": { type: "string" },
+      offer: { type: "string" },
+      "client-id": { type: "string" },
+      "client-secret": { type: "string" },
+      "token-expires-in": { type: "string" },
+      scenarios: { type: "string", multiple: true },
+      "no-builtin": { type: "boolean" },
+      only: { type: "string" },
+      skip: { type: "string" },
+      "event-timeout": { type: "string" },
+      "request-timeout": { type: "string" },
+      "report-json": { type: "string" },
+      "report-html": { type: "string" },
+      "show-secrets": { type: "boolean" },
+      "no-color": { type: "boolean" },
+      load: { type: "string" },
+      duration: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+
+  const offer = values.offer ?? "mba2-beta";
+  if (offer !== "mba2" && offer !== "mba2-beta") throw new UsageError(`--offer must be mba2 or mba2-beta, not "${offer}"`);
+  const offers = list(values.offers) ?? ["MBA-CAISSE-PRO", "MBA-CAISSE-PREMIUM"];
+  if (offers.length === 0) throw new UsageError("--offers needs at least one offer code");
+  const eventTimeoutMs = positiveInt(values["event-timeout"], "event-timeout", 10_000);
+  const requestTimeoutMs = positiveInt(values["request-timeout"], "request-timeout", 10_000);
+  const color = !values["no-color"] && process.stdout.isTTY === true;
+  const log = (line: string) => process.stdout.write(`${line}\n`);
+
+  const gateway = await startMockGateway({
+    ...(values["gateway-host"] === undefined ? {} : { host: values["gateway-host"] }),
+    ...(values["gateway-port"] === undefined ? {} : { port: positiveInt(values["gateway-port"], "gateway-port", 0) }),
+    ...(values["client-id"] === undefined ? {} : { clientId: values["client-id"] }),
+    ...(values["client-secret"] === undefined ? {} : { clientSecret: values["client-secret"] }),
+    expiresIn: positiveInt(values["token-expires-in"], "token-expires-in", 3600),
+  });
+  try {
+    log(`mock Orange gateway: events ${gateway.url}/${offer}/{productordering|userservice}/v2/event, token ${gateway.tokenUrl}`);
+
+    // Targets: the one given, or our own server once per mode.
+    const targets: { url: string; auth: TargetAuth; modes: Modes; stop?: () => Promise<void>; host?: () => Promise<{ url: string; auth: TargetAuth; stop: () => Promise<void> }> }[] = [];
+    let dataDir: string | undefined;
+    if (values.target !== undefined) {
+      const url = values.target.replace(/\/+$/, "");
+      if (!/^https?:\/\//.test(url)) throw new UsageError(`--target must be an http(s) URL, not "${values.target}"`);
+      const modes = { ordering: mode(values.ordering, "ordering"), update: mode(values.update, "update") };
+      targets.push({ url, auth: parseAuth(values), modes });
+      if (modes.ordering === "async" || modes.update === "async") {
+        log(
+          `  the target must send its events to ORANGE_EVENT_BASE_URL=${gateway.url} (offer ${offer}), token URL ${gateway.tokenUrl}, ` +
+            `client id ${gateway.clientId}${values["show-secrets"] ? `, secret ${gateway.clientSecret}` : ""}`,
+        );
+      }
+    } else {
+      dataDir = await mkdtemp(join(tmpdir(), "orange-simulate-"));
+      // As root, the embedded PostgreSQL runs as a `postgres` user, which must reach its data.
+      await chmod(dataDir, 0o755);
+      const given = values.ordering !== undefined || values.update !== undefined;
+      const modeList: Modes[] = given
+        ? [{ ordering: mode(values.ordering, "ordering"), update: mode(values.update, "update") }]
+        : [
+            { ordering: "sync", update: "sync" },
+            { ordering: "async", update: "async" },
+          ];
+      for (const modes of modeList) {
+        const dir = dataDir;
+        targets.push({
+          url: "",
+          auth: { kind: "none" },
+          modes,
+          host: async () => {
+            log(`starting this repository's server (ordering ${modes.ordering}, update ${modes.update}) on its embedded database …`);
+            const server = await startSelfHostedServer({ gateway, modes, dataDir: dir, offer });
+            log(`  ${server.url} ready`);
+            return { url: server.url, auth: { kind: "bearer", token: server.token }, stop: () => server.stop() };
+          },
+        });
+      }
+    }
+
+    try {
+      if (values.load !== undefined) return await loadMode(values, targets, gateway, offers, requestTimeoutMs, log);
+
+      const scenarioPaths = [...(values["no-builtin"] ? [] : [BUILTIN_SCENARIOS]), ...(values.scenarios ?? [])];
+      if (scenarioPaths.length === 0) throw new UsageError("--no-builtin needs at least one --scenarios PATH");
+      const scenarios = await loadScenarios(scenarioPaths);
+      const runs: RunReport[] = [];
+      for (const target of targets) {
+        const hosted = target.host ? await target.host() : undefined;
+        try {
+          log(`\n== ${hosted?.url ?? target.url} · ordering ${target.modes.ordering} · update ${target.modes.update}`);
+          runs.push(
+            await runScenarios({
+              target: hosted?.url ?? target.url,
+              auth: hosted?.auth ?? target.auth,
+              modes: target.modes,
+              offer,
+              offers,
+              gateway,
+              eventTimeoutMs,
+              requestTimeoutMs,
+              scenarios,
+              ...(list(values.only) ? { only: list(values.only) } : {}),
+              ...(list(values.skip) ? { skip: list(values.skip) } : {}),
+              showSecrets: values["show-secrets"] === true,
+              // Live: failures as they happen and one line per scenario; every check is in the report.
+              log: (line) => {
+                if (!line.startsWith("✓ ") || !line.includes(" › ")) log(line);
+              },
+            }),
+          );
+        } finally {
+          await hosted?.stop();
+        }
+      }
+
+      const jsonFile = resolve(values["report-json"] ?? "simulate-report.json");
+      const htmlFile = resolve(values["report-html"] ?? "simulate-report.html");
+      await writeFile(jsonFile, renderJson(runs));
+      await writeFile(htmlFile, renderHtml(runs));
+      log(`\n${renderText(runs, { color })}`);
+      log(`reports: ${jsonFile}, ${htmlFile}`);
+      return runs.every((r) => r.summary.failed === 0 && r.summary.skipped === 0) ? 0 : 1;
+    } finally {
+      if (dataDir !== undefined) await rm(dataDir, { recursive: true, force: true });
+    }
+  } finally {
+    await gateway.close();
+  }
+}
+
+async function loadMode(
+  values: { load?: string; duration?: string },
+  targets: { url: string; auth: TargetAuth; modes: Modes; host?: () => Promise<{ url: string; auth: TargetAuth; stop: () => Promise<void> }> }[],
+  gateway: MockGateway,
+  offers: string[],
+  requestTimeoutMs: number,
+  log: (line: string) => void,
+): Promise<number> {
+  const concurrency = positiveInt(values.load, "load", 1);
+  const durationMs = positiveInt(values.duration, "duration", 10) * 1000;
+  let failed = false;
+  for (const target of targets) {
+    const hosted = target.host ? await target.host() : undefined;
+    try {
+      log(`\n== load: ${concurrency} virtual users for ${durationMs / 1000} s · ordering ${target.modes.ordering} · update ${target.modes.update}`);
+      const report = await runLoad({
+        target: hosted?.url ?? target.url,
+        auth: hosted?.auth ?? target.auth,
+        concurrency,
+        durationMs,
+        offers,
+        modes: target.modes,
+        gateway,
+        requestTimeoutMs,
+        log,
+      });
+      log(renderLoadText(report));
+      if (report.orders.errors + report.updates.errors + report.gets.errors > 0) failed = true;
+    } finally {
+      await hosted?.stop();
+    }
+  }
+  return failed ? 1 : 0;
+}
+
+/** main() with usage errors (exit 2) and failures (exit 1) reported on stderr. */
+export async function cli(argv: string[]): Promise<number> {
+  try {
+    return await main(argv);
+  } catch (err) {
+    if (err instanceof UsageError || (err instanceof TypeError && "code" in err && String(err.code).startsWith("ERR_PARSE_ARGS"))) {
+      process.stderr.write(`${err.message}\n\n${HELP}`);
+      return 2;
+    }
+    process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    return 1;
+  }
+}
+
+const isEntry = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
+if (isEntry) process.exit(await cli(process.argv.slice(2)));

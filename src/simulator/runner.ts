@@ -1,0 +1,613 @@
+/**
+ * The scenario engine: plays scenarios (./scenario.ts) against a partner server as Orange's IT
+ * would, waits for its events at the mock gateway (./gateway.ts) and turns every expectation
+ * into one check line.
+ *
+ * Only the wire schemas are imported from the server (src/orange/schemas.ts): the simulator
+ * must work against a partner server that is not ours.
+ */
+import { randomBytes } from "node:crypto";
+import { setTimeout as delay } from "node:timers/promises";
+import { request } from "undici";
+import type { z } from "zod";
+import {
+  ErrorBodySchema,
+  PingResponseSchema,
+  ProductOrderResponseSchema,
+  UserServiceChangeNotificationSchema,
+  UserServiceListSchema,
+  UserServiceSchema,
+  UserServiceUpdateResponseSchema,
+} from "../orange/schemas.js";
+import type { MockGateway, ReceivedEvent } from "./gateway.js";
+import { describeValue, findEmptyNodes, matchPath, matchValue, resolvePath, type MatchContext, type MatchResult } from "./match.js";
+import type { Scenario, SchemaName, Step, StepEvent, StepRequest, When } from "./scenario.js";
+import { MissingVariable, template, type TemplateContext } from "./template.js";
+
+export type TargetAuth =
+  | { kind: "basic"; user: string; password: string }
+  | { kind: "bearer"; token: string }
+  | { kind: "header"; name: string; value: string }
+  | { kind: "none" };
+
+export interface RunOptions {
+  target: string;
+  auth: TargetAuth;
+  modes: { ordering: "sync" | "async"; update: "sync" | "async" };
+  offer: string;
+  offers: string[];
+  gateway: MockGateway;
+  eventTimeoutMs: number;
+  requestTimeoutMs: number;
+  scenarios: Scenario[];
+  only?: string[];
+  skip?: string[];
+  showSecrets?: boolean;
+  log?: (line: string) => void;
+}
+
+export interface CheckResult {
+  scenario: string;
+  step: string;
+  title?: string;
+  check: string;
+  outcome: "pass" | "fail" | "skip";
+  expected: string;
+  actual: string;
+  curl?: string;
+  ms?: number;
+}
+
+export interface RunReport {
+  target: string;
+  modes: RunOptions["modes"];
+  offer: string;
+  startedAt: string;
+  finishedAt: string;
+  durationMs: number;
+  checks: CheckResult[];
+  summary: { scenarios: number; checks: number; passed: number; failed: number; skipped: number };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schemas
+
+/**
+ * FORMAT.md names → the server's wire schemas. `UserServiceChange` is documented as "the
+ * resource of a UC5 event", which is `{ userService: [UserServiceChange…] }`.
+ */
+export const WIRE_SCHEMAS: Record<SchemaName, z.ZodType> = {
+  ProductOrderResponse: ProductOrderResponseSchema,
+  UserService: UserServiceSchema,
+  UserServiceList: UserServiceListSchema,
+  UserServiceUpdateResponse: UserServiceUpdateResponseSchema,
+  UserServiceChange: UserServiceChangeNotificationSchema,
+  ErrorBody: ErrorBodySchema,
+  Ping: PingResponseSchema,
+};
+
+const ISO_MS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+
+/** Validates a value against a named wire schema; the first issues make the `actual`. */
+export function checkSchema(name: SchemaName, value: unknown, present = true): MatchResult {
+  const expected = `a valid ${name}`;
+  if (!present) return { ok: false, expected, actual: "no JSON body" };
+  const result = WIRE_SCHEMAS[name].safeParse(value);
+  if (result.success) return { ok: true, expected, actual: `a valid ${name}` };
+  const issues = result.error.issues.slice(0, 3).map((i) => `${i.path.length ? i.path.join(".") : "$"}: ${i.message}`);
+  const more = result.error.issues.length > 3 ? ` (+${result.error.issues.length - 3} more)` : "";
+  return { ok: false, expected, actual: `${issues.join("; ")}${more}` };
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+interface SentRequest {
+  method: string;
+  url: string;
+  headers: Record<string, string>;
+  body?: string;
+}
+
+interface Response {
+  status: number;
+  headers: Record<string, string>;
+  text: string;
+  /** The parsed body, when it is JSON. */
+  json: { ok: true; value: unknown } | { ok: false };
+  ms: number;
+}
+
+const WRONG_SECRET = "simulator-wrong-secret";
+
+/** The authentication headers for `auth` (`invalid`: the target's scheme, a wrong secret). */
+export function authHeaders(target: TargetAuth, mode: StepRequest["auth"]): Record<string, string> {
+  if (mode === "none") return {};
+  const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
+  if (mode === "invalid") {
+    switch (target.kind) {
+      case "basic":
+        return { authorization: basic(target.user, WRONG_SECRET) };
+      case "header":
+        return { [target.name.toLowerCase()]: WRONG_SECRET };
+      default:
+        return { authorization: `Bearer ${WRONG_SECRET}` };
+    }
+  }
+  switch (target.kind) {
+    case "basic":
+      return { authorization: basic(target.user, target.password) };
+    case "bearer":
+      return { authorization: `Bearer ${target.token}` };
+    case "header":
+      return { [target.name.toLowerCase()]: target.value };
+    default:
+      return {};
+  }
+}
+
+const shellQuote = (text: string): string => `'${text.replace(/'/g, `'\\''`)}'`;
+
+/**
+ * The request as a curl command. The target's real credentials become shell variables
+ * (`$ORANGE_TOKEN`…) unless `showSecrets`; a deliberately wrong secret is shown as is.
+ */
+export function toCurl(req: SentRequest, auth: TargetAuth, showSecrets = false): string {
+  const parts = ["curl", "-sS", "-i", "-X", req.method, shellQuote(req.url)];
+  const secret = showSecrets ? undefined : placeholderFor(auth);
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (secret !== undefined && name === secret.header && value === secret.value) {
+      // Double quotes: the shell expands the placeholder from the user's environment.
+      parts.push(...(auth.kind === "basic" ? ["-u", `"${secret.placeholder}"`] : ["-H", `"${name}: ${secret.placeholder}"`]));
+    } else {
+      parts.push("-H", shellQuote(`${name}: ${value}`));
+    }
+  }
+  if (req.body !== undefined) parts.push("--data-raw", shellQuote(req.body));
+  return parts.join(" ");
+}
+
+function placeholderFor(auth: TargetAuth): { header: string; value: string; placeholder: string } | undefined {
+  const real = authHeaders(auth, "orange");
+  const [header, value] = Object.entries(real)[0] ?? [];
+  if (header === undefined || value === undefined) return undefined;
+  switch (auth.kind) {
+    case "basic":
+      return { header, value, placeholder: "$ORANGE_USER:$ORANGE_PASSWORD" };
+    case "bearer":
+      return { header, value, placeholder: "Bearer $ORANGE_TOKEN" };
+    default:
+      return { header, value, placeholder: "$ORANGE_API_KEY" };
+  }
+}
+
+function flattenHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(headers)) if (v !== undefined) out[k.toLowerCase()] = Array.isArray(v) ? v.join(", ") : v;
+  return out;
+}
+
+function parseJson(text: string): Response["json"] {
+  if (text.trim() === "") return { ok: false };
+  try {
+    return { ok: true, value: JSON.parse(text) as unknown };
+  } catch {
+    return { ok: false };
+  }
+}
+
+/** undici hides the useful part (ECONNREFUSED…) in `cause`. */
+function errorCause(error: Error): string {
+  const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+  return cause ? ` (${cause.code ?? cause.message ?? ""})` : "";
+}
+
+async function send(req: SentRequest, timeoutMs: number): Promise<Response> {
+  const started = performance.now();
+  const res = await request(req.url, {
+    method: req.method as "GET",
+    headers: req.headers,
+    body: req.body,
+    headersTimeout: timeoutMs,
+    bodyTimeout: timeoutMs,
+    signal: AbortSignal.timeout(timeoutMs),
+  });
+  const text = await res.body.text();
+  return {
+    status: res.statusCode,
+    headers: flattenHeaders(res.headers),
+    text,
+    json: parseJson(text),
+    ms: Math.round(performance.now() - started),
+  };
+}
+
+/** The templated request of a step, ready to send. */
+function buildRequest(spec: StepRequest, target: string, auth: TargetAuth): SentRequest {
+  const url = new URL(target.replace(/\/+$/, "") + (spec.path.startsWith("/") ? spec.path : `/${spec.path}`));
+  for (const [k, v] of Object.entries(spec.query ?? {})) url.searchParams.append(k, typeof v === "string" ? v : JSON.stringify(v));
+  const body = spec.rawBody ?? (spec.body === undefined ? undefined : JSON.stringify(spec.body));
+  const headers: Record<string, string> = { accept: "application/json" };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  Object.assign(headers, authHeaders(auth, spec.auth));
+  for (const [k, v] of Object.entries(spec.headers ?? {})) headers[k.toLowerCase()] = typeof v === "string" ? v : JSON.stringify(v);
+  return { method: spec.method, url: url.toString(), headers, ...(body === undefined ? {} : { body }) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orange references ($partnerId)
+
+/**
+ * Every Orange reference in a request body: the `id` of each `externalReference` (object or
+ * list) and of each order item Orange numbered. A partner id must be none of them.
+ */
+export function collectOrangeRefs(value: unknown, into: Set<string>): void {
+  if (Array.isArray(value)) {
+    for (const item of value) collectOrangeRefs(item, into);
+    return;
+  }
+  if (typeof value !== "object" || value === null) return;
+  for (const [key, child] of Object.entries(value as Record<string, unknown>)) {
+    if (key === "externalReference" || key === "orderItem") {
+      for (const ref of Array.isArray(child) ? child : [child]) {
+        const id = (ref as { id?: unknown } | null)?.id;
+        if (typeof id === "string" && id !== "") into.add(id);
+      }
+    }
+    collectOrangeRefs(child, into);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+/** The resource schema of an event by API and type; undefined for an unknown type. */
+export function eventResourceSchema(api: ReceivedEvent["api"], type: unknown, resource: unknown): SchemaName | undefined {
+  if (api === "productordering") {
+    return type === "completedStateNotification" || type === "failedStateNotification" ? "ProductOrderResponse" : undefined;
+  }
+  if (type !== "updateNotification") return undefined;
+  // UC6 answers an update (it carries the update's `state`); UC5 is a partner-initiated change.
+  const hasState = typeof resource === "object" && resource !== null && "state" in resource;
+  return hasState ? "UserServiceUpdateResponse" : "UserServiceChange";
+}
+
+/** Envelope, resource schema and empty nodes of one received event: the failures, as texts. */
+export function checkEventEnvelope(event: ReceivedEvent): { check: string; expected: string; actual: string }[] {
+  const failures: { check: string; expected: string; actual: string }[] = [];
+  const body = event.body as Record<string, unknown> | null;
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    return [{ check: "envelope", expected: "a JSON object {id, type, time, resource}", actual: describeValue(event.body) }];
+  }
+  if (typeof body.id !== "string" || body.id === "") failures.push({ check: "envelope id", expected: "a non-empty string", actual: describeValue(body.id, "id" in body) });
+  if (typeof body.type !== "string") failures.push({ check: "envelope type", expected: "a string", actual: describeValue(body.type, "type" in body) });
+  if (typeof body.time !== "string" || !ISO_MS.test(body.time)) {
+    failures.push({ check: "envelope time", expected: "an ISO 8601 UTC date-time with milliseconds", actual: describeValue(body.time, "time" in body) });
+  }
+  const resource = body.resource;
+  if (typeof resource !== "object" || resource === null || Array.isArray(resource)) {
+    failures.push({ check: "envelope resource", expected: "an object", actual: describeValue(resource, "resource" in body) });
+  } else {
+    const schema = eventResourceSchema(event.api, body.type, resource);
+    if (schema === undefined) {
+      const allowed = event.api === "productordering" ? "completedStateNotification | failedStateNotification" : "updateNotification";
+      failures.push({ check: "event type", expected: allowed, actual: describeValue(body.type) });
+    } else {
+      const result = checkSchema(schema, resource);
+      if (!result.ok) failures.push({ check: `resource schema ${schema}`, expected: result.expected, actual: result.actual });
+    }
+  }
+  const empty = findEmptyNodes(body);
+  if (empty.length > 0) failures.push({ check: "no empty nodes", expected: "no {}, [] or null", actual: empty.join(", ") });
+  return failures;
+}
+
+/**
+ * Waits for an event at the gateway (from index `from` of `received`, then live) that
+ * `accept` takes, for at most `timeoutMs`.
+ */
+function waitForEvent(
+  gateway: MockGateway,
+  from: number,
+  accept: (event: ReceivedEvent) => boolean,
+  timeoutMs: number,
+): Promise<ReceivedEvent | undefined> {
+  return new Promise((resolve) => {
+    let done = false;
+    const finish = (event: ReceivedEvent | undefined) => {
+      if (done) return;
+      done = true;
+      unsubscribe();
+      clearTimeout(timer);
+      resolve(event);
+    };
+    // Subscribe before scanning: an event arriving in between is seen by one or the other.
+    const unsubscribe = gateway.subscribe((event) => {
+      if (accept(event)) finish(event);
+    });
+    const timer = setTimeout(() => finish(undefined), timeoutMs);
+    const already = gateway.received.slice(Math.min(from, gateway.received.length)).find(accept);
+    if (already) finish(already);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selection
+
+function selected(scenario: Scenario, only: string[] | undefined, skip: string[] | undefined): boolean {
+  const labels = [scenario.name, ...(scenario.tags ?? [])];
+  if (only && only.length > 0 && !only.some((o) => labels.includes(o))) return false;
+  return !(skip && skip.some((s) => labels.includes(s)));
+}
+
+function modesMatch(when: When | undefined, modes: RunOptions["modes"]): boolean {
+  return (when?.ordering === undefined || when.ordering === modes.ordering) && (when?.update === undefined || when.update === modes.update);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+const MARK = { pass: "✓", fail: "✗", skip: "-" } as const;
+
+interface StepRecord {
+  status?: number;
+  headers?: Record<string, string>;
+  body?: unknown;
+  event?: unknown;
+}
+
+class ScenarioRun {
+  readonly ctx: TemplateContext;
+  /** Events already taken by a step, so that two steps waiting for the same type get two. */
+  readonly consumed = new Set<ReceivedEvent>();
+  readonly eventsFrom: number;
+
+  constructor(
+    readonly scenario: Scenario,
+    readonly options: RunOptions,
+    readonly base: TemplateContext,
+    readonly matchCtx: MatchContext,
+    readonly orangeRefs: Set<string>,
+    readonly emit: (check: CheckResult) => void,
+    readonly eventCursor: { next: number },
+  ) {
+    this.ctx = { ...base };
+    this.eventsFrom = options.gateway.received.length;
+  }
+
+  line(step: Step | string, check: string, outcome: CheckResult["outcome"], expected: string, actual: string, extra: Partial<CheckResult> = {}): void {
+    const stepId = typeof step === "string" ? step : step.id;
+    const title = typeof step === "string" ? undefined : step.title;
+    this.emit({ scenario: this.scenario.name, step: stepId, ...(title ? { title } : {}), check, outcome, expected, actual, ...extra });
+  }
+
+  result(step: Step, check: string, r: MatchResult, extra: Partial<CheckResult> = {}): boolean {
+    this.line(step, check, r.ok ? "pass" : "fail", r.expected, r.actual, extra);
+    return r.ok;
+  }
+
+  /** Templates `value`; a missing name becomes a skipped check line and undefined. */
+  templated<T>(step: Step | string, check: string, value: T, extra: Partial<CheckResult> = {}): { ok: true; value: T } | { ok: false } {
+    try {
+      return { ok: true, value: template(value, this.ctx) };
+    } catch (err) {
+      if (!(err instanceof MissingVariable)) throw err;
+      this.line(step, check, "skip", `a value for \${${err.variable}}`, "missing: an earlier step failed or did not save it", extra);
+      return { ok: false };
+    }
+  }
+
+  async run(): Promise<void> {
+    for (const [name, raw] of Object.entries(this.scenario.vars ?? {})) {
+      const value = this.templated("vars", `var ${name}`, raw);
+      if (!value.ok) return;
+      this.ctx[name] = value.value;
+    }
+    for (const step of this.scenario.steps) {
+      if (!modesMatch(step.when, this.options.modes)) continue;
+      await this.runStep(step);
+    }
+    this.checkEvents();
+  }
+
+  async runStep(step: Step): Promise<void> {
+    if (step.waitMs) await delay(step.waitMs);
+    const record: StepRecord = {};
+    let failed = false;
+    let curl: string | undefined;
+    let ms: number | undefined;
+    // A step with a request waits for events it caused; one without, for any since the scenario began.
+    let eventsFrom = this.eventsFrom;
+
+    if (step.request) {
+      const spec = this.templated(step, "request", step.request);
+      if (!spec.ok) return;
+      const sent = buildRequest(spec.value, this.options.target, this.options.auth);
+      curl = toCurl(sent, this.options.auth, this.options.showSecrets);
+      const sentJson = sent.body === undefined ? undefined : parseJson(sent.body);
+      if (sentJson?.ok) collectOrangeRefs(sentJson.value, this.orangeRefs);
+      eventsFrom = this.options.gateway.received.length;
+      let res: Response;
+      try {
+        res = await send(sent, this.options.requestTimeoutMs);
+      } catch (err) {
+        const error = err as Error;
+        const timedOut = error.name === "TimeoutError" || error.name === "AbortError" || /timeout/i.test(error.name);
+        const actual = timedOut ? `no answer within ${this.options.requestTimeoutMs} ms` : `${error.message}${errorCause(error)}`;
+        this.line(step, "request", "fail", `an HTTP answer within ${this.options.requestTimeoutMs} ms`, actual, { curl });
+        return;
+      }
+      ms = res.ms;
+      Object.assign(record, { status: res.status, headers: res.headers, body: res.json.ok ? res.json.value : res.text });
+      // Visible to templates of this step's own expectations and event (e.g. ${order.body.id}).
+      this.ctx[step.id] = record;
+      failed = !this.checkResponse(step, res, { curl, ms });
+    }
+
+    if (step.event) {
+      const event = await this.checkEvent(step, step.event, eventsFrom, { ...(curl ? { curl } : {}), ...(ms !== undefined ? { ms } : {}) });
+      if (event === undefined) failed = true;
+      else record.event = event.body;
+    }
+
+    // A failed step saves nothing: the steps that need its values are reported as skipped.
+    if (failed) {
+      delete this.ctx[step.id];
+      return;
+    }
+    for (const [name, path] of Object.entries(step.save ?? {})) {
+      const { found, value } = resolvePath(record, path);
+      if (found) this.ctx[name] = value;
+      else this.line(step, `save ${name}`, "fail", `a value at ${path}`, "(absent)", curl ? { curl } : {});
+    }
+  }
+
+  /** The response checks of a step; false when the step failed (no answer or wrong status). */
+  checkResponse(step: Step, res: Response, extra: { curl: string; ms: number }): boolean {
+    const expect = step.expect ?? {};
+    const body = res.json.ok ? res.json.value : undefined;
+    let ok = true;
+
+    if (expect.status !== undefined) {
+      const accepted = Array.isArray(expect.status) ? expect.status : [expect.status];
+      const pass = accepted.includes(res.status);
+      this.result(step, `status ${accepted.join("|")}`, { ok: pass, expected: accepted.join(" or "), actual: `${res.status} ${describeValue(body ?? res.text)}` }, extra);
+      ok = pass;
+    }
+    for (const [name, matcher] of Object.entries(expect.headers ?? {})) {
+      const m = this.templated(step, `header ${name}`, matcher, extra);
+      if (!m.ok) continue;
+      const key = name.toLowerCase();
+      this.result(step, `header ${key}`, matchValue(m.value, res.headers[key], key in res.headers, this.matchCtx), extra);
+    }
+    const schema = expect.schema ?? (expect.error !== undefined ? "ErrorBody" : undefined);
+    if (schema !== undefined) this.result(step, `schema ${schema}`, checkSchema(schema, body, res.json.ok), extra);
+    if (expect.error !== undefined) {
+      const m = this.templated(step, "error", expect.error, extra);
+      if (m.ok) this.result(step, "error", matchValue(m.value, body, res.json.ok, this.matchCtx), extra);
+    }
+    for (const [path, matcher] of Object.entries(expect.json ?? {})) {
+      const m = this.templated(step, `json ${path}`, matcher, extra);
+      if (m.ok) this.result(step, `json ${path}`, res.json.ok ? matchPath(body, path, m.value, this.matchCtx) : { ok: false, expected: "a JSON body", actual: describeValue(res.text) }, extra);
+    }
+    if (res.json.ok && expect.noEmptyNodes !== false) {
+      const empty = findEmptyNodes(body);
+      this.result(step, "no empty nodes", { ok: empty.length === 0, expected: "no {}, [] or null", actual: empty.length ? empty.join(", ") : "none" }, extra);
+    }
+    return ok;
+  }
+
+  /** Waits for the step's event and checks it; undefined when it did not come. */
+  async checkEvent(step: Step, raw: StepEvent, from: number, extra: Partial<CheckResult>): Promise<ReceivedEvent | undefined> {
+    const spec = this.templated(step, `event ${raw.type}`, { api: raw.api, type: raw.type, where: raw.where ?? {} }, extra);
+    if (!spec.ok) return undefined;
+    const { api, type, where } = spec.value;
+    const accept = (e: ReceivedEvent): boolean =>
+      !this.consumed.has(e) &&
+      e.api === api &&
+      resolvePath(e.body, "type").value === type &&
+      Object.entries(where).every(([path, matcher]) => matchPath(e.body, path, matcher, this.matchCtx).ok);
+    const timeoutMs = raw.timeoutMs ?? this.options.eventTimeoutMs;
+    const started = Date.now();
+    const event = await waitForEvent(this.options.gateway, from, accept, timeoutMs);
+    const selector = `${api} ${type}${Object.keys(where).length ? ` where ${describeValue(where)}` : ""}`;
+    const waited = { ...extra, ms: Date.now() - started };
+    if (event === undefined) {
+      const seen = this.options.gateway.received.slice(from).map((e) => `${e.api} ${String(resolvePath(e.body, "type").value)}`);
+      this.line(step, `event ${type}`, "fail", `${selector} within ${timeoutMs} ms`, seen.length ? `only: ${seen.join(", ")}` : "no event", waited);
+      return undefined;
+    }
+    this.consumed.add(event);
+    // The checks of the event's content carry the curl of the request that caused it, not its time.
+    const { ms: _ms, ...content } = extra;
+    // `${<step>.event.…}` for the checks below and later steps.
+    this.line(step, `event ${type}`, "pass", selector, `${api} ${type}`, waited);
+    this.ctx[step.id] = { ...(this.ctx[step.id] as StepRecord | undefined), event: event.body };
+    if (raw.schema !== undefined) {
+      const resource = resolvePath(event.body, "resource");
+      this.result(step, `event schema ${raw.schema}`, checkSchema(raw.schema, resource.value, resource.found), content);
+    }
+    for (const [path, matcher] of Object.entries(raw.json ?? {})) {
+      const m = this.templated(step, `event json ${path}`, matcher, content);
+      if (m.ok) this.result(step, `event json ${path}`, matchPath(event.body, path, m.value, this.matchCtx), content);
+    }
+    return event;
+  }
+
+  /**
+   * Envelope and resource schema of every event received since the previous scenario's check
+   * (so a late event of the previous scenario is still checked, here).
+   */
+  checkEvents(): void {
+    const received = this.options.gateway.received;
+    const events = received.slice(Math.min(this.eventCursor.next, received.length));
+    this.eventCursor.next = received.length;
+    if (events.length === 0) return;
+    let failures = 0;
+    for (const event of events) {
+      const label = `${event.api} ${String(resolvePath(event.body, "id").value ?? "?")}`;
+      for (const f of checkEventEnvelope(event)) {
+        failures++;
+        this.line("(events)", `${label} ${f.check}`, "fail", f.expected, f.actual);
+      }
+    }
+    if (failures === 0) {
+      this.line("(events)", "envelope and schema of every event", "pass", "id, type, time, resource and its schema", `${events.length} event(s) OK`);
+    }
+  }
+}
+
+function summarize(checks: CheckResult[], scenarios: number): RunReport["summary"] {
+  const count = (o: CheckResult["outcome"]) => checks.filter((c) => c.outcome === o).length;
+  return { scenarios, checks: checks.length, passed: count("pass"), failed: count("fail"), skipped: count("skip") };
+}
+
+/** Plays the selected scenarios in order against the target and reports every check. */
+export async function runScenarios(options: RunOptions): Promise<RunReport> {
+  const started = new Date();
+  const checks: CheckResult[] = [];
+  const orangeRefs = new Set<string>();
+  const matchCtx: MatchContext = { orangeRefs };
+  const base: TemplateContext = {
+    run: randomBytes(4).readUInt32BE(0).toString(36).padStart(6, "0").slice(-6),
+    offer: options.offer,
+    offers: options.offers,
+    modes: options.modes,
+  };
+  const emit = (check: CheckResult) => {
+    checks.push(check);
+    const detail = check.outcome === "pass" ? "" : ` — expected ${check.expected}, got ${check.actual}`;
+    options.log?.(`${MARK[check.outcome]} ${check.scenario} › ${check.step} › ${check.check}${detail}`);
+  };
+  let played = 0;
+  const eventCursor = { next: options.gateway.received.length };
+  for (const scenario of options.scenarios) {
+    if (!selected(scenario, options.only, options.skip)) continue;
+    if (!modesMatch(scenario.when, options.modes)) {
+      options.log?.(`· ${scenario.name}: not for these modes (${describeValue(scenario.when)})`);
+      continue;
+    }
+    played++;
+    const from = checks.length;
+    const scenarioStarted = performance.now();
+    await new ScenarioRun(scenario, options, base, matchCtx, orangeRefs, emit, eventCursor).run();
+    const own = summarize(checks.slice(from), 1);
+    const ok = own.failed === 0 && own.skipped === 0;
+    options.log?.(
+      `${ok ? MARK.pass : MARK.fail} ${scenario.name}: ${own.passed}/${own.checks} checks passed` +
+        `${own.failed > 0 ? `, ${own.failed} failed` : ""}${own.skipped > 0 ? `, ${own.skipped} skipped` : ""} ` +
+        `(${Math.round(performance.now() - scenarioStarted)} ms)`,
+    );
+  }
+  const finished = new Date();
+  return {
+    target: options.target,
+    modes: options.modes,
+    offer: options.offer,
+    startedAt: started.toISOString(),
+    finishedAt: finished.toISOString(),
+    durationMs: finished.getTime() - started.getTime(),
+    checks,
+    summary: summarize(checks, played),
+  };
+}

@@ -1,0 +1,115 @@
+/**
+ * `npm run simulate` without `--target`: this repository's own server, started as a child process
+ * (`src/main.ts` under tsx) on its embedded PostgreSQL, configured to send its events to the
+ * simulator's mock gateway. The only place of the simulator that knows about our server: through
+ * its entry point and environment variables, never its modules.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { createServer } from "node:net";
+import { fileURLToPath } from "node:url";
+import { request } from "undici";
+import type { MockGateway } from "./gateway.js";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const ENTRY = fileURLToPath(new URL("../main.ts", import.meta.url));
+
+export interface SelfHostedServer {
+  url: string;
+  token: string;
+  child: ChildProcess;
+  /** The server's output, for a report when it failed to start or died. */
+  output(): string;
+  stop(): Promise<void>;
+}
+
+export interface SelfHostOptions {
+  gateway: MockGateway;
+  modes: { ordering: "sync" | "async"; update: "sync" | "async" };
+  /** The embedded database's directory; one directory can serve successive servers. */
+  dataDir: string;
+  /** Orange offer of the event URLs (mba2 | mba2-beta). */
+  offer: string;
+  startTimeoutMs?: number;
+}
+
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const address = server.address();
+  const port = typeof address === "object" && address !== null ? address.port : 0;
+  server.close();
+  await once(server, "close");
+  return port;
+}
+
+export async function startSelfHostedServer(options: SelfHostOptions): Promise<SelfHostedServer> {
+  const port = await freePort();
+  const token = randomBytes(18).toString("base64url");
+  const { gateway } = options;
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    NODE_ENV: "production",
+    HOST: "127.0.0.1",
+    PORT: String(port),
+    LOG_LEVEL: process.env.SIMULATE_SERVER_LOG_LEVEL ?? "warn",
+    DATABASE_URL: "",
+    DATA_DIR: options.dataDir,
+    EMBEDDED_PG_PORT: String(await freePort()),
+    INBOUND_BEARER_TOKEN: token,
+    RESPONSE_VALIDATION: "true",
+    ORDERING_MODE: options.modes.ordering,
+    UPDATE_MODE: options.modes.update,
+    ROLE: "all",
+    ORANGE_EVENT_BASE_URL: gateway.url,
+    ORANGE_TOKEN_URL: gateway.tokenUrl,
+    ORANGE_CLIENT_ID: gateway.clientId,
+    ORANGE_CLIENT_SECRET: gateway.clientSecret,
+    ORANGE_OFFER: options.offer,
+    // Events within tens of milliseconds, not the production poll interval.
+    WORKER_POLL_INTERVAL_MS: "100",
+  };
+  const child = spawn(process.execPath, ["--import", "tsx", ENTRY], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  const keep = (chunk: Buffer) => {
+    output = (output + chunk.toString("utf8")).slice(-20_000);
+  };
+  child.stdout?.on("data", keep);
+  child.stderr?.on("data", keep);
+  const exited = once(child, "exit").then(() => true);
+
+  const server: SelfHostedServer = {
+    url: `http://127.0.0.1:${port}`,
+    token,
+    child,
+    output: () => output,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+
+  const deadline = Date.now() + (options.startTimeoutMs ?? 120_000);
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`the server exited (${child.exitCode ?? child.signalCode}) before answering /ping:\n${output}`);
+    }
+    if (Date.now() > deadline) {
+      await server.stop();
+      throw new Error(`the server did not answer /ping within ${options.startTimeoutMs ?? 120_000} ms:\n${output}`);
+    }
+    try {
+      const res = await request(`${server.url}/ping`, { headers: { accept: "application/json" } });
+      await res.body.dump();
+      if (res.statusCode === 200) return server;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

@@ -1,0 +1,108 @@
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { renderLoadText, runLoad, type LatencyStats, type LoadOptions } from "../src/simulator/load.js";
+import { createTestApp, TEST_TOKEN, type TestApp } from "./support/app.js";
+
+/**
+ * The simulator's load mode against our real server over real HTTP (sync modes). Counts and
+ * consistency only: speed is never asserted (shared machine).
+ */
+
+let t: TestApp;
+let target: string;
+
+beforeAll(async () => {
+  t = await createTestApp();
+  await t.app.listen({ port: 0, host: "127.0.0.1" });
+  const { port } = t.app.server.address() as AddressInfo;
+  target = `http://127.0.0.1:${port}`;
+});
+
+afterAll(async () => {
+  await t?.close();
+});
+
+function options(overrides: Partial<LoadOptions> = {}): LoadOptions {
+  return {
+    target,
+    auth: { kind: "bearer", token: TEST_TOKEN },
+    concurrency: 2,
+    durationMs: 2_000,
+    offers: ["MBA-CAISSE-PRO", "MBA-CAISSE-PREMIUM"],
+    modes: { ordering: "sync", update: "sync" },
+    requestTimeoutMs: 10_000,
+    ...overrides,
+  };
+}
+
+function expectOrdered(stats: LatencyStats): void {
+  expect(stats.p50).toBeGreaterThan(0);
+  expect(stats.p50).toBeLessThanOrEqual(stats.p90);
+  expect(stats.p90).toBeLessThanOrEqual(stats.p99);
+  expect(stats.p99).toBeLessThanOrEqual(stats.max);
+}
+
+describe("simulator load mode", () => {
+  it("plays orders, consultations and updates concurrently without errors, and the database holds every order", async () => {
+    const before = await t.db.productOrder.count();
+    const updatesBefore = await t.db.licenceUpdate.count();
+    const lines: string[] = [];
+    const report = await runLoad(options({ log: (line) => lines.push(line) }));
+
+    expect(report.errors).toEqual({ sample: [], byStatus: {} });
+    for (const kind of ["orders", "gets", "updates"] as const) {
+      expect(report[kind].count, kind).toBeGreaterThan(0);
+      expect(report[kind].errors, kind).toBe(0);
+      expect(report[kind].perSecond, kind).toBeGreaterThan(0);
+      expectOrdered(report[kind]);
+    }
+    // Every consultation follows an order; each order is followed by at most two updates.
+    expect(report.gets.count).toBeLessThanOrEqual(report.orders.count);
+    expect(report.updates.count).toBeLessThanOrEqual(2 * report.gets.count);
+    expect(report).toMatchObject({ target, concurrency: 2, modes: { ordering: "sync", update: "sync" } });
+    expect(report.durationMs).toBeGreaterThanOrEqual(2_000);
+    expect(report.events).toEqual({ received: 0, perSecond: 0, byType: {}, rejected: 0 });
+
+    expect((await t.db.productOrder.count()) - before).toBe(report.orders.count);
+    expect((await t.db.licenceUpdate.count()) - updatesBefore).toBe(report.updates.count);
+    // Every suspension was followed by its reactivation, except perhaps the last one of each user.
+    expect(await t.db.licence.count({ where: { state: "inactive" } })).toBeLessThanOrEqual(2);
+    expect(lines.length).toBeLessThanOrEqual(3);
+
+    const text = renderLoadText(report);
+    expect(text).toMatch(/^orders\s+\d+\s+0\s/m);
+    expect(text).toMatch(/^gets\s+\d+\s+0\s/m);
+    expect(text).toMatch(/^updates\s+\d+\s+0\s/m);
+    expect(text).toContain("errors: none");
+  });
+
+  it("counts the errors of a target that refuses the credentials, by status and with a sample", async () => {
+    const before = await t.db.productOrder.count();
+    const report = await runLoad(options({ auth: { kind: "bearer", token: "wrong-token" }, concurrency: 1, durationMs: 300 }));
+
+    expect(report.orders.count).toBe(0);
+    expect(report.orders.errors).toBeGreaterThan(0);
+    expect(report.gets.count + report.gets.errors + report.updates.count + report.updates.errors).toBe(0);
+    expect(report.errors.byStatus).toEqual({ "401": report.orders.errors });
+    expect(report.errors.sample.length).toBeGreaterThan(0);
+    expect(report.errors.sample[0]).toMatch(/^POST productOrder → 401 \{.*"code":4[012]/);
+    expect(report.orders).toMatchObject({ p50: 0, p90: 0, p99: 0, max: 0 });
+    expect(await t.db.productOrder.count()).toBe(before);
+
+    const text = renderLoadText(report);
+    expect(text).toContain(`401 ×${report.orders.errors}`);
+    expect(text).toContain("POST productOrder → 401");
+  });
+
+  it("counts transport errors when nothing listens on the target", async () => {
+    const report = await runLoad(options({ target: "http://127.0.0.1:1", concurrency: 1, durationMs: 200, requestTimeoutMs: 1_000 }));
+    expect(report.orders.count).toBe(0);
+    expect(report.orders.errors).toBeGreaterThan(0);
+    expect(Object.keys(report.errors.byStatus)).toHaveLength(1);
+    expect(report.errors.sample[0]).toMatch(/^POST productOrder → /);
+  });
+
+  it("refuses async ordering without a gateway to watch", async () => {
+    await expect(runLoad(options({ modes: { ordering: "async", update: "sync" } }))).rejects.toThrow(/gateway/);
+  });
+});
