@@ -23,12 +23,9 @@ import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { Agent, request } from "undici";
 import type { MockGateway, ReceivedEvent } from "./gateway.js";
+import { authHeaders, type TargetAuth } from "./target.js";
 
-export type TargetAuth =
-  | { kind: "basic"; user: string; password: string }
-  | { kind: "bearer"; token: string }
-  | { kind: "header"; name: string; value: string }
-  | { kind: "none" };
+export type { TargetAuth } from "./target.js";
 
 export interface LoadOptions {
   /** Base URL of the partner server (a path prefix is kept: `https://host/orange`). */
@@ -151,19 +148,6 @@ function shorten(text: string, max = SAMPLE_BODY_CHARS): string {
 
 // ---------------------------------------------------------------------------------------------
 // HTTP
-
-function authHeaders(auth: TargetAuth): Record<string, string> {
-  switch (auth.kind) {
-    case "basic":
-      return { authorization: `Basic ${Buffer.from(`${auth.user}:${auth.password}`).toString("base64")}` };
-    case "bearer":
-      return { authorization: `Bearer ${auth.token}` };
-    case "header":
-      return { [auth.name.toLowerCase()]: auth.value };
-    case "none":
-      return {};
-  }
-}
 
 /** One timed exchange: the status, the body text, the time in ms; or the transport error. */
 type Exchange =

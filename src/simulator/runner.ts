@@ -22,13 +22,10 @@ import {
 import type { MockGateway, ReceivedEvent } from "./gateway.js";
 import { describeValue, findEmptyNodes, matchPath, matchValue, resolvePath, type MatchContext, type MatchResult } from "./match.js";
 import type { Scenario, SchemaName, Step, StepEvent, StepRequest, When } from "./scenario.js";
+import { authHeaders, type TargetAuth } from "./target.js";
 import { MissingVariable, template, type TemplateContext } from "./template.js";
 
-export type TargetAuth =
-  | { kind: "basic"; user: string; password: string }
-  | { kind: "bearer"; token: string }
-  | { kind: "header"; name: string; value: string }
-  | { kind: "none" };
+export type { TargetAuth } from "./target.js";
 
 export interface RunOptions {
   target: string;
@@ -116,34 +113,6 @@ interface Response {
   /** The parsed body, when it is JSON. */
   json: { ok: true; value: unknown } | { ok: false };
   ms: number;
-}
-
-const WRONG_SECRET = "simulator-wrong-secret";
-
-/** The authentication headers for `auth` (`invalid`: the target's scheme, a wrong secret). */
-export function authHeaders(target: TargetAuth, mode: StepRequest["auth"]): Record<string, string> {
-  if (mode === "none") return {};
-  const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
-  if (mode === "invalid") {
-    switch (target.kind) {
-      case "basic":
-        return { authorization: basic(target.user, WRONG_SECRET) };
-      case "header":
-        return { [target.name.toLowerCase()]: WRONG_SECRET };
-      default:
-        return { authorization: `Bearer ${WRONG_SECRET}` };
-    }
-  }
-  switch (target.kind) {
-    case "basic":
-      return { authorization: basic(target.user, target.password) };
-    case "bearer":
-      return { authorization: `Bearer ${target.token}` };
-    case "header":
-      return { [target.name.toLowerCase()]: target.value };
-    default:
-      return {};
-  }
 }
 
 const shellQuote = (text: string): string => `'${text.replace(/'/g, `'\\''`)}'`;

@@ -7,6 +7,7 @@ import type { Db } from "../../src/db/prisma.js";
 import { createCatalogue, type Catalogue } from "../../src/domain/catalogue.js";
 import type { Clock } from "../../src/domain/clock.js";
 import { createTestDatabase } from "./db.js";
+import { findEmptyNodes } from "../../src/simulator/match.js";
 
 export const TEST_TOKEN = "test-orange-token";
 export const AUTH = { authorization: `Bearer ${TEST_TOKEN}` };
@@ -17,23 +18,9 @@ export function loadTestCatalogue(): Catalogue {
   return createCatalogue(JSON.parse(readFileSync(catalogueFile, "utf8")));
 }
 
-/**
- * Paths of empty optional nodes ({}, [], null) in a response body: Orange's parser rejects
- * them, so every response of the suite goes through this (see `TestApp.call`).
- */
-export function findEmptyNodes(value: unknown, path = "$"): string[] {
-  if (value === null) return [path];
-  if (Array.isArray(value)) {
-    if (value.length === 0) return [path];
-    return value.flatMap((v, i) => findEmptyNodes(v, `${path}[${i}]`));
-  }
-  if (typeof value === "object") {
-    const entries = Object.entries(value as Record<string, unknown>);
-    if (entries.length === 0) return [path];
-    return entries.flatMap(([k, v]) => (v === undefined ? [`${path}.${k}`] : findEmptyNodes(v, `${path}.${k}`)));
-  }
-  return [];
-}
+// Paths of empty optional nodes ({}, [], null) in a response body: Orange's parser rejects them,
+// so every response of the suite goes through this (see `TestApp.call`). The simulator's check.
+export { findEmptyNodes };
 
 export interface CallResult {
   status: number;
