@@ -318,6 +318,36 @@ describe("asynchronous productOrder", () => {
   });
 });
 
+describe("acknowledged requests whose job gave up", () => {
+  it("are carried out again by the worker's sweep: an order whose job ran out of attempts, an update whose job is gone", async () => {
+    // No worker yet: the order stays acknowledged with its job waiting.
+    const order = await asyncApp.call("POST", ORDER_URL, uc2(ref("ORD"), { quantity: 2 }));
+    expect(order.body.state, order.text).toBe("acknowledged");
+    const update = await asyncApp.call("POST", UPDATE_URL, {
+      externalReference: orange(ref("UPD")),
+      userService: [{ id: "us_does_not_exist", externalState: "suspended" }],
+    });
+    expect(update.body.state, update.text).toBe("acknowledged");
+    const [updateRow] = await asyncApp.db.$queryRaw<{ id: string }[]>`
+      SELECT id FROM licence_update WHERE orange_ref = ${update.body.externalReference.id}`;
+    // As after graphile's 25 failed attempts (days of a database outage), and as after a removal.
+    await asyncApp.db.$executeRaw`UPDATE graphile_worker._private_jobs SET attempts = max_attempts, last_error = 'database down'
+                                   WHERE key = ${`order:${order.body.id}`}`;
+    await asyncApp.db.$executeRaw`SELECT graphile_worker.remove_job(${`update:${updateRow!.id}`})`;
+
+    const w = await worker();
+    const completed = await eventOf((r) => r.id === order.body.id);
+    expect(completed.body.type).toBe("completedStateNotification");
+    const failed = await eventOf((r) => (r.externalReference as { id?: string } | undefined)?.id === update.body.externalReference.id);
+    expect(failed.body.type).toBe("updateNotification");
+    expect(failed.body.resource.state).toBe("failed");
+    expect((await asyncApp.db.productOrder.findUniqueOrThrow({ where: { id: order.body.id } })).state).toBe("completed");
+    expect((await asyncApp.db.licenceUpdate.findUniqueOrThrow({ where: { id: updateRow!.id } })).state).toBe("failed");
+    // Done once: the next sweep finds nothing.
+    expect((await w.worker.sweep()).rescheduledRequests).toEqual([]);
+  });
+});
+
 describe("asynchronous userService/update", () => {
   async function postUpdate(body: unknown): Promise<CallResult> {
     return asyncApp.call("POST", UPDATE_URL, body);

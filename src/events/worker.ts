@@ -54,6 +54,8 @@ export interface SweepResult {
   unlockedWorkers: string[];
   /** Ordering keys that had pending events and no job. */
   rescheduledKeys: string[];
+  /** Acknowledged orders and updates (async modes) whose job was gone or had given up. */
+  rescheduledRequests: string[];
 }
 
 export interface EventWorker {
@@ -136,7 +138,32 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     if (rescheduledKeys.length > 0) {
       logger?.warn({ keys: rescheduledKeys.length }, "pending events had no delivery job; rescheduled");
     }
-    return { unlockedWorkers, rescheduledKeys };
+    // An acknowledged request must end completed or failed, with its event: a job that ran out of
+    // graphile's attempts (e.g. the database was down for days) or was removed is added again.
+    let rescheduledRequests: string[] = [];
+    if (options.jobs) {
+      const stuck = await pool.query<{ kind: "order" | "update"; id: string }>(
+        `SELECT 'order' AS kind, o.id FROM product_order o
+          WHERE o.state = 'acknowledged'
+            AND NOT EXISTS (SELECT 1 FROM graphile_worker.jobs j WHERE j.key = 'order:' || o.id AND j.attempts < j.max_attempts)
+         UNION ALL
+         SELECT 'update' AS kind, u.id FROM licence_update u
+          WHERE u.state = 'acknowledged'
+            AND NOT EXISTS (SELECT 1 FROM graphile_worker.jobs j WHERE j.key = 'update:' || u.id AND j.attempts < j.max_attempts)
+          LIMIT 1000`,
+      );
+      for (const { kind, id } of stuck.rows) {
+        await pool.query(
+          `SELECT 1 FROM graphile_worker.add_job($1::text, json_build_object($2::text, $3::text), job_key => $4::text)`,
+          kind === "order" ? [PROCESS_ORDER_TASK, "orderId", id, `order:${id}`] : [PROCESS_UPDATE_TASK, "updateId", id, `update:${id}`],
+        );
+      }
+      rescheduledRequests = stuck.rows.map((r) => `${r.kind}:${r.id}`);
+      if (rescheduledRequests.length > 0) {
+        logger?.warn({ requests: rescheduledRequests }, "acknowledged requests had no live job (gone or out of attempts); rescheduled");
+      }
+    }
+    return { unlockedWorkers, rescheduledKeys, rescheduledRequests };
   }
 
   let runner: Runner;
