@@ -191,6 +191,8 @@ describe("inbound authentication", () => {
       const res = await send(t);
       expectMissing(res);
       expect(res.body.description).toContain(API_KEY_HEADER.toLowerCase());
+      // The challenge names the scheme configured, not a bearer token the server would refuse.
+      expect(res.headers["www-authenticate"]).toBe(`ApiKey header="${API_KEY_HEADER.toLowerCase()}"`);
     });
 
     it("answers 401 code 41 for a wrong key", async () => {

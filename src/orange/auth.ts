@@ -54,7 +54,13 @@ export function createAuthenticator(config: InboundAuthConfig): Authenticator {
   const allowList = buildAllowList(config.ipAllowList);
   // An allow-list alone is a valid setup (a private link from Orange's gateway).
   const credentialRequired = hasInboundCredential(config);
-  const challenge = config.basic ? 'Basic realm="orange-partner", charset="UTF-8"' : "Bearer";
+  // The challenge names a scheme the server accepts: Basic, else Bearer, else the API key's header
+  // (no registered scheme exists for it; "ApiKey" with the header name is the common form).
+  const challenge = config.basic
+    ? 'Basic realm="orange-partner", charset="UTF-8"'
+    : config.bearerToken !== undefined || !config.apiKey
+      ? "Bearer"
+      : `ApiKey header="${config.apiKey.header.toLowerCase()}"`;
   return (request) => {
     if (config.disabled) return;
     if (allowList && !ipAllowed(allowList, request.ip)) {
