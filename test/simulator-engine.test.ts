@@ -252,7 +252,7 @@ describe("events at the mock gateway", () => {
   });
   afterAll(async () => gateway?.close());
 
-  async function postEvent(api: string, body: unknown): Promise<void> {
+  async function postEvent(api: string, body: unknown, opts: { withToken?: boolean } = {}): Promise<void> {
     const basic = Buffer.from(`${gateway.clientId}:${gateway.clientSecret}`).toString("base64");
     const token = await fetch(gateway.tokenUrl, {
       method: "POST",
@@ -261,7 +261,11 @@ describe("events at the mock gateway", () => {
     }).then((r) => r.json() as Promise<{ access_token: string }>);
     await fetch(`${gateway.url}/mba2/${api}/v2/event`, {
       method: "POST",
-      headers: { authorization: `Bearer ${token.access_token}`, "content-type": "application/json", accept: "application/json" },
+      headers: {
+        ...(opts.withToken === false ? {} : { authorization: `Bearer ${token.access_token}` }),
+        "content-type": "application/json",
+        accept: "application/json",
+      },
       body: JSON.stringify(body),
     });
   }
@@ -277,7 +281,7 @@ describe("events at the mock gateway", () => {
             event: { api: "productordering", type: "completedStateNotification", where: { "resource.id": "po_1" }, schema: "ProductOrderResponse", json: { "resource.state": "completed" } },
             save: { orderId: "event.resource.id" },
           },
-          { id: "never", event: { api: "userservice", type: "updateNotification", timeoutMs: 200, where: { "resource.id": "${orderId}" } } },
+          { id: "never", event: { api: "userservice", type: "updateNotification", timeoutMs: 1000, where: { "resource.id": "${orderId}" } } },
         ],
       },
       "inline",
@@ -285,6 +289,12 @@ describe("events at the mock gateway", () => {
     setTimeout(() => {
       void postEvent("productordering", { id: "ev_0", type: "completedStateNotification", time: "2026-05-02T09:15:02Z", resource: { ...order, id: "po_0" } });
       void postEvent("productordering", { id: "ev_1", type: "completedStateNotification", time: "2026-05-02T09:15:02.345Z", resource: order });
+      // A partner that forgets the token: the mock answers 401, the simulator reports it.
+      void postEvent(
+        "productordering",
+        { id: "ev_2", type: "completedStateNotification", time: "2026-05-02T09:15:02.345Z", resource: { ...order, id: "po_2" } },
+        { withToken: false },
+      );
     }, 50);
     const report: RunReport = await runScenarios({
       target: "http://127.0.0.1:9",
@@ -303,6 +313,11 @@ describe("events at the mock gateway", () => {
     expect(byCheck("done", "event json resource.state")).toMatchObject({ outcome: "pass" });
     expect(byCheck("never", "event updateNotification")).toMatchObject({ outcome: "fail" });
     expect(byCheck("(events)", "productordering ev_0 envelope time")).toMatchObject({ outcome: "fail", actual: '"2026-05-02T09:15:02Z"' });
-    expect(report.summary.failed).toBe(2);
+    expect(byCheck("(events)", "productordering ev_2 gateway answer")).toMatchObject({
+      outcome: "fail",
+      actual: expect.stringMatching(/^401 .*authorization absent/),
+    });
+    expect(byCheck("(events)", "productordering ev_1 gateway answer")).toBeUndefined();
+    expect(report.summary.failed).toBe(3);
   });
 });

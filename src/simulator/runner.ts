@@ -268,6 +268,16 @@ export function checkEventEnvelope(event: ReceivedEvent): { check: string; expec
   }
   const empty = findEmptyNodes(body);
   if (empty.length > 0) failures.push({ check: "no empty nodes", expected: "no {}, [] or null", actual: empty.join(", ") });
+  // The mock answers as Orange would: anything but 201 means the call itself was wrong (no or a
+  // bad bearer token, no `Accept: application/json`, another Content-Type, a body that is not JSON).
+  if (event.status !== 201) {
+    failures.push({
+      check: "gateway answer",
+      expected: "201 (a valid bearer token from the token endpoint, Accept and Content-Type application/json)",
+      actual: `${event.status} (X-OAPI-Request-Id ${event.requestId}; authorization ${event.token === undefined ? "absent" : "Bearer …"}, ` +
+        `accept ${JSON.stringify(event.headers.accept ?? null)}, content-type ${JSON.stringify(event.headers["content-type"] ?? null)})`,
+    });
+  }
   return failures;
 }
 
