@@ -1,7 +1,10 @@
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createAsyncJobs } from "../src/orange/jobs.js";
+import { startMockGateway } from "../src/simulator/gateway.js";
 import { renderLoadText, runLoad, type LatencyStats, type LoadOptions } from "../src/simulator/load.js";
 import { createTestApp, TEST_TOKEN, type TestApp } from "./support/app.js";
+import { startWorker } from "./support/outbox-harness.js";
 
 /**
  * The simulator's load mode against our real server over real HTTP (sync modes). Counts and
@@ -104,5 +107,37 @@ describe("simulator load mode", () => {
 
   it("refuses async ordering without a gateway to watch", async () => {
     await expect(runLoad(options({ modes: { ordering: "async", update: "sync" } }))).rejects.toThrow(/gateway/);
+  });
+
+  it("in async modes, waits for each order's event and reports order → event latency and the events received", async () => {
+    const asyncApp = await createTestApp({ env: { ORDERING_MODE: "async", UPDATE_MODE: "async" } });
+    const gateway = await startMockGateway();
+    const w = await startWorker(gateway, asyncApp.url, {
+      jobs: createAsyncJobs({
+        db: asyncApp.db,
+        catalogue: asyncApp.catalogue,
+        partnerName: asyncApp.config.partnerName,
+        transactionTimeoutMs: asyncApp.config.transactionTimeoutMs,
+      }),
+    });
+    try {
+      await asyncApp.app.listen({ port: 0, host: "127.0.0.1" });
+      const url = `http://127.0.0.1:${(asyncApp.app.server.address() as AddressInfo).port}`;
+      const report = await runLoad(options({ target: url, gateway, modes: { ordering: "async", update: "async" }, durationMs: 1_500 }));
+
+      expect(report.errors).toEqual({ sample: [], byStatus: {} });
+      expect(report.orders.count).toBeGreaterThan(0);
+      // Each counted order had its completedStateNotification, timed from the POST.
+      expect(report.orderToEvent?.count).toBe(report.orders.count);
+      expectOrdered(report.orderToEvent!);
+      expect(report.events.byType.completedStateNotification).toBeGreaterThanOrEqual(report.orders.count);
+      expect(report.events.rejected).toBe(0);
+      expect(await asyncApp.db.productOrder.count({ where: { state: "completed" } })).toBeGreaterThanOrEqual(report.orders.count);
+      expect(renderLoadText(report)).toMatch(/^order→event\s+\d+\s+0\s/m);
+    } finally {
+      await w.stop();
+      await gateway.close();
+      await asyncApp.close();
+    }
   });
 });

@@ -74,6 +74,8 @@ export interface LoadReport {
   updates: LatencyStats;
   gets: LatencyStats;
   events: { received: number; perSecond: number; byType: Record<string, number>; rejected: number };
+  /** Async ordering only: POST productOrder → its completedStateNotification at the gateway. */
+  orderToEvent?: LatencyStats;
   errors: { sample: string[]; byStatus: Record<string, number> };
 }
 
@@ -168,6 +170,8 @@ function transportKey(err: unknown): string {
 interface OrderOutcome {
   type: string;
   resource: Record<string, unknown>;
+  /** Arrival at the gateway (Date.now()). */
+  at: number;
 }
 
 class EventWatcher {
@@ -180,7 +184,7 @@ class EventWatcher {
     const body = event.body as { type?: unknown; resource?: { id?: unknown } } | null;
     const id = body?.resource?.id;
     if (typeof id !== "string" || typeof body?.type !== "string") return;
-    const outcome: OrderOutcome = { type: body.type, resource: body.resource as Record<string, unknown> };
+    const outcome: OrderOutcome = { type: body.type, resource: body.resource as Record<string, unknown>, at: event.at };
     const waiter = this.waiters.get(id);
     if (waiter) {
       this.waiters.delete(id);
@@ -300,6 +304,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
   const postHeaders = { accept: "application/json", "content-type": "application/json", ...auth };
 
   const recorders: Record<Kind, Recorder> = { orders: new Recorder(), updates: new Recorder(), gets: new Recorder() };
+  const orderToEvent = new Recorder();
   const errors = new Errors();
   const events = { received: 0, byType: {} as Record<string, number>, rejected: 0 };
   const watcher = new EventWatcher();
@@ -376,6 +381,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
     const quantity = 1 + Math.floor(Math.random() * 3);
 
     // 1. The order.
+    const postedAt = Date.now();
     const order = await call("orders", "productOrder", "POST", ORDER_PATH, orderBody(ref, offer, quantity, new Date().toISOString()), (b) => {
       const state = stateOf(b);
       if (state !== expectedOrderState) return `state ${String(state)}, expected ${expectedOrderState}`;
@@ -402,6 +408,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
         fail("orders", `event ${outcome.type}`, () => `productOrder ${orderId}: ${outcome.type} ${shorten(JSON.stringify(outcome.resource))}`);
         return "failed";
       }
+      orderToEvent.ok(outcome.at - postedAt);
     }
     recorders.orders.ok(order.ms);
     if (!inTime()) return "ok";
@@ -479,6 +486,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
     updates: recorders.updates.stats(elapsedMs),
     gets: recorders.gets.stats(elapsedMs),
     events: { received: events.received, perSecond: rate(events.received, elapsedMs), byType: { ...events.byType }, rejected: events.rejected },
+    ...(options.modes.ordering === "async" ? { orderToEvent: orderToEvent.stats(elapsedMs) } : {}),
     errors: { sample: [...errors.sample], byStatus: { ...errors.byStatus } },
   };
 }
@@ -493,10 +501,9 @@ export function renderLoadText(report: LoadReport): string {
       `ordering ${report.modes.ordering}, update ${report.modes.update}`,
   );
   const header = ["kind", "count", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"];
-  const rows = (["orders", "gets", "updates"] as const).map((kind) => {
-    const s = report[kind];
-    return [kind, String(s.count), String(s.errors), s.perSecond.toFixed(1), ms(s.p50), ms(s.p90), ms(s.p99), ms(s.max)];
-  });
+  const row = (kind: string, s: LatencyStats) => [kind, String(s.count), String(s.errors), s.perSecond.toFixed(1), ms(s.p50), ms(s.p90), ms(s.p99), ms(s.max)];
+  const rows = (["orders", "gets", "updates"] as const).map((kind) => row(kind, report[kind]));
+  if (report.orderToEvent) rows.push(row("order→event", report.orderToEvent));
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const fmt = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
   lines.push(fmt(header));
