@@ -79,6 +79,8 @@ describe("delivery of outbox events", () => {
     expect(call?.headers.authorization).toBe(`Bearer ${call?.token}`);
     expect(call?.body).toEqual(event.body);
     expect(call?.body).toEqual(row.body);
+    // Sent byte for byte as written: {id, type, time, resource}, keys in that order.
+    expect(call?.text).toBe(JSON.stringify(event.body));
     expect(row).toMatchObject({ attempts: 1, lastStatus: 201, lastRequestId: call?.requestId, lastError: null });
     expect(row.deliveredAt).toBeInstanceOf(Date);
     expect(row.deliveryAttempts).toHaveLength(1);

@@ -598,6 +598,8 @@ describe("POST /productordering/v2/productOrder", () => {
       expect(retry.status).toBe(201);
       expect(retry.headers["idempotent-replayed"]).toBe("true");
       expect(retry.body).toEqual(first.body);
+      // The very bytes of the first answer, key order included.
+      expect(retry.text).toBe(first.text);
       expect(await totals(t)).toEqual(after);
       expect(await t.db.licence.count({ where: { fleetId: first.body.orderItem[0].productRef.id } })).toBe(3);
     });
@@ -628,6 +630,8 @@ describe("POST /productordering/v2/productOrder", () => {
       expect(retry.status).toBe(201);
       expect(retry.headers["idempotent-replayed"]).toBe("true");
       expect(retry.body).toEqual(first.body);
+      // The very bytes of the first answer, key order included.
+      expect(retry.text).toBe(first.text);
       expect(await totals(t)).toEqual(after);
     });
 
@@ -661,6 +665,8 @@ describe("POST /productordering/v2/productOrder", () => {
       expect(retry.status).toBe(201);
       expect(retry.headers["idempotent-replayed"]).toBe("true");
       expect(retry.body).toEqual(first.body);
+      // The very bytes of the first answer, key order included.
+      expect(retry.text).toBe(first.text);
       expect(await totals(t)).toEqual(after);
 
       const other = await postOrder(t, uc2("unused", customerRef, { quantity: 7 }), { "idempotency-key": key });

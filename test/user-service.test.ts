@@ -903,6 +903,7 @@ describe("POST /userservice/v2/userService/update: idempotency", () => {
     expect(retry.status, retry.text).toBe(200);
     expect(retry.headers["idempotent-replayed"]).toBe("true");
     expect(retry.body).toEqual(first.body);
+    expect(retry.text).toBe(first.text);
     expect(await licenceTable()).toEqual(afterFirst);
     const rowsAfterRetry = await licenceRows([a, b]);
     expect(rowsAfterRetry.map((r) => r.updated_at)).toEqual(rowsAfterFirst.map((r) => r.updated_at));

@@ -150,7 +150,7 @@ export function createLicenceService(deps: LicenceServiceDeps) {
       INSERT INTO licence_update (id, idempotency_key, orange_ref, request_hash, request, state,
                                   licence_ids, created_at)
       VALUES (${updateId}, ${cmd.idempotencyKey ?? null}, ${cmd.orangeRef ?? null}, ${cmd.requestHash},
-              ${JSON.stringify(cmd.request)}::jsonb, 'acknowledged'::"RequestState",
+              ${JSON.stringify(cmd.request)}::json, 'acknowledged'::"RequestState",
               ${cmd.changes.map((c) => c.licenceId)}::text[], ${now})
       ON CONFLICT (idempotency_key) DO NOTHING
       RETURNING id`;
@@ -235,7 +235,7 @@ export function createLicenceService(deps: LicenceServiceDeps) {
   async function finish(tx: Tx, outcome: UpdateOutcome, response: unknown): Promise<void> {
     await tx.$executeRaw`
       UPDATE licence_update SET state = ${outcome.state}::"RequestState",
-        response = COALESCE(${response === null ? null : JSON.stringify(response)}::jsonb, response),
+        response = COALESCE(${response === null ? null : JSON.stringify(response)}::json, response),
         failure_reason = ${outcome.reason ?? null}, completed_at = ${outcome.completedAt}
       WHERE id = ${outcome.updateId}`;
   }
@@ -271,7 +271,7 @@ export function createLicenceService(deps: LicenceServiceDeps) {
       const stored = await claimUpdate(tx, cmd, updateId, clock.now());
       if (stored !== null) return { replayed: true, response: stored };
       const response = renderAcknowledgement(updateId);
-      await tx.$executeRaw`UPDATE licence_update SET response = ${JSON.stringify(response)}::jsonb WHERE id = ${updateId}`;
+      await tx.$executeRaw`UPDATE licence_update SET response = ${JSON.stringify(response)}::json WHERE id = ${updateId}`;
       await scheduleUpdateJob(tx, updateId);
       return { replayed: false, response };
     }, txOptions);

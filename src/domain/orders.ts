@@ -117,7 +117,7 @@ export function createOrderService(deps: OrderServiceDeps) {
       INSERT INTO product_order (id, idempotency_key, orange_ref, request_hash, request, state,
                                  use_case, quantity, created_at)
       VALUES (${orderId}, ${cmd.idempotencyKey ?? null}, ${cmd.orangeRef ?? null}, ${cmd.requestHash},
-              ${JSON.stringify(cmd.request)}::jsonb, 'acknowledged'::"RequestState", ${useCase},
+              ${JSON.stringify(cmd.request)}::json, 'acknowledged'::"RequestState", ${useCase},
               ${cmd.item?.quantity ?? null}, ${now})
       ON CONFLICT (idempotency_key) DO NOTHING
       RETURNING id`;
@@ -304,7 +304,7 @@ export function createOrderService(deps: OrderServiceDeps) {
     await tx.$executeRaw`
       UPDATE product_order SET
         state = ${outcome.state}::"RequestState",
-        response = COALESCE(${response === null ? null : JSON.stringify(response)}::jsonb, response),
+        response = COALESCE(${response === null ? null : JSON.stringify(response)}::json, response),
         failure_reason = ${outcome.reason ?? null}, customer_id = ${outcome.customerId ?? null},
         fleet_id = ${outcome.fleetId ?? null}, completed_at = ${outcome.completedAt}
       WHERE id = ${outcome.orderId}`;
@@ -340,7 +340,7 @@ export function createOrderService(deps: OrderServiceDeps) {
       const stored = await claimOrder(tx, cmd, orderId, clock.now());
       if (stored !== null) return { replayed: true, response: stored };
       const response = renderAcknowledgement(orderId);
-      await tx.$executeRaw`UPDATE product_order SET response = ${JSON.stringify(response)}::jsonb WHERE id = ${orderId}`;
+      await tx.$executeRaw`UPDATE product_order SET response = ${JSON.stringify(response)}::json WHERE id = ${orderId}`;
       await scheduleOrderJob(tx, orderId);
       return { replayed: false, response };
     }, txOptions);

@@ -52,7 +52,7 @@ export interface DeliveryTaskOptions {
 interface HeadRow {
   id: string;
   api: OrangeEventApi;
-  /** The event as stored (jsonb text): sent as is, never parsed and re-serialised. */
+  /** The event as stored (a json column: the text written): sent as is, never parsed and re-serialised. */
   json: string;
   type: string;
   attempts: number;

@@ -75,7 +75,7 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
     ), inserted AS (
       INSERT INTO outbox_event (id, api, type, ordering_key, fleet_id, order_id, update_id, body)
       SELECT ${id}::text, ${event.api}::text, ${event.type}::text, ${orderingKey}::text, ${event.fleetId ?? null}::text,
-             ${event.orderId ?? null}::text, ${event.updateId ?? null}::text, ${JSON.stringify(body)}::jsonb
+             ${event.orderId ?? null}::text, ${event.updateId ?? null}::text, ${JSON.stringify(body)}::json
         FROM locked
       RETURNING ordering_key
     )

@@ -36,6 +36,8 @@ export interface ReceivedEvent {
   headers: IncomingHttpHeaders;
   /** The parsed JSON body (the raw text when it is not JSON). */
   body: unknown;
+  /** The body as received. */
+  text: string;
   /** The bearer token sent, if any. */
   token: string | undefined;
   /** The status answered, or "hang". */
@@ -202,6 +204,7 @@ export async function startMockGateway(options: MockGatewayOptions = {}): Promis
       path: req.url ?? "",
       headers: req.headers,
       body: parsed,
+      text: body,
       token,
       status: 201,
       requestId,
