@@ -22,6 +22,14 @@ import { startSelfHostedServer } from "./self-host.js";
 type Mode = "sync" | "async";
 type Modes = { ordering: Mode; update: Mode };
 
+/** A server to play against: given (`url`, `auth`), or started for the run (`host`) and stopped after. */
+interface Target {
+  url: string;
+  auth: TargetAuth;
+  modes: Modes;
+  host?: () => Promise<{ url: string; auth: TargetAuth; stop: () => Promise<void> }>;
+}
+
 const BUILTIN_SCENARIOS = fileURLToPath(new URL("../../scenarios/", import.meta.url));
 
 const HELP = `Usage: npm run simulate -- [options]
@@ -142,14 +150,17 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
 
+  const log = (line: string) => process.stdout.write(`${line}\n`);
   const offer = values.offer ?? "mba2-beta";
   if (offer !== "mba2" && offer !== "mba2-beta") throw new UsageError(`--offer must be mba2 or mba2-beta, not "${offer}"`);
   const offers = list(values.offers) ?? ["MBA-CAISSE-PRO", "MBA-CAISSE-PREMIUM"];
   if (offers.length === 0) throw new UsageError("--offers needs at least one offer code");
+  if (offers.length === 1 && values.load === undefined) {
+    log(`note: one offer code given; the built-in swap of offer needs two (${"${offers.1}"}) and its steps will be skipped`);
+  }
   const eventTimeoutMs = positiveInt(values["event-timeout"], "event-timeout", 10_000);
   const requestTimeoutMs = positiveInt(values["request-timeout"], "request-timeout", 10_000);
   const color = !values["no-color"] && process.stdout.isTTY === true;
-  const log = (line: string) => process.stdout.write(`${line}\n`);
 
   const gateway = await startMockGateway({
     ...(values["gateway-host"] === undefined ? {} : { host: values["gateway-host"] }),
@@ -162,7 +173,7 @@ export async function main(argv: string[]): Promise<number> {
     log(`mock Orange gateway: events ${gateway.url}/${offer}/{productordering|userservice}/v2/event, token ${gateway.tokenUrl}`);
 
     // Targets: the one given, or our own server once per mode.
-    const targets: { url: string; auth: TargetAuth; modes: Modes; stop?: () => Promise<void>; host?: () => Promise<{ url: string; auth: TargetAuth; stop: () => Promise<void> }> }[] = [];
+    const targets: Target[] = [];
     let dataDir: string | undefined;
     if (values.target !== undefined) {
       const url = values.target.replace(/\/+$/, "");
@@ -255,7 +266,7 @@ export async function main(argv: string[]): Promise<number> {
 
 async function loadMode(
   values: { load?: string; duration?: string },
-  targets: { url: string; auth: TargetAuth; modes: Modes; host?: () => Promise<{ url: string; auth: TargetAuth; stop: () => Promise<void> }> }[],
+  targets: Target[],
   gateway: MockGateway,
   offers: string[],
   requestTimeoutMs: number,
