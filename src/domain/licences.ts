@@ -1,5 +1,5 @@
 import { Prisma, type Db, type Tx } from "../db/prisma.js";
-import { scheduleUpdateJob } from "../events/jobs.js";
+import { scheduleRequestJob } from "../events/jobs.js";
 import { enqueueEvent } from "../events/outbox.js";
 import type { Catalogue } from "./catalogue.js";
 import type { Clock } from "./clock.js";
@@ -272,7 +272,7 @@ export function createLicenceService(deps: LicenceServiceDeps) {
       if (stored !== null) return { replayed: true, response: stored };
       const response = renderAcknowledgement(updateId);
       await tx.$executeRaw`UPDATE licence_update SET response = ${JSON.stringify(response)}::json WHERE id = ${updateId}`;
-      await scheduleUpdateJob(tx, updateId);
+      await scheduleRequestJob(tx, "update", updateId);
       return { replayed: false, response };
     }, txOptions);
   }

@@ -1,5 +1,5 @@
 import type { Db, Tx } from "../db/prisma.js";
-import { scheduleOrderJob } from "../events/jobs.js";
+import { scheduleRequestJob } from "../events/jobs.js";
 import { enqueueEvent } from "../events/outbox.js";
 import type { Catalogue } from "./catalogue.js";
 import type { Clock } from "./clock.js";
@@ -341,7 +341,7 @@ export function createOrderService(deps: OrderServiceDeps) {
       if (stored !== null) return { replayed: true, response: stored };
       const response = renderAcknowledgement(orderId);
       await tx.$executeRaw`UPDATE product_order SET response = ${JSON.stringify(response)}::json WHERE id = ${orderId}`;
-      await scheduleOrderJob(tx, orderId);
+      await scheduleRequestJob(tx, "order", orderId);
       return { replayed: false, response };
     }, txOptions);
   }

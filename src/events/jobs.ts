@@ -22,22 +22,34 @@ export interface AsyncJobs {
   processUpdate(updateId: string): Promise<void>;
 }
 
-/**
- * The job key makes a second add for the same request replace the first instead of doubling it;
- * the job itself is idempotent anyway (it does nothing once the request left `acknowledged`).
- */
-export async function scheduleOrderJob(tx: Tx, orderId: string): Promise<void> {
-  await tx.$executeRaw`SELECT 1 FROM graphile_worker.add_job(
-    ${PROCESS_ORDER_TASK}::text,
-    json_build_object('orderId', ${orderId}::text),
-    job_key => ${`order:${orderId}`}::text
-  )`;
+export type RequestKind = "order" | "update";
+
+const REQUEST_JOBS: Record<RequestKind, { task: string; payloadKey: string }> = {
+  order: { task: PROCESS_ORDER_TASK, payloadKey: "orderId" },
+  update: { task: PROCESS_UPDATE_TASK, payloadKey: "updateId" },
+};
+
+/** `order:<id>` / `update:<id>`: one job per request. */
+export function requestJobKey(kind: RequestKind, id: string): string {
+  return `${kind}:${id}`;
 }
 
-export async function scheduleUpdateJob(tx: Tx, updateId: string): Promise<void> {
-  await tx.$executeRaw`SELECT 1 FROM graphile_worker.add_job(
-    ${PROCESS_UPDATE_TASK}::text,
-    json_build_object('updateId', ${updateId}::text),
-    job_key => ${`update:${updateId}`}::text
-  )`;
+/**
+ * The add_job of a request's job, as a query for a pg connection (the worker's sweep) or a Prisma
+ * transaction (scheduleRequestJob). The job key makes a second add for the same request replace
+ * the first instead of doubling it; the job itself is idempotent anyway (it does nothing once the
+ * request left `acknowledged`).
+ */
+export function requestJobQuery(kind: RequestKind, id: string): { text: string; values: string[] } {
+  const { task, payloadKey } = REQUEST_JOBS[kind];
+  return {
+    text: "SELECT 1 FROM graphile_worker.add_job($1::text, json_build_object($2::text, $3::text), job_key => $4::text)",
+    values: [task, payloadKey, id, requestJobKey(kind, id)],
+  };
+}
+
+/** Adds the request's job in the transaction that stores it acknowledged. */
+export async function scheduleRequestJob(tx: Tx, kind: RequestKind, id: string): Promise<void> {
+  const { text, values } = requestJobQuery(kind, id);
+  await tx.$executeRawUnsafe(text, ...values);
 }

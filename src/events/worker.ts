@@ -19,7 +19,7 @@ import { Logger, run, type Runner, type Task, type TaskList, type WorkerEvents }
 import pg from "pg";
 import { createDeliverEventsTask, schedule, type RetryPolicy } from "./delivery.js";
 import type { EventLogger } from "./http.js";
-import { PROCESS_ORDER_TASK, PROCESS_UPDATE_TASK, type AsyncJobs } from "./jobs.js";
+import { PROCESS_ORDER_TASK, PROCESS_UPDATE_TASK, requestJobKey, requestJobQuery, type AsyncJobs, type RequestKind } from "./jobs.js";
 import type { OrangeEventClient } from "./orange-client.js";
 import { DELIVER_TASK } from "./outbox.js";
 
@@ -142,23 +142,19 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     // graphile's attempts (e.g. the database was down for days) or was removed is added again.
     let rescheduledRequests: string[] = [];
     if (options.jobs) {
-      const stuck = await pool.query<{ kind: "order" | "update"; id: string }>(
+      const stuck = await pool.query<{ kind: RequestKind; id: string }>(
         `SELECT 'order' AS kind, o.id FROM product_order o
           WHERE o.state = 'acknowledged'
-            AND NOT EXISTS (SELECT 1 FROM graphile_worker.jobs j WHERE j.key = 'order:' || o.id AND j.attempts < j.max_attempts)
+            AND NOT EXISTS (SELECT 1 FROM graphile_worker.jobs j WHERE j.key = $1 || o.id AND j.attempts < j.max_attempts)
          UNION ALL
          SELECT 'update' AS kind, u.id FROM licence_update u
           WHERE u.state = 'acknowledged'
-            AND NOT EXISTS (SELECT 1 FROM graphile_worker.jobs j WHERE j.key = 'update:' || u.id AND j.attempts < j.max_attempts)
+            AND NOT EXISTS (SELECT 1 FROM graphile_worker.jobs j WHERE j.key = $2 || u.id AND j.attempts < j.max_attempts)
           LIMIT 1000`,
+        [requestJobKey("order", ""), requestJobKey("update", "")],
       );
-      for (const { kind, id } of stuck.rows) {
-        await pool.query(
-          `SELECT 1 FROM graphile_worker.add_job($1::text, json_build_object($2::text, $3::text), job_key => $4::text)`,
-          kind === "order" ? [PROCESS_ORDER_TASK, "orderId", id, `order:${id}`] : [PROCESS_UPDATE_TASK, "updateId", id, `update:${id}`],
-        );
-      }
-      rescheduledRequests = stuck.rows.map((r) => `${r.kind}:${r.id}`);
+      for (const { kind, id } of stuck.rows) await pool.query(requestJobQuery(kind, id));
+      rescheduledRequests = stuck.rows.map((r) => requestJobKey(r.kind, r.id));
       if (rescheduledRequests.length > 0) {
         logger?.warn({ requests: rescheduledRequests }, "acknowledged requests had no live job (gone or out of attempts); rescheduled");
       }
