@@ -70,7 +70,8 @@ describe("simulator load mode", () => {
     expect((await t.db.licenceUpdate.count()) - updatesBefore).toBe(report.updates.count);
     // Every suspension was followed by its reactivation, except perhaps the last one of each user.
     expect(await t.db.licence.count({ where: { state: "inactive" } })).toBeLessThanOrEqual(2);
-    expect(lines.length).toBeLessThanOrEqual(3);
+    // Progress at most once per second of the run (however long in-flight requests kept it going).
+    expect(lines.length).toBeLessThanOrEqual(Math.ceil(report.durationMs / 1000));
 
     const text = renderLoadText(report);
     expect(text).toMatch(/^orders\s+\d+\s+0\s/m);
