@@ -31,20 +31,13 @@ export class TappedGateway {
   private listeners = new Set<(a: Arrival) => void>();
 
   private constructor(readonly gw: MockGateway) {
-    // The mock appends each event call to `received` once its body is read; time-stamp it there.
-    // (Never call gw.reset(): it replaces that array, and drops the tokens the server holds.)
-    const list = gw.received as ReceivedEvent[];
-    const push = list.push.bind(list);
-    list.push = (...items: ReceivedEvent[]) => {
-      const at = performance.now();
-      const n = push(...items);
-      for (const event of items) {
-        const arrival = { at, event };
-        this.arrivals.push(arrival);
-        for (const listener of this.listeners) listener(arrival);
-      }
-      return n;
-    };
+    // The mock notifies each event call once its body is read and its answer decided (in a
+    // microtask after): time-stamp it there.
+    gw.subscribe((event) => {
+      const arrival = { at: performance.now(), event };
+      this.arrivals.push(arrival);
+      for (const listener of this.listeners) listener(arrival);
+    });
   }
 
   static async start(): Promise<TappedGateway> {
