@@ -1,23 +1,14 @@
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { startEmbeddedPostgres } from "../src/db/embedded.js";
+import { freePort } from "../src/simulator/self-host.js";
 
 const dir = mkdtempSync(join(tmpdir(), "orange-embedded-"));
 chmodSync(dir, 0o755);
 const dataDir = join(dir, "data");
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function sql(url: string, text: string) {
   const client = new pg.Client({ connectionString: url });

@@ -1,11 +1,11 @@
 import { chmodSync, mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import type { TestProject } from "vitest/node";
 import { startEmbeddedPostgres } from "../../src/db/embedded.js";
 import { applyMigrations } from "../../src/db/migrate.js";
+import { freePort } from "../../src/simulator/self-host.js";
 
 export const TEMPLATE_DATABASE = "orange_template";
 
@@ -14,18 +14,6 @@ declare module "vitest" {
     /** Connection URL of the run's PostgreSQL (any database; tests swap the path). */
     pgAdminUrl: string;
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const address = srv.address();
-      srv.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
-    });
-  });
 }
 
 export function withDatabase(url: string, database: string): string {
