@@ -76,6 +76,17 @@ Load mode (instead of the scenarios)
 
 class UsageError extends Error {}
 
+/** Runs `fn` against the target: a given one as is, a self-hosted one started before and stopped after. */
+async function withTarget<T>(target: Target, fn: (url: string, auth: TargetAuth) => Promise<T>): Promise<T> {
+  if (!target.host) return fn(target.url, target.auth);
+  const hosted = await target.host();
+  try {
+    return await fn(hosted.url, hosted.auth);
+  } finally {
+    await hosted.stop();
+  }
+}
+
 function parseAuth(values: { "auth-bearer"?: string; "auth-basic"?: string; "auth-header"?: string }): TargetAuth {
   const given = [values["auth-bearer"], values["auth-basic"], values["auth-header"]].filter((v) => v !== undefined);
   if (given.length > 1) throw new UsageError("give one of --auth-bearer, --auth-basic, --auth-header");
@@ -221,13 +232,12 @@ export async function main(argv: string[]): Promise<number> {
       const scenarios = await loadScenarios(scenarioPaths);
       const runs: RunReport[] = [];
       for (const target of targets) {
-        const hosted = target.host ? await target.host() : undefined;
-        try {
-          log(`\n== ${hosted?.url ?? target.url} · ordering ${target.modes.ordering} · update ${target.modes.update}`);
-          runs.push(
-            await runScenarios({
-              target: hosted?.url ?? target.url,
-              auth: hosted?.auth ?? target.auth,
+        runs.push(
+          await withTarget(target, (url, auth) => {
+            log(`\n== ${url} · ordering ${target.modes.ordering} · update ${target.modes.update}`);
+            return runScenarios({
+              target: url,
+              auth,
               modes: target.modes,
               offer,
               offers,
@@ -242,11 +252,9 @@ export async function main(argv: string[]): Promise<number> {
               log: (line) => {
                 if (!line.startsWith("✓ ") || !line.includes(" › ")) log(line);
               },
-            }),
-          );
-        } finally {
-          await hosted?.stop();
-        }
+            });
+          }),
+        );
       }
 
       const jsonFile = resolve(values["report-json"] ?? "simulate-report.json");
@@ -276,25 +284,12 @@ async function loadMode(
   const durationMs = positiveInt(values.duration, "duration", 10) * 1000;
   let failed = false;
   for (const target of targets) {
-    const hosted = target.host ? await target.host() : undefined;
-    try {
+    const report = await withTarget(target, (url, auth) => {
       log(`\n== load: ${concurrency} virtual users for ${durationMs / 1000} s · ordering ${target.modes.ordering} · update ${target.modes.update}`);
-      const report = await runLoad({
-        target: hosted?.url ?? target.url,
-        auth: hosted?.auth ?? target.auth,
-        concurrency,
-        durationMs,
-        offers,
-        modes: target.modes,
-        gateway,
-        requestTimeoutMs,
-        log,
-      });
-      log(renderLoadText(report));
-      if (report.orders.errors + report.updates.errors + report.gets.errors > 0) failed = true;
-    } finally {
-      await hosted?.stop();
-    }
+      return runLoad({ target: url, auth, concurrency, durationMs, offers, modes: target.modes, gateway, requestTimeoutMs, log });
+    });
+    log(renderLoadText(report));
+    if (report.orders.errors + report.updates.errors + report.gets.errors > 0) failed = true;
   }
   return failed ? 1 : 0;
 }
