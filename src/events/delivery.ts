@@ -164,7 +164,8 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         await schedule(conn, orderingKey, { at: first.next_attempt_at });
         return;
       }
-      // undefined: the first event changed under us (an operator's action): read again.
+      // undefined: the first event is no longer pending as read (this statement's snapshot predates
+      // the lock, so a previous run may have just settled it): read again.
       let started: { attemptId: string; attempt: number } | undefined =
         first.attempt_id === null || first.attempt === null ? undefined : { attemptId: first.attempt_id, attempt: first.attempt };
       // Each event of the batch is sent once its predecessor is delivered or parked; the statement
