@@ -1,6 +1,6 @@
 # The partner server against an external PostgreSQL (DATABASE_URL). The embedded database is
 # for laptops and tests; in a container the database is a service of its own.
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim
 WORKDIR /app
 COPY package.json package-lock.json .npmrc prisma.config.ts ./
 COPY prisma ./prisma
