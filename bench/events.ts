@@ -11,7 +11,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { setTimeout as delay } from "node:timers/promises";
 import { ConfigError, loadConfig } from "../src/config.js";
 import type { Db } from "../src/db/prisma.js";
-import { createIdGenerator } from "../src/domain/ids.js";
+import { createIdGenerator } from "../src/lib/ids.js";
 import { enqueueEvent } from "../src/events/outbox.js";
 import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
 import { uc2Request } from "../test/support/examples.js";

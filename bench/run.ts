@@ -31,7 +31,7 @@ import { loadConfig } from "../src/config.js";
 import { startEmbeddedPostgres, type EmbeddedPostgresServer } from "../src/db/embedded.js";
 import type { MockGateway } from "../src/simulator/gateway.js";
 import { createPrisma, type Db } from "../src/db/prisma.js";
-import { createIdGenerator } from "../src/domain/ids.js";
+import { createIdGenerator } from "../src/lib/ids.js";
 import {
   Child,
   closeHttpClient,

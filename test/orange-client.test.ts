@@ -1,6 +1,6 @@
 import pino from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { Clock } from "../src/domain/clock.js";
+import type { Clock } from "../src/lib/clock.js";
 import { createOutboundAgent, parseRetryAfter } from "../src/events/http.js";
 import {
   createOrangeEventClient,

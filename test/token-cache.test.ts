@@ -1,6 +1,6 @@
 import { inspect } from "node:util";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { Clock } from "../src/domain/clock.js";
+import type { Clock } from "../src/lib/clock.js";
 import { createOutboundAgent } from "../src/events/http.js";
 import { TokenRequestError, createTokenCache, type TokenCacheOptions } from "../src/events/token-cache.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Clock } from "../src/domain/clock.js";
+import type { Clock } from "../src/lib/clock.js";
 import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
 
 /**

@@ -1,5 +1,5 @@
 import { Conflict } from "../errors.js";
-import type { JsonValue } from "./json.js";
+import type { JsonValue } from "../lib/json.js";
 
 /** The stored request that already holds an idempotency key (an order or an update). */
 export interface StoredRequest {

@@ -1,8 +1,8 @@
 import type { Db, Tx } from "../db/prisma.js";
 import { enqueueEvent } from "../events/outbox.js";
-import type { Clock } from "./clock.js";
-import type { IdGenerator } from "./ids.js";
-import type { JsonObject, JsonValue } from "./json.js";
+import type { Clock } from "../lib/clock.js";
+import type { IdGenerator } from "../lib/ids.js";
+import type { JsonObject, JsonValue } from "../lib/json.js";
 import { LICENCE_COLUMNS, toRecord, type LicenceRecord, type LicenceRow } from "./licences.js";
 
 /**

@@ -2,10 +2,10 @@ import { Prisma, type Db, type Tx } from "../db/prisma.js";
 import { scheduleRequestJob } from "../events/jobs.js";
 import { enqueueEvent } from "../events/outbox.js";
 import type { Catalogue } from "./catalogue.js";
-import type { Clock } from "./clock.js";
+import type { Clock } from "../lib/clock.js";
 import { replayOrConflict, type StoredRequest } from "./idempotency.js";
-import type { IdGenerator } from "./ids.js";
-import type { JsonObject, JsonValue } from "./json.js";
+import type { IdGenerator } from "../lib/ids.js";
+import type { JsonObject, JsonValue } from "../lib/json.js";
 import { canSwapOffer, transition, type ExternalState, type LicenceState } from "./licence-state.js";
 
 /** A licence as the domain sees it (Orange's UserService without the wire shape). */

@@ -2,10 +2,10 @@ import type { Db, Tx } from "../db/prisma.js";
 import { scheduleRequestJob } from "../events/jobs.js";
 import { enqueueEvent } from "../events/outbox.js";
 import type { Catalogue } from "./catalogue.js";
-import type { Clock } from "./clock.js";
+import type { Clock } from "../lib/clock.js";
 import { replayOrConflict, type StoredRequest } from "./idempotency.js";
-import type { IdGenerator } from "./ids.js";
-import type { JsonObject, JsonValue } from "./json.js";
+import type { IdGenerator } from "../lib/ids.js";
+import type { JsonObject, JsonValue } from "../lib/json.js";
 
 /**
  * Product orders: UC1 (customer and contacts), UC2 (new fleet and N licences), UC3 (N more

@@ -5,7 +5,7 @@
  * an HTTP outcome; retry scheduling, attempts and parking belong to the caller.
  */
 import type { Dispatcher } from "undici";
-import { systemClock, type Clock } from "../domain/clock.js";
+import { systemClock, type Clock } from "../lib/clock.js";
 import {
   OutboundCallError,
   createOutboundAgent,

@@ -8,8 +8,8 @@
  * (delivery.ts) reads the key's pending events in seq order.
  */
 import type { Tx } from "../db/prisma.js";
-import type { Clock } from "../domain/clock.js";
-import type { IdGenerator } from "../domain/ids.js";
+import type { Clock } from "../lib/clock.js";
+import type { IdGenerator } from "../lib/ids.js";
 import type { OrangeEvent, OrangeEventApi } from "./orange-client.js";
 
 export const DELIVER_TASK = "deliver_events";

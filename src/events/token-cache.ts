@@ -17,7 +17,7 @@
  */
 import type { Dispatcher } from "undici";
 import { z } from "zod";
-import { systemClock, type Clock } from "../domain/clock.js";
+import { systemClock, type Clock } from "../lib/clock.js";
 import {
   OutboundCallError,
   createOutboundAgent,

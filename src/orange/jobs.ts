@@ -1,7 +1,7 @@
 import type { Db } from "../db/prisma.js";
 import type { Catalogue } from "../domain/catalogue.js";
-import { systemClock, type Clock } from "../domain/clock.js";
-import { createIdGenerator, type IdGenerator } from "../domain/ids.js";
+import { systemClock, type Clock } from "../lib/clock.js";
+import { createIdGenerator, type IdGenerator } from "../lib/ids.js";
 import { createLicenceService, type UpdateWire } from "../domain/licences.js";
 import { createOrderService, type OrderWire } from "../domain/orders.js";
 import type { AsyncJobs } from "../events/jobs.js";

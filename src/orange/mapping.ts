@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import type { Catalogue } from "../domain/catalogue.js";
-import type { JsonObject, JsonValue } from "../domain/json.js";
+import type { JsonObject, JsonValue } from "../lib/json.js";
 import type {
   AppliedLicenceChange,
   CharacteristicAction,

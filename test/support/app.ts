@@ -5,7 +5,7 @@ import { buildApp } from "../../src/app.js";
 import { loadConfig, type Config } from "../../src/config.js";
 import type { Db } from "../../src/db/prisma.js";
 import { createCatalogue, type Catalogue } from "../../src/domain/catalogue.js";
-import type { Clock } from "../../src/domain/clock.js";
+import type { Clock } from "../../src/lib/clock.js";
 import { createTestDatabase } from "./db.js";
 import { findEmptyNodes } from "../../src/simulator/match.js";
 

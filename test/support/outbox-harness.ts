@@ -4,8 +4,8 @@
  */
 import { setTimeout as delay } from "node:timers/promises";
 import type { Db } from "../../src/db/prisma.js";
-import type { Clock } from "../../src/domain/clock.js";
-import { createIdGenerator } from "../../src/domain/ids.js";
+import type { Clock } from "../../src/lib/clock.js";
+import { createIdGenerator } from "../../src/lib/ids.js";
 import type { RetryPolicy } from "../../src/events/delivery.js";
 import { createOrangeEventClient, type OrangeEventClient } from "../../src/events/orange-client.js";
 import { enqueueEvent, type EnqueuedEvent, type NewEvent } from "../../src/events/outbox.js";
