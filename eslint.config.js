@@ -2,7 +2,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["node_modules", "src/generated", ".data", "coverage", "dist", "openapi"] },
+  { ignores: ["node_modules", "test/generated", ".data", "coverage", "dist", "openapi"] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

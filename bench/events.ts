@@ -10,7 +10,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { setTimeout as delay } from "node:timers/promises";
 import { ConfigError, loadConfig } from "../src/config.js";
-import type { Db } from "../src/db/prisma.js";
+import type { Db } from "../src/db/sql.js";
 import { createIdGenerator } from "../src/lib/ids.js";
 import { enqueueEvent } from "../src/events/outbox.js";
 import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
@@ -153,7 +153,7 @@ export interface ThroughputResult {
   serverCpuMs: number;
   /** This process during the delivery after commit: the mock gateway. */
   mockCpuMs: number;
-  /** This process during the enqueue: Prisma and pg. */
+  /** This process during the enqueue (pg). */
   enqueueCpuMs: number;
   /** The embedded PostgreSQL, enqueue and delivery. */
   postgresCpuMs: number;
@@ -212,7 +212,7 @@ export async function benchThroughput(
   const started = performance.now();
   await Promise.all(
     groups.map((group) =>
-      db.$transaction(
+      db.transaction(
         async (tx) => {
           // Interleaved over the group's fleets, each fleet's events in seq order.
           for (let seq = 1; seq <= perFleet; seq++) {
@@ -231,7 +231,7 @@ export async function benchThroughput(
             }
           }
         },
-        { timeout: opts.timeoutMs, maxWait: 10_000 },
+        { timeoutMs: opts.timeoutMs },
       ),
     ),
   );

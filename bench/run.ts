@@ -30,7 +30,7 @@ import pg from "pg";
 import { loadConfig } from "../src/config.js";
 import { startEmbeddedPostgres, type EmbeddedPostgresServer } from "../src/db/embedded.js";
 import type { MockGateway } from "../src/simulator/gateway.js";
-import { createPrisma, type Db } from "../src/db/prisma.js";
+import { createDb, type Db } from "../src/db/sql.js";
 import { createIdGenerator } from "../src/lib/ids.js";
 import {
   Child,
@@ -148,7 +148,7 @@ function cleanup(): Promise<void> {
       ["server", res.server && (() => res.server!.stop())],
       ["bare ping server", res.bare && (() => res.bare!.stop(5_000))],
       ["pg pool", res.pool && (() => res.pool!.end())],
-      ["Prisma client", res.db && (() => res.db!.$disconnect())],
+      ["database pool", res.db && (() => res.db!.close())],
       ["mock gateway", res.gateway && (() => res.gateway!.close())],
       ["embedded PostgreSQL", res.postgres && (() => res.postgres!.stop())],
     ];
@@ -649,14 +649,14 @@ async function eventSteps(databaseUrl: string, token: string, figures: Figure[],
   res.server = server.child;
   const sampler = new RssSampler(server.child.pid);
   console.log(`  pid ${server.child.pid} ready on ${server.base}`);
-  res.db = createPrisma(databaseUrl, { poolMax: EVENTS.transactions + 1 });
+  res.db = createDb(databaseUrl, { poolMax: EVENTS.transactions + 1 });
 
   const printThroughput = (t: ThroughputResult) =>
     console.log(
       `  ${t.events} events: ${t.eventsPerSecond.toFixed(0)} events/s from first enqueue to last arrival ` +
         `(${t.totalMs.toFixed(0)} ms = enqueue ${t.enqueueMs.toFixed(0)} ms + delivery after commit ${t.deliveryMs.toFixed(0)} ms → ` +
         `${t.deliveryEventsPerSecond.toFixed(0)} events/s); token requests ${t.tokenRequests}; ` +
-        `CPU ms: enqueue (bench+Prisma) ${t.enqueueCpuMs.toFixed(0)}, PostgreSQL ${t.postgresCpuMs.toFixed(0)} (of which enqueue ${t.postgresEnqueueCpuMs.toFixed(0)}), ` +
+        `CPU ms: enqueue (bench) ${t.enqueueCpuMs.toFixed(0)}, PostgreSQL ${t.postgresCpuMs.toFixed(0)} (of which enqueue ${t.postgresEnqueueCpuMs.toFixed(0)}), ` +
         `server ${t.serverCpuMs.toFixed(0)}, mock ${t.mockCpuMs.toFixed(0)}; machine ${(t.machineBusy * 100).toFixed(0)} % busy`,
     );
   const total = EVENTS.fleets * EVENTS.perFleet;
@@ -732,7 +732,7 @@ async function eventSteps(databaseUrl: string, token: string, figures: Figure[],
       info: true,
       note:
         `first enqueue → last event at the mock: ${burst.totalMs.toFixed(0)} ms (enqueue ${burst.enqueueMs.toFixed(0)} ms + delivery ${burst.deliveryMs.toFixed(0)} ms); ` +
-        `enqueue CPU per event: bench/Prisma ${(burst.enqueueCpuMs / burst.events).toFixed(2)} ms, PostgreSQL ${(burst.postgresEnqueueCpuMs / burst.events).toFixed(2)} ms ` +
+        `enqueue CPU per event: bench ${(burst.enqueueCpuMs / burst.events).toFixed(2)} ms, PostgreSQL ${(burst.postgresEnqueueCpuMs / burst.events).toFixed(2)} ms ` +
         `(graphile add_job for each event, 10 per fleet per transaction here)`,
     },
     {

@@ -4,18 +4,13 @@ import { createServer } from "node:http";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import { jsonSchemaTransform, jsonSchemaTransformObject, type ZodTypeProvider } from "fastify-type-provider-zod";
 import type { z } from "zod";
-import type { Config } from "./config.js";
-import type { Db } from "./db/prisma.js";
-import type { Catalogue } from "./domain/catalogue.js";
 import { createAdminAuthenticator } from "./admin/auth.js";
 import { adminRoutes } from "./admin/routes.js";
-import { systemClock, type Clock } from "./lib/clock.js";
-import { createIdGenerator, type IdGenerator } from "./lib/ids.js";
-import { createLicenceChangeService } from "./domain/licence-changes.js";
-import { createLicenceService } from "./domain/licences.js";
-import { createOrderService } from "./domain/orders.js";
+import type { Services } from "./compose.js";
+import type { Config } from "./config.js";
+import { sql } from "./db/sql.js";
 import { AppError, ServiceUnavailable } from "./errors.js";
-import { createEventOperatorService } from "./events/operator.js";
+import { createIdGenerator } from "./lib/ids.js";
 import { createAuthenticator } from "./orange/auth.js";
 import { registerErrorHandling, sendError } from "./orange/error-handler.js";
 import { createPingFastPath } from "./orange/ping.js";
@@ -24,10 +19,8 @@ import { zodValidatorCompiler } from "./orange/validation.js";
 
 export interface AppDeps {
   config: Config;
-  db: Db;
-  catalogue: Catalogue;
-  clock?: Clock;
-  ids?: IdGenerator;
+  /** Built once by the composition root (compose.ts), shared with the worker. */
+  services: Services;
   /** The process logger (main.ts), or false for none; default: pino at config.logLevel. */
   logger?: FastifyBaseLogger | false;
 }
@@ -55,9 +48,10 @@ class ResponseSchemaViolation extends AppError {
  * Builds the Fastify instance without listening: main.ts listens, tests call `inject`.
  */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
-  const { config, db, catalogue } = deps;
-  const clock = deps.clock ?? systemClock;
-  const ids = deps.ids ?? createIdGenerator();
+  const { config, services } = deps;
+  const { db, catalogue } = services;
+  // Request ids only: partner ids come from the services' own generator.
+  const ids = createIdGenerator();
 
   const pingFastPath = createPingFastPath(config.inboundAuth.pingOpen || config.inboundAuth.disabled);
   const app = Fastify({
@@ -125,7 +119,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.get("/health/live", { schema: { hide: true } }, async () => ({ status: "ok" }));
   app.get("/health/ready", { schema: { hide: true } }, async (_request, reply) => {
     try {
-      await db.$queryRaw`SELECT 1`;
+      await db.query(sql`SELECT 1`);
       return { status: "ok" };
     } catch (err) {
       reply.log.error({ err }, "readiness check failed");
@@ -134,10 +128,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   await app.register(orangeRoutes, {
-    orders: createOrderService({ db, catalogue, clock, ids, transactionTimeoutMs: config.transactionTimeoutMs }),
-    licences: createLicenceService({ db, catalogue, clock, ids, transactionTimeoutMs: config.transactionTimeoutMs }),
+    orders: services.orders,
+    updates: services.updates,
+    licences: services.licences,
+    codecs: services.codecs,
     catalogue,
-    partnerName: config.partnerName,
     orderMaxQuantity: config.orderMaxQuantity,
     authenticate: createAuthenticator(config.inboundAuth),
     pingOpen: config.inboundAuth.pingOpen,
@@ -150,8 +145,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(adminRoutes, {
     authenticate: createAdminAuthenticator(config.admin.token),
     enabled: config.admin.token !== undefined,
-    licenceChanges: createLicenceChangeService({ db, clock, ids, transactionTimeoutMs: config.transactionTimeoutMs }),
-    events: createEventOperatorService({ db, transactionTimeoutMs: config.transactionTimeoutMs }),
+    licenceChanges: services.licenceChanges,
+    events: services.events,
     catalogue,
   });
 

@@ -39,6 +39,8 @@ const EnvSchema = z.object({
   DATABASE_POOL_MAX: z.coerce.number().int().min(1).default(10),
   DATABASE_CONNECT_TIMEOUT_MS: z.coerce.number().int().min(100).default(5000),
   DATABASE_TRANSACTION_TIMEOUT_MS: z.coerce.number().int().min(1000).default(60000),
+  /** Failed runs of an acknowledged (async) request, for a reason that is not transient, before it ends failed. */
+  REQUEST_MAX_ATTEMPTS: z.coerce.number().int().min(1).default(5),
   BODY_LIMIT_BYTES: z.coerce.number().int().min(1024).default(10 * 1024 * 1024),
   /** Orders asking for more licences than this are rejected (400) before touching the store. */
   ORDER_MAX_QUANTITY: z.coerce.number().int().min(1).default(100_000),
@@ -138,6 +140,7 @@ export interface Config {
   databasePoolMax: number;
   databaseConnectTimeoutMs: number;
   transactionTimeoutMs: number;
+  requestMaxAttempts: number;
   bodyLimitBytes: number;
   orderMaxQuantity: number;
   catalogueFile: string;
@@ -197,6 +200,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     databasePoolMax: e.DATABASE_POOL_MAX,
     databaseConnectTimeoutMs: e.DATABASE_CONNECT_TIMEOUT_MS,
     transactionTimeoutMs: e.DATABASE_TRANSACTION_TIMEOUT_MS,
+    requestMaxAttempts: e.REQUEST_MAX_ATTEMPTS,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     orderMaxQuantity: e.ORDER_MAX_QUANTITY,
     catalogueFile: e.CATALOGUE_FILE,

@@ -6,12 +6,12 @@ import { buildApp, LOG_REDACT } from "./app.js";
 import { ConfigError, hasInboundCredential, loadConfig, type Config } from "./config.js";
 import { startEmbeddedPostgres } from "./db/embedded.js";
 import { applyMigrations } from "./db/migrate.js";
-import { createPrisma, type Db } from "./db/prisma.js";
-import { createCatalogue, type Catalogue } from "./domain/catalogue.js";
+import { createServices, type Services } from "./compose.js";
+import { createDb } from "./db/sql.js";
+import { createCatalogue } from "./domain/catalogue.js";
 import { createOrangeEventClient, type OrangeEventClient } from "./events/orange-client.js";
 import { createTokenCache, type TokenCache } from "./events/token-cache.js";
 import { startEventWorker, type EventWorker } from "./events/worker.js";
-import { createAsyncJobs } from "./orange/jobs.js";
 
 /**
  * Process entry: configuration → database (embedded unless DATABASE_URL) → migrations → HTTP
@@ -74,8 +74,7 @@ interface RunningWorker {
 async function startWorkerRole(
   config: Config,
   databaseUrl: string,
-  db: Db,
-  catalogue: Catalogue,
+  services: Services,
   log: pino.Logger,
 ): Promise<RunningWorker | undefined> {
   if (config.role === "api") return undefined;
@@ -130,12 +129,8 @@ async function startWorkerRole(
       logger: eventLog,
       // Registered whatever this process's modes: a job left by an API replica in async mode
       // is carried out by any worker.
-      jobs: createAsyncJobs({
-        db,
-        catalogue,
-        partnerName: config.partnerName,
-        transactionTimeoutMs: config.transactionTimeoutMs,
-      }),
+      tasks: services.requestTasks,
+      sweepRequests: services.sweepRequests,
     });
     log.info({ eventUrl: client.urlFor("productordering"), offer: orange.offer }, "delivering events to Orange");
     return { worker, client, tokens };
@@ -173,20 +168,30 @@ async function main(): Promise<void> {
     const { applied } = await applyMigrations(databaseUrl, { log: (msg) => log.info({ component: "migrations" }, msg) });
     log.info({ applied }, applied.length > 0 ? "migrations applied" : "schema up to date");
 
-    const db = createPrisma(databaseUrl, {
+    const db = createDb(databaseUrl, {
       poolMax: config.databasePoolMax,
       connectTimeoutMs: config.databaseConnectTimeoutMs,
+      transactionTimeoutMs: config.transactionTimeoutMs,
+      onPoolError: (err) => log.warn({ err: err.message }, "database connection failed; it will be replaced"),
     });
     // The worker needs the catalogue too: it carries out asynchronous orders and updates.
     const catalogue = createCatalogue(JSON.parse(readFileSync(config.catalogueFile, "utf8")));
     log.info({ file: config.catalogueFile, offers: catalogue.codes() }, "product catalogue loaded");
+    // Built once: the HTTP app and the worker share every service.
+    const services = createServices({
+      db,
+      catalogue,
+      partnerName: config.partnerName,
+      requestMaxAttempts: config.requestMaxAttempts,
+      log: log.child({ component: "requests" }),
+    });
     let app: Awaited<ReturnType<typeof buildApp>> | undefined;
     if (config.role !== "worker") {
       ensureInboundCredential(config, embedded !== undefined, log);
-      app = await buildApp({ config, db, catalogue, logger: log });
+      app = await buildApp({ config, services, logger: log });
       log.info({ ordering: config.orderingMode, update: config.updateMode }, "answer modes");
     }
-    const worker = await startWorkerRole(config, databaseUrl, db, catalogue, log);
+    const worker = await startWorkerRole(config, databaseUrl, services, log);
     if (app) {
       await app.listen({ host: config.host, port: config.port });
       log.info(
@@ -211,7 +216,7 @@ async function main(): Promise<void> {
         await worker.client.close();
         await worker.tokens.close();
       }
-      await db.$disconnect();
+      await db.close();
       await stopEmbedded();
       log.info("stopped");
       process.exit(0);

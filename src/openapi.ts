@@ -2,7 +2,8 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { buildApp } from "./app.js";
 import { loadConfig } from "./config.js";
-import { createPrisma } from "./db/prisma.js";
+import { createServices } from "./compose.js";
+import { createDb } from "./db/sql.js";
 import { createCatalogue } from "./domain/catalogue.js";
 
 /** Where the committed OpenAPI document lives. */
@@ -18,13 +19,14 @@ export async function generateOpenApi(): Promise<string> {
   const catalogue = createCatalogue(
     JSON.parse(readFileSync(new URL("../config/catalogue.json", import.meta.url), "utf8")),
   );
-  const db = createPrisma("postgresql://unused@127.0.0.1:1/unused");
-  const app = await buildApp({ config, db, catalogue, logger: false });
+  const db = createDb("postgresql://unused@127.0.0.1:1/unused");
+  const services = createServices({ db, catalogue, partnerName: config.partnerName, requestMaxAttempts: config.requestMaxAttempts });
+  const app = await buildApp({ config, services, logger: false });
   try {
     await app.ready();
     return JSON.stringify(app.swagger(), null, 2) + "\n";
   } finally {
     await app.close();
-    await db.$disconnect();
+    await db.close();
   }
 }

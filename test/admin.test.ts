@@ -120,7 +120,7 @@ describe("admin authentication", () => {
   });
 
   it("answers 503 with a clear description when ADMIN_TOKEN is unset", async () => {
-    const disabled = await createTestApp({ database: { url: t.url, db: t.db, drop: async () => {} } });
+    const disabled = await createTestApp({ database: { url: t.url, db: t.store, prisma: t.db, drop: async () => {} } });
     try {
       for (const headers of [{ authorization: null }, ADMIN]) {
         const res = await disabled.call("GET", EVENTS, undefined, headers);
@@ -496,7 +496,7 @@ describe("event routes", () => {
 
   it("filters by state, type and order", async () => {
     const orderId = `po_${randomUUID()}`;
-    const ordered = await enqueue(t.db, { orderId });
+    const ordered = await enqueue(t.store, { orderId });
     const byOrder = await admin("GET", `${EVENTS}?orderId=${orderId}`);
     expect(byOrder.body.map((e: { id: string }) => e.id)).toEqual([ordered.id]);
     expect(byOrder.body[0]).toMatchObject({ api: "productordering", type: "completedStateNotification", orderingKey: orderId });

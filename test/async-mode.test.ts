@@ -1,8 +1,12 @@
 import { randomBytes } from "node:crypto";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createOrderService } from "../src/domain/orders.js";
-import type { AsyncJobs } from "../src/events/jobs.js";
-import { createAsyncJobs, orderWire } from "../src/orange/jobs.js";
+import { isTransient } from "../src/db/errors.js";
+import { createRequestLifecycle, type RequestLifecycle } from "../src/domain/lifecycle.js";
+import { createOrderHandler } from "../src/domain/orders.js";
+import type { TaskHandler } from "../src/domain/ports.js";
+import { createRequestTasks } from "../src/domain/request-jobs.js";
+import { createOutbox } from "../src/events/outbox.js";
+import { jobQueue } from "../src/events/queue.js";
 import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
 import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
 import { clock, ids, startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
@@ -39,17 +43,8 @@ afterAll(async () => {
   await syncApp?.close();
 });
 
-function realJobs(): AsyncJobs {
-  return createAsyncJobs({
-    db: asyncApp.db,
-    catalogue: asyncApp.catalogue,
-    partnerName: asyncApp.config.partnerName,
-    transactionTimeoutMs: asyncApp.config.transactionTimeoutMs,
-  });
-}
-
-async function worker(jobs: AsyncJobs = realJobs()): Promise<WorkerHarness> {
-  const w = await startWorker(gw, asyncApp.url, { jobs });
+async function worker(tasks: Record<string, TaskHandler> = asyncApp.services.requestTasks): Promise<WorkerHarness> {
+  const w = await startWorker(gw, asyncApp.url, { tasks, sweepRequests: asyncApp.services.sweepRequests });
   running.push(w);
   return w;
 }
@@ -249,39 +244,40 @@ describe("asynchronous productOrder", () => {
     const orderId = res.body.id as string;
 
     // A technical error inside the job (here while rendering) rolls everything back.
-    const orders = createOrderService({
-      db: asyncApp.db,
-      catalogue: asyncApp.catalogue,
+    const orders = createRequestLifecycle({
+      db: asyncApp.store,
       clock,
       ids,
-      transactionTimeoutMs: 10_000,
-    });
-    const wire = orderWire({ catalogue: asyncApp.catalogue, partnerName: asyncApp.config.partnerName });
-    await expect(
-      orders.processOrder(orderId, {
-        toCommand: wire.toCommand,
-        render: () => {
+      outbox: createOutbox({ clock, ids }),
+      jobs: jobQueue,
+      maxAttempts: 5,
+      handler: createOrderHandler({ catalogue: asyncApp.catalogue, clock, ids }),
+      codec: {
+        ...asyncApp.services.codecs.order,
+        answer: () => {
           throw new Error("database went away");
         },
-      }),
-    ).rejects.toThrow("database went away");
+      },
+    });
+    await expect(orders.process(orderId)).rejects.toThrow("database went away");
     expect(await orderRow(orderId)).toMatchObject({ state: "acknowledged", fleetId: null });
     expect(await licencesOfOrder(orderId)).toBe(0);
     expect(await asyncApp.db.outboxEvent.count({ where: { orderId } })).toBe(0);
 
     // The same failure in the worker: graphile runs the job again, and the order goes out once.
-    const real = realJobs();
+    const real = asyncApp.services.orders;
     let failures = 0;
-    await worker({
-      async processOrder(id) {
+    const failingOnce: RequestLifecycle = {
+      ...real,
+      async process(id) {
         if (id === orderId && failures === 0) {
           failures++;
           throw new Error("database went away");
         }
-        await real.processOrder(id);
+        return real.process(id);
       },
-      processUpdate: (id) => real.processUpdate(id),
-    });
+    };
+    await worker(createRequestTasks({ lifecycles: [failingOnce, asyncApp.services.updates], isTransient }));
     const { body: event } = await eventOf((r) => r.id === orderId);
     expect(failures).toBe(1);
     expect(event.type).toBe("completedStateNotification");

@@ -84,7 +84,7 @@ describe("inbound authentication", () => {
   async function appWith(env: Record<string, string>): Promise<TestApp> {
     const t = await createTestApp({
       env,
-      database: { url: database.url, db: database.prisma, drop: async () => {} },
+      database: { url: database.url, db: database.db, prisma: database.prisma, drop: async () => {} },
     });
     apps.push(t);
     return t;

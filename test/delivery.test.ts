@@ -37,6 +37,7 @@ async function worker(overrides: Parameters<typeof startWorker>[2] = {}): Promis
 }
 
 const db = () => database.prisma;
+const store = () => database.db;
 const bodiesFor = (fleetId: string) =>
   gw.received.filter((r) => (r.body as { resource?: { fleet?: string } }).resource?.fleet === fleetId);
 const deliveredIds = (fleetId: string) =>
@@ -63,7 +64,7 @@ describe("retryDelayMs", () => {
 describe("delivery of outbox events", () => {
   it("delivers a committed event with its envelope, to the offer's URL, with a bearer token", async () => {
     await worker();
-    const event = await enqueue(db(), {
+    const event = await enqueue(store(), {
       fleetId: "fl_a",
       orderId: "po_a",
       resource: { id: "po_a", state: "completed", fleet: "fl_a" },
@@ -90,7 +91,7 @@ describe("delivery of outbox events", () => {
 
   it("sends userservice events to the userservice endpoint of the configured offer", async () => {
     await worker({ offer: "mba2-beta" });
-    const event = await enqueue(db(), {
+    const event = await enqueue(store(), {
       api: "userservice",
       type: "updateNotification",
       fleetId: "fl_us",
@@ -103,7 +104,7 @@ describe("delivery of outbox events", () => {
   it("sends nothing for a change that rolled back", async () => {
     await worker();
     await expect(
-      db().$transaction(async (tx) => {
+      store().transaction(async (tx) => {
         await enqueueEvent(
           tx,
           { api: "productordering", type: "completedStateNotification", resource: { fleet: "fl_rb" }, fleetId: "fl_rb" },
@@ -115,7 +116,7 @@ describe("delivery of outbox events", () => {
     ).rejects.toThrow("rolled back");
     // A later event of the same fleet is delivered alone: had the first left anything, it would
     // have gone out before it.
-    const later = await enqueue(db(), { fleetId: "fl_rb", resource: { fleet: "fl_rb" } });
+    const later = await enqueue(store(), { fleetId: "fl_rb", resource: { fleet: "fl_rb" } });
     await waitFor("the later event", () => deliveredIds("fl_rb").length === 1);
     expect(bodiesFor("fl_rb").map((r) => (r.body as { id: string }).id)).toEqual([later.id]);
     expect(await db().outboxEvent.count({ where: { orderingKey: "fl_rb" } })).toBe(1);
@@ -124,7 +125,7 @@ describe("delivery of outbox events", () => {
   it("retries a 5xx and delivers on the second attempt, recording both", async () => {
     gw.scriptEvents(500);
     await worker();
-    const event = await enqueue(db(), { fleetId: "fl_500", resource: { fleet: "fl_500" } });
+    const event = await enqueue(store(), { fleetId: "fl_500", resource: { fleet: "fl_500" } });
     const row = await waitFor("delivery", async () => {
       const r = await eventRow(db(), event.id);
       return r?.state === "delivered" ? r : undefined;
@@ -142,7 +143,7 @@ describe("delivery of outbox events", () => {
   it("retries a 429 no sooner than its Retry-After", async () => {
     gw.scriptEvents(429); // Retry-After: 1
     await worker();
-    const event = await enqueue(db(), { fleetId: "fl_429", resource: { fleet: "fl_429" } });
+    const event = await enqueue(store(), { fleetId: "fl_429", resource: { fleet: "fl_429" } });
     const row = await waitFor("delivery", async () => {
       const r = await eventRow(db(), event.id);
       return r?.state === "delivered" ? r : undefined;
@@ -156,8 +157,8 @@ describe("delivery of outbox events", () => {
   it("parks an event Orange rejects with a 4xx after one attempt, keeping status, request id and body", async () => {
     gw.scriptEvents(400);
     await worker();
-    const rejected = await enqueue(db(), { fleetId: "fl_400", resource: { fleet: "fl_400" } });
-    const next = await enqueue(db(), { fleetId: "fl_400", resource: { fleet: "fl_400" } });
+    const rejected = await enqueue(store(), { fleetId: "fl_400", resource: { fleet: "fl_400" } });
+    const next = await enqueue(store(), { fleetId: "fl_400", resource: { fleet: "fl_400" } });
 
     // The parked event does not block its fleet: the next one is delivered.
     await waitFor("the next event of the fleet", () => deliveredIds("fl_400").includes(next.id));
@@ -173,7 +174,7 @@ describe("delivery of outbox events", () => {
   it("parks an event as dead once its attempts are spent", async () => {
     gw.scriptEvents(503, 3);
     await worker({ retry: { baseMs: 5, maxMs: 20, maxAttempts: 3, maxAgeMs: 60_000 } });
-    const event = await enqueue(db(), { fleetId: "fl_bound", resource: { fleet: "fl_bound" } });
+    const event = await enqueue(store(), { fleetId: "fl_bound", resource: { fleet: "fl_bound" } });
     const row = await waitFor("parking", async () => {
       const r = await eventRow(db(), event.id);
       return r?.state === "dead" ? r : undefined;
@@ -188,7 +189,7 @@ describe("delivery of outbox events", () => {
   it("parks an event whose next attempt would come after its maximum age", async () => {
     gw.scriptEvents(503);
     await worker({ retry: { baseMs: 5_000, maxMs: 5_000, maxAttempts: 10, maxAgeMs: 1 } });
-    const event = await enqueue(db(), { fleetId: "fl_age", resource: { fleet: "fl_age" } });
+    const event = await enqueue(store(), { fleetId: "fl_age", resource: { fleet: "fl_age" } });
     const row = await waitFor("parking", async () => {
       const r = await eventRow(db(), event.id);
       return r?.state === "dead" ? r : undefined;
@@ -199,11 +200,11 @@ describe("delivery of outbox events", () => {
 
   it("gives a re-sent event a fresh age budget: it is retried, not parked at its first failure", async () => {
     const policy = { baseMs: 10, maxMs: 50, maxAttempts: 10, maxAgeMs: 60_000 };
-    const event = await enqueue(db(), { fleetId: "fl_resent_old", resource: { fleet: "fl_resent_old" } });
+    const event = await enqueue(store(), { fleetId: "fl_resent_old", resource: { fleet: "fl_resent_old" } });
     // Parked two days ago, long past the age bound.
     await db().$executeRaw`UPDATE outbox_event SET state = 'dead', dead_at = now(), created_at = now() - interval '2 days'
                             WHERE id = ${event.id}`;
-    const operator = createEventOperatorService({ db: db(), transactionTimeoutMs: 10_000 });
+    const operator = createEventOperatorService({ db: store() });
     gw.scriptEvents(503, 1);
     await operator.resend(event.id);
     await worker({ retry: policy });
@@ -224,10 +225,10 @@ describe("delivery of outbox events", () => {
     await worker({ concurrency: 4 });
     const fleet = "fl_order";
     const sent: string[] = [];
-    for (let i = 0; i < 6; i++) sent.push((await enqueue(db(), { fleetId: fleet, resource: { fleet, n: i } })).id);
+    for (let i = 0; i < 6; i++) sent.push((await enqueue(store(), { fleetId: fleet, resource: { fleet, n: i } })).id);
     gw.scriptEvents(500, 2); // somewhere in the middle of the stream
-    await Promise.all(Array.from({ length: 8 }, (_, i) => enqueue(db(), { fleetId: fleet, resource: { fleet, n: 6 + i } })));
-    for (let i = 0; i < 6; i++) sent.push((await enqueue(db(), { fleetId: fleet, resource: { fleet, n: 14 + i } })).id);
+    await Promise.all(Array.from({ length: 8 }, (_, i) => enqueue(store(), { fleetId: fleet, resource: { fleet, n: 6 + i } })));
+    for (let i = 0; i < 6; i++) sent.push((await enqueue(store(), { fleetId: fleet, resource: { fleet, n: 14 + i } })).id);
 
     await waitFor("20 deliveries", () => deliveredIds(fleet).length >= 20);
     const bySeq = (await db().outboxEvent.findMany({ where: { orderingKey: fleet }, orderBy: { seq: "asc" } })).map((r) => r.id);
@@ -245,11 +246,11 @@ describe("delivery of outbox events", () => {
   it("keeps delivering other fleets while one fleet waits for a retry", async () => {
     await worker({ retry: { baseMs: 60_000, maxMs: 60_000, maxAttempts: 5, maxAgeMs: 3_600_000 }, random: () => 0.99 });
     gw.scriptEvents(503);
-    const blocked = await enqueue(db(), { fleetId: "fl_blocked", resource: { fleet: "fl_blocked" } });
+    const blocked = await enqueue(store(), { fleetId: "fl_blocked", resource: { fleet: "fl_blocked" } });
     await waitFor("the first failure", () => gw.received.some((r) => r.status === 503));
-    const behind = await enqueue(db(), { fleetId: "fl_blocked", resource: { fleet: "fl_blocked" } });
+    const behind = await enqueue(store(), { fleetId: "fl_blocked", resource: { fleet: "fl_blocked" } });
     const others = await Promise.all(
-      ["fl_x", "fl_y", "fl_x", "fl_y"].map((fleetId) => enqueue(db(), { fleetId, resource: { fleet: fleetId } })),
+      ["fl_x", "fl_y", "fl_x", "fl_y"].map((fleetId) => enqueue(store(), { fleetId, resource: { fleet: fleetId } })),
     );
     await waitFor("the other fleets", () => deliveredIds("fl_x").length + deliveredIds("fl_y").length === 4);
     expect([...deliveredIds("fl_x"), ...deliveredIds("fl_y")].sort()).toEqual(others.map((e) => e.id).sort());
@@ -262,7 +263,7 @@ describe("delivery of outbox events", () => {
   it("uses one token for many events", async () => {
     await worker({ concurrency: 8 });
     const events = await Promise.all(
-      Array.from({ length: 40 }, (_, i) => enqueue(db(), { fleetId: `fl_tok_${i % 8}`, resource: { fleet: "fl_tok" } })),
+      Array.from({ length: 40 }, (_, i) => enqueue(store(), { fleetId: `fl_tok_${i % 8}`, resource: { fleet: "fl_tok" } })),
     );
     await waitFor("40 deliveries", () => deliveredIds("fl_tok").length === 40);
     expect(new Set(deliveredIds("fl_tok"))).toEqual(new Set(events.map((e) => e.id)));
@@ -279,7 +280,7 @@ describe("delivery of outbox events", () => {
   it("hands a delivery back when the worker stops mid-call; another worker delivers it with the same id", async () => {
     gw.scriptEvents("hang");
     const first = await worker({ stopTimeoutMs: 200 });
-    const event = await enqueue(db(), { fleetId: "fl_stop", resource: { fleet: "fl_stop" } });
+    const event = await enqueue(store(), { fleetId: "fl_stop", resource: { fleet: "fl_stop" } });
     await waitFor("the hanging call", () => bodiesFor("fl_stop").length === 1);
     await first.stop();
 
@@ -316,7 +317,7 @@ describe("delivery of outbox events", () => {
     child.stdout?.on("data", (chunk: Buffer) => (out += chunk.toString()));
     await waitFor("the worker process", () => out.includes("ready"), 20_000);
 
-    const event = await enqueue(db(), { fleetId: "fl_kill", resource: { fleet: "fl_kill" } });
+    const event = await enqueue(store(), { fleetId: "fl_kill", resource: { fleet: "fl_kill" } });
     await waitFor("the hanging call", () => bodiesFor("fl_kill").length === 1);
     const exited = new Promise((resolve) => child.once("exit", resolve));
     child.kill("SIGKILL");
@@ -346,7 +347,7 @@ describe("delivery of outbox events", () => {
     try {
       await other.query("SELECT pg_advisory_lock($1::int, hashtext($2))", [DELIVERY_LOCK_NAMESPACE, "fl_busy"]);
       await worker();
-      const event = await enqueue(db(), { fleetId: "fl_busy", resource: { fleet: "fl_busy" } });
+      const event = await enqueue(store(), { fleetId: "fl_busy", resource: { fleet: "fl_busy" } });
       // The worker claims the job, finds the fleet busy and queues a new job for later (its
       // run_at is the busy retry delay, 500 ms, after its creation; the enqueued job's is now).
       await waitFor("the busy run to reschedule", async () => {
@@ -368,7 +369,7 @@ describe("delivery of outbox events", () => {
     const admin = new pg.Client({ connectionString: database.url });
     await admin.connect();
     try {
-      const event = await enqueue(db(), { fleetId: "fl_orphan", resource: { fleet: "fl_orphan" } });
+      const event = await enqueue(store(), { fleetId: "fl_orphan", resource: { fleet: "fl_orphan" } });
       await admin.query("SELECT graphile_worker.remove_job('deliver:fl_orphan')");
       const w = await worker();
       // The start-up sweep found it; a second sweep has nothing to do.

@@ -1,6 +1,7 @@
 import { createServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createPrisma } from "../src/db/prisma.js";
+import { createDb } from "../src/db/sql.js";
+import { createPrisma } from "./support/prisma.js";
 import { AUTH, createTestApp, type CallResult, type TestApp } from "./support/app.js";
 import { uc2Request } from "./support/examples.js";
 
@@ -331,8 +332,9 @@ describe("503 code 5: the database is down", () => {
   beforeAll(async () => {
     port = await closedPort();
     const url = `postgresql://x:y@127.0.0.1:${port}/nope`;
-    const db = createPrisma(url, { connectTimeoutMs: 500 });
-    t = await createTestApp({ database: { url, db, drop: async () => db.$disconnect() } });
+    const db = createDb(url, { connectTimeoutMs: 500 });
+    const prisma = createPrisma(url, { connectTimeoutMs: 500 });
+    t = await createTestApp({ database: { url, db, prisma, drop: async () => Promise.all([db.close(), prisma.$disconnect()]).then(() => {}) } });
   });
   afterAll(async () => t.close());
 

@@ -16,7 +16,7 @@ afterAll(async () => {
 describe("enqueueEvent", () => {
   it("writes the event envelope and its delivery job in the caller's transaction", async () => {
     const db = database.prisma;
-    const event = await enqueue(db, {
+    const event = await enqueue(database.db, {
       fleetId: "fl_commit",
       orderId: "po_commit",
       resource: { id: "po_commit", state: "completed", orderItem: [{ id: "1" }] },
@@ -46,7 +46,7 @@ describe("enqueueEvent", () => {
     const db = database.prisma;
     let id: string | undefined;
     await expect(
-      db.$transaction(async (tx) => {
+      database.db.transaction(async (tx) => {
         id = (await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: {}, fleetId: "fl_rollback" }, clock, ids)).id;
         throw new Error("the business change failed");
       }),
@@ -58,18 +58,18 @@ describe("enqueueEvent", () => {
 
   it("keeps one job per ordering key, however many events wait", async () => {
     const db = database.prisma;
-    await Promise.all(Array.from({ length: 10 }, () => enqueue(db, { fleetId: "fl_many" })));
+    await Promise.all(Array.from({ length: 10 }, () => enqueue(database.db, { fleetId: "fl_many" })));
     expect(await db.outboxEvent.count({ where: { orderingKey: "fl_many" } })).toBe(10);
     expect(await jobsOf(db, "fl_many")).toBe(1);
   });
 
   it("adds a second job for a key whose job is running (the delivery task keeps them apart)", async () => {
     const db = database.prisma;
-    await enqueue(db, { fleetId: "fl_running" });
+    await enqueue(database.db, { fleetId: "fl_running" });
     // As a worker claiming it would.
     await db.$executeRaw`UPDATE graphile_worker._private_jobs SET locked_at = now(), locked_by = 'some-worker'
                           WHERE key = 'deliver:fl_running'`;
-    await enqueue(db, { fleetId: "fl_running" });
+    await enqueue(database.db, { fleetId: "fl_running" });
     const jobs = await db.$queryRaw<{ key: string | null; locked_by: string | null }[]>`
       SELECT key, locked_by FROM graphile_worker._private_jobs
        WHERE payload->>'orderingKey' = 'fl_running' ORDER BY id`;
@@ -81,7 +81,7 @@ describe("enqueueEvent", () => {
 
   it("still adds a job when a worker claims the key's job while the event is being written", async () => {
     const db = database.prisma;
-    await enqueue(db, { fleetId: "fl_race" });
+    await enqueue(database.db, { fleetId: "fl_race" });
     // A worker's claim of the key's job, not yet committed when the next event's add_job runs:
     // add_job sees the job free (no key to clear), its upsert waits for the claim, then skips the
     // now-running job; without a second add_job the event would have no job.
@@ -92,7 +92,7 @@ describe("enqueueEvent", () => {
       await worker.query(
         "UPDATE graphile_worker._private_jobs SET locked_at = now(), locked_by = 'racing-worker' WHERE key = 'deliver:fl_race'",
       );
-      const writing = enqueue(db, { fleetId: "fl_race" });
+      const writing = enqueue(database.db, { fleetId: "fl_race" });
       await waitFor("the event's add_job to wait for the claim", async () => {
         const { rows } = await worker.query<{ n: number }>(
           "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
@@ -115,7 +115,7 @@ describe("enqueueEvent", () => {
 
   it("orders an event without a fleet by its order", async () => {
     const db = database.prisma;
-    const event = await enqueue(db, { orderId: "po_alone", type: "failedStateNotification" });
+    const event = await enqueue(database.db, { orderId: "po_alone", type: "failedStateNotification" });
     const row = await db.outboxEvent.findUniqueOrThrow({ where: { id: event.id } });
     expect(row.orderingKey).toBe("po_alone");
     expect(row.fleetId).toBeNull();
@@ -124,7 +124,7 @@ describe("enqueueEvent", () => {
 
   it("refuses an event with neither a fleet nor an order", async () => {
     await expect(
-      database.prisma.$transaction((tx) =>
+      database.db.transaction((tx) =>
         enqueueEvent(tx, { api: "productordering", type: "completedStateNotification", resource: {} }, clock, ids),
       ),
     ).rejects.toThrow(/ordering key/);
@@ -137,13 +137,13 @@ describe("enqueueEvent", () => {
     let releaseFirst!: () => void;
     const firstMayCommit = new Promise<void>((resolve) => (releaseFirst = resolve));
     let firstId = "";
-    const first = db.$transaction(async (tx) => {
+    const first = database.db.transaction(async (tx) => {
       firstId = (await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: {}, fleetId: "fl_overlap" }, clock, ids)).id;
       await firstMayCommit;
     });
     while (firstId === "") await new Promise((r) => setTimeout(r, 5));
     let secondDone = false;
-    const second = enqueue(db, { fleetId: "fl_overlap", api: "userservice", type: "updateNotification" }).then((e) => {
+    const second = enqueue(database.db, { fleetId: "fl_overlap", api: "userservice", type: "updateNotification" }).then((e) => {
       secondDone = true;
       return e;
     });

@@ -1,6 +1,5 @@
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createAsyncJobs } from "../src/orange/jobs.js";
 import { startMockGateway } from "../src/simulator/gateway.js";
 import { renderLoadText, runLoad, type LatencyStats, type LoadOptions } from "../src/simulator/load.js";
 import { createTestApp, TEST_TOKEN, type TestApp } from "./support/app.js";
@@ -114,12 +113,8 @@ describe("simulator load mode", () => {
     const asyncApp = await createTestApp({ env: { ORDERING_MODE: "async", UPDATE_MODE: "async" } });
     const gateway = await startMockGateway();
     const w = await startWorker(gateway, asyncApp.url, {
-      jobs: createAsyncJobs({
-        db: asyncApp.db,
-        catalogue: asyncApp.catalogue,
-        partnerName: asyncApp.config.partnerName,
-        transactionTimeoutMs: asyncApp.config.transactionTimeoutMs,
-      }),
+      tasks: asyncApp.services.requestTasks,
+      sweepRequests: asyncApp.services.sweepRequests,
     });
     try {
       await asyncApp.app.listen({ port: 0, host: "127.0.0.1" });

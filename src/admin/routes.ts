@@ -4,7 +4,7 @@ import { LicenceChangeRejected, type LicenceChangeService, type OperationKind } 
 import { AppError, Conflict, InvalidBodyField, NotFound } from "../errors.js";
 import type { EventOperatorService, EventRecord, EventWithAttempts } from "../events/operator.js";
 import { rejectOtherMethods } from "../orange/error-handler.js";
-import { compact, renderChangeNotification, renderUserService, toLicenceChangeItem } from "../orange/mapping.js";
+import { compact, renderUserService, toLicenceChangeItem } from "../orange/mapping.js";
 import { ErrorBodySchema } from "../orange/schemas.js";
 import type { AdminAuthenticator } from "./auth.js";
 import {
@@ -137,7 +137,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     async (request) => {
       const cmd = { changes: request.body.userService.map(toLicenceChangeItem) };
       try {
-        const outcome = await opts.licenceChanges.applyChanges(cmd, renderChangeNotification);
+        const outcome = await opts.licenceChanges.applyChanges(cmd);
         return {
           userService: outcome.licences.map((l) => renderUserService(l, opts.catalogue)),
           events: outcome.events,

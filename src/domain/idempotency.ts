@@ -1,12 +1,6 @@
 import { Conflict } from "../errors.js";
 import type { JsonValue } from "../lib/json.js";
-
-/** The stored request that already holds an idempotency key (an order or an update). */
-export interface StoredRequest {
-  id: string;
-  request_hash: string;
-  response: JsonValue;
-}
+import type { StoredRequest } from "./requests.dal.js";
 
 /**
  * Orange resent a request under a key already used (contract section 8): the same body gets the

@@ -1,9 +1,10 @@
-import type { Db, Tx } from "../db/prisma.js";
-import { enqueueEvent } from "../events/outbox.js";
+import type { Db, Tx } from "../db/sql.js";
 import type { Clock } from "../lib/clock.js";
 import type { IdGenerator } from "../lib/ids.js";
 import type { JsonObject, JsonValue } from "../lib/json.js";
-import { LICENCE_COLUMNS, toRecord, type LicenceRecord, type LicenceRow } from "./licences.js";
+import * as licences from "./licences.dal.js";
+import type { LicenceRecord } from "./licences.dal.js";
+import type { Outbox } from "./ports.js";
 
 /**
  * Partner-initiated licence changes (UC5): an operator changes the end user, the technical
@@ -89,7 +90,9 @@ export interface LicenceChangeServiceDeps {
   db: Db;
   clock: Clock;
   ids: IdGenerator;
-  transactionTimeoutMs: number;
+  outbox: Outbox;
+  /** Orange's wire (src/orange): the changes of one fleet as the resource of their event. */
+  notification(changes: AppliedLicenceChange[]): JsonValue;
 }
 
 const show = (v: unknown) => JSON.stringify(v);
@@ -108,15 +111,11 @@ function mergeCharacteristics(current: JsonValue | undefined, given: JsonValue |
 }
 
 export function createLicenceChangeService(deps: LicenceChangeServiceDeps) {
-  const { db, clock, ids } = deps;
+  const { db, clock, ids, outbox } = deps;
 
   /** The partner end user id to use: the one given when it still exists on a licence, else a new one. */
   async function endUserId(tx: Tx, given: JsonValue | undefined): Promise<string> {
-    if (typeof given === "string" && given.length > 0) {
-      const [found] = await tx.$queryRaw<{ id: string }[]>`
-        SELECT l.id FROM licence l WHERE l.end_user->>'id' = ${given} LIMIT 1`;
-      if (found) return given;
-    }
+    if (typeof given === "string" && given.length > 0 && (await licences.endUserExists(tx, given))) return given;
     return ids.next("eu");
   }
 
@@ -226,77 +225,39 @@ export function createLicenceChangeService(deps: LicenceChangeServiceDeps) {
     return { next, applied };
   }
 
-  /**
-   * Applies every change or none; `renderEvent` turns the changes of one fleet into the event's
-   * wire resource (the domain knows no wire format).
-   */
-  async function applyChanges(
-    cmd: LicenceChangesCommand,
-    renderEvent: (changes: AppliedLicenceChange[]) => unknown,
-  ): Promise<LicenceChangesOutcome> {
+  /** Applies every change or none, together with the event(s) that tell Orange. */
+  async function applyChanges(cmd: LicenceChangesCommand): Promise<LicenceChangesOutcome> {
     const licenceIds = cmd.changes.map((c) => c.licenceId);
-    return db.$transaction(
-      async (tx) => {
-        // Locked in id order, as every writer of licences does, so that writers cannot deadlock.
-        // A licence of an order that is not completed is unknown to Orange, hence to this API.
-        const rows = await tx.$queryRaw<LicenceRow[]>`
-          SELECT ${LICENCE_COLUMNS}
-          FROM licence l JOIN fleet f ON f.id = l.fleet_id JOIN product_order o ON o.id = l.order_id
-          WHERE l.id = ANY(${licenceIds}::text[]) AND o.state = 'completed'
-          ORDER BY l.id FOR UPDATE OF l`;
-        const found = new Map(rows.map((r) => [r.id, toRecord(r)]));
-        const missing = cmd.changes.findIndex((c) => !found.has(c.licenceId));
-        if (missing >= 0) {
-          throw new LicenceChangeRejected("unknown_licence", missing, undefined, `licence ${show(licenceIds[missing])} does not exist`);
-        }
-        const planned: { next: LicenceRecord; applied: AppliedLicenceChange }[] = [];
-        for (const [i, item] of cmd.changes.entries()) planned.push(await plan(tx, i, item, found.get(item.licenceId)!));
+    return db.transaction(async (tx) => {
+      const found = new Map((await licences.lockLicencesOfCompletedOrders(tx, licenceIds)).map((l) => [l.id, l]));
+      const missing = cmd.changes.findIndex((c) => !found.has(c.licenceId));
+      if (missing >= 0) {
+        throw new LicenceChangeRejected("unknown_licence", missing, undefined, `licence ${show(licenceIds[missing])} does not exist`);
+      }
+      const planned: { next: LicenceRecord; applied: AppliedLicenceChange }[] = [];
+      for (const [i, item] of cmd.changes.entries()) planned.push(await plan(tx, i, item, found.get(item.licenceId)!));
 
-        const now = clock.now();
-        const after: LicenceRecord[] = [];
-        for (const { next } of planned) {
-          const [row] = await tx.$queryRaw<LicenceRow[]>`
-            UPDATE licence l SET
-              end_user = ${json(next.endUser)}::jsonb,
-              realizing_resource = ${json(next.realizingResource)}::jsonb,
-              login = ${json(next.login)}::jsonb,
-              service_characteristics = ${json(next.serviceCharacteristics)}::jsonb,
-              updated_at = ${now}
-            FROM fleet f
-            WHERE l.id = ${next.id} AND f.id = l.fleet_id
-            RETURNING ${LICENCE_COLUMNS}`;
-          after.push(toRecord(row!));
-        }
+      const now = clock.now();
+      const after: LicenceRecord[] = [];
+      for (const { next } of planned) after.push(await licences.updateDetails(tx, next, now));
 
-        const byFleet = new Map<string, AppliedLicenceChange[]>();
-        for (const { applied } of planned) {
-          const list = byFleet.get(applied.fleetId) ?? [];
-          list.push(applied);
-          byFleet.set(applied.fleetId, list);
-        }
-        const events: { id: string; fleetId: string }[] = [];
-        // Fleet order: two requests spanning the same fleets take the fleets' enqueue locks in
-        // the same order.
-        for (const fleetId of [...byFleet.keys()].sort()) {
-          const event = await enqueueEvent(
-            tx,
-            { api: "userservice", type: "updateNotification", resource: renderEvent(byFleet.get(fleetId)!), fleetId },
-            clock,
-            ids,
-          );
-          events.push({ id: event.id, fleetId });
-        }
-        return { licences: after, events };
-      },
-      { timeout: deps.transactionTimeoutMs, maxWait: deps.transactionTimeoutMs },
-    );
+      const byFleet = new Map<string, AppliedLicenceChange[]>();
+      for (const { applied } of planned) byFleet.set(applied.fleetId, [...(byFleet.get(applied.fleetId) ?? []), applied]);
+      const events: { id: string; fleetId: string }[] = [];
+      // Fleet order: two requests spanning the same fleets take the fleets' locks in the same order.
+      for (const fleetId of [...byFleet.keys()].sort()) {
+        const { id } = await outbox.announce(tx, {
+          about: "licence-change",
+          fleetId,
+          resource: deps.notification(byFleet.get(fleetId)!),
+        });
+        events.push({ id, fleetId });
+      }
+      return { licences: after, events };
+    });
   }
 
   return { applyChanges };
 }
 
 export type LicenceChangeService = ReturnType<typeof createLicenceChangeService>;
-
-function json(value: JsonValue | null): string | null {
-  return value === null ? null : JSON.stringify(value);
-}

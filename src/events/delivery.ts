@@ -18,6 +18,8 @@
  */
 import type { JobHelpers, Task } from "graphile-worker";
 import type pg from "pg";
+import { queryable, type Queryable } from "../db/sql.js";
+import { addJob } from "./queue.js";
 import type { EventLogger } from "./http.js";
 import type { DeliveryResult, OrangeEventApi, OrangeEventClient } from "./orange-client.js";
 import { DELIVER_TASK, DELIVERY_LOCK_NAMESPACE, jobKeyOf } from "./outbox.js";
@@ -366,19 +368,17 @@ function START_SQL(p: { id: string; attempts: string; workerId: string; error: s
 
 /** (Re)schedules the key's job; replaces the run time of a waiting job of the key, if any. */
 export async function schedule(
-  conn: pg.Pool | pg.PoolClient,
+  conn: Queryable | pg.Pool | pg.PoolClient,
   orderingKey: string,
   when: { at: Date } | { delayMs: number },
   mode: "replace" | "preserve_run_at" = "replace",
 ): Promise<void> {
-  await conn.query(
-    `SELECT 1 FROM graphile_worker.add_job(
-       $1::text,
-       json_build_object('orderingKey', $2::text),
-       run_at => coalesce($3::timestamptz, now() + $4::bigint * interval '1 millisecond'),
-       job_key => $5::text,
-       job_key_mode => $6::text
-     )`,
-    [DELIVER_TASK, orderingKey, "at" in when ? when.at : null, "delayMs" in when ? when.delayMs : 0, jobKeyOf(orderingKey), mode],
-  );
+  const q = "execute" in conn ? conn : queryable(conn);
+  await addJob(q, {
+    task: DELIVER_TASK,
+    payload: { orderingKey },
+    key: jobKeyOf(orderingKey),
+    ...("at" in when ? { runAt: when.at } : { delayMs: when.delayMs }),
+    keyMode: mode,
+  });
 }

@@ -7,7 +7,8 @@
  * the queue overtakes it), so the job only says "this key has work" and the delivery task
  * (delivery.ts) reads the key's pending events in seq order.
  */
-import type { Tx } from "../db/prisma.js";
+import { sql, type Tx } from "../db/sql.js";
+import type { Announcement, Outbox } from "../domain/ports.js";
 import type { Clock } from "../lib/clock.js";
 import type { IdGenerator } from "../lib/ids.js";
 import type { OrangeEvent, OrangeEventApi } from "./orange-client.js";
@@ -69,7 +70,7 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
   // ON CONFLICT then skips the (now running) job and inserts nothing; that run may already have
   // read the key's events, so without a new job this event would wait for the sweep. The second
   // call finds the job running and creates a new one.
-  const written = await tx.$executeRaw`
+  const written = await tx.execute(sql`
     WITH locked AS (
       SELECT 1 AS ok FROM pg_advisory_xact_lock(${ENQUEUE_LOCK_NAMESPACE}::int, hashtext(${orderingKey}::text))
     ), inserted AS (
@@ -92,7 +93,35 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
         job_key => ${jobKeyOf(orderingKey)}::text,
         job_key_mode => 'preserve_run_at'
       )).id
-    ) FROM inserted`;
+    ) FROM inserted`);
   if (written !== 1) throw new Error(`outbox event ${id} was not written (${written} rows)`);
   return { id, orderingKey, body };
+}
+
+/** What each announcement of the domain is on Orange's side: which API, which event type. */
+export function toEvent(a: Announcement): NewEvent {
+  switch (a.about) {
+    case "order":
+      return {
+        api: "productordering",
+        type: a.state === "completed" ? "completedStateNotification" : "failedStateNotification",
+        resource: a.resource,
+        fleetId: a.fleetId,
+        orderId: a.orderId,
+      };
+    case "update":
+      return { api: "userservice", type: "updateNotification", resource: a.resource, fleetId: a.fleetId, updateId: a.updateId };
+    case "licence-change":
+      return { api: "userservice", type: "updateNotification", resource: a.resource, fleetId: a.fleetId };
+  }
+}
+
+/** The domain's Outbox port: an announcement becomes an Orange event in the caller's transaction. */
+export function createOutbox(deps: { clock: Clock; ids: IdGenerator }): Outbox {
+  return {
+    async announce(tx, announcement) {
+      const { id } = await enqueueEvent(tx, toEvent(announcement), deps.clock, deps.ids);
+      return { id };
+    },
+  };
 }

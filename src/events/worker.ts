@@ -10,16 +10,16 @@
  *   attempts after database errors, say) gets a job again.
  * - Graceful stop: stop claiming, let running deliveries finish for `stopTimeoutMs`, then abort
  *   them (each records its interrupted attempt and hands its key back to the queue), then close.
- * - With `jobs`, the same runner carries out asynchronous orders and updates (`process_order`,
- *   `process_update`, see jobs.ts). A run that throws (database down) is retried by graphile with
- *   its own backoff; a business failure is not an exception but a failed order and its event.
+ * - With `tasks`, the same runner carries out other work: the request lifecycle's
+ *   `process_order` / `process_update` (src/domain/request-jobs.ts) and its sweep
+ *   (`sweepRequests`). A run that throws is retried by graphile with its own backoff.
  */
 import { EventEmitter } from "node:events";
-import { Logger, run, type Runner, type Task, type TaskList, type WorkerEvents } from "graphile-worker";
+import { Logger, run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
 import pg from "pg";
 import { createDeliverEventsTask, schedule, type RetryPolicy } from "./delivery.js";
 import type { EventLogger } from "./http.js";
-import { PROCESS_ORDER_TASK, PROCESS_UPDATE_TASK, requestJobKey, requestJobQuery, type AsyncJobs, type RequestKind } from "./jobs.js";
+import type { TaskHandler } from "../domain/ports.js";
 import type { OrangeEventClient } from "./orange-client.js";
 import { DELIVER_TASK } from "./outbox.js";
 
@@ -45,8 +45,10 @@ export interface EventWorkerOptions {
   applicationName?: string;
   logger?: WorkerLogger;
   random?: () => number;
-  /** Asynchronous orders and updates; without it, their jobs wait for a worker that has it. */
-  jobs?: AsyncJobs;
+  /** More tasks by name (asynchronous orders and updates); without them, their jobs wait for a worker that has them. */
+  tasks?: Record<string, TaskHandler>;
+  /** Part of every sweep: acknowledged requests without a live job; the keys it re-armed or ended. */
+  sweepRequests?: () => Promise<string[]>;
 }
 
 export interface SweepResult {
@@ -105,10 +107,8 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   });
 
   const taskList: TaskList = { [DELIVER_TASK]: task };
-  if (options.jobs) {
-    const jobs = options.jobs;
-    taskList[PROCESS_ORDER_TASK] = idTask("orderId", (id) => jobs.processOrder(id), logger);
-    taskList[PROCESS_UPDATE_TASK] = idTask("updateId", (id) => jobs.processUpdate(id), logger);
+  for (const [name, handler] of Object.entries(options.tasks ?? {})) {
+    taskList[name] = (payload, helpers) => handler(payload, { attempt: helpers.job.attempts, signal: helpers.abortSignal });
   }
 
   async function sweep(): Promise<SweepResult> {
@@ -138,27 +138,8 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     if (rescheduledKeys.length > 0) {
       logger?.warn({ keys: rescheduledKeys.length }, "pending events had no delivery job; rescheduled");
     }
-    // An acknowledged request must end completed or failed, with its event: a job that ran out of
-    // graphile's attempts (e.g. the database was down for days) or was removed is added again.
-    let rescheduledRequests: string[] = [];
-    if (options.jobs) {
-      const stuck = await pool.query<{ kind: RequestKind; id: string }>(
-        `SELECT 'order' AS kind, o.id FROM product_order o
-          WHERE o.state = 'acknowledged'
-            AND NOT EXISTS (SELECT 1 FROM graphile_worker.jobs j WHERE j.key = $1 || o.id AND j.attempts < j.max_attempts)
-         UNION ALL
-         SELECT 'update' AS kind, u.id FROM licence_update u
-          WHERE u.state = 'acknowledged'
-            AND NOT EXISTS (SELECT 1 FROM graphile_worker.jobs j WHERE j.key = $2 || u.id AND j.attempts < j.max_attempts)
-          LIMIT 1000`,
-        [requestJobKey("order", ""), requestJobKey("update", "")],
-      );
-      for (const { kind, id } of stuck.rows) await pool.query(requestJobQuery(kind, id));
-      rescheduledRequests = stuck.rows.map((r) => requestJobKey(r.kind, r.id));
-      if (rescheduledRequests.length > 0) {
-        logger?.warn({ requests: rescheduledRequests }, "acknowledged requests had no live job (gone or out of attempts); rescheduled");
-      }
-    }
+    // An acknowledged request must end completed or failed, with its event.
+    const rescheduledRequests = (await options.sweepRequests?.()) ?? [];
     return { unlockedWorkers, rescheduledKeys, rescheduledRequests };
   }
 
@@ -227,18 +208,6 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       })();
       return stopping;
     },
-  };
-}
-
-/** A task whose payload is `{ [field]: "<id>" }`; a malformed payload is dropped, not retried. */
-function idTask(field: string, work: (id: string) => Promise<void>, logger: WorkerLogger | undefined): Task {
-  return async (payload, helpers) => {
-    const id = (payload as Record<string, unknown> | null)?.[field];
-    if (typeof id !== "string" || id.length === 0) {
-      logger?.warn({ jobId: helpers.job.id, task: helpers.job.task_identifier, payload }, `job without ${field}; dropped`);
-      return;
-    }
-    await work(id);
   };
 }
 

@@ -9,7 +9,8 @@ import type {
   RealizingResourceAction,
   RightAction,
 } from "../domain/licence-changes.js";
-import type { LicenceChange, LicenceRecord, UpdateLicencesCommand, UpdateOutcome } from "../domain/licences.js";
+import type { LicenceRecord } from "../domain/licences.js";
+import type { LicenceChange, UpdateLicencesCommand, UpdateOutcome } from "../domain/updates.js";
 import type { ContactData, CustomerData, OrderOutcome, PlaceOrderCommand } from "../domain/orders.js";
 import { MissingBodyField } from "../errors.js";
 import type {
@@ -240,10 +241,10 @@ export function renderOrder(req: ProductOrderRequest, o: OrderOutcome, ctx: Rend
  * echoed without any other partner id (nothing is created yet), no completionDate.
  */
 export function renderOrderAcknowledgement(req: ProductOrderRequest, orderId: string, ctx: RenderContext): ProductOrderResponse {
-  return renderOrderBody(req, { orderId, state: "acknowledged" }, ctx);
+  return renderOrderBody(req, { requestId: orderId, state: "acknowledged" }, ctx);
 }
 
-type OrderView = OrderOutcome | { orderId: string; state: "acknowledged" };
+type OrderView = OrderOutcome | { requestId: string; state: "acknowledged" };
 
 function renderOrderBody(req: ProductOrderRequest, o: OrderView, ctx: RenderContext): ProductOrderResponse {
   const item = req.orderItem?.[0];
@@ -252,7 +253,7 @@ function renderOrderBody(req: ProductOrderRequest, o: OrderView, ctx: RenderCont
   const failed = o.state !== "completed";
   const done = o.state === "acknowledged" ? undefined : o;
   const body = {
-    id: o.orderId,
+    id: o.requestId,
     externalReference: externalReferenceOut(req.externalReference),
     category: req.category,
     state: o.state,

@@ -1,22 +1,16 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import type { AnswerMode } from "../config.js";
 import type { Catalogue } from "../domain/catalogue.js";
-import type { LicenceService } from "../domain/licences.js";
-import type { OrderService } from "../domain/orders.js";
+import type { LicenceQueries } from "../domain/licences.js";
+import type { RequestLifecycle } from "../domain/lifecycle.js";
+import type { PlaceOrderCommand } from "../domain/orders.js";
+import type { UpdateLicencesCommand } from "../domain/updates.js";
 import { InvalidBodyField, InvalidQuery, NotAcceptable, NotFound } from "../errors.js";
 import type { Authenticator } from "./auth.js";
 import { rejectOtherMethods } from "./error-handler.js";
 import { acceptsJson } from "./ping.js";
-import {
-  renderOrder,
-  renderOrderAcknowledgement,
-  renderUpdate,
-  renderUpdateAcknowledgement,
-  renderUserService,
-  toPlaceOrderCommand,
-  toUpdateCommand,
-  type RenderContext,
-} from "./mapping.js";
+import type { Codecs } from "./codecs.js";
+import { renderUserService } from "./mapping.js";
 import {
   ErrorBodySchema,
   PingResponseSchema,
@@ -31,15 +25,17 @@ import {
 } from "./schemas.js";
 
 /**
- * The endpoints Orange calls (contract section 1). Handlers stay thin: validate (schemas), map
- * to a domain command (./mapping.ts), call one use case, map the result back.
+ * The endpoints Orange calls (contract section 1). Handlers stay thin: validate (schemas), decode
+ * into a domain command (./codecs.ts), call one use case, send what it answers (already on the
+ * wire: the lifecycle renders it through the same codec).
  */
 
 export interface OrangeRoutesOptions {
-  orders: OrderService;
-  licences: LicenceService;
+  orders: RequestLifecycle<PlaceOrderCommand>;
+  updates: RequestLifecycle<UpdateLicencesCommand>;
+  licences: LicenceQueries;
+  codecs: Codecs;
   catalogue: Catalogue;
-  partnerName: string;
   orderMaxQuantity: number;
   authenticate: Authenticator;
   pingOpen: boolean;
@@ -58,8 +54,6 @@ const errors = {
 };
 
 export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (app, opts) => {
-  const ctx: RenderContext = { catalogue: opts.catalogue, partnerName: opts.partnerName };
-
   // A callback hook, not an async one: it runs on every call, /ping included, and a promise per
   // request is measurable there.
   app.addHook("onRequest", (request, _reply, done) => {
@@ -113,16 +107,13 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
       },
     },
     async (request, reply) => {
-      const cmd = toPlaceOrderCommand(request.body, headerValue(request.headers["idempotency-key"]));
+      const cmd = opts.codecs.order.fromWire(request.body, headerValue(request.headers["idempotency-key"]));
       if (cmd.item && cmd.item.quantity > opts.orderMaxQuantity) {
         throw new InvalidBodyField(
           `orderItem[0].productRef.userServiceQuantity must be <= ${opts.orderMaxQuantity} (got ${cmd.item.quantity})`,
         );
       }
-      const result =
-        opts.orderingMode === "async"
-          ? await opts.orders.acknowledgeOrder(cmd, (orderId) => renderOrderAcknowledgement(request.body, orderId, ctx))
-          : await opts.orders.placeOrder(cmd, (outcome) => renderOrder(request.body, outcome, ctx));
+      const result = await opts.orders.receive(cmd, opts.orderingMode);
       return reply.code(201).header("idempotent-replayed", String(result.replayed)).send(result.response as never);
     },
   );
@@ -203,11 +194,8 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
       },
     },
     async (request, reply) => {
-      const cmd = toUpdateCommand(request.body, headerValue(request.headers["idempotency-key"]));
-      const result =
-        opts.updateMode === "async"
-          ? await opts.licences.acknowledgeUpdate(cmd, () => renderUpdateAcknowledgement(request.body))
-          : await opts.licences.updateLicences(cmd, (outcome) => renderUpdate(request.body, outcome, ctx));
+      const cmd = opts.codecs.update.fromWire(request.body, headerValue(request.headers["idempotency-key"]));
+      const result = await opts.updates.receive(cmd, opts.updateMode);
       return reply.code(200).header("idempotent-replayed", String(result.replayed)).send(result.response as never);
     },
   );

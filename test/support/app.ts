@@ -2,11 +2,13 @@ import { readFileSync } from "node:fs";
 import type { FastifyInstance, InjectOptions } from "fastify";
 import { expect } from "vitest";
 import { buildApp } from "../../src/app.js";
+import { createServices, type Services } from "../../src/compose.js";
 import { loadConfig, type Config } from "../../src/config.js";
-import type { Db } from "../../src/db/prisma.js";
+import type { Db } from "../../src/db/sql.js";
 import { createCatalogue, type Catalogue } from "../../src/domain/catalogue.js";
 import type { Clock } from "../../src/lib/clock.js";
 import { createTestDatabase } from "./db.js";
+import type { PrismaReader } from "./prisma.js";
 import { findEmptyNodes } from "../../src/simulator/match.js";
 
 export const TEST_TOKEN = "test-orange-token";
@@ -32,7 +34,12 @@ export interface CallResult {
 
 export interface TestApp {
   app: FastifyInstance;
-  db: Db;
+  /** An independent reader of the test's database (Prisma), for assertions on what was written. */
+  db: PrismaReader;
+  /** The program's own access to the same database, as the services under test use it. */
+  store: Db;
+  /** The services the app was built with (the worker of a test takes the same ones). */
+  services: Services;
   url: string;
   config: Config;
   catalogue: Catalogue;
@@ -54,12 +61,12 @@ export interface TestAppOptions {
   env?: Record<string, string>;
   clock?: Clock;
   /** Use this database instead of a fresh clone (e.g. a broken URL for 503 tests). */
-  database?: { url: string; db: Db; drop(): Promise<void> };
+  database?: { url: string; db: Db; prisma: PrismaReader; drop(): Promise<void> };
 }
 
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
   const database: NonNullable<TestAppOptions["database"]> =
-    opts.database ?? (await createTestDatabase().then((d) => ({ url: d.url, db: d.prisma, drop: d.drop })));
+    opts.database ?? (await createTestDatabase());
   const config = loadConfig({
     INBOUND_BEARER_TOKEN: TEST_TOKEN,
     RESPONSE_VALIDATION: "true",
@@ -68,11 +75,20 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     ...opts.env,
   });
   const catalogue = loadTestCatalogue();
-  const app = await buildApp({ config, db: database.db, catalogue, clock: opts.clock, logger: false });
+  const services = createServices({
+    db: database.db,
+    catalogue,
+    partnerName: config.partnerName,
+    requestMaxAttempts: config.requestMaxAttempts,
+    clock: opts.clock,
+  });
+  const app = await buildApp({ config, services, logger: false });
   await app.ready();
   return {
     app,
-    db: database.db,
+    db: database.prisma,
+    store: database.db,
+    services,
     url: database.url,
     config,
     catalogue,

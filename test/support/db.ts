@@ -2,12 +2,16 @@ import { randomBytes } from "node:crypto";
 import { setTimeout as delay } from "node:timers/promises";
 import pg from "pg";
 import { inject } from "vitest";
-import { createPrisma, type Db } from "../../src/db/prisma.js";
+import { createDb, type Db } from "../../src/db/sql.js";
+import { createPrisma, type PrismaReader } from "./prisma.js";
 import { TEMPLATE_DATABASE, withDatabase } from "./global-setup.js";
 
 export interface TestDatabase {
   url: string;
-  prisma: Db;
+  /** The program's own access (src/db/sql.ts), for the code under test. */
+  db: Db;
+  /** An independent reader (Prisma), for the tests' assertions on what was written. */
+  prisma: PrismaReader;
   drop(): Promise<void>;
 }
 
@@ -44,11 +48,14 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   });
   const url = withDatabase(inject("pgAdminUrl"), name);
   const prisma = createPrisma(url, { poolMax: 10 });
+  const db = createDb(url, { poolMax: 10 });
   return {
     url,
+    db,
     prisma,
     async drop() {
       await prisma.$disconnect();
+      await db.close();
       await admin((client) => client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
     },
   };

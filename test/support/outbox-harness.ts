@@ -3,7 +3,8 @@
  * against the loopback gateway, and a bounded wait for outcomes (no timing assertions).
  */
 import { setTimeout as delay } from "node:timers/promises";
-import type { Db } from "../../src/db/prisma.js";
+import type { Db } from "../../src/db/sql.js";
+import type { PrismaReader } from "./prisma.js";
 import type { Clock } from "../../src/lib/clock.js";
 import { createIdGenerator } from "../../src/lib/ids.js";
 import type { RetryPolicy } from "../../src/events/delivery.js";
@@ -19,7 +20,7 @@ export const ids = createIdGenerator();
 export const FAST_RETRY: RetryPolicy = { baseMs: 10, maxMs: 50, maxAttempts: 6, maxAgeMs: 60_000 };
 
 export async function enqueue(db: Db, event: Partial<NewEvent> & { fleetId?: string; orderId?: string }): Promise<EnqueuedEvent> {
-  return db.$transaction((tx) =>
+  return db.transaction((tx) =>
     enqueueEvent(
       tx,
       {
@@ -99,11 +100,11 @@ export async function startWorker(
   };
 }
 
-export async function eventRow(db: Db, id: string) {
+export async function eventRow(db: PrismaReader, id: string) {
   return db.outboxEvent.findUnique({ where: { id }, include: { deliveryAttempts: { orderBy: { attempt: "asc" } } } });
 }
 
-export async function jobsOf(db: Db, orderingKey: string): Promise<number> {
+export async function jobsOf(db: PrismaReader, orderingKey: string): Promise<number> {
   const rows = await db.$queryRaw<{ n: number }[]>`
     SELECT count(*)::int AS n FROM graphile_worker.jobs WHERE key = ${`deliver:${orderingKey}`}`;
   return rows[0]?.n ?? 0;

@@ -1,5 +1,5 @@
-// The Prisma client, always through the pg driver adapter: Prisma runs with no native engine
-// on these machines (see ARCHITECTURE.md "Prisma offline").
+// The Prisma client, for the tests only: an independent reader of the store, to assert what a
+// request wrote (the program itself reaches PostgreSQL through pg, src/db/sql.ts).
 
 import { PrismaPg } from "@prisma/adapter-pg";
 import { Prisma, PrismaClient } from "../generated/prisma/client.js";
@@ -7,9 +7,7 @@ import { Prisma, PrismaClient } from "../generated/prisma/client.js";
 /** Tagged SQL helpers (`Prisma.raw`, `Prisma.sql`) for fragments shared between raw queries. */
 export { Prisma };
 
-export type Db = PrismaClient;
-/** What `db.$transaction(async (tx) => …)` hands over; data access takes it to join the caller's transaction. */
-export type Tx = Prisma.TransactionClient;
+export type PrismaReader = PrismaClient;
 
 export interface CreatePrismaOptions {
   /** Connections in the pool (pg's default: 10). Keep replicas × poolMax under max_connections. */

@@ -1,0 +1,72 @@
+/**
+ * The composition root: every service is built here, once, and the same instances serve the
+ * HTTP app (app.ts) and the worker (main.ts). The domain receives its ports here: the outbox and
+ * the job queue (src/events), Orange's codecs (src/orange).
+ */
+import type { Db } from "./db/sql.js";
+import { isTransient } from "./db/errors.js";
+import type { Catalogue } from "./domain/catalogue.js";
+import { createLicenceChangeService, type LicenceChangeService } from "./domain/licence-changes.js";
+import { createLicenceQueries, type LicenceQueries } from "./domain/licences.js";
+import { createRequestLifecycle, type RequestLifecycle } from "./domain/lifecycle.js";
+import { createOrderHandler, type PlaceOrderCommand } from "./domain/orders.js";
+import type { TaskHandler } from "./domain/ports.js";
+import { createRequestSweep, createRequestTasks, type RequestJobsLogger } from "./domain/request-jobs.js";
+import { createUpdateHandler, type UpdateLicencesCommand } from "./domain/updates.js";
+import { createEventOperatorService, type EventOperatorService } from "./events/operator.js";
+import { createOutbox } from "./events/outbox.js";
+import { jobQueue } from "./events/queue.js";
+import { systemClock, type Clock } from "./lib/clock.js";
+import { createIdGenerator, type IdGenerator } from "./lib/ids.js";
+import { createCodecs, licenceChangeNotification, type Codecs } from "./orange/codecs.js";
+
+export interface ServiceDeps {
+  db: Db;
+  catalogue: Catalogue;
+  /** `note.author` of failed orders and updates. */
+  partnerName: string;
+  /** Failed runs of an acknowledged request (not transient) before it ends `failed`. */
+  requestMaxAttempts: number;
+  clock?: Clock;
+  ids?: IdGenerator;
+  log?: RequestJobsLogger;
+}
+
+export interface Services {
+  db: Db;
+  catalogue: Catalogue;
+  codecs: Codecs;
+  orders: RequestLifecycle<PlaceOrderCommand>;
+  updates: RequestLifecycle<UpdateLicencesCommand>;
+  licences: LicenceQueries;
+  licenceChanges: LicenceChangeService;
+  events: EventOperatorService;
+  /** The worker's tasks of the request lifecycle (process_order, process_update). */
+  requestTasks: Record<string, TaskHandler>;
+  /** The worker's sweep of acknowledged requests without a live job. */
+  sweepRequests: () => Promise<string[]>;
+}
+
+export function createServices(deps: ServiceDeps): Services {
+  const { db, catalogue } = deps;
+  const clock = deps.clock ?? systemClock;
+  const ids = deps.ids ?? createIdGenerator();
+  const outbox = createOutbox({ clock, ids });
+  const codecs = createCodecs({ catalogue, partnerName: deps.partnerName });
+  const common = { db, clock, ids, outbox, jobs: jobQueue, maxAttempts: deps.requestMaxAttempts };
+  const orders = createRequestLifecycle({ ...common, codec: codecs.order, handler: createOrderHandler({ catalogue, clock, ids }) });
+  const updates = createRequestLifecycle({ ...common, codec: codecs.update, handler: createUpdateHandler({ catalogue, clock }) });
+  const lifecycles = [orders, updates];
+  return {
+    db,
+    catalogue,
+    codecs,
+    orders,
+    updates,
+    licences: createLicenceQueries({ db }),
+    licenceChanges: createLicenceChangeService({ db, clock, ids, outbox, notification: licenceChangeNotification }),
+    events: createEventOperatorService({ db }),
+    requestTasks: createRequestTasks({ lifecycles, isTransient, log: deps.log }),
+    sweepRequests: createRequestSweep({ lifecycles, isTransient, log: deps.log, db, jobs: jobQueue, maxAttempts: deps.requestMaxAttempts }),
+  };
+}

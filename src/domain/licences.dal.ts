@@ -1,0 +1,175 @@
+/**
+ * The SQL of licences (Orange's UserService), one statement per function, in the caller's
+ * transaction or on the pool. Every writer locks licences in id order, so that two writers on
+ * overlapping lists cannot deadlock.
+ */
+import { raw, sql, type Queryable, type Tx } from "../db/sql.js";
+import type { JsonObject, JsonValue } from "../lib/json.js";
+import type { ExternalState, LicenceState } from "./licence-state.js";
+
+/** A licence as the domain sees it (Orange's UserService without the wire shape). */
+export interface LicenceRecord {
+  id: string;
+  fleetId: string;
+  customerId: string;
+  state: LicenceState;
+  externalState: ExternalState | null;
+  offerCode: string;
+  endUser: JsonObject | null;
+  realizingResource: JsonObject | null;
+  login: JsonObject | null;
+  serviceCharacteristics: JsonValue[] | null;
+  /** ISO 8601 UTC with milliseconds, as PostgreSQL formats it (see COLUMNS). */
+  createdAt: string;
+  updatedAt: string;
+}
+
+interface LicenceRow {
+  id: string;
+  fleet_id: string;
+  customer_id: string;
+  state: LicenceState;
+  external_state: ExternalState | null;
+  offer_code: string;
+  end_user: JsonObject | null;
+  realizing_resource: JsonObject | null;
+  login: JsonObject | null;
+  service_characteristics: JsonValue[] | null;
+  created_at: string;
+  updated_at: string;
+}
+
+const iso = (column: string) => `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+
+/**
+ * The columns of a LicenceRow, for queries over `licence l` joined to `fleet f`. Timestamps leave
+ * PostgreSQL already formatted: parsing then formatting 20,000 Dates in JavaScript was a third of
+ * the time of listing a 10,000-licence fleet.
+ */
+const COLUMNS = raw(
+  `l.id, l.fleet_id, f.customer_id, l.state, l.external_state, l.offer_code, l.end_user,
+   l.realizing_resource, l.login, l.service_characteristics,
+   ${iso("l.created_at")} AS created_at, ${iso("l.updated_at")} AS updated_at`,
+);
+
+function toRecord(r: LicenceRow): LicenceRecord {
+  return {
+    id: r.id,
+    fleetId: r.fleet_id,
+    customerId: r.customer_id,
+    state: r.state,
+    externalState: r.external_state,
+    offerCode: r.offer_code,
+    endUser: r.end_user,
+    realizingResource: r.realizing_resource,
+    login: r.login,
+    serviceCharacteristics: r.service_characteristics,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+/** Licences of a fleet in creation order; null when the fleet does not exist. */
+export async function listFleetLicences(q: Queryable, fleetId: string): Promise<LicenceRecord[] | null> {
+  // LEFT JOIN: a fleet without licences gives one row of nulls, told apart from an unknown fleet.
+  const rows = await q.query<LicenceRow>(sql`
+    SELECT ${COLUMNS}
+    FROM fleet f LEFT JOIN licence l ON l.fleet_id = f.id
+    WHERE f.id = ${fleetId}
+    ORDER BY l.id`);
+  if (rows.length === 0) return null;
+  return rows.filter((r) => r.id !== null).map(toRecord);
+}
+
+/** The licences that exist among `ids`, in id order. */
+export async function selectLicences(q: Queryable, ids: string[]): Promise<LicenceRecord[]> {
+  const rows = await q.query<LicenceRow>(sql`
+    SELECT ${COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
+    WHERE l.id = ANY(${ids}::text[]) ORDER BY l.id`);
+  return rows.map(toRecord);
+}
+
+/** The same, locked for a change (id order). */
+export async function lockLicences(tx: Tx, ids: string[]): Promise<LicenceRecord[]> {
+  const rows = await tx.query<LicenceRow>(sql`
+    SELECT ${COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
+    WHERE l.id = ANY(${ids}::text[]) ORDER BY l.id FOR UPDATE OF l`);
+  return rows.map(toRecord);
+}
+
+/**
+ * The licences among `ids` whose order is completed, locked (id order). A licence of an order
+ * that is not completed is unknown to Orange, hence to partner-side changes.
+ */
+export async function lockLicencesOfCompletedOrders(tx: Tx, ids: string[]): Promise<LicenceRecord[]> {
+  const rows = await tx.query<LicenceRow>(sql`
+    SELECT ${COLUMNS}
+    FROM licence l JOIN fleet f ON f.id = l.fleet_id JOIN product_order o ON o.id = l.order_id
+    WHERE l.id = ANY(${ids}::text[]) AND o.state = 'completed'
+    ORDER BY l.id FOR UPDATE OF l`);
+  return rows.map(toRecord);
+}
+
+export interface NewLicences {
+  ids: string[];
+  fleetId: string;
+  orderId: string;
+  offerCode: string;
+  /** Pre-configuration of the first licences, by position (endUserConfiguration). */
+  seeds: { endUser: JsonObject | null; realizingResource: JsonObject | null }[];
+}
+
+/**
+ * Creates the licences of an order, `active`, in one statement whatever their number: the ids
+ * travel as one array and the (few) seeds as one JSON array joined by position.
+ */
+export async function insertLicences(tx: Tx, l: NewLicences, now: Date): Promise<void> {
+  await tx.execute(sql`
+    INSERT INTO licence (id, fleet_id, order_id, state, offer_code, end_user, realizing_resource,
+                         created_at, updated_at)
+    SELECT u.id, ${l.fleetId}, ${l.orderId}, 'active'::"LicenceState", ${l.offerCode},
+           NULLIF(s.value -> 'endUser', 'null'::jsonb), NULLIF(s.value -> 'realizingResource', 'null'::jsonb),
+           ${now}, ${now}
+    FROM unnest(${l.ids}::text[]) WITH ORDINALITY AS u(id, n)
+    LEFT JOIN jsonb_array_elements(${JSON.stringify(l.seeds)}::jsonb) WITH ORDINALITY AS s(value, n) USING (n)`);
+}
+
+/** Writes state, Orange's last asked state and offer of each licence; the licences after. */
+export async function updateStatesAndOffers(tx: Tx, next: LicenceRecord[], now: Date): Promise<LicenceRecord[]> {
+  const rows = await tx.query<LicenceRow>(sql`
+    UPDATE licence l SET
+      state = v.state::"LicenceState",
+      external_state = v.external_state::"ExternalState",
+      offer_code = v.offer_code,
+      terminated_at = CASE WHEN v.state = 'terminated' THEN COALESCE(l.terminated_at, ${now}) END,
+      updated_at = ${now}
+    FROM unnest(${next.map((l) => l.id)}::text[], ${next.map((l) => l.state)}::text[],
+                ${next.map((l) => l.externalState)}::text[], ${next.map((l) => l.offerCode)}::text[])
+         AS v(id, state, external_state, offer_code), fleet f
+    WHERE l.id = v.id AND f.id = l.fleet_id
+    RETURNING ${COLUMNS}`);
+  return rows.map(toRecord);
+}
+
+const json = (value: JsonValue | null): string | null => (value === null ? null : JSON.stringify(value));
+
+/** Writes end user, technical resource, login and characteristics of one licence; the licence after. */
+export async function updateDetails(tx: Tx, next: LicenceRecord, now: Date): Promise<LicenceRecord> {
+  const [row] = await tx.query<LicenceRow>(sql`
+    UPDATE licence l SET
+      end_user = ${json(next.endUser)}::jsonb,
+      realizing_resource = ${json(next.realizingResource)}::jsonb,
+      login = ${json(next.login)}::jsonb,
+      service_characteristics = ${json(next.serviceCharacteristics)}::jsonb,
+      updated_at = ${now}
+    FROM fleet f
+    WHERE l.id = ${next.id} AND f.id = l.fleet_id
+    RETURNING ${COLUMNS}`);
+  return toRecord(row!);
+}
+
+/** Whether some licence has this end user (a partner `eu_…` id). */
+export async function endUserExists(tx: Tx, endUserId: string): Promise<boolean> {
+  const rows = await tx.query(sql`SELECT 1 FROM licence l WHERE l.end_user->>'id' = ${endUserId} LIMIT 1`);
+  return rows.length > 0;
+}

@@ -1,0 +1,58 @@
+/**
+ * What the domain needs from the outside, declared here and implemented elsewhere (the
+ * composition root hands the implementations in): the domain imports none of them.
+ *
+ * - Outbox: tell Orange about a finished request or a partner-side change (src/events/outbox.ts).
+ * - JobQueue: run work later, in the worker (src/events/queue.ts, over graphile-worker).
+ * - RequestCodec: Orange's wire for one operation (src/orange/codecs.ts): the stored request read
+ *   back as a command, an outcome written as the answer, the acknowledgement.
+ */
+import type { Queryable, Tx } from "../db/sql.js";
+import type { JsonObject, JsonValue } from "../lib/json.js";
+
+/** What Orange is told, in the domain's words; src/events picks the Orange API and event type. */
+export type Announcement =
+  | { about: "order"; state: "completed" | "failed"; orderId: string; fleetId?: string; resource: JsonValue }
+  | { about: "update"; state: "completed" | "failed"; updateId: string; fleetId?: string; resource: JsonValue }
+  | { about: "licence-change"; fleetId: string; resource: JsonValue };
+
+export interface Outbox {
+  /**
+   * Writes the announcement in the caller's transaction (commit: it will be delivered; rollback:
+   * it never existed). One fleet's announcements reach Orange in the order they were written.
+   */
+  announce(tx: Tx, announcement: Announcement): Promise<{ id: string }>;
+}
+
+export interface Job {
+  task: string;
+  payload: JsonObject;
+  /** At most one waiting job per key: adding a job under a key replaces the waiting one. */
+  key?: string;
+}
+
+export interface JobQueue {
+  /** Adds the job in the caller's transaction: it exists once the transaction commits. */
+  add(q: Queryable, job: Job): Promise<void>;
+  /** The keys, among these, that have no job left that can still run (gone, or out of attempts). */
+  withoutLiveJob(q: Queryable, keys: string[]): Promise<string[]>;
+}
+
+/** How a job's run is told about its history and the worker's shutdown. */
+export interface JobContext {
+  /** This run included. */
+  attempt: number;
+  signal: AbortSignal;
+}
+
+export type TaskHandler = (payload: unknown, context: JobContext) => Promise<void>;
+
+/** Orange's wire for one operation, so that the domain never reads nor writes it itself. */
+export interface RequestCodec<C, O> {
+  /** A stored request (validated when it was received) read back as the command, with the wire schema. */
+  decode(request: JsonValue): C;
+  /** The final answer: the sync reply, stored for retries, and the resource of the event in async mode. */
+  answer(request: JsonValue, outcome: O): JsonValue;
+  /** The asynchronous answer: the request is stored and will be carried out. */
+  acknowledgement(request: JsonValue, requestId: string): JsonValue;
+}

@@ -1,0 +1,124 @@
+/**
+ * The SQL of Orange's requests: `product_order` (orders) and `licence_update` (updates), one
+ * statement per function, each taking the caller's transaction (or the pool). Both tables share
+ * the lifecycle's columns (idempotency key, request, answer, state, failure); the few columns of
+ * one kind only are named where they are written.
+ */
+import { raw, sql, type Queryable, type Tx } from "../db/sql.js";
+import type { JsonValue } from "../lib/json.js";
+
+export type RequestKind = "order" | "update";
+export type RequestState = "acknowledged" | "completed" | "failed";
+
+const TABLE = { order: raw("product_order"), update: raw("licence_update") } as const;
+
+/** The row a retry under an already used key is answered from. */
+export interface StoredRequest {
+  id: string;
+  request_hash: string;
+  response: JsonValue;
+}
+
+export interface NewRequest {
+  id: string;
+  idempotencyKey?: string;
+  orangeRef?: string;
+  requestHash: string;
+  request: JsonValue;
+  createdAt: Date;
+  /** Orders: the use case and the quantity asked; updates: the licences named. */
+  order?: { useCase: string; quantity?: number };
+  update?: { licenceIds: string[] };
+}
+
+/**
+ * Stores a request `acknowledged` under its idempotency key; false when the key is taken. ON
+ * CONFLICT waits for a concurrent transaction holding the same key, so two identical requests
+ * never both go on: the second sees the first's row once it commits.
+ */
+export async function insertRequest(tx: Tx, kind: RequestKind, r: NewRequest): Promise<boolean> {
+  const common = sql`${r.id}, ${r.idempotencyKey ?? null}, ${r.orangeRef ?? null}, ${r.requestHash},
+                     ${JSON.stringify(r.request)}::json, 'acknowledged'::"RequestState", ${r.createdAt}`;
+  const rows =
+    kind === "order"
+      ? await tx.query(sql`
+          INSERT INTO product_order (id, idempotency_key, orange_ref, request_hash, request, state, created_at,
+                                     use_case, quantity)
+          VALUES (${common}, ${r.order?.useCase ?? null}, ${r.order?.quantity ?? null})
+          ON CONFLICT (idempotency_key) DO NOTHING
+          RETURNING id`)
+      : await tx.query(sql`
+          INSERT INTO licence_update (id, idempotency_key, orange_ref, request_hash, request, state, created_at,
+                                      licence_ids)
+          VALUES (${common}, ${r.update?.licenceIds ?? []}::text[])
+          ON CONFLICT (idempotency_key) DO NOTHING
+          RETURNING id`);
+  return rows.length > 0;
+}
+
+export async function findByIdempotencyKey(tx: Tx, kind: RequestKind, key: string | undefined): Promise<StoredRequest | undefined> {
+  const [row] = await tx.query<StoredRequest>(sql`
+    SELECT id, request_hash, response FROM ${TABLE[kind]} WHERE idempotency_key = ${key ?? null}`);
+  return row;
+}
+
+/** The answer a retry of the same reference gets (async: the acknowledgement). */
+export async function storeResponse(tx: Tx, kind: RequestKind, id: string, response: JsonValue): Promise<void> {
+  await tx.execute(sql`UPDATE ${TABLE[kind]} SET response = ${JSON.stringify(response)}::json WHERE id = ${id}`);
+}
+
+/** The stored request, locked, while it is still to be carried out; undefined once it is not. */
+export async function lockAcknowledged(tx: Tx, kind: RequestKind, id: string): Promise<{ request: JsonValue } | undefined> {
+  const [row] = await tx.query<{ request: JsonValue; state: RequestState }>(sql`
+    SELECT request, state FROM ${TABLE[kind]} WHERE id = ${id} FOR UPDATE`);
+  return row?.state === "acknowledged" ? row : undefined;
+}
+
+export interface FinishedRequest {
+  id: string;
+  state: "completed" | "failed";
+  reason?: string;
+  completedAt: Date;
+  /** Orders: what the order created or used. */
+  customerId?: string;
+  fleetId?: string;
+}
+
+/** Records the outcome; `response` null keeps the stored answer (async: the acknowledgement). */
+export async function finishRequest(tx: Tx, kind: RequestKind, f: FinishedRequest, response: JsonValue | null): Promise<void> {
+  const common = sql`state = ${f.state}::"RequestState",
+    response = COALESCE(${response === null ? null : JSON.stringify(response)}::json, response),
+    failure_reason = ${f.reason ?? null}, completed_at = ${f.completedAt}`;
+  await tx.execute(
+    kind === "order"
+      ? sql`UPDATE product_order SET ${common}, customer_id = ${f.customerId ?? null}, fleet_id = ${f.fleetId ?? null}
+            WHERE id = ${f.id}`
+      : sql`UPDATE licence_update SET ${common} WHERE id = ${f.id}`,
+  );
+}
+
+/**
+ * A failed attempt at carrying out an acknowledged request, counted and kept for operators; the
+ * new count decides whether it is tried again.
+ */
+export async function recordFailedAttempt(q: Queryable, kind: RequestKind, id: string, error: string): Promise<number | undefined> {
+  const [row] = await q.query<{ attempts: number }>(sql`
+    UPDATE ${TABLE[kind]} SET attempts = attempts + 1, last_error = ${error}
+     WHERE id = ${id} AND state = 'acknowledged'
+    RETURNING attempts`);
+  return row?.attempts;
+}
+
+/** Acknowledged requests older than `olderThanMs`, oldest first: those the worker's sweep looks at. */
+export async function listAcknowledged(
+  q: Queryable,
+  kind: RequestKind,
+  olderThanMs: number,
+  limit: number,
+): Promise<{ id: string; attempts: number; created_at: Date }[]> {
+  return q.query(sql`
+    SELECT id, attempts, created_at FROM ${TABLE[kind]}
+     WHERE state = 'acknowledged' AND created_at < now() - ${olderThanMs}::bigint * interval '1 millisecond'
+     ORDER BY created_at
+     LIMIT ${limit}`);
+}
