@@ -344,6 +344,78 @@ describe("acknowledged requests whose job gave up", () => {
   });
 });
 
+describe("acknowledged requests that keep failing for a reason nobody foresaw", () => {
+  let strict: TestApp;
+  beforeAll(async () => {
+    strict = await createTestApp({ env: { ORDERING_MODE: "async", UPDATE_MODE: "async", REQUEST_MAX_ATTEMPTS: "2" } });
+  });
+  afterAll(async () => strict?.close());
+
+  async function strictWorker(): Promise<WorkerHarness> {
+    const w = await startWorker(gw, strict.url, { tasks: strict.services.requestTasks, sweepRequests: strict.services.sweepRequests });
+    running.push(w);
+    return w;
+  }
+
+  it("end failed after REQUEST_MAX_ATTEMPTS runs, with their event and the error kept for operators", async () => {
+    const order = await strict.call("POST", ORDER_URL, uc2(ref("ORD"), { quantity: 2 }));
+    expect(order.body.state, order.text).toBe("acknowledged");
+    const orderRef = order.body.externalReference.id as string;
+    // Something no run can get past: the stored request no longer reads as an order.
+    await strict.db.$executeRaw`UPDATE product_order SET request = ${JSON.stringify({
+      externalReference: { type: "orange", id: orderRef },
+      orderItem: "not an array",
+    })}::json WHERE id = ${order.body.id}`;
+
+    await strictWorker();
+    const { body: event } = await waitFor(
+      "the failed order's event",
+      () => gw.delivered().find((r) => (r.body as { resource: { id?: string } }).resource.id === order.body.id),
+      20_000,
+    ).then((call) => ({ body: call.body as { type: string; resource: Record<string, unknown> } }));
+    expect(event.type).toBe("failedStateNotification");
+    expect(event.resource).toMatchObject({
+      id: order.body.id,
+      externalReference: { type: "orange", id: orderRef },
+      state: "failed",
+      note: { text: expect.stringContaining("technical error"), author: strict.config.partnerName },
+    });
+    const row = await strict.db.productOrder.findUniqueOrThrow({ where: { id: order.body.id } });
+    expect(row).toMatchObject({ state: "failed", attempts: 2, failureReason: expect.stringContaining("technical error") });
+    expect(row.lastError).toMatch(/ZodError|expected array/i);
+    expect(await strict.db.licence.count({ where: { orderId: order.body.id } })).toBe(0);
+    // The job is done with: nothing left to run, and the sweep does not re-arm it.
+    expect((await strict.db.$queryRaw<{ n: number }[]>`
+      SELECT count(*)::int AS n FROM graphile_worker.jobs WHERE key = ${`order:${order.body.id}`} AND attempts < max_attempts`)[0]!.n).toBe(0);
+    expect(await strict.services.sweepRequests()).toEqual([]);
+  }, 30_000);
+
+  it("are not re-armed forever by the sweep: past the bound, an acknowledged request without a job ends failed", async () => {
+    const update = await strict.call("POST", UPDATE_URL, {
+      externalReference: orange(ref("UPD")),
+      userService: [{ id: "us_nowhere", externalState: "suspended" }],
+    });
+    expect(update.body.state, update.text).toBe("acknowledged");
+    const [row] = await strict.db.$queryRaw<{ id: string }[]>`
+      SELECT id FROM licence_update WHERE orange_ref = ${update.body.externalReference.id}`;
+    // As after days of failed runs: the bound is reached and the job is gone.
+    await strict.db.$executeRaw`UPDATE licence_update SET attempts = 1 WHERE id = ${row!.id}`;
+    await strict.db.$executeRaw`SELECT graphile_worker.remove_job(${`update:${row!.id}`})`;
+
+    expect(await strict.services.sweepRequests()).toEqual([`update:${row!.id}`]);
+    expect(await strict.db.licenceUpdate.findUniqueOrThrow({ where: { id: row!.id } })).toMatchObject({
+      state: "failed",
+      attempts: 2,
+      failureReason: expect.stringContaining("technical error"),
+      lastError: "its job was gone or out of attempts",
+    });
+    const events = await strict.db.outboxEvent.findMany({ where: { updateId: row!.id } });
+    expect(events).toHaveLength(1);
+    expect(events[0]!.body).toMatchObject({ type: "updateNotification", resource: { state: "failed" } });
+    expect(await strict.services.sweepRequests()).toEqual([]);
+  });
+});
+
 describe("asynchronous userService/update", () => {
   async function postUpdate(body: unknown): Promise<CallResult> {
     return asyncApp.call("POST", UPDATE_URL, body);
@@ -428,6 +500,44 @@ describe("asynchronous userService/update", () => {
       state: "failed",
       failureReason: expect.stringContaining("us_unknown"),
     });
+  });
+
+  it("sends one updateNotification per fleet when the licences span several fleets of the customer, each in its fleet's order", async () => {
+    await worker();
+    const first = uc2(ref("ORD"), { quantity: 1 });
+    const second = { ...uc2(ref("ORD"), { quantity: 1 }), customer: first.customer };
+    const fleets: string[] = [];
+    const licences: string[] = [];
+    for (const body of [first, second]) {
+      const res = await asyncApp.call("POST", ORDER_URL, body);
+      const { body: event } = await eventOf((r) => r.id === res.body.id);
+      const fleetId = (event.resource as { orderItem: { productRef: { id: string } }[] }).orderItem[0]!.productRef.id;
+      const list = await asyncApp.call("GET", `/userservice/v2/userService?productRefId=${fleetId}`);
+      fleets.push(fleetId);
+      licences.push(list.body[0].id);
+    }
+    gw.reset();
+    const updateRef = ref("UPD");
+    const res = await postUpdate({
+      externalReference: orange(updateRef),
+      userService: licences.map((id) => ({ id, externalState: "suspended" })),
+    });
+    expect(res.body.state).toBe("acknowledged");
+
+    await waitFor("both events", () => gw.delivered().length >= 2);
+    const events = gw.delivered().map((r) => r.body as { type: string; resource: { state: string; userService: { id: string; relatedProductRefId: string }[] } });
+    expect(events).toHaveLength(2);
+    for (const [i, fleetId] of fleets.entries()) {
+      const event = events.find((e) => e.resource.userService[0]?.relatedProductRefId === fleetId);
+      expect(event, fleetId).toMatchObject({
+        type: "updateNotification",
+        resource: { externalReference: orange(updateRef), state: "completed", userService: [{ id: licences[i], state: "inactive" }] },
+      });
+      expect(event!.resource.userService).toHaveLength(1);
+    }
+    const update = await asyncApp.db.licenceUpdate.findFirstOrThrow({ where: { orangeRef: updateRef } });
+    const rows = await asyncApp.db.outboxEvent.findMany({ where: { updateId: update.id }, orderBy: { orderingKey: "asc" } });
+    expect(rows.map((r) => r.orderingKey)).toEqual([...fleets].sort());
   });
 
   it("orders an update none of whose licences exists on the update itself", async () => {

@@ -25,6 +25,7 @@ import {
   type RenderContext,
 } from "./mapping.js";
 import {
+  ExternalReferenceFieldSchema,
   ProductOrderRequestSchema,
   UserServiceUpdateRequestSchema,
   type ProductOrderRequest,
@@ -36,8 +37,12 @@ export interface OrangeCodec<W, C, O> extends RequestCodec<C, O> {
   fromWire(body: W, idempotencyKeyHeader: string | undefined): C;
 }
 
-/** Requests known to fit their schema: the validated bodies of routes and the stored ones parsed again. */
-function parsedBy<W>(schema: { parse(value: unknown): W }) {
+/**
+ * Requests known to fit their schema: the validated bodies of routes and the stored ones parsed
+ * again. `failed` answers a stored request that no longer fits with what can still be read of it
+ * (Orange's reference): a request that could not be carried out must still be reported.
+ */
+function parsedBy<W>(schema: { parse(value: unknown): W }, standIn: (externalReference: unknown) => W) {
   const known = new WeakMap<object, W>();
   return {
     remember(body: W): void {
@@ -53,11 +58,19 @@ function parsedBy<W>(schema: { parse(value: unknown): W }) {
       }
       return schema.parse(request);
     },
+    failed(request: JsonValue): W {
+      try {
+        return this.parse(request);
+      } catch {
+        const ref = typeof request === "object" && request !== null && !Array.isArray(request) ? request.externalReference : undefined;
+        return standIn(ExternalReferenceFieldSchema.safeParse(ref).data);
+      }
+    },
   };
 }
 
 export function createOrderCodec(ctx: RenderContext): OrangeCodec<ProductOrderRequest, PlaceOrderCommand, OrderOutcome> {
-  const requests = parsedBy(ProductOrderRequestSchema);
+  const requests = parsedBy(ProductOrderRequestSchema, (externalReference) => ({ externalReference }) as ProductOrderRequest);
   return {
     fromWire(body, header) {
       requests.remember(body);
@@ -65,7 +78,8 @@ export function createOrderCodec(ctx: RenderContext): OrangeCodec<ProductOrderRe
     },
     // The idempotency key played its part when the order was received.
     decode: (request) => toPlaceOrderCommand(requests.parse(request), undefined),
-    answer: (request, outcome) => renderOrder(requests.parse(request), outcome, ctx) as unknown as JsonValue,
+    answer: (request, outcome) =>
+      renderOrder(outcome.state === "failed" ? requests.failed(request) : requests.parse(request), outcome, ctx) as unknown as JsonValue,
     acknowledgement: (request, id) => renderOrderAcknowledgement(requests.parse(request), id, ctx) as unknown as JsonValue,
   };
 }
@@ -73,14 +87,18 @@ export function createOrderCodec(ctx: RenderContext): OrangeCodec<ProductOrderRe
 export function createUpdateCodec(
   ctx: RenderContext,
 ): OrangeCodec<UserServiceUpdateRequest, UpdateLicencesCommand, UpdateOutcome> {
-  const requests = parsedBy(UserServiceUpdateRequestSchema);
+  const requests = parsedBy(
+    UserServiceUpdateRequestSchema,
+    (externalReference) => ({ externalReference, userService: [] }) as unknown as UserServiceUpdateRequest,
+  );
   return {
     fromWire(body, header) {
       requests.remember(body);
       return toUpdateCommand(body, header);
     },
     decode: (request) => toUpdateCommand(requests.parse(request), undefined),
-    answer: (request, outcome) => renderUpdate(requests.parse(request), outcome, ctx) as unknown as JsonValue,
+    answer: (request, outcome) =>
+      renderUpdate(outcome.state === "failed" ? requests.failed(request) : requests.parse(request), outcome, ctx) as unknown as JsonValue,
     acknowledgement: (request) => renderUpdateAcknowledgement(requests.parse(request)) as unknown as JsonValue,
   };
 }
