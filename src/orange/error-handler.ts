@@ -10,6 +10,7 @@ import {
   ServiceUnavailable,
   UnsupportedMediaType,
 } from "../errors.js";
+import { isDatabaseUnavailable } from "../db/errors.js";
 import type { ErrorBody } from "./schemas.js";
 
 /**
@@ -17,51 +18,6 @@ import type { ErrorBody } from "./schemas.js";
  * `{code, message, description}` (contract section 7). 5xx bodies never carry internals: the
  * detail goes to the log with the request id.
  */
-
-const CONNECTION_ERROR_CODES = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ENOTFOUND",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "EPIPE",
-  "57P01", // admin_shutdown
-  "57P02", // crash_shutdown
-  "57P03", // cannot_connect_now
-  "53300", // too_many_connections
-  "P1001", // Prisma: can't reach database server
-  "P1002",
-  "P1017", // Prisma: server closed the connection
-  "P2024", // Prisma: timed out fetching a connection from the pool
-]);
-
-const CONNECTION_MESSAGES = [
-  /connection terminated/i,
-  /timeout exceeded when trying to connect/i,
-  /can't reach database/i,
-  /connection refused/i,
-  /database system is (starting up|shutting down)/i,
-  /Client has encountered a connection error/i,
-  /Connection ended unexpectedly/i,
-  /DatabaseNotReachable/i,
-];
-
-/** True when the error means PostgreSQL cannot be reached (answer 503, Orange retries later). */
-export function isDatabaseUnavailable(err: unknown): boolean {
-  const seen = new Set<unknown>();
-  let current: unknown = err;
-  while (current && typeof current === "object" && !seen.has(current)) {
-    seen.add(current);
-    const e = current as { code?: unknown; message?: unknown; cause?: unknown; originalCode?: unknown; kind?: unknown };
-    for (const code of [e.code, e.originalCode]) {
-      if (typeof code === "string" && (CONNECTION_ERROR_CODES.has(code) || code.startsWith("08"))) return true;
-    }
-    if (e.kind === "DatabaseNotReachable" || e.kind === "ConnectionClosed" || e.kind === "SocketTimeout") return true;
-    if (typeof e.message === "string" && CONNECTION_MESSAGES.some((re) => re.test(e.message as string))) return true;
-    current = e.cause;
-  }
-  return false;
-}
 
 function fromFastifyError(err: FastifyError, bodyLimit: number): AppError | undefined {
   switch (err.code) {
