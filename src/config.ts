@@ -28,7 +28,6 @@ const list = z
   );
 
 const EnvSchema = z.object({
-  NODE_ENV: z.string().default("development"),
   HOST: z.string().default("0.0.0.0"),
   PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
@@ -92,7 +91,6 @@ const EnvSchema = z.object({
   WORKER_STOP_TIMEOUT_MS: z.coerce.number().int().min(0).default(10_000),
 });
 
-export type Env = z.input<typeof EnvSchema>;
 
 export interface InboundAuthConfig {
   disabled: boolean;
@@ -129,7 +127,6 @@ export interface WorkerConfig {
 }
 
 export interface Config {
-  env: string;
   role: Role;
   host: string;
   port: number;
@@ -189,7 +186,6 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     throw new ConfigError("WORKER_LEASE_MS must be at least 6 × ORANGE_EVENT_TIMEOUT_MS");
   }
   return {
-    env: e.NODE_ENV,
     role: e.ROLE,
     host: e.HOST,
     port: e.PORT,

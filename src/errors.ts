@@ -53,11 +53,11 @@ export class InvalidQuery extends AppError {
 }
 
 export class Unauthorized extends AppError {
-  constructor(code: 40 | 41 | 42, description: string, challenge?: string) {
+  constructor(code: 40 | 41, description: string, challenge?: string) {
     super(
       401,
       code,
-      code === 40 ? "Missing credentials" : code === 41 ? "Invalid credentials" : "Expired credentials",
+      code === 40 ? "Missing credentials" : "Invalid credentials",
       description,
       challenge ? { "www-authenticate": challenge } : {},
     );
@@ -103,12 +103,6 @@ export class PayloadTooLarge extends AppError {
 export class UnsupportedMediaType extends AppError {
   constructor(description: string) {
     super(415, 68, "Unsupported media type", description);
-  }
-}
-
-export class TooManyRequests extends AppError {
-  constructor(description: string) {
-    super(429, 53, "Too many requests", description);
   }
 }
 

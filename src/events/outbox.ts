@@ -19,10 +19,6 @@ export const DELIVER_TASK = "deliver_events";
 export const ENQUEUE_LOCK_NAMESPACE = 0x4f42_0001;
 export const DELIVERY_LOCK_NAMESPACE = 0x4f42_0002;
 
-export interface DeliverEventsPayload {
-  orderingKey: string;
-}
-
 export interface NewEvent {
   api: OrangeEventApi;
   /** completedStateNotification | failedStateNotification | updateNotification */

@@ -94,7 +94,6 @@ const TokenResponseSchema = z.object({
   // Seconds; some gateways send it as a string.
   expires_in: z.union([z.number(), z.string().regex(/^\d+$/).transform(Number)]).pipe(z.number().int().positive()),
 });
-export type TokenResponse = z.infer<typeof TokenResponseSchema>;
 
 const OAuthErrorSchema = z.object({ error: z.string(), error_description: z.string().optional() });
 

@@ -152,7 +152,6 @@ export const OrderItemSchema = z
       });
     }
   });
-export type OrderItem = z.infer<typeof OrderItemSchema>;
 
 export const ProductOrderRequestSchema = z
   .looseObject({
