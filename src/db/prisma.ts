@@ -1,5 +1,5 @@
 // The Prisma client, always through the pg driver adapter: Prisma runs with no native engine
-// on these machines (see ARCHITECTURE.md "Prisma offline").
+// on these machines (see docs/database.md).
 
 import { PrismaPg } from "@prisma/adapter-pg";
 import { Prisma, PrismaClient } from "../generated/prisma/client.js";
