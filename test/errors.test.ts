@@ -168,7 +168,7 @@ describe("Orange error bodies for rejected requests", () => {
     it("gives the path, the rule and the value received for an out-of-range quantity", async () => {
       const res = await t.call("POST", ORDER_URL, uc2WithProductRef({ userServiceQuantity: -2 }));
       expectOrangeError(res, 400, 24, "orderItem[0].productRef.userServiceQuantity");
-      // The wording of the contract's example (shared/orange-api/examples/error-400.json).
+      // The wording of the example in docs/orange-contract.md, section 7.
       expect(res.body.description).toBe("orderItem[0].productRef.userServiceQuantity must be an integer >= 1 (got -2)");
       await expectNothingStored();
     });

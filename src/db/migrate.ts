@@ -1,5 +1,5 @@
 // Applies prisma/migrations at start-up. `prisma migrate deploy` cannot run through the pg driver
-// adapter (prisma/orm#27403, see ARCHITECTURE.md "Prisma offline"), so this runner does its job
+// adapter (prisma/orm#27403, see docs/database.md "Migrations"), so this runner does its job
 // and keeps Prisma's ledger, `_prisma_migrations`, exactly as Prisma writes it: wherever Prisma's
 // binaries are available, `prisma migrate status/deploy` agree with what was applied here.
 

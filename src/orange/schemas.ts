@@ -1,7 +1,8 @@
 import { z } from "zod";
 
 /**
- * Orange Business Applications 2.2 wire schemas (../shared/orange-api/CONTRACT.md).
+ * Orange Business Applications 2.2 wire schemas, documented in docs/orange-contract.md (the
+ * "contract section N" of comments across the code).
  *
  * The one place that knows the shape of Orange's payloads. Requests are parsed with loose
  * objects (lenient in: unknown fields are accepted and kept in the stored raw request);

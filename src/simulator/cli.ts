@@ -54,6 +54,7 @@ Mock Orange gateway (the target sends its events here)
   --client-id ID            OAuth client id the gateway accepts (default partner-client-id)
   --client-secret SECRET    its secret (default partner-client-secret)
   --token-expires-in S      expires_in of the tokens it issues (default 3600)
+  --gateway-only            run the mock gateway alone and print each event it receives, until Ctrl-C
 
 Scenarios
   --scenarios PATH          a scenario file or directory (repeatable); adds to the built-in suite
@@ -137,6 +138,7 @@ export async function main(argv: string[]): Promise<number> {
       offers: { type: "string" },
       "gateway-host": { type: "string" },
       "gateway-port": { type: "string" },
+      "gateway-only": { type: "boolean" },
       offer: { type: "string" },
       "client-id": { type: "string" },
       "client-secret": { type: "string" },
@@ -181,6 +183,7 @@ export async function main(argv: string[]): Promise<number> {
     expiresIn: positiveInt(values["token-expires-in"], "token-expires-in", 3600),
   });
   try {
+    if (values["gateway-only"]) return await gatewayOnly(gateway, log);
     log(`mock Orange gateway: events ${gateway.url}/${offer}/{productordering|userservice}/v2/event, token ${gateway.tokenUrl}`);
 
     // Targets: the one given, or our own server once per mode.
@@ -292,6 +295,20 @@ async function loadMode(
     if (report.orders.errors + report.updates.errors + report.gets.errors > 0) failed = true;
   }
   return failed ? 1 : 0;
+}
+
+/** The mock gateway alone, for a partner server run by hand: each event is printed as it arrives. */
+async function gatewayOnly(gateway: MockGateway, log: (line: string) => void): Promise<number> {
+  log(`mock Orange gateway on ${gateway.url}; a partner server sends its events here with`);
+  log(`  ORANGE_EVENT_BASE_URL=${gateway.url} ORANGE_TOKEN_URL=${gateway.tokenUrl}`);
+  log(`  ORANGE_CLIENT_ID=${gateway.clientId} ORANGE_CLIENT_SECRET=${gateway.clientSecret}`);
+  log("waiting for events (Ctrl-C to stop)");
+  gateway.subscribe((e) => {
+    const body = e.body as { type?: unknown; id?: unknown } | null;
+    log(`\n${e.status} POST ${e.path} ${String(body?.type)} ${String(body?.id)}\n${JSON.stringify(e.body, null, 2)}`);
+  });
+  await new Promise((stop) => ["SIGINT", "SIGTERM"].forEach((signal) => process.once(signal, stop)));
+  return 0;
 }
 
 /** main() with usage errors (exit 2) and failures (exit 1) reported on stderr. */

@@ -1,9 +1,9 @@
 /**
- * The contract's worked examples (shared/orange-api/examples/), kept here so that tests and the
- * bench do not depend on a folder outside the repository. Each call returns a fresh copy.
+ * Orange's first order (UC2) in the shape of docs/orange-contract.md, section 2, kept here as
+ * code for the tests and the bench. Each call returns a fresh copy.
  */
 
-/** examples/uc2-request.json: a first order, new fleet of 3 licences, one pre-configured end user. */
+/** UC2: a first order, new fleet of 3 licences, one pre-configured end user. */
 export function uc2Request() {
   return {
     externalReference: { type: "orange", id: "ORD-2026-000102" },

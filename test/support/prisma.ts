@@ -1,5 +1,6 @@
 // The Prisma client, for the tests only: an independent reader of the store, to assert what a
-// request wrote (the program itself reaches PostgreSQL through pg, src/db/sql.ts).
+// request wrote (the program itself reaches PostgreSQL through pg, src/db/sql.ts). Always through
+// the pg driver adapter: Prisma runs with no native engine on these machines (docs/database.md).
 
 import { PrismaPg } from "@prisma/adapter-pg";
 import { Prisma, PrismaClient } from "../generated/prisma/client.js";
