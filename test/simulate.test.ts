@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RunReport } from "../src/simulator/runner.js";
 import { loadScenarios } from "../src/simulator/scenario.js";
+import { junitTotals } from "./support/simulator-junit.js";
 import { createTestApp, TEST_TOKEN, type TestApp } from "./support/app.js";
 
 /**
@@ -16,7 +17,9 @@ import { createTestApp, TEST_TOKEN, type TestApp } from "./support/app.js";
  */
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
+const STAMPED = /^simulate-report-\d{8}T\d{6}Z(-\d+)?\.(json|html|xml)$/;
 const CLI = join(ROOT, "src/simulator/cli.ts");
+const BIN = join(ROOT, "bin/orange-simulate.mjs");
 
 interface Outcome {
   code: number;
@@ -24,12 +27,14 @@ interface Outcome {
   stderr: string;
 }
 
-function simulate(args: string[], timeoutMs = 240_000): Promise<Outcome> {
+/** The CLI in a child process; with `cwd`, through the package's bin (tsx resolved from the package, not the cwd). */
+function simulate(args: string[], opts: { timeoutMs?: number; cwd?: string } = {}): Promise<Outcome> {
+  const entry = opts.cwd === undefined ? ["--import", "tsx", CLI] : [BIN];
   return new Promise((resolve) => {
     execFile(
       process.execPath,
-      ["--import", "tsx", CLI, "--no-color", ...args],
-      { cwd: ROOT, timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, NODE_OPTIONS: "" } },
+      [...entry, "--no-color", ...args],
+      { cwd: opts.cwd ?? ROOT, timeout: opts.timeoutMs ?? 240_000, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, NODE_OPTIONS: "" } },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
         resolve({ code, stdout, stderr });
@@ -53,12 +58,19 @@ afterAll(async () => {
 });
 
 describe("npm run simulate", () => {
-  it("passes every built-in scenario against this server, sync then async, and writes the JSON and HTML reports", async () => {
-    const json = join(dir, "self.json");
-    const html = join(dir, "self.html");
-    const run = await simulate(["--report-json", json, "--report-html", html]);
+  it("passes every built-in scenario against this server, sync then async, quietly, and writes the JSON, HTML and JUnit reports", async () => {
+    const reports = join(dir, "self");
+    const junit = join(dir, "self-junit.xml");
+    const run = await simulate(["--report-dir", reports, "--report-junit", junit]);
     // On failure, the report says which check failed, with what came back and the curl to replay it.
     expect(run.code, `${run.stdout.slice(-20_000)}\n${run.stderr}`).toBe(0);
+
+    // --report-dir: time-stamped names; the explicit --report-junit wins over the directory.
+    const files = (await readdir(reports)).sort();
+    expect(files).toHaveLength(2);
+    expect(files.every((f) => STAMPED.test(f))).toBe(true);
+    const [json, html] = [join(reports, files.find((f) => f.endsWith(".json"))!), join(reports, files.find((f) => f.endsWith(".html"))!)];
+    expect(run.stdout).toContain(`reports: ${json}, ${html}, ${junit}`);
 
     const report = JSON.parse(await readFile(json, "utf8")) as JsonReport;
     expect(report.runs.map((r) => r.modes)).toEqual([
@@ -67,8 +79,14 @@ describe("npm run simulate", () => {
     ]);
     const builtin = (await loadScenarios([join(ROOT, "scenarios")])).map((s) => s.name);
     expect(builtin.length).toBeGreaterThanOrEqual(9);
+    const catalogue = (JSON.parse(await readFile(join(ROOT, "config/catalogue.json"), "utf8")) as { offers: { code: string }[] }).offers;
     for (const r of report.runs) {
       expect(r.summary).toMatchObject({ failed: 0, skipped: 0, scenarios: builtin.length });
+      // The server's defaults: offer mba2 in the event URLs, the codes of its default catalogue.
+      expect(r).toMatchObject({ offer: "mba2", offers: catalogue.map((o) => o.code) });
+      expect(r.targetVersion).toEqual({ version: "orange-partner-server 0.1.0", source: "this repository's server, self-hosted" });
+      expect(r.scenarios.map((s) => s.name)).toEqual(builtin);
+      expect(r.modeHint).toBeUndefined();
       expect(new Set(r.checks.map((c) => c.scenario))).toEqual(new Set(builtin));
       // Every request is replayable.
       expect(r.checks.filter((c) => c.check.startsWith("status ")).every((c) => c.curl?.startsWith("curl "))).toBe(true);
@@ -78,15 +96,27 @@ describe("npm run simulate", () => {
     expect(asyncChecks).toContain("event completedStateNotification");
     expect(asyncChecks).toContain("event failedStateNotification");
     expect(asyncChecks).toContain("event updateNotification");
+    expect(report.runs[1]!.checks.filter((c) => c.check === "envelope and schema of every event").map((c) => c.expected)).toContain(
+      "on /mba2/…/v2/event: id, type, time, resource and its schema",
+    );
     expect(report.summary.failed).toBe(0);
     expect(report.summary.checks).toBe(report.runs[0]!.summary.checks + report.runs[1]!.summary.checks);
+
+    // JUnit: one testsuite per scenario and run, its counts those of the JSON report.
+    const totals = junitTotals(await readFile(junit, "utf8"));
+    expect(totals.suites).toHaveLength(2 * builtin.length);
+    expect(totals).toMatchObject({ tests: report.summary.checks, failures: 0, skipped: 0 });
 
     const page = await readFile(html, "utf8");
     expect(page).toMatch(/^<!doctype html>/i);
     expect(page).not.toMatch(/<(script|link)\b[^>]*\b(src|href)=/i); // self-contained
-    expect(page).toContain("uc2-first-order");
-    // The terminal report: one line per check, then the overall summary.
-    expect(run.stdout).toMatch(/^PASS uc2-first-order › /m);
+    expect(page.match(/<details class="scenario ok">/g)).toHaveLength(2 * builtin.length);
+    expect(page).toContain("uc2-first-order <small>— ");
+    expect(page.slice(0, page.indexOf("<h2>"))).toContain("version orange-partner-server 0.1.0");
+    // The terminal report, quiet: no line per passed check, the summaries.
+    expect(run.stdout).not.toMatch(/^PASS /m);
+    expect(run.stdout.split("\n").length).toBeLessThan(80);
+    expect(run.stdout).toMatch(/^OK: 9 scenario\(s\), \d+ check\(s\): \d+ passed, 0 failed, 0 skipped/m);
     expect(run.stdout).toMatch(/overall OK: 2 run\(s\)/);
   }, 300_000);
 
@@ -106,6 +136,7 @@ describe("npm run simulate", () => {
     it("fails, with expected, got and curl, when the target does not answer as declared", async () => {
       // The server answers synchronously; told it is asynchronous, the simulator must object.
       const json = join(dir, "wrong-mode.json");
+      const junit = join(dir, "wrong-mode.xml");
       const run = await simulate([
         "--target",
         target,
@@ -121,6 +152,8 @@ describe("npm run simulate", () => {
         json,
         "--report-html",
         join(dir, "wrong-mode.html"),
+        "--report-junit",
+        junit,
       ]);
       expect(run.code, run.stderr).toBe(1);
       const report = JSON.parse(await readFile(json, "utf8")) as JsonReport;
@@ -133,7 +166,33 @@ describe("npm run simulate", () => {
       // The bearer token is not printed unless asked.
       expect(state?.curl).not.toContain(TEST_TOKEN);
       expect(run.stdout).toMatch(/^FAIL uc2-first-order › /m);
+      expect(run.stdout).toContain(`     got:      ${state!.actual}`);
+      expect(run.stdout).toContain(`     ${state!.curl}`);
+      expect(run.stdout).not.toMatch(/^PASS /m);
       expect(run.stdout).toMatch(/overall FAILED/);
+      // The answers say the target is sync: one line says which option to pass.
+      const hint = 'hint: the target answered productOrder "completed"/"failed" (1 answer(s)) although the run declared --ordering async: pass --ordering sync';
+      expect(report.runs[0]!.modeHint).toBe(hint);
+      expect(run.stdout.split("\n")).toContain(hint);
+      // The same failures and skips in the JUnit file.
+      const { summary } = report;
+      expect(junitTotals(await readFile(junit, "utf8"))).toMatchObject({ tests: summary.checks, failures: summary.failed, skipped: summary.skipped });
+    }, 120_000);
+
+    it("names the reports after the run's time in the working directory, and prints every check with --verbose", async () => {
+      const cwd = join(dir, "cwd");
+      await mkdir(cwd);
+      const run = await simulate(["--target", target, "--auth-bearer", TEST_TOKEN, "--only", "ping", "--verbose"], { cwd });
+      expect(run.code, run.stdout).toBe(0);
+      // No JUnit file unless asked (a second run in the same second gets -2: simulator-ci.test.ts).
+      const files = (await readdir(cwd)).sort();
+      expect(files.map((f) => f.replace(/\.\w+$/, ""))).toEqual([files[0]!.replace(/\.\w+$/, ""), files[0]!.replace(/\.\w+$/, "")]);
+      expect(files.map((f) => [STAMPED.test(f), f.split(".").at(-1)])).toEqual([
+        [true, "html"],
+        [true, "json"],
+      ]);
+      expect(run.stdout).toMatch(/^✓ ping › ping › status 200$/m); // live
+      expect(run.stdout).toMatch(/^PASS ping › ping › status 200/m); // final report
     }, 120_000);
 
     it("plays a partner's own scenario file with the built-in suite left out", async () => {

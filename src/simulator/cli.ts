@@ -7,17 +7,19 @@
  *
  * Exit status: 0 when every check passed, 1 when one failed or was skipped, 2 on a usage error.
  */
-import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { z } from "zod";
 import { startMockGateway, type MockGateway } from "./gateway.js";
 import { renderLoadText, runLoad } from "./load.js";
-import { renderHtml, renderJson, renderText } from "./report.js";
+import { renderHtml, renderJson, renderJunit, renderText } from "./report.js";
 import { runScenarios, type RunReport, type TargetAuth } from "./runner.js";
 import { loadScenarios } from "./scenario.js";
-import { startSelfHostedServer } from "./self-host.js";
+import { DEFAULT_CATALOGUE, selfHostedVersion, startSelfHostedServer } from "./self-host.js";
 
 type Mode = "sync" | "async";
 type Modes = { ordering: Mode; update: Mode };
@@ -27,10 +29,54 @@ interface Target {
   url: string;
   auth: TargetAuth;
   modes: Modes;
-  host?: () => Promise<{ url: string; auth: TargetAuth; stop: () => Promise<void> }>;
+  host?: () => Promise<{ url: string; auth: TargetAuth; knownVersion?: RunReport["targetVersion"] & { version: string }; stop: () => Promise<void> }>;
 }
 
 const BUILTIN_SCENARIOS = fileURLToPath(new URL("../../scenarios/", import.meta.url));
+
+/** The server's ORANGE_OFFER default: events go to /mba2/… unless told otherwise. */
+export const DEFAULT_OFFER = "mba2";
+
+/**
+ * The offer codes of the server's default catalogue (config/catalogue.json), read as data: the
+ * simulator orders what the server sells out of the box. The first two are the ones the built-in
+ * scenarios order and swap to.
+ */
+export async function defaultOfferCodes(file = DEFAULT_CATALOGUE): Promise<string[]> {
+  const Catalogue = z.object({ offers: z.array(z.object({ code: z.string().min(1) })).min(1) });
+  try {
+    return Catalogue.parse(JSON.parse(await readFile(file, "utf8"))).offers.map((o) => o.code);
+  } catch (err) {
+    throw new UsageError(`cannot take the default offer codes from ${file} (${err instanceof Error ? err.message.split("\n")[0] : String(err)}): give --offers`);
+  }
+}
+
+/** `20260502T091502Z`: sortable, valid in every file system. */
+export function reportStamp(date: Date): string {
+  return date.toISOString().replace(/\.\d+Z$/, "Z").replace(/[-:]/g, "");
+}
+
+/**
+ * The report files of a run. Default: `simulate-report-<UTC time>.{json,html}` in the working
+ * directory, or with the JUnit file too under `--report-dir`; never a previous run's name (a
+ * `-2`, `-3`… is added within one second). An explicit `--report-*` file wins for its kind.
+ */
+export async function reportFiles(
+  values: { "report-json"?: string; "report-html"?: string; "report-junit"?: string; "report-dir"?: string },
+  now: Date,
+): Promise<{ json: string; html: string; junit?: string }> {
+  const dir = resolve(values["report-dir"] ?? ".");
+  if (values["report-dir"] !== undefined) await mkdir(dir, { recursive: true });
+  const exts = values["report-dir"] !== undefined ? ["json", "html", "xml"] : ["json", "html"];
+  let stem = join(dir, `simulate-report-${reportStamp(now)}`);
+  for (let n = 2; exts.some((ext) => existsSync(`${stem}.${ext}`)); n++) stem = join(dir, `simulate-report-${reportStamp(now)}-${n}`);
+  const junit = values["report-junit"] ?? (values["report-dir"] !== undefined ? `${stem}.xml` : undefined);
+  return {
+    json: resolve(values["report-json"] ?? `${stem}.json`),
+    html: resolve(values["report-html"] ?? `${stem}.html`),
+    ...(junit === undefined ? {} : { junit: resolve(junit) }),
+  };
+}
 
 const HELP = `Usage: npm run simulate -- [options]
 
@@ -45,12 +91,15 @@ Target
   --auth-header "NAME: VALUE"  or an API key header (default: none)
   --ordering sync|async     how the target answers productOrder (default sync)
   --update sync|async       how the target answers userService/update (default sync)
-  --offers CODE,CODE        Orange offer codes in the target's catalogue (default MBA-CAISSE-PRO,MBA-CAISSE-PREMIUM)
+  --offers CODE,CODE        Orange offer codes in the target's catalogue (default: the codes of this
+                            repository's config/catalogue.json, the server's default catalogue)
 
 Mock Orange gateway (the target sends its events here)
   --gateway-host HOST       interface to listen on (default 127.0.0.1)
   --gateway-port PORT       port (default: a free one)
-  --offer mba2|mba2-beta    offer segment of the event URLs (default mba2-beta)
+  --offer mba2|mba2-beta    offer segment the target must post its events under (its ORANGE_OFFER;
+                            default mba2, as the server's): /{offer}/productordering/v2/event and
+                            /{offer}/userservice/v2/event; another offer is a failed check
   --client-id ID            OAuth client id the gateway accepts (default partner-client-id)
   --client-secret SECRET    its secret (default partner-client-secret)
   --token-expires-in S      expires_in of the tokens it issues (default 3600)
@@ -65,8 +114,14 @@ Scenarios
   --request-timeout MS      how long to wait for an answer (default 10000)
 
 Report
-  --report-json FILE        default simulate-report.json
-  --report-html FILE        default simulate-report.html
+  (the terminal shows the failed checks, with expected, got and curl, and a summary)
+  --verbose                 print every check, passed ones too
+  --report-dir DIR          write the JSON, HTML and JUnit reports into DIR, as
+                            simulate-report-<UTC time>.{json,html,xml}
+  --report-json FILE        default simulate-report-<UTC time>.json (in --report-dir, or here)
+  --report-html FILE        default simulate-report-<UTC time>.html (in --report-dir, or here)
+  --report-junit FILE       JUnit XML for CI (one testsuite per scenario, one testcase per check);
+                            default: none, or simulate-report-<UTC time>.xml with --report-dir
   --show-secrets            print credentials in the curl lines instead of placeholders
   --no-color
 
@@ -78,11 +133,14 @@ Load mode (instead of the scenarios)
 class UsageError extends Error {}
 
 /** Runs `fn` against the target: a given one as is, a self-hosted one started before and stopped after. */
-async function withTarget<T>(target: Target, fn: (url: string, auth: TargetAuth) => Promise<T>): Promise<T> {
+async function withTarget<T>(
+  target: Target,
+  fn: (url: string, auth: TargetAuth, knownVersion?: { version: string; source: string }) => Promise<T>,
+): Promise<T> {
   if (!target.host) return fn(target.url, target.auth);
   const hosted = await target.host();
   try {
-    return await fn(hosted.url, hosted.auth);
+    return await fn(hosted.url, hosted.auth, hosted.knownVersion);
   } finally {
     await hosted.stop();
   }
@@ -151,6 +209,9 @@ export async function main(argv: string[]): Promise<number> {
       "request-timeout": { type: "string" },
       "report-json": { type: "string" },
       "report-html": { type: "string" },
+      "report-junit": { type: "string" },
+      "report-dir": { type: "string" },
+      verbose: { type: "boolean" },
       "show-secrets": { type: "boolean" },
       "no-color": { type: "boolean" },
       load: { type: "string" },
@@ -164,9 +225,9 @@ export async function main(argv: string[]): Promise<number> {
   }
 
   const log = (line: string) => process.stdout.write(`${line}\n`);
-  const offer = values.offer ?? "mba2-beta";
+  const offer = values.offer ?? DEFAULT_OFFER;
   if (offer !== "mba2" && offer !== "mba2-beta") throw new UsageError(`--offer must be mba2 or mba2-beta, not "${offer}"`);
-  const offers = list(values.offers) ?? ["MBA-CAISSE-PRO", "MBA-CAISSE-PREMIUM"];
+  const offers = list(values.offers) ?? (await defaultOfferCodes());
   if (offers.length === 0) throw new UsageError("--offers needs at least one offer code");
   if (offers.length === 1 && values.load === undefined) {
     log(`note: one offer code given; the built-in swap of offer needs two (${"${offers.1}"}) and its steps will be skipped`);
@@ -181,6 +242,7 @@ export async function main(argv: string[]): Promise<number> {
     ...(values["client-id"] === undefined ? {} : { clientId: values["client-id"] }),
     ...(values["client-secret"] === undefined ? {} : { clientSecret: values["client-secret"] }),
     expiresIn: positiveInt(values["token-expires-in"], "token-expires-in", 3600),
+    offer,
   });
   try {
     if (values["gateway-only"]) return await gatewayOnly(gateway, log);
@@ -196,7 +258,7 @@ export async function main(argv: string[]): Promise<number> {
       targets.push({ url, auth: parseAuth(values), modes });
       if (modes.ordering === "async" || modes.update === "async") {
         log(
-          `  the target must send its events to ORANGE_EVENT_BASE_URL=${gateway.url} (offer ${offer}), token URL ${gateway.tokenUrl}, ` +
+          `  the target must send its events to ORANGE_EVENT_BASE_URL=${gateway.url} with ORANGE_OFFER=${offer}, token URL ${gateway.tokenUrl}, ` +
             `client id ${gateway.clientId}${values["show-secrets"] ? `, secret ${gateway.clientSecret}` : ""}`,
         );
       }
@@ -204,6 +266,7 @@ export async function main(argv: string[]): Promise<number> {
       dataDir = await mkdtemp(join(tmpdir(), "orange-simulate-"));
       // As root, the embedded PostgreSQL runs as a `postgres` user, which must reach its data.
       await chmod(dataDir, 0o755);
+      const knownVersion = await selfHostedVersion();
       const given = values.ordering !== undefined || values.update !== undefined;
       const modeList: Modes[] = given
         ? [{ ordering: mode(values.ordering, "ordering"), update: mode(values.update, "update") }]
@@ -221,7 +284,7 @@ export async function main(argv: string[]): Promise<number> {
             log(`starting this repository's server (ordering ${modes.ordering}, update ${modes.update}) on its embedded database …`);
             const server = await startSelfHostedServer({ gateway, modes, dataDir: dir, offer });
             log(`  ${server.url} ready`);
-            return { url: server.url, auth: { kind: "bearer", token: server.token }, stop: () => server.stop() };
+            return { url: server.url, auth: { kind: "bearer", token: server.token }, knownVersion, stop: () => server.stop() };
           },
         });
       }
@@ -236,7 +299,7 @@ export async function main(argv: string[]): Promise<number> {
       const runs: RunReport[] = [];
       for (const target of targets) {
         runs.push(
-          await withTarget(target, (url, auth) => {
+          await withTarget(target, (url, auth, knownVersion) => {
             log(`\n== ${url} · ordering ${target.modes.ordering} · update ${target.modes.update}`);
             return runScenarios({
               target: url,
@@ -251,21 +314,22 @@ export async function main(argv: string[]): Promise<number> {
               ...(list(values.only) ? { only: list(values.only) } : {}),
               ...(list(values.skip) ? { skip: list(values.skip) } : {}),
               showSecrets: values["show-secrets"] === true,
-              // Live: failures as they happen and one line per scenario; every check is in the report.
+              ...(knownVersion ? { knownVersion } : {}),
+              // Live: one line per scenario (every check with --verbose); the details come at the end.
               log: (line) => {
-                if (!line.startsWith("✓ ") || !line.includes(" › ")) log(line);
+                if (values.verbose || !line.includes(" › ")) log(line);
               },
             });
           }),
         );
       }
 
-      const jsonFile = resolve(values["report-json"] ?? "simulate-report.json");
-      const htmlFile = resolve(values["report-html"] ?? "simulate-report.html");
-      await writeFile(jsonFile, renderJson(runs));
-      await writeFile(htmlFile, renderHtml(runs));
-      log(`\n${renderText(runs, { color })}`);
-      log(`reports: ${jsonFile}, ${htmlFile}`);
+      const files = await reportFiles(values, new Date(runs[0]?.startedAt ?? Date.now()));
+      await writeFile(files.json, renderJson(runs));
+      await writeFile(files.html, renderHtml(runs));
+      if (files.junit !== undefined) await writeFile(files.junit, renderJunit(runs));
+      log(`\n${renderText(runs, { color, verbose: values.verbose === true })}`);
+      log(`reports: ${[files.json, files.html, files.junit].filter((f) => f !== undefined).join(", ")}`);
       return runs.every((r) => r.summary.failed === 0 && r.summary.skipped === 0) ? 0 : 1;
     } finally {
       if (dataDir !== undefined) await rm(dataDir, { recursive: true, force: true });

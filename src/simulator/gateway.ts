@@ -5,7 +5,8 @@
  *   const gw = await startMockGateway({ expiresIn: 3600 });
  *   // token URL: gw.tokenUrl (checks Basic gw.clientId:gw.clientSecret and grant_type)
  *   // events:    POST {gw.url}/{offer}/productordering/v2/event and /{offer}/userservice/v2/event
- *   //            (check the bearer: issued by this gateway, not expired, not revoked)
+ *   //            (check the bearer: issued by this gateway, not expired, not revoked); with
+ *   //            `offer: "mba2"`, an event under another offer is recorded and answered 404
  *   gw.scriptEvents(500, 2);      // the next 2 event calls answer 500, then normal behaviour
  *   gw.scriptEvents("hang");      // the next event call never gets an answer
  *   gw.scriptToken(500);          // the next token request answers 500
@@ -67,6 +68,11 @@ export interface MockGatewayOptions {
   host?: string;
   /** Port to listen on (default: any free port). */
   port?: number;
+  /**
+   * The only offer segment served (`mba2` | `mba2-beta`): an event posted under another one is
+   * recorded and answered 404, as Orange's gateway answers a path it does not serve. Default: any.
+   */
+  offer?: string;
 }
 
 export interface MockGateway {
@@ -76,6 +82,8 @@ export interface MockGateway {
   readonly tokenUrl: string;
   readonly clientId: string;
   readonly clientSecret: string;
+  /** The offer segment served, when the gateway serves only one. */
+  readonly offer: string | undefined;
   /** `expires_in` of the next tokens issued, in seconds. */
   expiresIn: number;
   /** Token requests received, accepted or not. */
@@ -216,15 +224,19 @@ export async function startMockGateway(options: MockGatewayOptions = {}): Promis
       for (const listener of listeners) listener(entry);
     });
 
+    const reject = (status: number, code: number, message: string, description: string, headers?: Record<string, string>) => {
+      entry.status = status;
+      answer(res, status, orangeError(code, message, description), headers);
+    };
+    // Routing comes before scripts and credentials: the wrong environment is not an event API at all.
+    if (options.offer !== undefined && entry.offer !== options.offer) {
+      return reject(404, 60, "Resource not found", `no event API at ${entry.path}: events go to /${options.offer}/${entry.api}/v2/event`);
+    }
     const scripted = eventScript.shift();
     if (scripted !== undefined) {
       entry.status = play(res, scripted);
       return;
     }
-    const reject = (status: number, code: number, message: string, description: string, headers?: Record<string, string>) => {
-      entry.status = status;
-      answer(res, status, orangeError(code, message, description), headers);
-    };
     const challenge = { "www-authenticate": 'Bearer error="invalid_token"' };
     if (token === undefined) return reject(401, 40, "Missing credentials", "no bearer token", challenge);
     const expiry = tokens.get(token);
@@ -268,6 +280,7 @@ export async function startMockGateway(options: MockGatewayOptions = {}): Promis
     tokenUrl: `${url}${TOKEN_PATH}`,
     clientId,
     clientSecret,
+    offer: options.offer,
     get expiresIn() {
       return expiresIn;
     },

@@ -40,6 +40,11 @@ export interface RunOptions {
   only?: string[];
   skip?: string[];
   showSecrets?: boolean;
+  /**
+   * What is known of the target's version when it does not say it itself (e.g. the self-hosted
+   * server: its package name and version). Otherwise the run asks GET /ping and /health*.
+   */
+  knownVersion?: { version: string; source: string };
   log?: (line: string) => void;
 }
 
@@ -55,15 +60,39 @@ export interface CheckResult {
   ms?: number;
 }
 
+type Mode = "sync" | "async";
+type Summary = { scenarios: number; checks: number; passed: number; failed: number; skipped: number };
+
+/** How many answers of each API looked sync (`completed`/`failed`) or async (`acknowledged`). */
+export interface ObservedModes {
+  ordering: Record<Mode, number>;
+  update: Record<Mode, number>;
+}
+
+export interface ScenarioSummary {
+  name: string;
+  title?: string;
+  durationMs: number;
+  summary: Summary;
+}
+
 export interface RunReport {
   target: string;
+  /** The target's version, if it says it (or it is known), and where it came from. */
+  targetVersion: { version?: string; source: string };
   modes: RunOptions["modes"];
   offer: string;
+  offers: string[];
   startedAt: string;
   finishedAt: string;
   durationMs: number;
+  /** The scenarios played, in order, with their own counts. */
+  scenarios: ScenarioSummary[];
   checks: CheckResult[];
-  summary: { scenarios: number; checks: number; passed: number; failed: number; skipped: number };
+  summary: Summary;
+  observedModes: ObservedModes;
+  /** One line saying which --ordering/--update to pass when the answers contradict the declared modes. */
+  modeHint?: string;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -241,9 +270,20 @@ export function eventResourceSchema(api: ReceivedEvent["api"], type: unknown, re
   return hasState ? "UserServiceUpdateResponse" : "UserServiceChange";
 }
 
-/** Envelope, resource schema and empty nodes of one received event: the failures, as texts. */
-export function checkEventEnvelope(event: ReceivedEvent): { check: string; expected: string; actual: string }[] {
+/**
+ * URL, envelope, resource schema and empty nodes of one received event: the failures, as texts.
+ * `offer`: the offer segment the run expects in the event URL (`mba2` | `mba2-beta`).
+ */
+export function checkEventEnvelope(event: ReceivedEvent, offer?: string): { check: string; expected: string; actual: string }[] {
   const failures: { check: string; expected: string; actual: string }[] = [];
+  const wrongOffer = offer !== undefined && event.offer !== offer;
+  if (wrongOffer) {
+    failures.push({
+      check: "event URL",
+      expected: `POST /${offer}/${event.api}/v2/event (offer ${offer}: ORANGE_OFFER and --offer must agree)`,
+      actual: `POST ${event.path} (offer ${event.offer}; the gateway answered ${event.status})`,
+    });
+  }
   const body = event.body as Record<string, unknown> | null;
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
     return [{ check: "envelope", expected: "a JSON object {id, type, time, resource}", actual: describeValue(event.body) }];
@@ -270,7 +310,8 @@ export function checkEventEnvelope(event: ReceivedEvent): { check: string; expec
   if (empty.length > 0) failures.push({ check: "no empty nodes", expected: "no {}, [] or null", actual: empty.join(", ") });
   // The mock answers as Orange would: anything but 201 means the call itself was wrong (no or a
   // bad bearer token, no `Accept: application/json`, another Content-Type, a body that is not JSON).
-  if (event.status !== 201) {
+  // An event under the wrong offer was answered 404 for that reason alone, said above.
+  if (event.status !== 201 && !(wrongOffer && event.status === 404)) {
     failures.push({
       check: "gateway answer",
       expected: "201 (a valid bearer token from the token endpoint, Accept and Content-Type application/json)",
@@ -349,6 +390,8 @@ class ScenarioRun {
     readonly orangeRefs: Set<string>,
     readonly emit: (check: CheckResult) => void,
     readonly eventCursor: { next: number },
+    readonly observed: ObservedModes,
+    readonly versionSeen: (headers: Record<string, string>) => void,
   ) {
     this.ctx = { ...base };
     this.eventsFrom = options.gateway.received.length;
@@ -417,6 +460,7 @@ class ScenarioRun {
         return;
       }
       ms = res.ms;
+      this.observe(sent, res);
       Object.assign(record, { status: res.status, headers: res.headers, body: res.json.ok ? res.json.value : res.text });
       // Visible to templates of this step's own expectations and event (e.g. ${order.body.id}).
       this.ctx[step.id] = record;
@@ -439,6 +483,18 @@ class ScenarioRun {
       if (found) this.ctx[name] = value;
       else this.line(step, `save ${name}`, "fail", `a value at ${path}`, "(absent)", curl ? { curl } : {});
     }
+  }
+
+  /** Counts sync and async answers of productOrder and userService/update, for the mode hint. */
+  observe(sent: SentRequest, res: Response): void {
+    this.versionSeen(res.headers);
+    if (sent.method !== "POST" || res.status < 200 || res.status >= 300 || !res.json.ok) return;
+    const path = new URL(sent.url).pathname;
+    const api = path.endsWith(ORDER_PATH) ? "ordering" : path.endsWith(UPDATE_PATH) ? "update" : undefined;
+    const state = (res.json.value as { state?: unknown } | null)?.state;
+    if (api === undefined) return;
+    if (state === "acknowledged") this.observed[api].async++;
+    else if (state === "completed" || state === "failed") this.observed[api].sync++;
   }
 
   /** The response checks of a step; false when the step failed (no answer or wrong status). */
@@ -525,15 +581,78 @@ class ScenarioRun {
     let failures = 0;
     for (const event of events) {
       const label = `${event.api} ${String(resolvePath(event.body, "id").value ?? "?")}`;
-      for (const f of checkEventEnvelope(event)) {
+      for (const f of checkEventEnvelope(event, this.options.offer)) {
         failures++;
         this.line("(events)", `${label} ${f.check}`, "fail", f.expected, f.actual);
       }
     }
     if (failures === 0) {
-      this.line("(events)", "envelope and schema of every event", "pass", "id, type, time, resource and its schema", `${events.length} event(s) OK`);
+      this.line(
+        "(events)",
+        "envelope and schema of every event",
+        "pass",
+        `on /${this.options.offer}/…/v2/event: id, type, time, resource and its schema`,
+        `${events.length} event(s) OK`,
+      );
     }
   }
+}
+
+const ORDER_PATH = "/productordering/v2/productOrder";
+const UPDATE_PATH = "/userservice/v2/userService/update";
+
+/**
+ * The line telling which --ordering/--update to pass when every answer of an API contradicts the
+ * declared mode (a target mixing both is left to the failed checks).
+ */
+export function modeHint(declared: RunOptions["modes"], observed: ObservedModes): string | undefined {
+  const wrong: { option: string; api: string; actual: Mode; count: number }[] = [];
+  for (const [option, api] of [["ordering", "productOrder"], ["update", "userService/update"]] as const) {
+    const seen = observed[option];
+    const actual: Mode | undefined = seen.sync > 0 && seen.async === 0 ? "sync" : seen.async > 0 && seen.sync === 0 ? "async" : undefined;
+    if (actual !== undefined && actual !== declared[option]) wrong.push({ option, api, actual, count: seen[actual] });
+  }
+  if (wrong.length === 0) return undefined;
+  const said = wrong.map(
+    (w) => `${w.api} ${w.actual === "async" ? '"acknowledged"' : '"completed"/"failed"'} (${w.count} answer(s)) although the run declared --${w.option} ${declared[w.option as "ordering" | "update"]}`,
+  );
+  return `hint: the target answered ${said.join(", and ")}: pass ${wrong.map((w) => `--${w.option} ${w.actual}`).join(" ")}`;
+}
+
+/** Headers and JSON fields where a server may state its version. */
+const VERSION_HEADERS = ["x-version", "x-app-version", "x-api-version", "api-version", "x-build-version", "x-service-version"];
+const VERSION_FIELDS = ["version", "build.version", "app.version", "info.version", "service.version", "appVersion", "buildVersion"];
+const PROBE_PATHS = ["/ping", "/health/ready", "/health/live", "/health"];
+
+function versionFromHeaders(headers: Record<string, string>): { version: string; header: string } | undefined {
+  for (const header of VERSION_HEADERS) {
+    const value = headers[header]?.trim();
+    if (value) return { version: value, header };
+  }
+  return undefined;
+}
+
+/** The target's version from GET /ping and /health* (headers or body), if it states one. */
+async function probeVersion(options: RunOptions): Promise<RunReport["targetVersion"] | undefined> {
+  for (const path of PROBE_PATHS) {
+    const sent = buildRequest({ method: "GET", path, auth: "orange" }, options.target, options.auth);
+    let res: Response;
+    try {
+      res = await send(sent, Math.min(options.requestTimeoutMs, 3000));
+    } catch {
+      return undefined; // not reachable: the scenarios will say so
+    }
+    const fromHeader = versionFromHeaders(res.headers);
+    if (fromHeader) return { version: fromHeader.version, source: `GET ${path}, header ${fromHeader.header}` };
+    if (res.status !== 200 || !res.json.ok) continue;
+    for (const field of VERSION_FIELDS) {
+      const { found, value } = resolvePath(res.json.value, field);
+      if (found && (typeof value === "string" || typeof value === "number") && String(value).trim() !== "") {
+        return { version: String(value), source: `GET ${path}, body ${field}` };
+      }
+    }
+  }
+  return undefined;
 }
 
 function summarize(checks: CheckResult[], scenarios: number): RunReport["summary"] {
@@ -544,6 +663,16 @@ function summarize(checks: CheckResult[], scenarios: number): RunReport["summary
 /** Plays the selected scenarios in order against the target and reports every check. */
 export async function runScenarios(options: RunOptions): Promise<RunReport> {
   const started = new Date();
+  // Before the probe: an event arriving meanwhile is this run's and gets checked.
+  const eventCursor = { next: options.gateway.received.length };
+  let targetVersion = options.knownVersion ?? (await probeVersion(options));
+  const versionSeen = (headers: Record<string, string>) => {
+    if (targetVersion !== undefined) return;
+    const found = versionFromHeaders(headers);
+    if (found) targetVersion = { version: found.version, source: `answers' header ${found.header}` };
+  };
+  const observed: ObservedModes = { ordering: { sync: 0, async: 0 }, update: { sync: 0, async: 0 } };
+  const scenarioSummaries: ScenarioSummary[] = [];
   const checks: CheckResult[] = [];
   const orangeRefs = new Set<string>();
   const matchCtx: MatchContext = { orangeRefs };
@@ -559,7 +688,6 @@ export async function runScenarios(options: RunOptions): Promise<RunReport> {
     options.log?.(`${MARK[check.outcome]} ${check.scenario} › ${check.step} › ${check.check}${detail}`);
   };
   let played = 0;
-  const eventCursor = { next: options.gateway.received.length };
   for (const scenario of options.scenarios) {
     if (!selected(scenario, options.only, options.skip)) continue;
     if (!modesMatch(scenario.when, options.modes)) {
@@ -569,24 +697,34 @@ export async function runScenarios(options: RunOptions): Promise<RunReport> {
     played++;
     const from = checks.length;
     const scenarioStarted = performance.now();
-    await new ScenarioRun(scenario, options, base, matchCtx, orangeRefs, emit, eventCursor).run();
+    await new ScenarioRun(scenario, options, base, matchCtx, orangeRefs, emit, eventCursor, observed, versionSeen).run();
     const own = summarize(checks.slice(from), 1);
+    const durationMs = Math.round(performance.now() - scenarioStarted);
+    scenarioSummaries.push({ name: scenario.name, ...(scenario.title ? { title: scenario.title } : {}), durationMs, summary: own });
     const ok = own.failed === 0 && own.skipped === 0;
     options.log?.(
       `${ok ? MARK.pass : MARK.fail} ${scenario.name}: ${own.passed}/${own.checks} checks passed` +
         `${own.failed > 0 ? `, ${own.failed} failed` : ""}${own.skipped > 0 ? `, ${own.skipped} skipped` : ""} ` +
-        `(${Math.round(performance.now() - scenarioStarted)} ms)`,
+        `(${durationMs} ms)`,
     );
   }
   const finished = new Date();
+  const hint = modeHint(options.modes, observed);
   return {
     target: options.target,
+    targetVersion: targetVersion ?? {
+      source: `not stated by the target (GET ${PROBE_PATHS.join(", ")} and every answer's headers looked at)`,
+    },
     modes: options.modes,
     offer: options.offer,
+    offers: options.offers,
     startedAt: started.toISOString(),
     finishedAt: finished.toISOString(),
     durationMs: finished.getTime() - started.getTime(),
+    scenarios: scenarioSummaries,
     checks,
     summary: summarize(checks, played),
+    observedModes: observed,
+    ...(hint === undefined ? {} : { modeHint: hint }),
   };
 }

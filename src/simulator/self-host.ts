@@ -7,13 +7,23 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
+import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { request } from "undici";
 import type { MockGateway } from "./gateway.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const ENTRY = fileURLToPath(new URL("../main.ts", import.meta.url));
+/** The server's default catalogue: the self-hosted server sells these codes, the simulator orders them. */
+export const DEFAULT_CATALOGUE = fileURLToPath(new URL("../../config/catalogue.json", import.meta.url));
+
+/** What the report says of the self-hosted server's version: this package's name and version. */
+export async function selfHostedVersion(): Promise<{ version: string; source: string }> {
+  const pkg = JSON.parse(await readFile(join(ROOT, "package.json"), "utf8")) as { name?: string; version?: string };
+  return { version: `${pkg.name ?? "this repository"} ${pkg.version ?? "(no version)"}`, source: "this repository's server, self-hosted" };
+}
 
 export interface SelfHostedServer {
   url: string;
@@ -70,6 +80,8 @@ export async function startSelfHostedServer(options: SelfHostOptions): Promise<S
     ORANGE_CLIENT_ID: gateway.clientId,
     ORANGE_CLIENT_SECRET: gateway.clientSecret,
     ORANGE_OFFER: options.offer,
+    // The simulator's default offer codes are this file's: a CATALOGUE_FILE of the caller's must not differ.
+    CATALOGUE_FILE: DEFAULT_CATALOGUE,
     // Events within tens of milliseconds, not the production poll interval.
     WORKER_POLL_INTERVAL_MS: "100",
   };
