@@ -3,7 +3,6 @@ import { dirname, join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import * as adminSchemas from "../src/admin/schemas.js";
-import { createAsyncJobs } from "../src/orange/jobs.js";
 import * as orangeSchemas from "../src/orange/schemas.js";
 import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
 import { createTestApp, findEmptyNodes, type CallResult, type TestApp } from "./support/app.js";
@@ -270,18 +269,14 @@ describe("the story of the examples, replayed against a real server", () => {
   beforeAll(async () => {
     database = await createTestDatabase();
     // Both apps on one database: the asynchronous half of the story continues the synchronous one.
-    const shared = { url: database.url, db: database.prisma, drop: async () => {} };
+    const shared = { url: database.url, db: database.db, prisma: database.prisma, drop: async () => {} };
     const env = { PARTNER_NAME, ADMIN_TOKEN };
     sync = await createTestApp({ database: shared, env });
     async = await createTestApp({ database: shared, env: { ...env, ORDERING_MODE: "async", UPDATE_MODE: "async" } });
     gw = await startMockGateway();
     worker = await startWorker(gw, database.url, {
-      jobs: createAsyncJobs({
-        db: database.prisma,
-        catalogue: async.catalogue,
-        partnerName: PARTNER_NAME,
-        transactionTimeoutMs: async.config.transactionTimeoutMs,
-      }),
+      tasks: async.services.requestTasks,
+      sweepRequests: async.services.sweepRequests,
     });
   });
   afterAll(async () => {
