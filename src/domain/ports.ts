@@ -56,3 +56,43 @@ export interface RequestCodec<C, O> {
   /** The asynchronous answer: the request is stored and will be carried out. */
   acknowledgement(request: JsonValue, requestId: string): JsonValue;
 }
+
+/**
+ * The partner's own application, which carries out every order and change (PROVISIONING_MODE=
+ * webhook): src/provisioning implements the call (a signed webhook) and the wire of its body.
+ */
+
+/** What the application may tell about a licence it provisioned or changed; stored on the licence. */
+export interface AppLicenceData {
+  id: string;
+  realizingResource?: JsonObject;
+  login?: { key: string; value: string };
+  serviceCharacteristic?: { name: string; value: string }[];
+}
+
+/** One command to the application, as it is sent on every attempt. */
+export interface ProvisioningCall {
+  /** The command's id: the `webhook-id`, the same on every retry and after a restart. */
+  id: string;
+  type: string;
+  /** The body as stored when the command was prepared: the same bytes on every attempt. */
+  body: string;
+}
+
+/** How the application answered one attempt. */
+export type ProvisioningAnswer =
+  /** 2xx (but 202): done; what it tells about the licences, if anything. */
+  | { outcome: "done"; status: number; licences: AppLicenceData[] }
+  /** 202: accepted, the result comes later through the result route. */
+  | { outcome: "accepted"; status: number }
+  /** 409 or 422: a business refusal, with the application's reason. */
+  | { outcome: "refused"; status: number; reason: string }
+  /** 5xx, 408, 429, timeout, connection error: worth another attempt later. */
+  | { outcome: "retry"; status?: number; error: string; retryAfterMs?: number }
+  /** Any other answer (400, 401, 403, 404…, or a 2xx body that breaks the contract): not worth retrying as is. */
+  | { outcome: "rejected"; status?: number; error: string };
+
+export interface Provisioner {
+  /** One attempt, within the configured timeout; never throws for what the application does. */
+  send(call: ProvisioningCall, signal?: AbortSignal): Promise<ProvisioningAnswer & { responseBody?: string; durationMs: number }>;
+}
