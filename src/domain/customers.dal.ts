@@ -96,3 +96,9 @@ export async function insertContact(tx: Tx, id: string, customerId: string, c: C
     RETURNING id`);
   return row!.id;
 }
+
+/** The customer with this Orange reference, locked. */
+export async function lockCustomerByOrangeRef(tx: Tx, orangeRef: string): Promise<string | undefined> {
+  const [row] = await tx.query<{ id: string }>(sql`SELECT id FROM customer WHERE orange_ref = ${orangeRef} FOR UPDATE`);
+  return row?.id;
+}

@@ -1,0 +1,197 @@
+/**
+ * The SQL of commands to the partner's application (`provisioning_command`, and
+ * `provisioning_attempt` for their history), one statement per function, in the caller's
+ * transaction or on the pool.
+ */
+import { sql, type Queryable, type Tx } from "../db/sql.js";
+import type { JsonValue } from "../lib/json.js";
+import type { RequestKind } from "./requests.dal.js";
+
+export type CommandState = "queued" | "sending" | "waiting" | "retrying" | "done" | "refused" | "parked";
+
+/** The states of a command that still holds its lanes: later commands of a lane wait behind it. */
+export const UNFINISHED: CommandState[] = ["queued", "sending", "waiting", "retrying"];
+
+export interface CommandRow {
+  id: string;
+  seq: number;
+  request_kind: RequestKind;
+  request_id: string;
+  type: string | null;
+  lanes: string[];
+  state: CommandState;
+  attempts: number;
+  next_attempt_at: Date;
+  lease_until: Date | null;
+  plan: JsonValue | null;
+  body: string | null;
+  result: JsonValue | null;
+  created_at: Date;
+  /** Computed: whether an attempt is due now (retrying and due, or sending and its lease passed). */
+  due: boolean;
+}
+
+const ADVISORY_NAMESPACE = 0x4f42_0003;
+
+/**
+ * Takes the lanes' transaction-scoped locks (sorted, so two transactions never wait on each other
+ * in a circle): a second command of a lane then gets its seq only once the first is committed,
+ * and a lane's order is the order of its commits.
+ */
+export async function lockLanes(tx: Tx, lanes: string[]): Promise<void> {
+  await tx.query(sql`
+    SELECT pg_advisory_xact_lock(${ADVISORY_NAMESPACE}::int, hashtext(l))
+      FROM unnest(${[...lanes].sort()}::text[]) AS l ORDER BY l`);
+}
+
+export async function insertCommand(
+  tx: Tx,
+  c: { id: string; kind: RequestKind; requestId: string; lanes: string[] },
+): Promise<void> {
+  await tx.execute(sql`
+    INSERT INTO provisioning_command (id, request_kind, request_id, lanes)
+    VALUES (${c.id}, ${c.kind}, ${c.requestId}, ${c.lanes}::text[])`);
+}
+
+const COLUMNS = sql`id, seq, request_kind, request_id, type, lanes, state::text AS state, attempts, next_attempt_at,
+  lease_until, plan, body, result, created_at,
+  (state = 'retrying' AND next_attempt_at <= now()) OR (state = 'sending' AND lease_until <= now()) AS due`;
+
+export async function lockCommand(tx: Tx, id: string): Promise<CommandRow | undefined> {
+  const [row] = await tx.query<CommandRow>(sql`SELECT ${COLUMNS} FROM provisioning_command WHERE id = ${id} FOR UPDATE`);
+  return row;
+}
+
+export async function commandOfRequest(q: Queryable, kind: RequestKind, requestId: string): Promise<CommandRow | undefined> {
+  const [row] = await q.query<CommandRow>(sql`
+    SELECT ${COLUMNS} FROM provisioning_command WHERE request_kind = ${kind} AND request_id = ${requestId}`);
+  return row;
+}
+
+/** Whether no earlier command sharing one of its lanes is unfinished: its turn has come. */
+export async function isFirstInLanes(q: Queryable, c: { seq: number; lanes: string[] }): Promise<boolean> {
+  const rows = await q.query(sql`
+    SELECT 1 FROM provisioning_command p
+     WHERE p.lanes && ${c.lanes}::text[] AND p.seq < ${c.seq}
+       AND p.state IN ('queued', 'sending', 'waiting', 'retrying')
+     LIMIT 1`);
+  return rows.length === 0;
+}
+
+/** The first unfinished command of each of these lanes after `afterSeq`: those whose turn may have come. */
+export async function nextInLanes(q: Queryable, lanes: string[], afterSeq: number): Promise<string[]> {
+  const rows = await q.query<{ id: string }>(sql`
+    SELECT DISTINCT ON (l.lane) p.id
+      FROM unnest(${lanes}::text[]) AS l(lane)
+      JOIN provisioning_command p ON p.lanes @> ARRAY[l.lane] AND p.seq > ${afterSeq}
+       AND p.state IN ('queued', 'sending', 'waiting', 'retrying')
+     ORDER BY l.lane, p.seq`);
+  return [...new Set(rows.map((r) => r.id))];
+}
+
+/** Starts an attempt: `sending` until the lease, counted; the plan and body are written on the first. */
+export async function startAttempt(
+  tx: Tx,
+  id: string,
+  a: { attempt: number; leaseMs: number; prepared?: { type: string; plan: JsonValue; body: string } },
+): Promise<void> {
+  const p = a.prepared;
+  await tx.execute(sql`
+    UPDATE provisioning_command SET
+      state = 'sending', attempts = ${a.attempt}, lease_until = now() + ${a.leaseMs}::bigint * interval '1 millisecond',
+      type = COALESCE(${p?.type ?? null}, type), plan = COALESCE(${p ? JSON.stringify(p.plan) : null}::json, plan),
+      body = COALESCE(${p?.body ?? null}, body), prepared_at = COALESCE(prepared_at, CASE WHEN ${p !== undefined} THEN now() END)
+    WHERE id = ${id}`);
+}
+
+/** Closes the attempts a runner left open (it died or was stopped): they count, as interrupted. */
+export async function closeOpenAttempts(tx: Tx, id: string, error: string): Promise<void> {
+  await tx.execute(sql`
+    UPDATE provisioning_attempt SET finished_at = now(), outcome = 'interrupted', error = ${error}
+     WHERE command_id = ${id} AND finished_at IS NULL`);
+}
+
+export async function insertAttempt(tx: Tx, id: string, attempt: number): Promise<void> {
+  await tx.execute(sql`
+    INSERT INTO provisioning_attempt (command_id, attempt, started_at) VALUES (${id}, ${attempt}, now())
+    ON CONFLICT (command_id, attempt) DO NOTHING`);
+}
+
+export interface AttemptResult {
+  outcome: string;
+  status?: number;
+  error?: string;
+  responseBody?: string;
+  durationMs?: number;
+}
+
+export async function finishAttempt(tx: Tx, id: string, attempt: number, r: AttemptResult): Promise<void> {
+  await tx.execute(sql`
+    UPDATE provisioning_attempt SET finished_at = now(), outcome = ${r.outcome}, status = ${r.status ?? null},
+           error = ${r.error ?? null}, response_body = ${r.responseBody ?? null}, duration_ms = ${r.durationMs ?? null}
+     WHERE command_id = ${id} AND attempt = ${attempt}`);
+}
+
+export interface Settled {
+  state: CommandState;
+  /** retrying: when the next attempt is due. */
+  nextAttemptAt?: Date;
+  result?: JsonValue;
+  status?: number;
+  error?: string;
+  responseBody?: string;
+  endedBy?: string;
+}
+
+/** Writes where the command now stands (and when it finished, for a final state). */
+export async function settleCommand(tx: Tx, id: string, s: Settled): Promise<void> {
+  const final = !UNFINISHED.includes(s.state);
+  await tx.execute(sql`
+    UPDATE provisioning_command SET
+      state = ${s.state}::"CommandState",
+      next_attempt_at = COALESCE(${s.nextAttemptAt ?? null}::timestamptz, next_attempt_at),
+      lease_until = NULL,
+      result = COALESCE(${s.result === undefined ? null : JSON.stringify(s.result)}::json, result),
+      last_status = COALESCE(${s.status ?? null}::int, last_status),
+      last_error = COALESCE(${s.error ?? null}, last_error),
+      last_response_body = COALESCE(${s.responseBody ?? null}, last_response_body),
+      ended_by = COALESCE(${s.endedBy ?? null}, ended_by),
+      finished_at = CASE WHEN ${final} THEN now() END
+    WHERE id = ${id}`);
+}
+
+/** A parked command sent again by an operator: queued again with a fresh budget, its place kept. */
+export async function requeue(tx: Tx, id: string, by: string): Promise<void> {
+  await tx.execute(sql`
+    UPDATE provisioning_command SET state = 'queued', attempts = 0, next_attempt_at = now(), created_at = now(),
+           lease_until = NULL, finished_at = NULL, ended_by = ${by}
+     WHERE id = ${id}`);
+}
+
+/** Whether a later command shares a lane with this one (it went on while this one was parked). */
+export async function hasLaterInLanes(q: Queryable, c: { seq: number; lanes: string[] }): Promise<boolean> {
+  const rows = await q.query(sql`
+    SELECT 1 FROM provisioning_command p WHERE p.lanes && ${c.lanes}::text[] AND p.seq > ${c.seq} LIMIT 1`);
+  return rows.length > 0;
+}
+
+/**
+ * What the sweep looks at: commands that should be moving and may have no runner (queued,
+ * retrying and due, sending past their lease), and those past the age bound (waiting for a 202
+ * result that never came, say).
+ */
+export async function listStalled(
+  q: Queryable,
+  maxAgeMs: number,
+  limit: number,
+): Promise<{ id: string; state: CommandState; expired: boolean }[]> {
+  return q.query(sql`
+    SELECT id, state::text AS state, created_at < now() - ${maxAgeMs}::bigint * interval '1 millisecond' AS expired
+      FROM provisioning_command
+     WHERE state = 'queued'
+        OR (state = 'retrying' AND next_attempt_at <= now())
+        OR (state = 'sending' AND lease_until <= now())
+        OR (state = 'waiting' AND created_at < now() - ${maxAgeMs}::bigint * interval '1 millisecond')
+     ORDER BY seq
+     LIMIT ${limit}`);
+}
