@@ -4,7 +4,7 @@ import { join, resolve } from "node:path";
 import { pino } from "pino";
 import { buildApp, LOG_REDACT } from "./app.js";
 import { ConfigError, hasInboundCredential, loadConfig, type Config } from "./config.js";
-import { startEmbeddedPostgres } from "./db/embedded.js";
+import { EmbeddedPostgresError, startEmbeddedPostgres } from "./db/embedded.js";
 import { applyMigrations } from "./db/migrate.js";
 import { createServices, type Services } from "./compose.js";
 import { createDb } from "./db/sql.js";
@@ -169,9 +169,10 @@ async function main(): Promise<void> {
       dataDir,
       port: config.embeddedPgPort,
       log: (msg) => log.debug({ component: "embedded-postgres" }, msg),
+      notice: (msg) => log.info({ component: "embedded-postgres" }, msg),
     });
     databaseUrl = embedded.url;
-    log.info({ database: redactUrl(databaseUrl), dataDir }, "embedded PostgreSQL started");
+    log.info({ database: redactUrl(databaseUrl), dataDir: embedded.dataDir }, "embedded PostgreSQL started");
   } else {
     log.info({ database: redactUrl(databaseUrl) }, "using external PostgreSQL (DATABASE_URL)");
   }
@@ -259,7 +260,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  if (err instanceof ConfigError) console.error(err.message);
+  if (err instanceof ConfigError || err instanceof EmbeddedPostgresError) console.error(err.message);
   else console.error("failed to start:", err);
   process.exit(1);
 });
