@@ -46,6 +46,18 @@ export class InvalidUrl extends AppError {
   }
 }
 
+export class MissingHeader extends AppError {
+  constructor(description: string) {
+    super(400, 25, "Missing header", description);
+  }
+}
+
+export class InvalidHeader extends AppError {
+  constructor(description: string) {
+    super(400, 26, "Invalid header value", description);
+  }
+}
+
 export class InvalidQuery extends AppError {
   constructor(description: string) {
     super(400, 28, "Invalid query-string parameter", description);

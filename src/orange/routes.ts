@@ -19,6 +19,8 @@ import {
 } from "./mapping.js";
 import {
   ErrorBodySchema,
+  IdempotencyHeadersSchema,
+  MAX_IDS_PER_QUERY,
   PingResponseSchema,
   ProductOrderRequestSchema,
   ProductOrderResponseSchema,
@@ -47,8 +49,6 @@ export interface OrangeRoutesOptions {
   orderingMode: AnswerMode;
   updateMode: AnswerMode;
 }
-
-const MAX_IDS_PER_QUERY = 1000;
 
 const errors = {
   400: ErrorBodySchema.describe("invalid request (codes 20-28)"),
@@ -101,6 +101,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
           "Idempotent on Orange's order reference (externalReference of type orange) or the Idempotency-Key header: " +
           "a retry answers the stored result and creates nothing; the same reference with another body answers 409.",
         tags: ["productOrdering"],
+        headers: IdempotencyHeadersSchema,
         body: ProductOrderRequestSchema,
         response: {
           201: ProductOrderResponseSchema.describe(
@@ -191,6 +192,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
           "All or nothing: one licence that cannot change fails the whole list (state failed, reason in note.text) " +
           "and nothing changes. Idempotent on the Orange externalReference or the Idempotency-Key header.",
         tags: ["userService"],
+        headers: IdempotencyHeadersSchema,
         body: UserServiceUpdateRequestSchema,
         response: {
           200: UserServiceUpdateResponseSchema.describe(
