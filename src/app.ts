@@ -1,7 +1,6 @@
 import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
-import { createServer } from "node:http";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from "fastify";
 import { jsonSchemaTransform, jsonSchemaTransformObject, type ZodTypeProvider } from "fastify-type-provider-zod";
 import type { z } from "zod";
 import type { Config } from "./config.js";
@@ -16,11 +15,13 @@ import { createLicenceService } from "./domain/licences.js";
 import { createOrderService } from "./domain/orders.js";
 import { AppError, ServiceUnavailable } from "./errors.js";
 import { createEventOperatorService } from "./events/operator.js";
+import { createHttpFront } from "./http-server.js";
 import { createAuthenticator } from "./orange/auth.js";
-import { registerErrorHandling, sendError } from "./orange/error-handler.js";
+import { frameworkError, registerErrorHandling, sendError } from "./orange/error-handler.js";
 import { createPingFastPath } from "./orange/ping.js";
 import { orangeRoutes } from "./orange/routes.js";
 import { zodValidatorCompiler } from "./orange/validation.js";
+import { REQUEST_ID_HEADER, requestIdFor } from "./request-context.js";
 
 export interface AppDeps {
   config: Config;
@@ -59,14 +60,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const clock = deps.clock ?? systemClock;
   const ids = deps.ids ?? createIdGenerator();
 
-  const pingFastPath = createPingFastPath(config.inboundAuth.pingOpen || config.inboundAuth.disabled);
+  const requestId = (req: Parameters<typeof requestIdFor>[0]) => requestIdFor(req, ids);
+  // An open GET /ping is answered before routing (src/orange/ping.ts); `inject` bypasses the
+  // server, so tests reach the Fastify route, which answers the same bytes.
+  const front = createHttpFront({
+    limits: config.http,
+    pingFastPath: createPingFastPath(config.inboundAuth.pingOpen || config.inboundAuth.disabled, requestId),
+    requestId,
+    freshRequestId: () => ids.next("req"),
+  });
   const app = Fastify({
-    // An open GET /ping is answered before routing (src/orange/ping.ts); `inject` bypasses this
-    // factory, so tests reach the Fastify route, which answers the same bytes.
-    serverFactory: (handler) =>
-      createServer((req, res) => {
-        if (!pingFastPath.handle(req, res)) handler(req, res);
-      }),
+    serverFactory: front.serverFactory,
+    clientErrorHandler: front.clientErrorHandler,
     ...(deps.logger === undefined
       ? { logger: { level: config.logLevel, redact: LOG_REDACT } }
       : deps.logger === false
@@ -74,12 +79,22 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         : { loggerInstance: deps.logger }),
     bodyLimit: config.bodyLimitBytes,
     trustProxy: config.trustProxy,
-    return503OnClosing: true,
-    requestIdHeader: "x-request-id",
-    genReqId: () => ids.next("req"),
+    // The server answers 503 itself while draining, in Orange's format (src/http-server.ts).
+    return503OnClosing: false,
+    // Fastify would take any x-request-id as is: the id is checked first (src/request-context.ts).
+    requestIdHeader: false,
+    genReqId: requestId,
+    // Errors met before routing: no hook runs, hence the request id here.
+    frameworkErrors: (error: FastifyError, request, reply) =>
+      sendError(reply.header(REQUEST_ID_HEADER, request.id), frameworkError(error)),
   }).withTypeProvider<ZodTypeProvider>();
+  front.setLogger(app.log);
 
-  app.addHook("preClose", async () => pingFastPath.disable());
+  app.addHook("onRequest", (request, reply, done) => {
+    reply.header(REQUEST_ID_HEADER, request.id);
+    done();
+  });
+  app.addHook("preClose", async () => front.drain());
   app.setValidatorCompiler(zodValidatorCompiler);
   app.setSerializerCompiler(({ schema, url, method }) => {
     if (!config.responseValidation) return (data) => JSON.stringify(data);
