@@ -16,6 +16,7 @@ import { createOrderService } from "./domain/orders.js";
 import { AppError, ServiceUnavailable } from "./errors.js";
 import { createEventOperatorService } from "./events/operator.js";
 import { createHttpFront } from "./http-server.js";
+import { LOG_SERIALIZERS } from "./log.js";
 import { createAuthenticator } from "./orange/auth.js";
 import { frameworkError, registerErrorHandling, sendError } from "./orange/error-handler.js";
 import { createPingFastPath } from "./orange/ping.js";
@@ -46,6 +47,8 @@ export const LOG_REDACT = [
   "*.token",
 ];
 
+export { LOG_SERIALIZERS };
+
 class ResponseSchemaViolation extends AppError {
   constructor(readonly details: string) {
     super(500, 1, "Internal error", "the server built an answer that breaks the contract; it has been logged");
@@ -73,10 +76,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     serverFactory: front.serverFactory,
     clientErrorHandler: front.clientErrorHandler,
     ...(deps.logger === undefined
-      ? { logger: { level: config.logLevel, redact: LOG_REDACT } }
+      ? { logger: { level: config.logLevel, redact: LOG_REDACT, serializers: LOG_SERIALIZERS } }
       : deps.logger === false
         ? { logger: false }
-        : { loggerInstance: deps.logger }),
+        : // Whatever logger it is given, errors are logged without SQL, parameters or row values.
+          { loggerInstance: deps.logger.child({}, { serializers: LOG_SERIALIZERS }) }),
     bodyLimit: config.bodyLimitBytes,
     trustProxy: config.trustProxy,
     // The server answers 503 itself while draining, in Orange's format (src/http-server.ts).

@@ -4,6 +4,7 @@ import type { Catalogue } from "../domain/catalogue.js";
 import type { LicenceService } from "../domain/licences.js";
 import type { OrderService } from "../domain/orders.js";
 import { InvalidBodyField, InvalidQuery, NotAcceptable, NotFound } from "../errors.js";
+import { bindLogIds } from "../request-context.js";
 import type { Authenticator } from "./auth.js";
 import { rejectOtherMethods } from "./error-handler.js";
 import { acceptsJson } from "./ping.js";
@@ -115,6 +116,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
     },
     async (request, reply) => {
       const cmd = toPlaceOrderCommand(request.body, headerValue(request.headers["idempotency-key"]));
+      bindLogIds(request, { orderRef: cmd.idempotencyKey, fleetId: cmd.item?.fleetId });
       if (cmd.item && cmd.item.quantity > opts.orderMaxQuantity) {
         throw new InvalidBodyField(
           `orderItem[0].productRef.userServiceQuantity must be <= ${opts.orderMaxQuantity} (got ${cmd.item.quantity})`,
@@ -122,8 +124,15 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
       }
       const result =
         opts.orderingMode === "async"
-          ? await opts.orders.acknowledgeOrder(cmd, (orderId) => renderOrderAcknowledgement(request.body, orderId, ctx))
-          : await opts.orders.placeOrder(cmd, (outcome) => renderOrder(request.body, outcome, ctx));
+          ? await opts.orders.acknowledgeOrder(cmd, (orderId) => {
+              bindLogIds(request, { orderId });
+              return renderOrderAcknowledgement(request.body, orderId, ctx);
+            })
+          : await opts.orders.placeOrder(cmd, (outcome) => {
+              bindLogIds(request, { orderId: outcome.orderId, fleetId: outcome.fleetId });
+              return renderOrder(request.body, outcome, ctx);
+            });
+      if (result.replayed) bindLogIds(request, { orderId: (result.response as { id?: string }).id });
       return reply.code(201).header("idempotent-replayed", String(result.replayed)).send(result.response as never);
     },
   );
@@ -145,6 +154,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
     },
     async (request) => {
       const { productRefId, id } = request.query;
+      bindLogIds(request, { fleetId: productRefId });
       if ((productRefId === undefined) === (id === undefined)) {
         throw new InvalidQuery("exactly one of productRefId (a fleet id) or id (comma-separated licence ids) is required");
       }
@@ -176,6 +186,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
       },
     },
     async (request) => {
+      bindLogIds(request, { licenceId: request.params.id });
       const licence = await opts.licences.getById(request.params.id);
       if (!licence) throw new NotFound(`licence ${JSON.stringify(request.params.id)} does not exist`);
       return renderUserService(licence, opts.catalogue);
@@ -206,10 +217,17 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
     },
     async (request, reply) => {
       const cmd = toUpdateCommand(request.body, headerValue(request.headers["idempotency-key"]));
+      bindLogIds(request, { updateRef: cmd.idempotencyKey });
       const result =
         opts.updateMode === "async"
-          ? await opts.licences.acknowledgeUpdate(cmd, () => renderUpdateAcknowledgement(request.body))
-          : await opts.licences.updateLicences(cmd, (outcome) => renderUpdate(request.body, outcome, ctx));
+          ? await opts.licences.acknowledgeUpdate(cmd, (updateId) => {
+              bindLogIds(request, { updateId });
+              return renderUpdateAcknowledgement(request.body);
+            })
+          : await opts.licences.updateLicences(cmd, (outcome) => {
+              bindLogIds(request, { updateId: outcome.updateId });
+              return renderUpdate(request.body, outcome, ctx);
+            });
       return reply.code(200).header("idempotent-replayed", String(result.replayed)).send(result.response as never);
     },
   );

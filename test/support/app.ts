@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import type { FastifyInstance, InjectOptions } from "fastify";
+import type { FastifyBaseLogger, FastifyInstance, InjectOptions } from "fastify";
 import { expect } from "vitest";
 import { buildApp } from "../../src/app.js";
 import { loadConfig, type Config } from "../../src/config.js";
@@ -55,6 +55,8 @@ export interface TestAppOptions {
   clock?: Clock;
   /** Use this database instead of a fresh clone (e.g. a broken URL for 503 tests). */
   database?: { url: string; db: Db; drop(): Promise<void> };
+  /** The app's logger (default: none), e.g. a pino writing to memory to check log lines. */
+  logger?: FastifyBaseLogger;
 }
 
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
@@ -68,7 +70,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     ...opts.env,
   });
   const catalogue = loadTestCatalogue();
-  const app = await buildApp({ config, db: database.db, catalogue, clock: opts.clock, logger: false });
+  const app = await buildApp({ config, db: database.db, catalogue, clock: opts.clock, logger: opts.logger ?? false });
   await app.ready();
   return {
     app,
