@@ -101,7 +101,7 @@ export function createHttpFront(deps: HttpFrontDeps): HttpFront {
       const answer = clientErrorAnswer(err, errorLimits);
       const requestId = deps.freshRequestId();
       // The raw error may hold the request's bytes (credentials included): only its code goes to the log.
-      this.log.info({ reqId: requestId, code: err.code, status: answer.statusCode }, "request refused before parsing");
+      this.log.info({ reqId: requestId, code: err.code, status: answer.statusCode }, "request refused by the HTTP server");
       // As Node does: answer unless an answer to this connection's request has begun.
       const inFlight = (socket as Socket & { _httpMessage?: ServerResponse })._httpMessage;
       if (socket.writable && !inFlight?.headersSent) socket.write(rawErrorResponse(answer, requestId));

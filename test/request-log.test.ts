@@ -244,7 +244,7 @@ describe("a failed query's customer data never reaches the logs", () => {
       socket.write(`GET /ping HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TEST_TOKEN}\r\nX-Bad: a\u0001b\r\n\r\n`);
       socket.resume();
     });
-    const line = log.lines.find((l) => l.msg === "request refused before parsing");
+    const line = log.lines.find((l) => l.msg === "request refused by the HTTP server");
     expect(line).toMatchObject({ code: "HPE_INVALID_HEADER_TOKEN", status: 400 });
     expect(line!.reqId).toMatch(FRESH_ID);
     expect(JSON.stringify(log.lines)).not.toContain(TEST_TOKEN);

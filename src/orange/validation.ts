@@ -52,10 +52,14 @@ function where(path: readonly PropertyKey[]): string {
 // ---------------------------------------------------------------------------------------------
 // What PostgreSQL cannot store
 
+/** Any NUL or surrogate: most strings have none, and one test settles them. */
+// eslint-disable-next-line no-control-regex -- NUL is precisely what is looked for
+const SUSPECT = /[\u0000\uD800-\uDFFF]/;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 /** The rule a string breaks when PostgreSQL cannot store it (its text type holds neither), or undefined. */
 function unstorableString(text: string): string | undefined {
+  if (!SUSPECT.test(text)) return undefined;
   if (text.includes("\u0000")) return "must not contain the NUL character (U+0000), which cannot be stored";
   const lone = LONE_SURROGATE.exec(text);
   if (lone) {
