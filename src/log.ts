@@ -29,7 +29,7 @@ const KEPT_FIELDS = [
 const MAX_CAUSES = 5;
 
 /** Prisma's "Invalid `prisma.x()` invocation:" head, up to the colon (optionally " in file:line"). */
-const PRISMA_INVOCATION = /^Invalid `[^`\n]*` invocation(?: in\n?[^\n]*)?:/;
+const PRISMA_INVOCATION = /Invalid `[^`\n]*` invocation(?: in\n?[^\n]*)?:/;
 
 /**
  * The message with what may hold customer data taken out: Prisma's dump of the call (SQL and
@@ -38,11 +38,13 @@ const PRISMA_INVOCATION = /^Invalid `[^`\n]*` invocation(?: in\n?[^\n]*)?:/;
  */
 export function safeErrorMessage(message: string): string {
   let text = message.trim();
+  // Also inside a longer text: an error turned into a string ("PrismaClientValidationError: Invalid…").
   const invocation = PRISMA_INVOCATION.exec(text);
   if (invocation) {
-    const paragraphs = text.split(/\n\s*\n/);
+    const head = `${text.slice(0, invocation.index).trim()} ${invocation[0]}`.trim();
+    const paragraphs = text.slice(invocation.index).split(/\n\s*\n/);
     const reason = paragraphs.length > 1 ? paragraphs[paragraphs.length - 1]!.trim() : "";
-    text = reason === "" ? invocation[0] : `${invocation[0]} ${reason}`;
+    text = reason === "" ? head : `${head} ${reason}`;
   }
   return text.replace(/: "(?:[^"\\]|\\.)*"/g, ': "…"').replace(/: '(?:[^'\\]|\\.)*'/g, ": '…'");
 }

@@ -228,6 +228,11 @@ describe("a failed query's customer data never reaches the logs", () => {
     expect(line!.err.type).toBe("PrismaClientValidationError");
     expect(line!.err.message).toMatch(/^Invalid `prisma\.\$queryRaw\(\)` invocation: Invalid value for argument `parameters`/);
     expect(line!.err.stack).toMatch(/^PrismaClientValidationError: Invalid `prisma\.\$queryRaw\(\)` invocation:.*\n\s+at /);
+    // The worker logs graphile-worker's errors as strings.
+    broken.app.log.error({ err: String(err) }, "job failed");
+    expect(errorLines()[1]!.err.message).toMatch(
+      /^PrismaClientValidationError: Invalid `prisma\.\$queryRaw\(\)` invocation: Invalid value for argument `parameters`/,
+    );
     const text = JSON.stringify(log.lines);
     expect(text).not.toContain("CUST-SECRET-99");
     expect(text).not.toContain("Secrète");
