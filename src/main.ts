@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { pino } from "pino";
-import { buildApp, LOG_REDACT } from "./app.js";
+import { buildApp, LOG_REDACT, LOG_SERIALIZERS } from "./app.js";
 import { ConfigError, hasInboundCredential, loadConfig, type Config } from "./config.js";
 import { EmbeddedPostgresError, startEmbeddedPostgres } from "./db/embedded.js";
 import { applyMigrations } from "./db/migrate.js";
@@ -159,7 +159,7 @@ function installProcessGuard(log: pino.Logger, stop: (reason: string) => void): 
 
 async function main(): Promise<void> {
   const config = loadConfig();
-  const log = pino({ level: config.logLevel, redact: LOG_REDACT });
+  const log = pino({ level: config.logLevel, redact: LOG_REDACT, serializers: LOG_SERIALIZERS });
 
   let databaseUrl = config.databaseUrl;
   let embedded: Awaited<ReturnType<typeof startEmbeddedPostgres>> | undefined;

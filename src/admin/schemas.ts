@@ -5,7 +5,9 @@ import {
   DateTimeSchema,
   eachLicenceOnce,
   IndividualSchema,
+  LIMITS,
   LoginKeyValueSchema,
+  PartnerIdSchema,
   RealizingResourceSchema,
   UserServiceSchema,
 } from "../orange/schemas.js";
@@ -49,10 +51,11 @@ export const AdminRightOperationSchema = z
   .strictObject({
     action: z.enum(["add", "modify", "reset"]),
     loginKeyValue: LoginKeyValueSchema.optional().describe("add/modify: the login; reset: optional, must be the licence's login"),
-    email: z.email().describe("where the login or the new password is sent"),
+    email: z.email().max(LIMITS.email).describe("where the login or the new password is sent"),
     password: z
       .string()
       .min(1)
+      .max(LIMITS.name)
       .optional()
       .describe("accepted for the partner's identity system; never stored, never in an event"),
   })
@@ -65,7 +68,7 @@ export const AdminServiceCharacteristicOperationSchema = z.strictObject({
 
 export const AdminLicenceChangeSchema = z
   .strictObject({
-    id: z.string().min(1).describe("partner licence id"),
+    id: PartnerIdSchema.describe("partner licence id"),
     endUserOperation: AdminEndUserOperationSchema.optional(),
     realizingResourceOperation: AdminRealizingResourceOperationSchema.optional(),
     rightOperation: AdminRightOperationSchema.optional(),
@@ -111,6 +114,7 @@ export const OutboxStateSchema = z.enum(["pending", "delivered", "dead"]);
 
 const SortSchema = z
   .string()
+  .max(LIMITS.name)
   .default("-createdAt")
   .transform((value, ctx) => {
     const keys = value.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
@@ -132,15 +136,20 @@ const SortSchema = z
 
 export const EventListQuerySchema = z.object({
   state: OutboxStateSchema.optional(),
-  type: z.string().min(1).optional().describe("completedStateNotification, failedStateNotification, updateNotification"),
-  fleetId: z.string().min(1).optional(),
-  orderId: z.string().min(1).optional(),
+  type: z
+    .string()
+    .min(1)
+    .max(LIMITS.name)
+    .optional()
+    .describe("completedStateNotification, failedStateNotification, updateNotification"),
+  fleetId: PartnerIdSchema.optional(),
+  orderId: PartnerIdSchema.optional(),
   offset: z.coerce.number().int().min(0).default(0),
   limit: z.coerce.number().int().min(1).max(100).default(20),
   sort: SortSchema.describe(`comma-separated fields among ${EVENT_SORT_FIELDS.join(", ")}; - for descending (default -createdAt)`),
 });
 
-export const EventParamsSchema = z.object({ id: z.string().min(1) });
+export const EventParamsSchema = z.object({ id: PartnerIdSchema });
 
 export const EventBodySchema = z.object({
   id: z.string(),
