@@ -170,6 +170,84 @@ describe("delivery of outbox events", () => {
     expect(gw.received.filter((r) => (r.body as { id: string }).id === rejected.id)).toHaveLength(1);
   });
 
+  it("retries, never parks, while Orange refuses every token for a while; delivers all in order with two token requests", async () => {
+    // An identity incident at Orange: every event call is refused with 401 whatever the token,
+    // then Orange accepts the tokens again.
+    const incident = 40;
+    gw.scriptEvents(401, incident);
+    await worker({
+      retry: { baseMs: 10, maxMs: 50, maxAttempts: 1_000, maxAgeMs: 60_000 },
+      tokenIncidentBackoff: { baseMs: 60_000, maxMs: 60_000 },
+    });
+    const fleets = ["fl_401_a", "fl_401_b", "fl_401_c", "fl_401_d"];
+    const written = new Map<string, string[]>(fleets.map((f) => [f, []]));
+    for (let n = 0; n < 3; n++) {
+      for (const fleet of fleets) written.get(fleet)!.push((await enqueue(db(), { fleetId: fleet, resource: { fleet, n } })).id);
+    }
+    await waitFor(
+      "12 deliveries",
+      async () => (await db().outboxEvent.count({ where: { orderingKey: { in: fleets }, state: "delivered" } })) === 12,
+      30_000,
+    );
+
+    for (const fleet of fleets) expect(deliveredIds(fleet)).toEqual(written.get(fleet));
+    expect(gw.received.filter((r) => r.status === 401)).toHaveLength(incident);
+    const rows = await db().outboxEvent.findMany({
+      where: { orderingKey: { in: fleets } },
+      include: { deliveryAttempts: true },
+    });
+    expect(rows.map((r) => r.state)).toEqual(Array(12).fill("delivered"));
+    // Some events were refused more than twice (the old rule parked them after two calls).
+    expect(Math.max(...rows.map((r) => r.attempts))).toBeGreaterThan(2);
+    const refused = rows.flatMap((r) => r.deliveryAttempts).filter((a) => a.status === 401);
+    expect(refused.every((a) => a.outcome === "retry")).toBe(true);
+    // One token at start, one after the first refusal; the fresh one, refused too, was kept
+    // (no storm of token requests) and Orange accepted it once the incident was over.
+    expect(gw.tokenRequests).toBe(2);
+  });
+
+  it("when the tokens issued during the incident stay refused, asks for a new one per incident round and recovers", async () => {
+    const incident = 30;
+    let refused = 0;
+    // The incident ends with every token issued so far revoked: recovery needs a new token.
+    const unsubscribe = gw.subscribe((e) => {
+      if (e.status === 401 && ++refused === incident) gw.revokeTokens();
+    });
+    try {
+      gw.scriptEvents(401, incident);
+      const holdMs = 300;
+      await worker({
+        retry: { baseMs: 10, maxMs: 50, maxAttempts: 1_000, maxAgeMs: 60_000 },
+        tokenIncidentBackoff: { baseMs: holdMs, maxMs: holdMs },
+      });
+      const startedAt = Date.now();
+      const fleets = ["fl_rev_a", "fl_rev_b", "fl_rev_c"];
+      const written = new Map<string, string[]>(fleets.map((f) => [f, []]));
+      for (let n = 0; n < 2; n++) {
+        for (const fleet of fleets) written.get(fleet)!.push((await enqueue(db(), { fleetId: fleet, resource: { fleet, n } })).id);
+      }
+      await waitFor(
+        "6 deliveries",
+        async () => (await db().outboxEvent.count({ where: { orderingKey: { in: fleets }, state: "delivered" } })) === 6,
+        30_000,
+      );
+      const elapsedMs = Date.now() - startedAt;
+
+      for (const fleet of fleets) expect(deliveredIds(fleet)).toEqual(written.get(fleet));
+      expect(await db().outboxEvent.count({ where: { orderingKey: { in: fleets }, state: { not: "delivered" } } })).toBe(0);
+      const calls401 = gw.received.filter((r) => r.status === 401).length;
+      expect(calls401).toBeGreaterThanOrEqual(incident);
+      // At most one token request per hold of the incident, plus the first token and the one
+      // after the first refusal (the refused calls are many more).
+      expect(gw.tokenRequests).toBeLessThanOrEqual(3 + Math.ceil(elapsedMs / holdMs));
+      // Delivered with a token issued after the revocation.
+      const lastToken = gw.tokenLog.at(-1)?.token;
+      expect(gw.delivered().every((r) => r.token === lastToken)).toBe(true);
+    } finally {
+      unsubscribe();
+    }
+  });
+
   it("parks an event as dead once its attempts are spent", async () => {
     gw.scriptEvents(503, 3);
     await worker({ retry: { baseMs: 5, maxMs: 20, maxAttempts: 3, maxAgeMs: 60_000 } });
