@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
 import { createTestApp, TEST_TOKEN, type CallResult, type TestApp } from "./support/app.js";
 import { startMockGateway } from "../src/simulator/gateway.js";
-import { enqueue, eventRow, startWorker, waitFor } from "./support/outbox-harness.js";
+import { enqueue, eventRow, jobsOf, startWorker, waitFor } from "./support/outbox-harness.js";
 
 /**
  * The operators' admin API (issue 3): its own bearer credential, partner-initiated licence
@@ -589,5 +589,95 @@ describe("event routes", () => {
       await worker.stop();
       await gw.close();
     }
+  });
+});
+
+describe("event routes: held fleets, discard", () => {
+  /** A parked event of `fleetId`, with its one (parking) attempt in its history. */
+  async function deadEvent(fleetId: string) {
+    const event = await enqueue(t.db, { fleetId, resource: { fleet: fleetId } });
+    await t.db.$executeRaw`
+      UPDATE outbox_event SET state = 'dead', dead_at = now(), attempts = 1, last_status = 400, last_error = 'HTTP 400'
+       WHERE id = ${event.id}`;
+    await t.db.$executeRaw`
+      INSERT INTO event_delivery_attempt (event_id, attempt, started_at, finished_at, outcome, status, error)
+      VALUES (${event.id}, 1, now(), now(), 'park', 400, 'HTTP 400')`;
+    return event;
+  }
+  const newFleet = () => `fl_${randomUUID()}`;
+
+  it("lists the fleets a dead event holds: the event, how many wait behind it, since when", async () => {
+    const fleet = newFleet();
+    const dead = await deadEvent(fleet);
+    const waiting = [await enqueue(t.db, { fleetId: fleet }), await enqueue(t.db, { fleetId: fleet })];
+    const free = await enqueue(t.db, { fleetId: newFleet() });
+
+    const res = await admin("GET", `${EVENTS}/held?limit=100`);
+    expect(res.status, res.text).toBe(200);
+    const [count] = await t.db.$queryRaw<{ n: number }[]>`
+      SELECT count(DISTINCT ordering_key)::int AS n FROM outbox_event WHERE state = 'dead'`;
+    expect(res.headers["x-total-count"]).toBe(String(count?.n));
+    const entry = res.body.find((h: { orderingKey: string }) => h.orderingKey === fleet);
+    expect(entry).toMatchObject({ orderingKey: fleet, waiting: 2, event: { id: dead.id, state: "dead", lastStatus: 400, fleetId: fleet } });
+    expect(entry.since).toBe(entry.event.deadAt);
+    expect(res.body.some((h: { orderingKey: string }) => h.orderingKey === free.orderingKey)).toBe(false);
+
+    const detail = await admin("GET", `${EVENTS}/${waiting[1]!.id}`);
+    expect(detail.body).toMatchObject({ state: "pending", heldBy: dead.id });
+    expect((await admin("GET", `${EVENTS}/${free.id}`)).body.heldBy).toBeUndefined();
+  });
+
+  it("discards a dead event, recording who, when and why; it keeps its history and its fleet goes on", async () => {
+    const fleet = newFleet();
+    const dead = await deadEvent(fleet);
+    const later = await enqueue(t.db, { fleetId: fleet });
+    await t.db.$executeRaw`SELECT graphile_worker.remove_job(${`deliver:${fleet}`})`;
+
+    const pending = await admin("POST", `${EVENTS}/${later.id}/discard`, {});
+    expect(pending.status).toBe(409);
+    expect(pending.body).toMatchObject({ code: 63 });
+    expect(pending.body.description).toBe(`event ${later.id} is pending; only a dead (parked) event can be discarded`);
+    expect((await admin("POST", `${EVENTS}/ev_unknown/discard`, {})).status).toBe(404);
+    const typo = await admin("POST", `${EVENTS}/${dead.id}/discard`, { why: "gone" });
+    expect(typo.status).toBe(400);
+    expect(typo.body.description).toBe('body has unknown field "why" (known: reason)');
+    const empty = await admin("POST", `${EVENTS}/${dead.id}/discard`, { reason: "" });
+    expect(empty.status).toBe(400);
+    expect(empty.body.description).toMatch(/^reason must not be empty/);
+    expect((await eventRow(t.db, dead.id))?.state).toBe("dead");
+
+    const res = await admin("POST", `${EVENTS}/${dead.id}/discard`, { reason: "the licence was deleted at Orange" });
+    expect(res.status, res.text).toBe(200);
+    expect(res.body).toMatchObject({
+      id: dead.id,
+      state: "discarded",
+      discardedBy: "admin",
+      discardReason: "the licence was deleted at Orange",
+      lastStatus: 400,
+    });
+    expect(res.body.deliveryAttempts).toMatchObject([{ attempt: 1, outcome: "park", status: 400 }]);
+    const row = (await eventRow(t.db, dead.id))!;
+    expect(row).toMatchObject({ state: "discarded", discardedBy: "admin", discardReason: "the licence was deleted at Orange" });
+    expect(row.discardedAt?.toISOString()).toBe(res.body.discardedAt);
+    expect(row.deadAt).toBeInstanceOf(Date);
+    expect(row.deliveryAttempts).toHaveLength(1);
+    // The fleet's delivery job is back, for the event that waited; the fleet is no longer held.
+    expect(await jobsOf(t.db, fleet)).toBe(1);
+    expect((await admin("GET", `${EVENTS}/${later.id}`)).body.heldBy).toBeUndefined();
+    const held = await admin("GET", `${EVENTS}/held?limit=100`);
+    expect(held.body.some((h: { orderingKey: string }) => h.orderingKey === fleet)).toBe(false);
+    const listed = await admin("GET", `${EVENTS}?fleetId=${fleet}&state=discarded`);
+    expect(listed.body.map((e: { id: string }) => e.id)).toEqual([dead.id]);
+
+    // Final: neither re-sent nor discarded again.
+    const resend = await admin("POST", `${EVENTS}/${dead.id}/resend`);
+    expect(resend.status).toBe(409);
+    expect(resend.body.description).toMatch(/is discarded; only a dead/);
+    expect((await admin("POST", `${EVENTS}/${dead.id}/discard`, {})).status).toBe(409);
+  });
+
+  it("answers 405 for other methods on the new routes", async () => {
+    expect((await admin("POST", `${EVENTS}/held`)).status).toBe(405);
+    expect((await admin("GET", `${EVENTS}/ev_1/discard`)).status).toBe(405);
   });
 });

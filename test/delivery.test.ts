@@ -7,7 +7,7 @@ import { createEventOperatorService } from "../src/events/operator.js";
 import { DELIVERY_LOCK_NAMESPACE, enqueueEvent } from "../src/events/outbox.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
-import { clock, enqueue, eventRow, ids, startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
+import { clock, enqueue, eventRow, ids, jobsOf, startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
 
 let database: TestDatabase;
 let gw: MockGateway;
@@ -157,17 +157,70 @@ describe("delivery of outbox events", () => {
     gw.scriptEvents(400);
     await worker();
     const rejected = await enqueue(db(), { fleetId: "fl_400", resource: { fleet: "fl_400" } });
-    const next = await enqueue(db(), { fleetId: "fl_400", resource: { fleet: "fl_400" } });
-
-    // The parked event does not block its fleet: the next one is delivered.
-    await waitFor("the next event of the fleet", () => deliveredIds("fl_400").includes(next.id));
-    const row = (await eventRow(db(), rejected.id))!;
+    const row = await waitFor("parking", async () => {
+      const r = await eventRow(db(), rejected.id);
+      return r?.state === "dead" ? r : undefined;
+    });
     const call = gw.received.find((r) => (r.body as { id: string }).id === rejected.id);
     expect(row).toMatchObject({ state: "dead", attempts: 1, lastStatus: 400, lastRequestId: call?.requestId, lastError: "HTTP 400" });
     expect(JSON.parse(row.lastResponseBody ?? "{}")).toMatchObject({ code: 24 });
     expect(row.deadAt).toBeInstanceOf(Date);
     expect(row.deliveryAttempts.map((a) => [a.outcome, a.status])).toEqual([["park", 400]]);
     expect(gw.received.filter((r) => (r.body as { id: string }).id === rejected.id)).toHaveLength(1);
+  });
+
+  it("holds a fleet's later events behind a dead one; a re-send delivers it first, then the others in order", async () => {
+    const fleet = "fl_held";
+    gw.scriptEvents(400);
+    const w = await worker();
+    const first = await enqueue(db(), { fleetId: fleet, resource: { fleet, n: 0 } });
+    await waitFor("parking", async () => (await eventRow(db(), first.id))?.state === "dead");
+    const later = [
+      await enqueue(db(), { fleetId: fleet, resource: { fleet, n: 1 } }),
+      await enqueue(db(), { fleetId: fleet, resource: { fleet, n: 2 } }),
+    ];
+    const other = await enqueue(db(), { fleetId: "fl_free", resource: { fleet: "fl_free" } });
+    // The runs of the later events' jobs are over (no job left for the key), and sent nothing.
+    await waitFor("the held key's runs", async () => (await jobsOf(db(), fleet)) === 0 && deliveredIds("fl_free").length === 1);
+    expect(deliveredIds("fl_free")).toEqual([other.id]);
+    for (const e of later) expect(await eventRow(db(), e.id)).toMatchObject({ state: "pending", attempts: 0, deliveryAttempts: [] });
+    expect(bodiesFor(fleet).map((r) => (r.body as { id: string }).id)).toEqual([first.id]);
+    // The sweep leaves a held key alone: no job is added for it.
+    expect((await w.worker.sweep()).rescheduledKeys).not.toContain(fleet);
+    expect(await jobsOf(db(), fleet)).toBe(0);
+
+    const operator = createEventOperatorService({ db: db(), transactionTimeoutMs: 10_000 });
+    expect((await operator.get(later[0]!.id))?.heldBy).toBe(first.id);
+    await operator.resend(first.id);
+    await waitFor(
+      "the fleet's deliveries",
+      async () => (await db().outboxEvent.count({ where: { orderingKey: fleet, state: "delivered" } })) === 3,
+    );
+    expect(deliveredIds(fleet)).toEqual([first.id, ...later.map((e) => e.id)]);
+  });
+
+  it("sends the later events of a fleet once an operator discards the dead one, which is never sent again", async () => {
+    const fleet = "fl_discard";
+    gw.scriptEvents(403);
+    await worker();
+    const first = await enqueue(db(), { fleetId: fleet, resource: { fleet, n: 0 } });
+    await waitFor("parking", async () => (await eventRow(db(), first.id))?.state === "dead");
+    const later = await enqueue(db(), { fleetId: fleet, resource: { fleet, n: 1 } });
+    await waitFor("the held key's run", async () => (await jobsOf(db(), fleet)) === 0);
+    expect((await eventRow(db(), later.id))?.attempts).toBe(0);
+
+    const operator = createEventOperatorService({ db: db(), transactionTimeoutMs: 10_000 });
+    const discarded = await operator.discard(first.id, "admin", "rejected by Orange: the licence is gone");
+    expect(discarded).toMatchObject({ state: "discarded", discardedBy: "admin", discardReason: "rejected by Orange: the licence is gone" });
+    await waitFor("the later event", () => deliveredIds(fleet).includes(later.id));
+    const row = (await eventRow(db(), first.id))!;
+    expect(row.state).toBe("discarded");
+    expect(row.discardedAt).toBeInstanceOf(Date);
+    expect(row.deliveryAttempts.map((a) => [a.outcome, a.status])).toEqual([["park", 403]]);
+    expect(bodiesFor(fleet).map((r) => [(r.body as { id: string }).id, r.status])).toEqual([
+      [first.id, 403],
+      [later.id, 201],
+    ]);
   });
 
   it("retries, never parks, while Orange refuses every token for a while; delivers all in order with two token requests", async () => {

@@ -21,6 +21,8 @@ const ADMIN_PATHS = [
   "/admin/v1/events",
   "/admin/v1/events/{id}",
   "/admin/v1/events/{id}/resend",
+  "/admin/v1/events/{id}/discard",
+  "/admin/v1/events/held",
 ];
 
 const ALL_PATHS = [...ORANGE_PATHS, ...ADMIN_PATHS];

@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import type { Catalogue } from "../domain/catalogue.js";
 import { LicenceChangeRejected, type LicenceChangeService, type OperationKind } from "../domain/licence-changes.js";
 import { AppError, Conflict, InvalidBodyField, NotFound } from "../errors.js";
-import type { EventOperatorService, EventRecord, EventWithAttempts } from "../events/operator.js";
+import { type EventOperatorService, type EventRecord, type EventWithAttempts, type HeldKey } from "../events/operator.js";
 import { rejectOtherMethods } from "../orange/error-handler.js";
 import { compact, renderChangeNotification, renderUserService, toLicenceChangeItem } from "../orange/mapping.js";
 import { ErrorBodySchema } from "../orange/schemas.js";
@@ -10,10 +10,13 @@ import type { AdminAuthenticator } from "./auth.js";
 import {
   AdminLicenceChangesRequestSchema,
   AdminLicenceChangesResponseSchema,
+  DiscardRequestSchema,
   EventDetailSchema,
   EventListQuerySchema,
   EventListSchema,
   EventParamsSchema,
+  HeldKeyListSchema,
+  HeldKeysQuerySchema,
 } from "./schemas.js";
 
 /**
@@ -30,6 +33,12 @@ export interface AdminRoutesOptions {
   events: EventOperatorService;
   catalogue: Catalogue;
 }
+
+/**
+ * Who acts through the admin API, as recorded on a discarded event. There is one admin
+ * credential (ADMIN_TOKEN); with several, this would name the one the request used.
+ */
+const ADMIN_ACTOR = "admin";
 
 const errors = {
   400: ErrorBodySchema.describe("invalid request (codes 20-28)"),
@@ -75,13 +84,21 @@ function eventOut(e: EventRecord) {
     deliveredAt: e.deliveredAt,
     deadAt: e.deadAt,
     resentAt: e.resentAt,
+    discardedAt: e.discardedAt,
+    discardedBy: e.discardedBy,
+    discardReason: e.discardReason,
     body: e.body,
   });
+}
+
+function heldKeyOut(h: HeldKey) {
+  return compact({ orderingKey: h.orderingKey, since: h.since, waiting: h.waiting, event: eventOut(h.event) });
 }
 
 function eventDetailOut(e: EventWithAttempts) {
   return compact({
     ...eventOut(e),
+    heldBy: e.heldBy,
     deliveryAttempts: e.deliveryAttempts.map((a) =>
       compact({
         attempt: a.attempt,
@@ -174,6 +191,31 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
   );
 
   app.get(
+    "/admin/v1/events/held",
+    {
+      schema: {
+        summary: "Ordering keys (fleets) held by a dead event",
+        description:
+          "A dead event holds the later events of its ordering key (one fleet's events arrive in the order they were " +
+          "written): they wait until an operator re-sends it (it goes first) or discards it. One entry per held key, " +
+          "held longest first: the dead event holding it, how many events wait behind it, since when. Paginated with " +
+          "offset/limit (default 20, at most 100); X-Total-Count: held keys; X-Result-Count: keys in this page.",
+        tags: ["admin"],
+        security: [{ adminBearer: [] }],
+        querystring: HeldKeysQuerySchema,
+        response: { 200: HeldKeyListSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const page = await opts.events.held(request.query);
+      return reply
+        .header("x-total-count", String(page.total))
+        .header("x-result-count", String(page.items.length))
+        .send(page.items.map(heldKeyOut) as never);
+    },
+  );
+
+  app.get(
     "/admin/v1/events/:id",
     {
       schema: {
@@ -198,7 +240,8 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
         summary: "Re-send a parked (dead) event",
         description:
           "The event goes back to pending with a fresh retry budget, due now, under the same event id; its earlier " +
-          "attempts stay in its history. It is delivered before its fleet's later pending events.",
+          "attempts stay in its history. It keeps its place: it is delivered before its fleet's later events, which " +
+          "waited behind it.",
         tags: ["admin"],
         security: [{ adminBearer: [] }],
         params: EventParamsSchema,
@@ -213,8 +256,35 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     async (request) => eventDetailOut(await opts.events.resend(request.params.id)) as never,
   );
 
+  app.post(
+    "/admin/v1/events/:id/discard",
+    {
+      schema: {
+        summary: "Discard a dead event: it is never delivered, and its fleet's later events go out",
+        description:
+          "Final state discarded, recording who (the admin credential), when and the optional reason; the event keeps " +
+          "its delivery history. The later events of its ordering key, which waited behind it, are then delivered " +
+          "(unless another dead event holds them).",
+        tags: ["admin"],
+        security: [{ adminBearer: [] }],
+        params: EventParamsSchema,
+        body: DiscardRequestSchema,
+        response: {
+          200: EventDetailSchema,
+          ...errors,
+          404: ErrorBodySchema.describe("unknown event (code 60)"),
+          409: ErrorBodySchema.describe("the event is not dead (code 63)"),
+        },
+      },
+    },
+    async (request) =>
+      eventDetailOut(await opts.events.discard(request.params.id, ADMIN_ACTOR, request.body.reason)) as never,
+  );
+
   rejectOtherMethods(app, "/admin/v1/licence-changes", ["POST"]);
   rejectOtherMethods(app, "/admin/v1/events", ["GET"]);
   rejectOtherMethods(app, "/admin/v1/events/:id", ["GET"]);
   rejectOtherMethods(app, "/admin/v1/events/:id/resend", ["POST"]);
+  rejectOtherMethods(app, "/admin/v1/events/:id/discard", ["POST"]);
+  rejectOtherMethods(app, "/admin/v1/events/held", ["GET"]);
 };

@@ -107,7 +107,21 @@ export const AdminLicenceChangesResponseSchema = z
 // ---------------------------------------------------------------------------------------------
 // Outbox events
 
-export const OutboxStateSchema = z.enum(["pending", "delivered", "dead"]);
+export const OutboxStateSchema = z.enum(["pending", "delivered", "dead", "discarded"]);
+
+/**
+ * An object whose unknown keys are refused with a 400 naming them (`what`: parameter, field): a
+ * typo such as `?fleetID=` must not silently list, or re-send, every event.
+ */
+function strictNamed<T extends z.ZodRawShape>(shape: T, what: string) {
+  const known = Object.keys(shape).join(", ");
+  return z.strictObject(shape, {
+    error: (iss) =>
+      iss.code === "unrecognized_keys"
+        ? `has unknown ${what}${iss.keys.length > 1 ? "s" : ""} ${iss.keys.map((k) => JSON.stringify(k)).join(", ")} (known: ${known})`
+        : undefined,
+  });
+}
 
 const SortSchema = z
   .string()
@@ -130,15 +144,30 @@ const SortSchema = z
     return out.length > 0 ? out : [{ field: "createdAt" as const, descending: true }];
   });
 
-export const EventListQuerySchema = z.object({
+const EventFilterShape = {
   state: OutboxStateSchema.optional(),
   type: z.string().min(1).optional().describe("completedStateNotification, failedStateNotification, updateNotification"),
   fleetId: z.string().min(1).optional(),
   orderId: z.string().min(1).optional(),
+};
+
+const PageShape = {
   offset: z.coerce.number().int().min(0).default(0),
   limit: z.coerce.number().int().min(1).max(100).default(20),
+};
+
+export const EventListQuerySchema = z.object({
+  ...EventFilterShape,
+  ...PageShape,
   sort: SortSchema.describe(`comma-separated fields among ${EVENT_SORT_FIELDS.join(", ")}; - for descending (default -createdAt)`),
 });
+
+export const HeldKeysQuerySchema = strictNamed(PageShape, "parameter");
+
+export const DiscardRequestSchema = strictNamed(
+  { reason: z.string().min(1).max(1000).optional().describe("why the event is not to be delivered; kept with the event") },
+  "field",
+).meta({ id: "AdminDiscardRequest" });
 
 export const EventParamsSchema = z.object({ id: z.string().min(1) });
 
@@ -169,6 +198,9 @@ export const EventSchema = z
     deliveredAt: DateTimeSchema.optional(),
     deadAt: DateTimeSchema.optional(),
     resentAt: DateTimeSchema.optional().describe("last re-send by an operator; the retry age bound counts from here"),
+    discardedAt: DateTimeSchema.optional().describe("when an operator discarded the dead event (state discarded)"),
+    discardedBy: z.string().optional().describe("who discarded it: the admin credential in use"),
+    discardReason: z.string().optional().describe("why, as the operator gave it"),
     body: EventBodySchema.describe("the envelope as sent to Orange"),
   })
   .meta({ id: "OutboxEvent" });
@@ -190,7 +222,22 @@ export const DeliveryAttemptSchema = z
   .meta({ id: "EventDeliveryAttempt" });
 
 export const EventDetailSchema = EventSchema.extend({
+  heldBy: z
+    .string()
+    .optional()
+    .describe("a pending event waiting behind a dead event of its ordering key: that event's id (re-send or discard it)"),
   deliveryAttempts: z.array(DeliveryAttemptSchema).min(1).optional().describe("oldest first; absent before the first attempt"),
 }).meta({
   id: "OutboxEventDetail",
 });
+
+export const HeldKeySchema = z
+  .object({
+    orderingKey: z.string().describe("the fleet id, else the order or update id"),
+    since: DateTimeSchema.describe("when the event holding the key was parked"),
+    waiting: z.number().int().describe("pending events of the key waiting behind it"),
+    event: EventSchema.describe("the key's first dead event: re-send it (it goes first) or discard it to release the key"),
+  })
+  .meta({ id: "HeldOrderingKey" });
+
+export const HeldKeyListSchema = z.array(HeldKeySchema);

@@ -1,19 +1,31 @@
 /**
- * What operators do with the outbox: list events, read one with its delivery attempts, and put a
- * parked (dead) event back in the delivery queue.
+ * What operators do with the outbox: list events, read one with its delivery attempts, put a
+ * parked (dead) event back in the delivery queue, discard a dead event, and list the ordering keys a dead event holds.
  *
- * A re-sent event keeps its id and its place (seq) in its fleet's queue: it goes out before the
- * fleet's later events still pending, after those already delivered while it was parked.
+ * A dead event holds the later events of its ordering key (delivery.ts): "one fleet's events
+ * arrive in the order they were written". A re-sent event keeps its id and its place (seq) in its
+ * fleet's queue: it goes out first, before the events that waited behind it. A discarded event is
+ * never sent; its key's later events then go out. Both actions schedule the key's delivery job in
+ * the transaction that changes the event.
  */
 import type pg from "pg";
 import type { Db, Tx } from "../db/prisma.js";
-import type { Prisma } from "../generated/prisma/client.js";
+import { Prisma } from "../generated/prisma/client.js";
 import { Conflict, NotFound } from "../errors.js";
 import { schedule } from "./delivery.js";
 
-export type OutboxState = "pending" | "delivered" | "dead";
+export type OutboxState = "pending" | "delivered" | "dead" | "discarded";
 
-export const EVENT_SORT_FIELDS = ["createdAt", "nextAttemptAt", "deliveredAt", "deadAt", "attempts", "state", "type"] as const;
+export const EVENT_SORT_FIELDS = [
+  "createdAt",
+  "nextAttemptAt",
+  "deliveredAt",
+  "deadAt",
+  "discardedAt",
+  "attempts",
+  "state",
+  "type",
+] as const;
 export type EventSortField = (typeof EVENT_SORT_FIELDS)[number];
 
 export interface EventFilter {
@@ -32,7 +44,21 @@ export interface EventPageRequest {
 const withAttempts = { deliveryAttempts: { orderBy: { attempt: "asc" } } } satisfies Prisma.OutboxEventInclude;
 
 export type EventRecord = Prisma.OutboxEventGetPayload<object>;
-export type EventWithAttempts = Prisma.OutboxEventGetPayload<{ include: typeof withAttempts }>;
+export type EventWithAttempts = Prisma.OutboxEventGetPayload<{ include: typeof withAttempts }> & {
+  /** A pending event held behind a dead one of its key: that dead event's id. */
+  heldBy: string | null;
+};
+
+/** An ordering key held by a dead event. */
+export interface HeldKey {
+  orderingKey: string;
+  /** The key's first dead event: the one the others wait behind. */
+  event: EventRecord;
+  /** Pending events of the key behind it. */
+  waiting: number;
+  /** Since when the key is held: when that event was parked. */
+  since: Date;
+}
 
 /**
  * `schedule()` speaks to a pg connection; this lets it run inside a Prisma transaction, so the
@@ -69,32 +95,89 @@ export function createEventOperatorService(deps: { db: Db; transactionTimeoutMs:
   }
 
   async function get(id: string): Promise<EventWithAttempts | null> {
-    return db.outboxEvent.findUnique({ where: { id }, include: withAttempts });
+    const event = await db.outboxEvent.findUnique({ where: { id }, include: withAttempts });
+    if (!event) return null;
+    let heldBy: string | null = null;
+    if (event.state === "pending") {
+      const [dead] = await db.$queryRaw<{ id: string }[]>`
+        SELECT id FROM outbox_event
+         WHERE ordering_key = ${event.orderingKey} AND state = 'dead' AND seq < ${event.seq}
+         ORDER BY seq LIMIT 1`;
+      heldBy = dead?.id ?? null;
+    }
+    return { ...event, heldBy };
+  }
+
+  /** Locks the event's row; 404 when unknown, 409 unless dead. */
+  async function lockDead(tx: Tx, id: string, action: string): Promise<{ orderingKey: string }> {
+    const [row] = await tx.$queryRaw<{ state: OutboxState; ordering_key: string }[]>`
+      SELECT state::text AS state, ordering_key FROM outbox_event WHERE id = ${id} FOR UPDATE`;
+    if (!row) throw new NotFound(`event ${JSON.stringify(id)} does not exist`);
+    if (row.state !== "dead") {
+      throw new Conflict(`event ${id} is ${row.state}; only a dead (parked) event can be ${action}`);
+    }
+    return { orderingKey: row.ordering_key };
+  }
+
+  function transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
+    return db.$transaction(work, { timeout: deps.transactionTimeoutMs, maxWait: deps.transactionTimeoutMs });
   }
 
   /** A dead event back to pending, with a fresh retry budget, due now; 409 for any other state. */
   async function resend(id: string): Promise<EventWithAttempts> {
-    await db.$transaction(
-      async (tx) => {
-        const [row] = await tx.$queryRaw<{ state: OutboxState; ordering_key: string }[]>`
-          SELECT state::text AS state, ordering_key FROM outbox_event WHERE id = ${id} FOR UPDATE`;
-        if (!row) throw new NotFound(`event ${JSON.stringify(id)} does not exist`);
-        if (row.state !== "dead") {
-          throw new Conflict(`event ${id} is ${row.state}; only a dead (parked) event can be re-sent`);
-        }
-        await tx.$executeRaw`
-          UPDATE outbox_event
-             SET state = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL, resent_at = now(),
-                 last_error = NULL, last_status = NULL, last_request_id = NULL, last_response_body = NULL
-           WHERE id = ${id}`;
-        await schedule(asPgConnection(tx), row.ordering_key, { delayMs: 0 });
-      },
-      { timeout: deps.transactionTimeoutMs, maxWait: deps.transactionTimeoutMs },
-    );
+    await transaction(async (tx) => {
+      const { orderingKey } = await lockDead(tx, id, "re-sent");
+      await tx.$executeRaw`UPDATE outbox_event SET ${RESEND_SET} WHERE id = ${id}`;
+      await schedule(asPgConnection(tx), orderingKey, { delayMs: 0 });
+    });
     return (await get(id))!;
   }
 
-  return { list, get, resend };
+  /**
+   * A dead event is never to be sent: final state `discarded`, with who, when and why; its
+   * history stays. The key's later events then go out (unless another dead event holds them).
+   */
+  async function discard(id: string, by: string, reason: string | undefined): Promise<EventWithAttempts> {
+    await transaction(async (tx) => {
+      const { orderingKey } = await lockDead(tx, id, "discarded");
+      await tx.$executeRaw`
+        UPDATE outbox_event
+           SET state = 'discarded', discarded_at = now(), discarded_by = ${by}, discard_reason = ${reason ?? null}
+         WHERE id = ${id}`;
+      await schedule(asPgConnection(tx), orderingKey, { delayMs: 0 });
+    });
+    return (await get(id))!;
+  }
+
+  /** Ordering keys held by a dead event, held longest first. */
+  async function held(page: { offset: number; limit: number }): Promise<{ total: number; items: HeldKey[] }> {
+    const [[count], rows] = await db.$transaction([
+      db.$queryRaw<{ n: number }[]>`SELECT count(DISTINCT ordering_key)::int AS n FROM outbox_event WHERE state = 'dead'`,
+      db.$queryRaw<{ id: string; ordering_key: string; waiting: number; since: Date }[]>`
+        SELECT h.id, h.ordering_key, h.dead_at AS since,
+               (SELECT count(*) FROM outbox_event p
+                 WHERE p.ordering_key = h.ordering_key AND p.state = 'pending' AND p.seq > h.seq)::int AS waiting
+          FROM (SELECT DISTINCT ON (ordering_key) id, ordering_key, seq, dead_at
+                  FROM outbox_event WHERE state = 'dead' ORDER BY ordering_key, seq) h
+         ORDER BY h.dead_at, h.seq
+         OFFSET ${page.offset} LIMIT ${page.limit}`,
+    ]);
+    const events = await db.outboxEvent.findMany({ where: { id: { in: rows.map((r) => r.id) } } });
+    const byId = new Map(events.map((e) => [e.id, e]));
+    const items: HeldKey[] = [];
+    for (const r of rows) {
+      const event = byId.get(r.id);
+      // Re-sent or discarded between the two reads: no longer holding.
+      if (event?.state === "dead") items.push({ orderingKey: r.ordering_key, event, waiting: r.waiting, since: r.since });
+    }
+    return { total: count?.n ?? 0, items };
+  }
+
+  return { list, get, resend, discard, held };
 }
+
+/** A dead event back to pending: fresh retry budget, due now, same id and seq, history kept. */
+const RESEND_SET = Prisma.sql`state = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL, resent_at = now(),
+  last_error = NULL, last_status = NULL, last_request_id = NULL, last_response_body = NULL`;
 
 export type EventOperatorService = ReturnType<typeof createEventOperatorService>;
