@@ -592,7 +592,7 @@ describe("event routes", () => {
   });
 });
 
-describe("event routes: held fleets, discard", () => {
+describe("event routes: held fleets, discard, strict filters", () => {
   /** A parked event of `fleetId`, with its one (parking) attempt in its history. */
   async function deadEvent(fleetId: string) {
     const event = await enqueue(t.db, { fleetId, resource: { fleet: fleetId } });
@@ -605,6 +605,24 @@ describe("event routes: held fleets, discard", () => {
     return event;
   }
   const newFleet = () => `fl_${randomUUID()}`;
+
+  it("refuses an unknown parameter of the events listing with 400 naming it, instead of listing every event", async () => {
+    const res = await admin("GET", `${EVENTS}?externalReference=X`);
+    expect(res.status).toBe(400);
+    expect(res.body).toMatchObject({ code: 28, message: "Invalid query-string parameter" });
+    expect(res.body.description).toBe(
+      'query string has unknown parameter "externalReference" (known: state, type, fleetId, orderId, offset, limit, sort)',
+    );
+    const typo = await admin("GET", `${EVENTS}?fleetID=fl_1&state=dead`);
+    expect(typo.status).toBe(400);
+    expect(typo.body.description).toMatch(/unknown parameter "fleetID"/);
+    const held = await admin("GET", `${EVENTS}/held?fleetId=fl_1`);
+    expect(held.status).toBe(400);
+    expect(held.body.description).toBe('query string has unknown parameter "fleetId" (known: offset, limit)');
+    const discarded = await t.app.inject({ method: "GET", url: `${EVENTS}?state=discarded&fleetId=fl_none`, headers: ADMIN });
+    expect(discarded.statusCode).toBe(200);
+    expect(discarded.json()).toEqual([]);
+  });
 
   it("lists the fleets a dead event holds: the event, how many wait behind it, since when", async () => {
     const fleet = newFleet();

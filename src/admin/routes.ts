@@ -173,7 +173,8 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
         summary: "Events to Orange (the outbox)",
         description:
           "Filtered by state, type, fleet or order; paginated with offset/limit (default 20, at most 100) and sorted " +
-          "with sort (default -createdAt). X-Total-Count: events matching the filters; X-Result-Count: events in this page.",
+          "with sort (default -createdAt). X-Total-Count: events matching the filters; X-Result-Count: events in this page. " +
+          "An unknown parameter is refused (400 naming it).",
         tags: ["admin"],
         security: [{ adminBearer: [] }],
         querystring: EventListQuerySchema,

@@ -156,11 +156,14 @@ const PageShape = {
   limit: z.coerce.number().int().min(1).max(100).default(20),
 };
 
-export const EventListQuerySchema = z.object({
-  ...EventFilterShape,
-  ...PageShape,
-  sort: SortSchema.describe(`comma-separated fields among ${EVENT_SORT_FIELDS.join(", ")}; - for descending (default -createdAt)`),
-});
+export const EventListQuerySchema = strictNamed(
+  {
+    ...EventFilterShape,
+    ...PageShape,
+    sort: SortSchema.describe(`comma-separated fields among ${EVENT_SORT_FIELDS.join(", ")}; - for descending (default -createdAt)`),
+  },
+  "parameter",
+);
 
 export const HeldKeysQuerySchema = strictNamed(PageShape, "parameter");
 
