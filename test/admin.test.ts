@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
 import { createTestApp, TEST_TOKEN, type CallResult, type TestApp } from "./support/app.js";
 import { startMockGateway } from "../src/simulator/gateway.js";
+import { RESEND_MAX_PER_CALL } from "../src/events/operator.js";
 import { enqueue, eventRow, jobsOf, startWorker, waitFor } from "./support/outbox-harness.js";
 
 /**
@@ -592,7 +593,7 @@ describe("event routes", () => {
   });
 });
 
-describe("event routes: held fleets, discard, strict filters", () => {
+describe("event routes: held fleets, discard, bulk re-send, strict filters", () => {
   /** A parked event of `fleetId`, with its one (parking) attempt in its history. */
   async function deadEvent(fleetId: string) {
     const event = await enqueue(t.db, { fleetId, resource: { fleet: fleetId } });
@@ -694,7 +695,72 @@ describe("event routes: held fleets, discard, strict filters", () => {
     expect((await admin("POST", `${EVENTS}/${dead.id}/discard`, {})).status).toBe(409);
   });
 
+  it("re-sends the dead events matching the listing's filters, and refuses a filter on another state", async () => {
+    const [a, b] = [newFleet(), newFleet()];
+    const deadA = [await deadEvent(a), await deadEvent(a)];
+    const pendingA = await enqueue(t.db, { fleetId: a });
+    const deadB = await deadEvent(b);
+    await t.db.$executeRaw`SELECT graphile_worker.remove_job(${`deliver:${a}`})`;
+
+    const other = await admin("POST", `${EVENTS}/resend`, { fleetId: a, state: "pending" });
+    expect(other.status).toBe(400);
+    expect(other.body).toMatchObject({ code: 24 });
+    expect(other.body.description).toBe('state must be "dead": only dead events can be re-sent (got "pending")');
+    const typo = await admin("POST", `${EVENTS}/resend`, { fleetID: a });
+    expect(typo.status).toBe(400);
+    expect(typo.body.description).toMatch(/^body has unknown field "fleetID" \(known: state, type, fleetId, orderId\)/);
+    expect(await t.db.outboxEvent.count({ where: { orderingKey: a, state: "dead" } })).toBe(2);
+
+    const res = await admin("POST", `${EVENTS}/resend`, { fleetId: a, state: "dead" });
+    expect(res.status, res.text).toBe(200);
+    expect(res.body).toEqual({
+      resent: 2,
+      remaining: 0,
+      events: deadA.map((e) => ({ id: e.id, orderingKey: a })),
+    });
+    const rows = await t.db.outboxEvent.findMany({ where: { orderingKey: a }, orderBy: { seq: "asc" } });
+    expect(rows.map((r) => [r.id, r.state, r.attempts])).toEqual([
+      [deadA[0]!.id, "pending", 0],
+      [deadA[1]!.id, "pending", 0],
+      [pendingA.id, "pending", 0],
+    ]);
+    expect(rows[0]!.resentAt).toBeInstanceOf(Date);
+    expect(rows[0]!.deadAt).toBeNull();
+    expect(await jobsOf(t.db, a)).toBe(1);
+    expect((await eventRow(t.db, deadB.id))?.state).toBe("dead");
+
+    const none = await admin("POST", `${EVENTS}/resend`, { fleetId: a, type: "updateNotification" });
+    expect(none.body).toEqual({ resent: 0, remaining: 0 });
+    const all = await admin("POST", `${EVENTS}/resend`, {});
+    expect(all.status).toBe(200);
+    expect(all.body.events).toContainEqual({ id: deadB.id, orderingKey: b });
+    expect(all.body.remaining).toBe(0);
+    expect(await t.db.outboxEvent.count({ where: { state: "dead" } })).toBe(0);
+  });
+
+  it(`re-sends at most ${RESEND_MAX_PER_CALL} events per call, oldest first, and says how many remain`, async () => {
+    const fleet = newFleet();
+    await t.db.$executeRaw`
+      INSERT INTO outbox_event (id, api, type, ordering_key, fleet_id, body, state, dead_at)
+      SELECT 'ev_bulk_' || lpad(g::text, 5, '0'), 'userservice', 'updateNotification', ${fleet}, ${fleet},
+             json_build_object('id', 'ev_bulk_' || lpad(g::text, 5, '0')), 'dead', now()
+        FROM generate_series(1, ${RESEND_MAX_PER_CALL + 2}) AS g ORDER BY g`;
+
+    const first = await admin("POST", `${EVENTS}/resend`, { fleetId: fleet });
+    expect(first.status, first.text).toBe(200);
+    expect(first.body.resent).toBe(RESEND_MAX_PER_CALL);
+    expect(first.body.remaining).toBe(2);
+    const bySeq = await t.db.outboxEvent.findMany({ where: { orderingKey: fleet }, orderBy: { seq: "asc" }, select: { id: true, state: true } });
+    expect(first.body.events.map((e: { id: string }) => e.id)).toEqual(bySeq.slice(0, RESEND_MAX_PER_CALL).map((e) => e.id));
+    expect(bySeq.slice(RESEND_MAX_PER_CALL).map((e) => e.state)).toEqual(["dead", "dead"]);
+
+    const second = await admin("POST", `${EVENTS}/resend`, { fleetId: fleet });
+    expect(second.body).toMatchObject({ resent: 2, remaining: 0 });
+    expect(await t.db.outboxEvent.count({ where: { orderingKey: fleet, state: "pending" } })).toBe(RESEND_MAX_PER_CALL + 2);
+  });
+
   it("answers 405 for other methods on the new routes", async () => {
+    expect((await admin("GET", `${EVENTS}/resend`)).status).toBe(405);
     expect((await admin("POST", `${EVENTS}/held`)).status).toBe(405);
     expect((await admin("GET", `${EVENTS}/ev_1/discard`)).status).toBe(405);
   });

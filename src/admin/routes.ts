@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import type { Catalogue } from "../domain/catalogue.js";
 import { LicenceChangeRejected, type LicenceChangeService, type OperationKind } from "../domain/licence-changes.js";
 import { AppError, Conflict, InvalidBodyField, NotFound } from "../errors.js";
-import { type EventOperatorService, type EventRecord, type EventWithAttempts, type HeldKey } from "../events/operator.js";
+import { RESEND_MAX_PER_CALL, type EventOperatorService, type EventRecord, type EventWithAttempts, type HeldKey } from "../events/operator.js";
 import { rejectOtherMethods } from "../orange/error-handler.js";
 import { compact, renderChangeNotification, renderUserService, toLicenceChangeItem } from "../orange/mapping.js";
 import { ErrorBodySchema } from "../orange/schemas.js";
@@ -10,6 +10,8 @@ import type { AdminAuthenticator } from "./auth.js";
 import {
   AdminLicenceChangesRequestSchema,
   AdminLicenceChangesResponseSchema,
+  BulkResendRequestSchema,
+  BulkResendResponseSchema,
   DiscardRequestSchema,
   EventDetailSchema,
   EventListQuerySchema,
@@ -216,6 +218,28 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     },
   );
 
+  app.post(
+    "/admin/v1/events/resend",
+    {
+      schema: {
+        summary: "Re-send the dead events matching a filter",
+        description:
+          "The filters of the events listing (type, fleetId, orderId; state may only be dead, the default), in a JSON " +
+          `body ({}: every dead event). In one transaction, at most ${RESEND_MAX_PER_CALL} events, oldest first, ` +
+          "go back to pending as with a single re-send; remaining says how many dead events still match (call again).",
+        tags: ["admin"],
+        security: [{ adminBearer: [] }],
+        body: BulkResendRequestSchema,
+        response: { 200: BulkResendResponseSchema, ...errors },
+      },
+    },
+    async (request) => {
+      const { state: _dead, ...filter } = request.body;
+      const outcome = await opts.events.resendMatching(filter);
+      return compact({ resent: outcome.resent.length, remaining: outcome.remaining, events: outcome.resent }) as never;
+    },
+  );
+
   app.get(
     "/admin/v1/events/:id",
     {
@@ -288,4 +312,5 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
   rejectOtherMethods(app, "/admin/v1/events/:id/resend", ["POST"]);
   rejectOtherMethods(app, "/admin/v1/events/:id/discard", ["POST"]);
   rejectOtherMethods(app, "/admin/v1/events/held", ["GET"]);
+  rejectOtherMethods(app, "/admin/v1/events/resend", ["POST"]);
 };

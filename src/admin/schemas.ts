@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { EVENT_SORT_FIELDS } from "../events/operator.js";
+import { EVENT_SORT_FIELDS, RESEND_MAX_PER_CALL } from "../events/operator.js";
 import {
   CharacteristicSchema,
   DateTimeSchema,
@@ -166,6 +166,29 @@ export const EventListQuerySchema = strictNamed(
 );
 
 export const HeldKeysQuerySchema = strictNamed(PageShape, "parameter");
+
+/** The listing's filters; only dead events can be re-sent, so state may only say so. */
+export const BulkResendRequestSchema = strictNamed(
+  {
+    ...EventFilterShape,
+    state: z
+      .literal("dead", { error: 'must be "dead": only dead events can be re-sent' })
+      .optional()
+      .describe("dead (the default): only dead events can be re-sent"),
+  },
+  "field",
+).meta({ id: "AdminBulkResendRequest" });
+
+export const BulkResendResponseSchema = z
+  .object({
+    resent: z.number().int().describe(`events put back in the queue by this call (at most ${RESEND_MAX_PER_CALL})`),
+    remaining: z.number().int().describe("dead events still matching the filter: call again to re-send them"),
+    events: z
+      .array(z.object({ id: z.string(), orderingKey: z.string() }))
+      .optional()
+      .describe("the events re-sent, oldest first"),
+  })
+  .meta({ id: "AdminBulkResendResponse" });
 
 export const DiscardRequestSchema = strictNamed(
   { reason: z.string().min(1).max(1000).optional().describe("why the event is not to be delivered; kept with the event") },

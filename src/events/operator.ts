@@ -1,6 +1,7 @@
 /**
  * What operators do with the outbox: list events, read one with its delivery attempts, put a
- * parked (dead) event back in the delivery queue, discard a dead event, and list the ordering keys a dead event holds.
+ * parked (dead) event back in the delivery queue (one, or all those matching a filter, capped),
+ * discard a dead event, and list the ordering keys a dead event holds.
  *
  * A dead event holds the later events of its ordering key (delivery.ts): "one fleet's events
  * arrive in the order they were written". A re-sent event keeps its id and its place (seq) in its
@@ -13,6 +14,7 @@ import type { Db, Tx } from "../db/prisma.js";
 import { Prisma } from "../generated/prisma/client.js";
 import { Conflict, NotFound } from "../errors.js";
 import { schedule } from "./delivery.js";
+import { DELIVER_TASK } from "./outbox.js";
 
 export type OutboxState = "pending" | "delivered" | "dead" | "discarded";
 
@@ -34,6 +36,9 @@ export interface EventFilter {
   fleetId?: string;
   orderId?: string;
 }
+
+/** Most events one bulk re-send puts back in the queue; the answer says how many still match. */
+export const RESEND_MAX_PER_CALL = 1000;
 
 export interface EventPageRequest {
   offset: number;
@@ -58,6 +63,13 @@ export interface HeldKey {
   waiting: number;
   /** Since when the key is held: when that event was parked. */
   since: Date;
+}
+
+export interface BulkResendResult {
+  /** The events re-sent, oldest first (seq order). */
+  resent: { id: string; orderingKey: string }[];
+  /** Dead events still matching the filter (beyond the cap of one call). */
+  remaining: number;
 }
 
 /**
@@ -134,6 +146,45 @@ export function createEventOperatorService(deps: { db: Db; transactionTimeoutMs:
   }
 
   /**
+   * The dead events matching `filter` back to pending, oldest first, at most
+   * RESEND_MAX_PER_CALL of them, with their keys' jobs, in one transaction.
+   */
+  async function resendMatching(filter: Omit<EventFilter, "state">): Promise<BulkResendResult> {
+    const where = Prisma.join(
+      [
+        Prisma.sql`state = 'dead'`,
+        ...(filter.type === undefined ? [] : [Prisma.sql`type = ${filter.type}`]),
+        ...(filter.fleetId === undefined ? [] : [Prisma.sql`fleet_id = ${filter.fleetId}`]),
+        ...(filter.orderId === undefined ? [] : [Prisma.sql`order_id = ${filter.orderId}`]),
+      ],
+      " AND ",
+    );
+    return transaction(async (tx) => {
+      const resent = await tx.$queryRaw<{ id: string; ordering_key: string; seq: bigint }[]>`
+        WITH picked AS (
+          SELECT id FROM outbox_event WHERE ${where} ORDER BY seq LIMIT ${RESEND_MAX_PER_CALL} FOR UPDATE
+        )
+        UPDATE outbox_event e SET ${RESEND_SET}
+          FROM picked WHERE e.id = picked.id
+        RETURNING e.id, e.ordering_key, e.seq`;
+      const keys = [...new Set(resent.map((r) => r.ordering_key))];
+      if (keys.length > 0) {
+        await tx.$queryRaw`
+          SELECT count(graphile_worker.add_job(
+                   ${DELIVER_TASK}::text,
+                   json_build_object('orderingKey', k),
+                   job_key => 'deliver:' || k,
+                   job_key_mode => 'replace'))::int AS n
+            FROM unnest(${keys}::text[]) AS k`;
+      }
+      const [left] = await tx.$queryRaw<{ n: number }[]>`SELECT count(*)::int AS n FROM outbox_event WHERE ${where}`;
+      // RETURNING does not keep the picking order.
+      const bySeq = resent.sort((a, b) => (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
+      return { resent: bySeq.map((r) => ({ id: r.id, orderingKey: r.ordering_key })), remaining: left?.n ?? 0 };
+    });
+  }
+
+  /**
    * A dead event is never to be sent: final state `discarded`, with who, when and why; its
    * history stays. The key's later events then go out (unless another dead event holds them).
    */
@@ -173,7 +224,7 @@ export function createEventOperatorService(deps: { db: Db; transactionTimeoutMs:
     return { total: count?.n ?? 0, items };
   }
 
-  return { list, get, resend, discard, held };
+  return { list, get, resend, resendMatching, discard, held };
 }
 
 /** A dead event back to pending: fresh retry budget, due now, same id and seq, history kept. */
