@@ -223,6 +223,32 @@ describe("delivery of outbox events", () => {
     ]);
   });
 
+  it("gives the events that waited behind a dead one a fresh age budget once an operator releases the fleet", async () => {
+    const fleet = "fl_waited";
+    gw.scriptEvents(400);
+    await worker({ retry: { baseMs: 10, maxMs: 50, maxAttempts: 10, maxAgeMs: 60_000 } });
+    const first = await enqueue(db(), { fleetId: fleet, resource: { fleet, n: 0 } });
+    await waitFor("parking", async () => (await eventRow(db(), first.id))?.state === "dead");
+    const later = await enqueue(db(), { fleetId: fleet, resource: { fleet, n: 1 } });
+    await waitFor("the held key's run", async () => (await jobsOf(db(), fleet)) === 0);
+    // It waited two days behind the dead event, far past the age bound (60 s).
+    await db().$executeRaw`UPDATE outbox_event SET created_at = now() - interval '2 days' WHERE id = ${later.id}`;
+
+    gw.scriptEvents(503); // its first attempt fails: retried, not parked for its age
+    const operator = createEventOperatorService({ db: db(), transactionTimeoutMs: 10_000 });
+    await operator.discard(first.id, "admin", undefined);
+    const row = await waitFor("the later event's delivery", async () => {
+      const r = await eventRow(db(), later.id);
+      return r?.state === "delivered" || r?.state === "dead" ? r : undefined;
+    });
+    expect(row.state).toBe("delivered");
+    expect(row.releasedAt).toBeInstanceOf(Date);
+    expect(row.deliveryAttempts.map((a) => [a.outcome, a.status])).toEqual([
+      ["retry", 503],
+      ["delivered", 201],
+    ]);
+  });
+
   it("retries, never parks, while Orange refuses every token for a while; delivers all in order with two token requests", async () => {
     // An identity incident at Orange: every event call is refused with 401 whatever the token,
     // then Orange accepts the tokens again.

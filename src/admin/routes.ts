@@ -89,6 +89,7 @@ function eventOut(e: EventRecord) {
     discardedAt: e.discardedAt,
     discardedBy: e.discardedBy,
     discardReason: e.discardReason,
+    releasedAt: e.releasedAt,
     body: e.body,
   });
 }

@@ -227,6 +227,9 @@ export const EventSchema = z
     discardedAt: DateTimeSchema.optional().describe("when an operator discarded the dead event (state discarded)"),
     discardedBy: z.string().optional().describe("who discarded it: the admin credential in use"),
     discardReason: z.string().optional().describe("why, as the operator gave it"),
+    releasedAt: DateTimeSchema.optional().describe(
+      "when an operator released the fleet this event waited in behind a dead event (re-send or discard); the retry age bound counts from the latest of createdAt, resentAt and this",
+    ),
     body: EventBodySchema.describe("the envelope as sent to Orange"),
   })
   .meta({ id: "OutboxEvent" });

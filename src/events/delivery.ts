@@ -32,7 +32,10 @@ export interface RetryPolicy {
   maxMs: number;
   /** An event still failing after this many attempts is parked as dead. */
   maxAttempts: number;
-  /** An event whose next attempt would come later than this after its creation is parked as dead. */
+  /**
+   * An event whose next attempt would come later than this after its creation (or its operator's
+   * re-send, or the release of the key it waited in behind a dead event) is parked as dead.
+   */
   maxAgeMs: number;
 }
 
@@ -284,7 +287,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
                   WHEN $2::text = 'park' THEN 'dead'
                   WHEN $3::boolean THEN 'dead'
                   WHEN $5::bigint IS NOT NULL
-                   AND t.now + $4::bigint * interval '1 millisecond' > coalesce(e.resent_at, e.created_at) + $5::bigint * interval '1 millisecond' THEN 'dead'
+                   AND t.now + $4::bigint * interval '1 millisecond' > greatest(e.created_at, e.resent_at, e.released_at) + $5::bigint * interval '1 millisecond' THEN 'dead'
                   ELSE 'pending'
                 END::"OutboxState" AS state,
                 t.now

@@ -7,13 +7,11 @@
  * arrive in the order they were written". A re-sent event keeps its id and its place (seq) in its
  * fleet's queue: it goes out first, before the events that waited behind it. A discarded event is
  * never sent; its key's later events then go out. Both actions schedule the key's delivery job in
- * the transaction that changes the event.
+ * the transaction that changes the event, and give the events that waited a fresh age budget.
  */
-import type pg from "pg";
 import type { Db, Tx } from "../db/prisma.js";
 import { Prisma } from "../generated/prisma/client.js";
 import { Conflict, NotFound } from "../errors.js";
-import { schedule } from "./delivery.js";
 import { DELIVER_TASK } from "./outbox.js";
 
 export type OutboxState = "pending" | "delivered" | "dead" | "discarded";
@@ -72,16 +70,10 @@ export interface BulkResendResult {
   remaining: number;
 }
 
-/**
- * `schedule()` speaks to a pg connection; this lets it run inside a Prisma transaction, so the
- * event's return to pending and its job commit together.
- */
-function asPgConnection(tx: Tx): pg.PoolClient {
-  const query = async (text: string, values: unknown[] = []) => {
-    await tx.$executeRawUnsafe(text, ...values);
-    return { rows: [] };
-  };
-  return { query } as unknown as pg.PoolClient;
+/** A dead event's key and place in it. */
+interface KeyHead {
+  orderingKey: string;
+  seq: bigint;
 }
 
 export function createEventOperatorService(deps: { db: Db; transactionTimeoutMs: number }) {
@@ -121,14 +113,43 @@ export function createEventOperatorService(deps: { db: Db; transactionTimeoutMs:
   }
 
   /** Locks the event's row; 404 when unknown, 409 unless dead. */
-  async function lockDead(tx: Tx, id: string, action: string): Promise<{ orderingKey: string }> {
-    const [row] = await tx.$queryRaw<{ state: OutboxState; ordering_key: string }[]>`
-      SELECT state::text AS state, ordering_key FROM outbox_event WHERE id = ${id} FOR UPDATE`;
+  async function lockDead(tx: Tx, id: string, action: string): Promise<KeyHead> {
+    const [row] = await tx.$queryRaw<{ state: OutboxState; ordering_key: string; seq: bigint }[]>`
+      SELECT state::text AS state, ordering_key, seq FROM outbox_event WHERE id = ${id} FOR UPDATE`;
     if (!row) throw new NotFound(`event ${JSON.stringify(id)} does not exist`);
     if (row.state !== "dead") {
       throw new Conflict(`event ${id} is ${row.state}; only a dead (parked) event can be ${action}`);
     }
-    return { orderingKey: row.ordering_key };
+    return { orderingKey: row.ordering_key, seq: row.seq };
+  }
+
+  /**
+   * Releases keys an operator action freed (a dead event re-sent or discarded, at `seq`): the
+   * events that waited behind it get a fresh age budget (a long hold must not park them at their
+   * first retry), and the key's job is scheduled now. One statement, in the caller's transaction.
+   */
+  async function release(tx: Tx, heads: KeyHead[]): Promise<void> {
+    const first = new Map<string, bigint>();
+    for (const h of heads) {
+      const seen = first.get(h.orderingKey);
+      if (seen === undefined || h.seq < seen) first.set(h.orderingKey, h.seq);
+    }
+    if (first.size === 0) return;
+    await tx.$queryRaw`
+      WITH released AS (
+        SELECT k, s FROM unnest(${[...first.keys()]}::text[], ${[...first.values()].map(String)}::bigint[]) AS r(k, s)
+      ),
+      waited AS (
+        UPDATE outbox_event e SET released_at = now()
+          FROM released r
+         WHERE e.ordering_key = r.k AND e.state = 'pending' AND e.seq > r.s
+      )
+      SELECT count(graphile_worker.add_job(
+               ${DELIVER_TASK}::text,
+               json_build_object('orderingKey', k),
+               job_key => 'deliver:' || k,
+               job_key_mode => 'replace'))::int AS n
+        FROM released`;
   }
 
   function transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
@@ -138,9 +159,9 @@ export function createEventOperatorService(deps: { db: Db; transactionTimeoutMs:
   /** A dead event back to pending, with a fresh retry budget, due now; 409 for any other state. */
   async function resend(id: string): Promise<EventWithAttempts> {
     await transaction(async (tx) => {
-      const { orderingKey } = await lockDead(tx, id, "re-sent");
+      const head = await lockDead(tx, id, "re-sent");
       await tx.$executeRaw`UPDATE outbox_event SET ${RESEND_SET} WHERE id = ${id}`;
-      await schedule(asPgConnection(tx), orderingKey, { delayMs: 0 });
+      await release(tx, [head]);
     });
     return (await get(id))!;
   }
@@ -167,16 +188,7 @@ export function createEventOperatorService(deps: { db: Db; transactionTimeoutMs:
         UPDATE outbox_event e SET ${RESEND_SET}
           FROM picked WHERE e.id = picked.id
         RETURNING e.id, e.ordering_key, e.seq`;
-      const keys = [...new Set(resent.map((r) => r.ordering_key))];
-      if (keys.length > 0) {
-        await tx.$queryRaw`
-          SELECT count(graphile_worker.add_job(
-                   ${DELIVER_TASK}::text,
-                   json_build_object('orderingKey', k),
-                   job_key => 'deliver:' || k,
-                   job_key_mode => 'replace'))::int AS n
-            FROM unnest(${keys}::text[]) AS k`;
-      }
+      await release(tx, resent.map((r) => ({ orderingKey: r.ordering_key, seq: r.seq })));
       const [left] = await tx.$queryRaw<{ n: number }[]>`SELECT count(*)::int AS n FROM outbox_event WHERE ${where}`;
       // RETURNING does not keep the picking order.
       const bySeq = resent.sort((a, b) => (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
@@ -190,12 +202,12 @@ export function createEventOperatorService(deps: { db: Db; transactionTimeoutMs:
    */
   async function discard(id: string, by: string, reason: string | undefined): Promise<EventWithAttempts> {
     await transaction(async (tx) => {
-      const { orderingKey } = await lockDead(tx, id, "discarded");
+      const head = await lockDead(tx, id, "discarded");
       await tx.$executeRaw`
         UPDATE outbox_event
            SET state = 'discarded', discarded_at = now(), discarded_by = ${by}, discard_reason = ${reason ?? null}
          WHERE id = ${id}`;
-      await schedule(asPgConnection(tx), orderingKey, { delayMs: 0 });
+      await release(tx, [head]);
     });
     return (await get(id))!;
   }
