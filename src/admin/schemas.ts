@@ -113,7 +113,7 @@ export const OutboxStateSchema = z.enum(["pending", "delivered", "dead", "discar
  * An object whose unknown keys are refused with a 400 naming them (`what`: parameter, field): a
  * typo such as `?fleetID=` must not silently list, or re-send, every event.
  */
-function strictNamed<T extends z.ZodRawShape>(shape: T, what: string) {
+function strictNamed<T extends z.ZodRawShape>(what: string, shape: T) {
   const known = Object.keys(shape).join(", ");
   return z.strictObject(shape, {
     error: (iss) =>
@@ -144,40 +144,31 @@ const SortSchema = z
     return out.length > 0 ? out : [{ field: "createdAt" as const, descending: true }];
   });
 
-const EventFilterShape = {
+export const EventListQuerySchema = strictNamed("parameter", {
   state: OutboxStateSchema.optional(),
   type: z.string().min(1).optional().describe("completedStateNotification, failedStateNotification, updateNotification"),
   fleetId: z.string().min(1).optional(),
   orderId: z.string().min(1).optional(),
-};
-
-const PageShape = {
   offset: z.coerce.number().int().min(0).default(0),
   limit: z.coerce.number().int().min(1).max(100).default(20),
-};
+  sort: SortSchema.describe(`comma-separated fields among ${EVENT_SORT_FIELDS.join(", ")}; - for descending (default -createdAt)`),
+});
 
-export const EventListQuerySchema = strictNamed(
-  {
-    ...EventFilterShape,
-    ...PageShape,
-    sort: SortSchema.describe(`comma-separated fields among ${EVENT_SORT_FIELDS.join(", ")}; - for descending (default -createdAt)`),
-  },
-  "parameter",
-);
+// The same fields as the listing's, whatever rules they get there.
+const { type, fleetId, orderId, offset, limit } = EventListQuerySchema.shape;
 
-export const HeldKeysQuerySchema = strictNamed(PageShape, "parameter");
+export const HeldKeysQuerySchema = strictNamed("parameter", { offset, limit });
 
 /** The listing's filters; only dead events can be re-sent, so state may only say so. */
-export const BulkResendRequestSchema = strictNamed(
-  {
-    ...EventFilterShape,
-    state: z
-      .literal("dead", { error: 'must be "dead": only dead events can be re-sent' })
-      .optional()
-      .describe("dead (the default): only dead events can be re-sent"),
-  },
-  "field",
-).meta({ id: "AdminBulkResendRequest" });
+export const BulkResendRequestSchema = strictNamed("field", {
+  state: z
+    .literal("dead", { error: 'must be "dead": only dead events can be re-sent' })
+    .optional()
+    .describe("dead (the default): only dead events can be re-sent"),
+  type,
+  fleetId,
+  orderId,
+}).meta({ id: "AdminBulkResendRequest" });
 
 export const BulkResendResponseSchema = z
   .object({
@@ -190,10 +181,9 @@ export const BulkResendResponseSchema = z
   })
   .meta({ id: "AdminBulkResendResponse" });
 
-export const DiscardRequestSchema = strictNamed(
-  { reason: z.string().min(1).max(1000).optional().describe("why the event is not to be delivered; kept with the event") },
-  "field",
-).meta({ id: "AdminDiscardRequest" });
+export const DiscardRequestSchema = strictNamed("field", {
+  reason: z.string().min(1).max(1000).optional().describe("why the event is not to be delivered; kept with the event"),
+}).meta({ id: "AdminDiscardRequest" });
 
 export const EventParamsSchema = z.object({ id: z.string().min(1) });
 
