@@ -106,6 +106,8 @@ async function startWorkerRole(
     clientId: orange.clientId,
     clientSecret: orange.clientSecret,
     timeoutMs: orange.timeoutMs,
+    // While Orange refuses even fresh tokens, one token request per round of event retries.
+    incidentBackoff: { baseMs: config.worker.retry.baseMs, maxMs: config.worker.retry.maxMs },
     logger: eventLog,
   });
   const client = createOrangeEventClient({

@@ -7,7 +7,8 @@
  *   `force_unlock_workers` (the lease is longer than one run of the task, see runBudgetMs); the
  *   event is then delivered again, with the same id (at-least-once).
  * - Safety net: a key with pending events but no live job (its job exhausted graphile's own
- *   attempts after database errors, say) gets a job again.
+ *   attempts after database errors, say) gets a job again, unless those events are held behind
+ *   a dead event (delivery.ts): that key waits for an operator.
  * - Graceful stop: stop claiming, let running deliveries finish for `stopTimeoutMs`, then abort
  *   them (each records its interrupted attempt and hands its key back to the queue), then close.
  * - With `tasks`, the same runner carries out other work: the request lifecycle's
@@ -134,6 +135,10 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
           AND NOT EXISTS (
             SELECT 1 FROM graphile_worker.jobs j
              WHERE j.key = 'deliver:' || e.ordering_key AND j.attempts < j.max_attempts)
+          -- Held behind a dead event: no job on purpose; the operator's re-send or discard adds one.
+          AND NOT EXISTS (
+            SELECT 1 FROM outbox_event d
+             WHERE d.ordering_key = e.ordering_key AND d.state = 'dead' AND d.seq < e.seq)
         LIMIT 1000`,
     );
     const rescheduledKeys = orphans.rows.map((r) => r.ordering_key);
