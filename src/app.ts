@@ -1,7 +1,6 @@
 import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
-import { createServer } from "node:http";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from "fastify";
 import { jsonSchemaTransform, jsonSchemaTransformObject, type ZodTypeProvider } from "fastify-type-provider-zod";
 import type { z } from "zod";
 import { createAdminAuthenticator } from "./admin/auth.js";
@@ -10,12 +9,15 @@ import type { Services } from "./compose.js";
 import type { Config } from "./config.js";
 import { sql } from "./db/sql.js";
 import { AppError, ServiceUnavailable } from "./errors.js";
+import { createHttpFront } from "./http-server.js";
 import { createIdGenerator } from "./lib/ids.js";
+import { LOG_SERIALIZERS } from "./log.js";
 import { createAuthenticator } from "./orange/auth.js";
-import { registerErrorHandling, sendError } from "./orange/error-handler.js";
+import { frameworkError, registerErrorHandling, sendError } from "./orange/error-handler.js";
 import { createPingFastPath } from "./orange/ping.js";
 import { orangeRoutes } from "./orange/routes.js";
 import { zodValidatorCompiler } from "./orange/validation.js";
+import { REQUEST_ID_HEADER, requestIdFor } from "./request-context.js";
 
 export interface AppDeps {
   config: Config;
@@ -38,6 +40,8 @@ export const LOG_REDACT = [
   "*.token",
 ];
 
+export { LOG_SERIALIZERS };
+
 class ResponseSchemaViolation extends AppError {
   constructor(readonly details: string) {
     super(500, 1, "Internal error", "the server built an answer that breaks the contract; it has been logged");
@@ -53,27 +57,42 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // Request ids only: partner ids come from the services' own generator.
   const ids = createIdGenerator();
 
-  const pingFastPath = createPingFastPath(config.inboundAuth.pingOpen || config.inboundAuth.disabled);
+  const requestId = (req: Parameters<typeof requestIdFor>[0]) => requestIdFor(req, ids);
+  // An open GET /ping is answered before routing (src/orange/ping.ts); `inject` bypasses the
+  // server, so tests reach the Fastify route, which answers the same bytes.
+  const front = createHttpFront({
+    limits: config.http,
+    pingFastPath: createPingFastPath(config.inboundAuth.pingOpen || config.inboundAuth.disabled, requestId),
+    requestId,
+    freshRequestId: () => ids.next("req"),
+  });
   const app = Fastify({
-    // An open GET /ping is answered before routing (src/orange/ping.ts); `inject` bypasses this
-    // factory, so tests reach the Fastify route, which answers the same bytes.
-    serverFactory: (handler) =>
-      createServer((req, res) => {
-        if (!pingFastPath.handle(req, res)) handler(req, res);
-      }),
+    serverFactory: front.serverFactory,
+    clientErrorHandler: front.clientErrorHandler,
     ...(deps.logger === undefined
-      ? { logger: { level: config.logLevel, redact: LOG_REDACT } }
+      ? { logger: { level: config.logLevel, redact: LOG_REDACT, serializers: LOG_SERIALIZERS } }
       : deps.logger === false
         ? { logger: false }
-        : { loggerInstance: deps.logger }),
+        : // Whatever logger it is given, errors are logged without SQL, parameters or row values.
+          { loggerInstance: deps.logger.child({}, { serializers: LOG_SERIALIZERS }) }),
     bodyLimit: config.bodyLimitBytes,
     trustProxy: config.trustProxy,
-    return503OnClosing: true,
-    requestIdHeader: "x-request-id",
-    genReqId: () => ids.next("req"),
+    // The server answers 503 itself while draining, in Orange's format (src/http-server.ts).
+    return503OnClosing: false,
+    // Fastify would take any x-request-id as is: the id is checked first (src/request-context.ts).
+    requestIdHeader: false,
+    genReqId: requestId,
+    // Errors met before routing: no hook runs, hence the request id here.
+    frameworkErrors: (error: FastifyError, request, reply) =>
+      sendError(reply.header(REQUEST_ID_HEADER, request.id), frameworkError(error)),
   }).withTypeProvider<ZodTypeProvider>();
+  front.setLogger(app.log);
 
-  app.addHook("preClose", async () => pingFastPath.disable());
+  app.addHook("onRequest", (request, reply, done) => {
+    reply.header(REQUEST_ID_HEADER, request.id);
+    done();
+  });
+  app.addHook("preClose", async () => front.drain());
   app.setValidatorCompiler(zodValidatorCompiler);
   app.setSerializerCompiler(({ schema, url, method }) => {
     if (!config.responseValidation) return (data) => JSON.stringify(data);

@@ -41,6 +41,13 @@ const EnvSchema = z.object({
   /** Failed runs of an acknowledged (async) request, for a reason that is not transient, before it ends failed. */
   REQUEST_MAX_ATTEMPTS: z.coerce.number().int().min(1).default(5),
   BODY_LIMIT_BYTES: z.coerce.number().int().min(1024).default(10 * 1024 * 1024),
+  /** Inbound connections: a client must send its headers, then its whole request, within these. */
+  HTTP_HEADERS_TIMEOUT_MS: z.coerce.number().int().min(100).default(10_000),
+  HTTP_REQUEST_TIMEOUT_MS: z.coerce.number().int().min(100).default(30_000),
+  /** Idle time before an unused keep-alive connection is closed. */
+  HTTP_KEEP_ALIVE_TIMEOUT_MS: z.coerce.number().int().min(100).default(72_000),
+  /** Open connections at once; further ones are closed as soon as they are accepted. */
+  HTTP_MAX_CONNECTIONS: z.coerce.number().int().min(1).default(1000),
   /** Orders asking for more licences than this are rejected (400) before touching the store. */
   ORDER_MAX_QUANTITY: z.coerce.number().int().min(1).default(100_000),
   /** Product catalogue: Orange offer codes this partner sells, mapped to its plans. */
@@ -118,6 +125,14 @@ export interface OrangeEventsConfig {
   timeoutMs: number;
 }
 
+/** Limits of the node:http server under Fastify (Fastify's own timeouts do not apply to it). */
+export interface HttpLimits {
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  maxConnections: number;
+}
+
 export interface WorkerConfig {
   concurrency: number;
   leaseMs: number;
@@ -139,6 +154,7 @@ export interface Config {
   transactionTimeoutMs: number;
   requestMaxAttempts: number;
   bodyLimitBytes: number;
+  http: HttpLimits;
   orderMaxQuantity: number;
   catalogueFile: string;
   partnerName: string;
@@ -177,6 +193,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     // One leaked secret must not open both doors: Orange's credential never works on /admin.
     throw new ConfigError("ADMIN_TOKEN must differ from every inbound (Orange) credential");
   }
+  if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
+    // Node refuses it: the headers are part of the request.
+    throw new ConfigError("HTTP_HEADERS_TIMEOUT_MS must not be larger than HTTP_REQUEST_TIMEOUT_MS");
+  }
   if (e.EVENT_RETRY_MAX_MS < e.EVENT_RETRY_BASE_MS) {
     throw new ConfigError("EVENT_RETRY_MAX_MS must not be smaller than EVENT_RETRY_BASE_MS");
   }
@@ -198,6 +218,12 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     transactionTimeoutMs: e.DATABASE_TRANSACTION_TIMEOUT_MS,
     requestMaxAttempts: e.REQUEST_MAX_ATTEMPTS,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    http: {
+      headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS,
+      requestTimeoutMs: e.HTTP_REQUEST_TIMEOUT_MS,
+      keepAliveTimeoutMs: e.HTTP_KEEP_ALIVE_TIMEOUT_MS,
+      maxConnections: e.HTTP_MAX_CONNECTIONS,
+    },
     orderMaxQuantity: e.ORDER_MAX_QUANTITY,
     catalogueFile: e.CATALOGUE_FILE,
     partnerName: e.PARTNER_NAME,

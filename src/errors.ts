@@ -46,9 +46,49 @@ export class InvalidUrl extends AppError {
   }
 }
 
+export class MissingHeader extends AppError {
+  constructor(description: string) {
+    super(400, 25, "Missing header", description);
+  }
+}
+
+export class InvalidHeader extends AppError {
+  constructor(description: string) {
+    super(400, 26, "Invalid header value", description);
+  }
+}
+
 export class InvalidQuery extends AppError {
   constructor(description: string) {
     super(400, 28, "Invalid query-string parameter", description);
+  }
+}
+
+/** [decision] Orange publishes no code for 408; 65 is this server's. */
+export class RequestTimeout extends AppError {
+  constructor(description: string) {
+    super(408, 65, "Request timeout", description);
+  }
+}
+
+/** An over-long request line or path parameter: Orange's "Invalid URL" code with status 414. */
+export class UriTooLong extends AppError {
+  constructor(description: string) {
+    super(414, 20, "Invalid URL", description);
+  }
+}
+
+/** An unsupported Expect header: Orange's "Invalid header value" code with status 417. */
+export class ExpectationFailed extends AppError {
+  constructor(description: string) {
+    super(417, 26, "Invalid header value", description);
+  }
+}
+
+/** Headers over Node's limit: Orange's "Invalid header value" code with status 431. */
+export class HeadersTooLarge extends AppError {
+  constructor(description: string) {
+    super(431, 26, "Request header fields too large", description);
   }
 }
 

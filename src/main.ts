@@ -2,9 +2,9 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { pino } from "pino";
-import { buildApp, LOG_REDACT } from "./app.js";
+import { buildApp, LOG_REDACT, LOG_SERIALIZERS } from "./app.js";
 import { ConfigError, hasInboundCredential, loadConfig, type Config } from "./config.js";
-import { startEmbeddedPostgres } from "./db/embedded.js";
+import { EmbeddedPostgresError, startEmbeddedPostgres } from "./db/embedded.js";
 import { applyMigrations } from "./db/migrate.js";
 import { createServices, type Services } from "./compose.js";
 import { createDb } from "./db/sql.js";
@@ -106,6 +106,8 @@ async function startWorkerRole(
     clientId: orange.clientId,
     clientSecret: orange.clientSecret,
     timeoutMs: orange.timeoutMs,
+    // While Orange refuses even fresh tokens, one token request per round of event retries.
+    incidentBackoff: { baseMs: config.worker.retry.baseMs, maxMs: config.worker.retry.maxMs },
     logger: eventLog,
   });
   const client = createOrangeEventClient({
@@ -141,9 +143,25 @@ async function startWorkerRole(
   }
 }
 
+/**
+ * Safety net for an error nobody handled (every known cause is handled where it arises, so this
+ * should never fire): the process's state can no longer be trusted, but dying on the spot would
+ * cut requests and jobs off mid-write. It is logged at fatal with the error, then the process
+ * stops as on SIGTERM (no new requests, the ones in flight and the worker's jobs end, within the
+ * shutdown deadline) and exits 1.
+ */
+function installProcessGuard(log: pino.Logger, stop: (reason: string) => void): void {
+  const fatal = (event: "unhandledRejection" | "uncaughtException") => (err: unknown) => {
+    log.fatal({ err, event }, `${event}: stopping the server`);
+    stop(event);
+  };
+  process.on("unhandledRejection", fatal("unhandledRejection"));
+  process.on("uncaughtException", fatal("uncaughtException"));
+}
+
 async function main(): Promise<void> {
   const config = loadConfig();
-  const log = pino({ level: config.logLevel, redact: LOG_REDACT });
+  const log = pino({ level: config.logLevel, redact: LOG_REDACT, serializers: LOG_SERIALIZERS });
 
   let databaseUrl = config.databaseUrl;
   let embedded: Awaited<ReturnType<typeof startEmbeddedPostgres>> | undefined;
@@ -153,9 +171,10 @@ async function main(): Promise<void> {
       dataDir,
       port: config.embeddedPgPort,
       log: (msg) => log.debug({ component: "embedded-postgres" }, msg),
+      notice: (msg) => log.info({ component: "embedded-postgres" }, msg),
     });
     databaseUrl = embedded.url;
-    log.info({ database: redactUrl(databaseUrl), dataDir }, "embedded PostgreSQL started");
+    log.info({ database: redactUrl(databaseUrl), dataDir: embedded.dataDir }, "embedded PostgreSQL started");
   } else {
     log.info({ database: redactUrl(databaseUrl) }, "using external PostgreSQL (DATABASE_URL)");
   }
@@ -163,6 +182,9 @@ async function main(): Promise<void> {
   const stopEmbedded = async () => {
     if (embedded) await embedded.stop().catch((err) => log.error({ err }, "embedded PostgreSQL did not stop cleanly"));
   };
+  // Until the server is up, a fatal error stops the embedded database and exits; then shutdown() takes over.
+  let stopOnFatal = (_reason: string) => void stopEmbedded().finally(() => process.exit(1));
+  installProcessGuard(log, (reason) => stopOnFatal(reason));
 
   try {
     const { applied } = await applyMigrations(databaseUrl, { log: (msg) => log.info({ component: "migrations" }, msg) });
@@ -201,26 +223,36 @@ async function main(): Promise<void> {
     }
 
     let closing = false;
-    const shutdown = async (signal: string) => {
+    const shutdown = async (signal: string, exitCode = 0) => {
       if (closing) return;
       closing = true;
       log.info({ signal }, "shutting down");
-      const deadline = setTimeout(() => {
+      // Not unref'd: a step that never settles must end here (exit 1), not in a silent exit 0 once
+      // nothing else is left on the event loop.
+      setTimeout(() => {
         log.error("shutdown took too long; exiting");
         process.exit(1);
       }, Math.max(20_000, config.worker.stopTimeoutMs + 10_000));
-      deadline.unref();
-      await app?.close();
+      // Each step runs whatever the previous one threw: the database and the worker's pool are
+      // closed even when, after a fatal error, the HTTP server fails to close.
+      const step = async (what: string, fn: () => Promise<unknown>) => {
+        await fn().catch((err: unknown) => {
+          exitCode ||= 1;
+          log.error({ err }, `shutdown: ${what} failed`);
+        });
+      };
+      await step("closing the HTTP server", async () => app?.close());
       if (worker) {
-        await worker.worker.stop();
-        await worker.client.close();
-        await worker.tokens.close();
+        await step("stopping the worker", () => worker.worker.stop());
+        await step("closing the Orange client", () => worker.client.close());
+        await step("closing the token cache", () => worker.tokens.close());
       }
-      await db.close();
+      await step("closing the database pool", () => db.close());
       await stopEmbedded();
-      log.info("stopped");
-      process.exit(0);
+      log.info({ exitCode }, "stopped");
+      process.exit(exitCode);
     };
+    stopOnFatal = (reason) => void shutdown(reason, 1);
     process.on("SIGINT", () => void shutdown("SIGINT"));
     process.on("SIGTERM", () => void shutdown("SIGTERM"));
   } catch (err) {
@@ -230,7 +262,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  if (err instanceof ConfigError) console.error(err.message);
+  if (err instanceof ConfigError || err instanceof EmbeddedPostgresError) console.error(err.message);
   else console.error("failed to start:", err);
   process.exit(1);
 });

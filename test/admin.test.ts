@@ -3,7 +3,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
 import { createTestApp, TEST_TOKEN, type CallResult, type TestApp } from "./support/app.js";
 import { startMockGateway } from "../src/simulator/gateway.js";
-import { enqueue, eventRow, startWorker, waitFor } from "./support/outbox-harness.js";
+import { RESEND_MAX_PER_CALL } from "../src/events/operator.js";
+import { enqueue, eventRow, jobsOf, startWorker, waitFor } from "./support/outbox-harness.js";
 
 /**
  * The operators' admin API (issue 3): its own bearer credential, partner-initiated licence
@@ -589,5 +590,178 @@ describe("event routes", () => {
       await worker.stop();
       await gw.close();
     }
+  });
+});
+
+describe("event routes: held fleets, discard, bulk re-send, strict filters", () => {
+  /** A parked event of `fleetId`, with its one (parking) attempt in its history. */
+  async function deadEvent(fleetId: string) {
+    const event = await enqueue(t.store, { fleetId, resource: { fleet: fleetId } });
+    await t.db.$executeRaw`
+      UPDATE outbox_event SET state = 'dead', dead_at = now(), attempts = 1, last_status = 400, last_error = 'HTTP 400'
+       WHERE id = ${event.id}`;
+    await t.db.$executeRaw`
+      INSERT INTO event_delivery_attempt (event_id, attempt, started_at, finished_at, outcome, status, error)
+      VALUES (${event.id}, 1, now(), now(), 'park', 400, 'HTTP 400')`;
+    return event;
+  }
+  const newFleet = () => `fl_${randomUUID()}`;
+
+  it("refuses an unknown parameter of the events listing with 400 naming it, instead of listing every event", async () => {
+    const res = await admin("GET", `${EVENTS}?externalReference=X`);
+    expect(res.status).toBe(400);
+    expect(res.body).toMatchObject({ code: 28, message: "Invalid query-string parameter" });
+    expect(res.body.description).toBe(
+      'query string has unknown parameter "externalReference" (known: state, type, fleetId, orderId, offset, limit, sort)',
+    );
+    const typo = await admin("GET", `${EVENTS}?fleetID=fl_1&state=dead`);
+    expect(typo.status).toBe(400);
+    expect(typo.body.description).toMatch(/unknown parameter "fleetID"/);
+    const held = await admin("GET", `${EVENTS}/held?fleetId=fl_1`);
+    expect(held.status).toBe(400);
+    expect(held.body.description).toBe('query string has unknown parameter "fleetId" (known: offset, limit)');
+    const discarded = await t.app.inject({ method: "GET", url: `${EVENTS}?state=discarded&fleetId=fl_none`, headers: ADMIN });
+    expect(discarded.statusCode).toBe(200);
+    expect(discarded.json()).toEqual([]);
+  });
+
+  it("lists the fleets a dead event holds: the event, how many wait behind it, since when", async () => {
+    const fleet = newFleet();
+    const dead = await deadEvent(fleet);
+    const waiting = [await enqueue(t.store, { fleetId: fleet }), await enqueue(t.store, { fleetId: fleet })];
+    const free = await enqueue(t.store, { fleetId: newFleet() });
+
+    const res = await admin("GET", `${EVENTS}/held?limit=100`);
+    expect(res.status, res.text).toBe(200);
+    const [count] = await t.db.$queryRaw<{ n: number }[]>`
+      SELECT count(DISTINCT ordering_key)::int AS n FROM outbox_event WHERE state = 'dead'`;
+    expect(res.headers["x-total-count"]).toBe(String(count?.n));
+    const entry = res.body.find((h: { orderingKey: string }) => h.orderingKey === fleet);
+    expect(entry).toMatchObject({ orderingKey: fleet, waiting: 2, event: { id: dead.id, state: "dead", lastStatus: 400, fleetId: fleet } });
+    expect(entry.since).toBe(entry.event.deadAt);
+    expect(res.body.some((h: { orderingKey: string }) => h.orderingKey === free.orderingKey)).toBe(false);
+
+    const detail = await admin("GET", `${EVENTS}/${waiting[1]!.id}`);
+    expect(detail.body).toMatchObject({ state: "pending", heldBy: dead.id });
+    expect((await admin("GET", `${EVENTS}/${free.id}`)).body.heldBy).toBeUndefined();
+  });
+
+  it("discards a dead event, recording who, when and why; it keeps its history and its fleet goes on", async () => {
+    const fleet = newFleet();
+    const dead = await deadEvent(fleet);
+    const later = await enqueue(t.store, { fleetId: fleet });
+    await t.db.$executeRaw`SELECT graphile_worker.remove_job(${`deliver:${fleet}`})`;
+
+    const pending = await admin("POST", `${EVENTS}/${later.id}/discard`, {});
+    expect(pending.status).toBe(409);
+    expect(pending.body).toMatchObject({ code: 63 });
+    expect(pending.body.description).toBe(`event ${later.id} is pending; only a dead (parked) event can be discarded`);
+    expect((await admin("POST", `${EVENTS}/ev_unknown/discard`, {})).status).toBe(404);
+    const typo = await admin("POST", `${EVENTS}/${dead.id}/discard`, { why: "gone" });
+    expect(typo.status).toBe(400);
+    expect(typo.body.description).toBe('body has unknown field "why" (known: reason)');
+    const empty = await admin("POST", `${EVENTS}/${dead.id}/discard`, { reason: "" });
+    expect(empty.status).toBe(400);
+    expect(empty.body.description).toMatch(/^reason must not be empty/);
+    expect((await eventRow(t.db, dead.id))?.state).toBe("dead");
+
+    const res = await admin("POST", `${EVENTS}/${dead.id}/discard`, { reason: "the licence was deleted at Orange" });
+    expect(res.status, res.text).toBe(200);
+    expect(res.body).toMatchObject({
+      id: dead.id,
+      state: "discarded",
+      discardedBy: "admin",
+      discardReason: "the licence was deleted at Orange",
+      lastStatus: 400,
+    });
+    expect(res.body.deliveryAttempts).toMatchObject([{ attempt: 1, outcome: "park", status: 400 }]);
+    const row = (await eventRow(t.db, dead.id))!;
+    expect(row).toMatchObject({ state: "discarded", discardedBy: "admin", discardReason: "the licence was deleted at Orange" });
+    expect(row.discardedAt?.toISOString()).toBe(res.body.discardedAt);
+    expect(row.deadAt).toBeInstanceOf(Date);
+    expect(row.deliveryAttempts).toHaveLength(1);
+    // The fleet's delivery job is back, for the event that waited; the fleet is no longer held.
+    expect(await jobsOf(t.db, fleet)).toBe(1);
+    expect((await admin("GET", `${EVENTS}/${later.id}`)).body.heldBy).toBeUndefined();
+    const held = await admin("GET", `${EVENTS}/held?limit=100`);
+    expect(held.body.some((h: { orderingKey: string }) => h.orderingKey === fleet)).toBe(false);
+    const listed = await admin("GET", `${EVENTS}?fleetId=${fleet}&state=discarded`);
+    expect(listed.body.map((e: { id: string }) => e.id)).toEqual([dead.id]);
+
+    // Final: neither re-sent nor discarded again.
+    const resend = await admin("POST", `${EVENTS}/${dead.id}/resend`);
+    expect(resend.status).toBe(409);
+    expect(resend.body.description).toMatch(/is discarded; only a dead/);
+    expect((await admin("POST", `${EVENTS}/${dead.id}/discard`, {})).status).toBe(409);
+  });
+
+  it("re-sends the dead events matching the listing's filters, and refuses a filter on another state", async () => {
+    const [a, b] = [newFleet(), newFleet()];
+    const deadA = [await deadEvent(a), await deadEvent(a)];
+    const pendingA = await enqueue(t.store, { fleetId: a });
+    const deadB = await deadEvent(b);
+    await t.db.$executeRaw`SELECT graphile_worker.remove_job(${`deliver:${a}`})`;
+
+    const other = await admin("POST", `${EVENTS}/resend`, { fleetId: a, state: "pending" });
+    expect(other.status).toBe(400);
+    expect(other.body).toMatchObject({ code: 24 });
+    expect(other.body.description).toBe('state must be "dead": only dead events can be re-sent (got "pending")');
+    const typo = await admin("POST", `${EVENTS}/resend`, { fleetID: a });
+    expect(typo.status).toBe(400);
+    expect(typo.body.description).toMatch(/^body has unknown field "fleetID" \(known: state, type, fleetId, orderId\)/);
+    expect(await t.db.outboxEvent.count({ where: { orderingKey: a, state: "dead" } })).toBe(2);
+
+    const res = await admin("POST", `${EVENTS}/resend`, { fleetId: a, state: "dead" });
+    expect(res.status, res.text).toBe(200);
+    expect(res.body).toEqual({
+      resent: 2,
+      remaining: 0,
+      events: deadA.map((e) => ({ id: e.id, orderingKey: a })),
+    });
+    const rows = await t.db.outboxEvent.findMany({ where: { orderingKey: a }, orderBy: { seq: "asc" } });
+    expect(rows.map((r) => [r.id, r.state, r.attempts])).toEqual([
+      [deadA[0]!.id, "pending", 0],
+      [deadA[1]!.id, "pending", 0],
+      [pendingA.id, "pending", 0],
+    ]);
+    expect(rows[0]!.resentAt).toBeInstanceOf(Date);
+    expect(rows[0]!.deadAt).toBeNull();
+    expect(await jobsOf(t.db, a)).toBe(1);
+    expect((await eventRow(t.db, deadB.id))?.state).toBe("dead");
+
+    const none = await admin("POST", `${EVENTS}/resend`, { fleetId: a, type: "updateNotification" });
+    expect(none.body).toEqual({ resent: 0, remaining: 0 });
+    const all = await admin("POST", `${EVENTS}/resend`, {});
+    expect(all.status).toBe(200);
+    expect(all.body.events).toContainEqual({ id: deadB.id, orderingKey: b });
+    expect(all.body.remaining).toBe(0);
+    expect(await t.db.outboxEvent.count({ where: { state: "dead" } })).toBe(0);
+  });
+
+  it(`re-sends at most ${RESEND_MAX_PER_CALL} events per call, oldest first, and says how many remain`, async () => {
+    const fleet = newFleet();
+    await t.db.$executeRaw`
+      INSERT INTO outbox_event (id, api, type, ordering_key, fleet_id, body, state, dead_at)
+      SELECT 'ev_bulk_' || lpad(g::text, 5, '0'), 'userservice', 'updateNotification', ${fleet}, ${fleet},
+             json_build_object('id', 'ev_bulk_' || lpad(g::text, 5, '0')), 'dead', now()
+        FROM generate_series(1, ${RESEND_MAX_PER_CALL + 2}) AS g ORDER BY g`;
+
+    const first = await admin("POST", `${EVENTS}/resend`, { fleetId: fleet });
+    expect(first.status, first.text).toBe(200);
+    expect(first.body.resent).toBe(RESEND_MAX_PER_CALL);
+    expect(first.body.remaining).toBe(2);
+    const bySeq = await t.db.outboxEvent.findMany({ where: { orderingKey: fleet }, orderBy: { seq: "asc" }, select: { id: true, state: true } });
+    expect(first.body.events.map((e: { id: string }) => e.id)).toEqual(bySeq.slice(0, RESEND_MAX_PER_CALL).map((e) => e.id));
+    expect(bySeq.slice(RESEND_MAX_PER_CALL).map((e) => e.state)).toEqual(["dead", "dead"]);
+
+    const second = await admin("POST", `${EVENTS}/resend`, { fleetId: fleet });
+    expect(second.body).toMatchObject({ resent: 2, remaining: 0 });
+    expect(await t.db.outboxEvent.count({ where: { orderingKey: fleet, state: "pending" } })).toBe(RESEND_MAX_PER_CALL + 2);
+  });
+
+  it("answers 405 for other methods on the new routes", async () => {
+    expect((await admin("GET", `${EVENTS}/resend`)).status).toBe(405);
+    expect((await admin("POST", `${EVENTS}/held`)).status).toBe(405);
+    expect((await admin("GET", `${EVENTS}/ev_1/discard`)).status).toBe(405);
   });
 });

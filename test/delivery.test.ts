@@ -7,7 +7,7 @@ import { createEventOperatorService } from "../src/events/operator.js";
 import { DELIVERY_LOCK_NAMESPACE, enqueueEvent } from "../src/events/outbox.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
-import { clock, enqueue, eventRow, ids, startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
+import { clock, enqueue, eventRow, ids, jobsOf, startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
 
 let database: TestDatabase;
 let gw: MockGateway;
@@ -158,17 +158,174 @@ describe("delivery of outbox events", () => {
     gw.scriptEvents(400);
     await worker();
     const rejected = await enqueue(store(), { fleetId: "fl_400", resource: { fleet: "fl_400" } });
-    const next = await enqueue(store(), { fleetId: "fl_400", resource: { fleet: "fl_400" } });
-
-    // The parked event does not block its fleet: the next one is delivered.
-    await waitFor("the next event of the fleet", () => deliveredIds("fl_400").includes(next.id));
-    const row = (await eventRow(db(), rejected.id))!;
+    const row = await waitFor("parking", async () => {
+      const r = await eventRow(db(), rejected.id);
+      return r?.state === "dead" ? r : undefined;
+    });
     const call = gw.received.find((r) => (r.body as { id: string }).id === rejected.id);
     expect(row).toMatchObject({ state: "dead", attempts: 1, lastStatus: 400, lastRequestId: call?.requestId, lastError: "HTTP 400" });
     expect(JSON.parse(row.lastResponseBody ?? "{}")).toMatchObject({ code: 24 });
     expect(row.deadAt).toBeInstanceOf(Date);
     expect(row.deliveryAttempts.map((a) => [a.outcome, a.status])).toEqual([["park", 400]]);
     expect(gw.received.filter((r) => (r.body as { id: string }).id === rejected.id)).toHaveLength(1);
+  });
+
+  it("holds a fleet's later events behind a dead one; a re-send delivers it first, then the others in order", async () => {
+    const fleet = "fl_held";
+    gw.scriptEvents(400);
+    const w = await worker();
+    const first = await enqueue(store(), { fleetId: fleet, resource: { fleet, n: 0 } });
+    await waitFor("parking", async () => (await eventRow(db(), first.id))?.state === "dead");
+    const later = [
+      await enqueue(store(), { fleetId: fleet, resource: { fleet, n: 1 } }),
+      await enqueue(store(), { fleetId: fleet, resource: { fleet, n: 2 } }),
+    ];
+    const other = await enqueue(store(), { fleetId: "fl_free", resource: { fleet: "fl_free" } });
+    // The runs of the later events' jobs are over (no job left for the key), and sent nothing.
+    await waitFor("the held key's runs", async () => (await jobsOf(db(), fleet)) === 0 && deliveredIds("fl_free").length === 1);
+    expect(deliveredIds("fl_free")).toEqual([other.id]);
+    for (const e of later) expect(await eventRow(db(), e.id)).toMatchObject({ state: "pending", attempts: 0, deliveryAttempts: [] });
+    expect(bodiesFor(fleet).map((r) => (r.body as { id: string }).id)).toEqual([first.id]);
+    // The sweep leaves a held key alone: no job is added for it.
+    expect((await w.worker.sweep()).rescheduledKeys).not.toContain(fleet);
+    expect(await jobsOf(db(), fleet)).toBe(0);
+
+    const operator = createEventOperatorService({ db: store() });
+    expect((await operator.get(later[0]!.id))?.heldBy).toBe(first.id);
+    await operator.resend(first.id);
+    await waitFor(
+      "the fleet's deliveries",
+      async () => (await db().outboxEvent.count({ where: { orderingKey: fleet, state: "delivered" } })) === 3,
+    );
+    expect(deliveredIds(fleet)).toEqual([first.id, ...later.map((e) => e.id)]);
+  });
+
+  it("sends the later events of a fleet once an operator discards the dead one, which is never sent again", async () => {
+    const fleet = "fl_discard";
+    gw.scriptEvents(403);
+    await worker();
+    const first = await enqueue(store(), { fleetId: fleet, resource: { fleet, n: 0 } });
+    await waitFor("parking", async () => (await eventRow(db(), first.id))?.state === "dead");
+    const later = await enqueue(store(), { fleetId: fleet, resource: { fleet, n: 1 } });
+    await waitFor("the held key's run", async () => (await jobsOf(db(), fleet)) === 0);
+    expect((await eventRow(db(), later.id))?.attempts).toBe(0);
+
+    const operator = createEventOperatorService({ db: store() });
+    const discarded = await operator.discard(first.id, "admin", "rejected by Orange: the licence is gone");
+    expect(discarded).toMatchObject({ state: "discarded", discardedBy: "admin", discardReason: "rejected by Orange: the licence is gone" });
+    await waitFor("the later event", () => deliveredIds(fleet).includes(later.id));
+    const row = (await eventRow(db(), first.id))!;
+    expect(row.state).toBe("discarded");
+    expect(row.discardedAt).toBeInstanceOf(Date);
+    expect(row.deliveryAttempts.map((a) => [a.outcome, a.status])).toEqual([["park", 403]]);
+    expect(bodiesFor(fleet).map((r) => [(r.body as { id: string }).id, r.status])).toEqual([
+      [first.id, 403],
+      [later.id, 201],
+    ]);
+  });
+
+  it("gives the events that waited behind a dead one a fresh age budget once an operator releases the fleet", async () => {
+    const fleet = "fl_waited";
+    gw.scriptEvents(400);
+    await worker({ retry: { baseMs: 10, maxMs: 50, maxAttempts: 10, maxAgeMs: 60_000 } });
+    const first = await enqueue(store(), { fleetId: fleet, resource: { fleet, n: 0 } });
+    await waitFor("parking", async () => (await eventRow(db(), first.id))?.state === "dead");
+    const later = await enqueue(store(), { fleetId: fleet, resource: { fleet, n: 1 } });
+    await waitFor("the held key's run", async () => (await jobsOf(db(), fleet)) === 0);
+    // It waited two days behind the dead event, far past the age bound (60 s).
+    await db().$executeRaw`UPDATE outbox_event SET created_at = now() - interval '2 days' WHERE id = ${later.id}`;
+
+    gw.scriptEvents(503); // its first attempt fails: retried, not parked for its age
+    const operator = createEventOperatorService({ db: store() });
+    await operator.discard(first.id, "admin", undefined);
+    const row = await waitFor("the later event's delivery", async () => {
+      const r = await eventRow(db(), later.id);
+      return r?.state === "delivered" || r?.state === "dead" ? r : undefined;
+    });
+    expect(row.state).toBe("delivered");
+    expect(row.releasedAt).toBeInstanceOf(Date);
+    expect(row.deliveryAttempts.map((a) => [a.outcome, a.status])).toEqual([
+      ["retry", 503],
+      ["delivered", 201],
+    ]);
+  });
+
+  it("retries, never parks, while Orange refuses every token for a while; delivers all in order with two token requests", async () => {
+    // An identity incident at Orange: every event call is refused with 401 whatever the token,
+    // then Orange accepts the tokens again.
+    const incident = 40;
+    gw.scriptEvents(401, incident);
+    await worker({
+      retry: { baseMs: 10, maxMs: 50, maxAttempts: 1_000, maxAgeMs: 60_000 },
+      tokenIncidentBackoff: { baseMs: 60_000, maxMs: 60_000 },
+    });
+    const fleets = ["fl_401_a", "fl_401_b", "fl_401_c", "fl_401_d"];
+    const written = new Map<string, string[]>(fleets.map((f) => [f, []]));
+    for (let n = 0; n < 3; n++) {
+      for (const fleet of fleets) written.get(fleet)!.push((await enqueue(store(), { fleetId: fleet, resource: { fleet, n } })).id);
+    }
+    await waitFor(
+      "12 deliveries",
+      async () => (await db().outboxEvent.count({ where: { orderingKey: { in: fleets }, state: "delivered" } })) === 12,
+      30_000,
+    );
+
+    for (const fleet of fleets) expect(deliveredIds(fleet)).toEqual(written.get(fleet));
+    expect(gw.received.filter((r) => r.status === 401)).toHaveLength(incident);
+    const rows = await db().outboxEvent.findMany({
+      where: { orderingKey: { in: fleets } },
+      include: { deliveryAttempts: true },
+    });
+    expect(rows.map((r) => r.state)).toEqual(Array(12).fill("delivered"));
+    // Some events were refused more than twice (the old rule parked them after two calls).
+    expect(Math.max(...rows.map((r) => r.attempts))).toBeGreaterThan(2);
+    const refused = rows.flatMap((r) => r.deliveryAttempts).filter((a) => a.status === 401);
+    expect(refused.every((a) => a.outcome === "retry")).toBe(true);
+    // One token at start, one after the first refusal; the fresh one, refused too, was kept
+    // (no storm of token requests) and Orange accepted it once the incident was over.
+    expect(gw.tokenRequests).toBe(2);
+  });
+
+  it("when the tokens issued during the incident stay refused, asks for a new one per incident round and recovers", async () => {
+    const incident = 30;
+    let refused = 0;
+    // The incident ends with every token issued so far revoked: recovery needs a new token.
+    const unsubscribe = gw.subscribe((e) => {
+      if (e.status === 401 && ++refused === incident) gw.revokeTokens();
+    });
+    try {
+      gw.scriptEvents(401, incident);
+      const holdMs = 300;
+      await worker({
+        retry: { baseMs: 10, maxMs: 50, maxAttempts: 1_000, maxAgeMs: 60_000 },
+        tokenIncidentBackoff: { baseMs: holdMs, maxMs: holdMs },
+      });
+      const startedAt = Date.now();
+      const fleets = ["fl_rev_a", "fl_rev_b", "fl_rev_c"];
+      const written = new Map<string, string[]>(fleets.map((f) => [f, []]));
+      for (let n = 0; n < 2; n++) {
+        for (const fleet of fleets) written.get(fleet)!.push((await enqueue(store(), { fleetId: fleet, resource: { fleet, n } })).id);
+      }
+      await waitFor(
+        "6 deliveries",
+        async () => (await db().outboxEvent.count({ where: { orderingKey: { in: fleets }, state: "delivered" } })) === 6,
+        30_000,
+      );
+      const elapsedMs = Date.now() - startedAt;
+
+      for (const fleet of fleets) expect(deliveredIds(fleet)).toEqual(written.get(fleet));
+      expect(await db().outboxEvent.count({ where: { orderingKey: { in: fleets }, state: { not: "delivered" } } })).toBe(0);
+      const calls401 = gw.received.filter((r) => r.status === 401).length;
+      expect(calls401).toBeGreaterThanOrEqual(incident);
+      // At most one token request per hold of the incident, plus the first token and the one
+      // after the first refusal (the refused calls are many more).
+      expect(gw.tokenRequests).toBeLessThanOrEqual(3 + Math.ceil(elapsedMs / holdMs));
+      // Delivered with a token issued after the revocation.
+      const lastToken = gw.tokenLog.at(-1)?.token;
+      expect(gw.delivered().every((r) => r.token === lastToken)).toBe(true);
+    } finally {
+      unsubscribe();
+    }
   });
 
   it("parks an event as dead once its attempts are spent", async () => {

@@ -21,6 +21,9 @@ const ADMIN_PATHS = [
   "/admin/v1/events",
   "/admin/v1/events/{id}",
   "/admin/v1/events/{id}/resend",
+  "/admin/v1/events/{id}/discard",
+  "/admin/v1/events/held",
+  "/admin/v1/events/resend",
 ];
 
 const ALL_PATHS = [...ORANGE_PATHS, ...ADMIN_PATHS];

@@ -7,7 +7,7 @@ import {
   type OrangeEvent,
   type OrangeEventClientOptions,
 } from "../src/events/orange-client.js";
-import { createTokenCache, type TokenCache } from "../src/events/token-cache.js";
+import { createTokenCache, type TokenCache, type TokenCacheOptions } from "../src/events/token-cache.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
 
 const NOW = Date.parse("2026-05-02T09:15:00.000Z");
@@ -28,7 +28,7 @@ afterAll(async () => {
   await gw.close();
 });
 
-function client(overrides: Partial<OrangeEventClientOptions> = {}) {
+function client(overrides: Partial<OrangeEventClientOptions> = {}, tokenOverrides: Partial<TokenCacheOptions> = {}) {
   tokens = createTokenCache({
     tokenUrl: gw.tokenUrl,
     clientId: gw.clientId,
@@ -36,6 +36,7 @@ function client(overrides: Partial<OrangeEventClientOptions> = {}) {
     dispatcher: agent,
     timeoutMs: 1_000,
     retry: { attempts: 2, baseMs: 1, maxMs: 1 },
+    ...tokenOverrides,
   });
   return createOrangeEventClient({
     baseUrl: gw.url,
@@ -138,16 +139,60 @@ describe("Orange event client", () => {
     expect(gw.received.filter((r) => r.status === 401)).toHaveLength(20);
   });
 
-  it("parks the event when Orange answers 401 again with a fresh token", async () => {
+  it("asks for a retry, not a park, when Orange answers 401 again with a fresh token", async () => {
     const events = client();
     gw.scriptEvents(401, 2);
 
     const result = await events.send("productordering", orderEvent());
 
-    expect(result).toMatchObject({ outcome: "park", status: 401, requestId: gw.received[1]?.requestId });
-    expect(result.error).toMatch(/401/);
-    expect(gw.received).toHaveLength(2);
+    expect(result).toMatchObject({ outcome: "retry", status: 401, requestId: gw.received[1]?.requestId });
+    expect(result.error).toMatch(/^HTTP 401 with a freshly obtained access token: Orange refuses our tokens/);
+    expect(gw.received.map((r) => r.token)).toEqual(issuedTokens());
     expect(gw.tokenRequests).toBe(2);
+  });
+
+  it("while Orange refuses fresh tokens, asks for one new token per incident round, however many deliveries fail", async () => {
+    let now = NOW;
+    const tokenClock: Clock = { now: () => new Date(now) };
+    const events = client({}, { clock: tokenClock, incidentBackoff: { baseMs: 1_000, maxMs: 1_500 } });
+    const send = () => events.send("userservice", orderEvent());
+    const refused = (from: number) => gw.received.slice(from).every((r) => r.status === 401);
+    // 2 (first send) + 10 (held round) + 10 (second round) + 1 (held again)
+    gw.scriptEvents(401, 23);
+
+    expect(await send()).toMatchObject({ outcome: "retry", status: 401 });
+    expect(gw.tokenRequests).toBe(2);
+    const [, fresh] = issuedTokens();
+
+    // Round 1: the fresh token is held; each delivery makes one call, no token request.
+    const held = await Promise.all(Array.from({ length: 10 }, send));
+    expect(held.every((r) => r.outcome === "retry" && r.status === 401)).toBe(true);
+    expect(held[0]?.error).toMatch(/^HTTP 401: Orange still refuses our access tokens/);
+    expect(gw.received.slice(2).map((r) => r.token)).toEqual(Array(10).fill(fresh));
+    expect(gw.tokenRequests).toBe(2);
+
+    // The hold has passed: one token for the five deliveries of the round (single flight), refused too.
+    now += 1_000;
+    const second = await Promise.all(Array.from({ length: 5 }, send));
+    expect(second.every((r) => r.outcome === "retry")).toBe(true);
+    expect(gw.tokenRequests).toBe(3);
+    expect(gw.received).toHaveLength(22);
+    expect(refused(0)).toBe(true);
+
+    // Round 2 holds longer (doubled, capped at 1.5 s): 1 s later, still no new token.
+    now += 1_000;
+    expect(await send()).toMatchObject({ outcome: "retry", status: 401 });
+    expect(gw.tokenRequests).toBe(3);
+
+    // Orange recovers and accepts the token held: the incident is over without another request...
+    now += 1_000;
+    expect(await send()).toMatchObject({ outcome: "delivered", status: 201 });
+    expect(gw.received.at(-1)?.token).toBe(issuedTokens()[2]);
+    expect(gw.tokenRequests).toBe(3);
+    // ...and a later 401 is a revoked token again: refreshed at once.
+    gw.scriptEvents(401);
+    expect(await send()).toMatchObject({ outcome: "delivered", status: 201 });
+    expect(gw.tokenRequests).toBe(4);
   });
 
   it.each([500, 502, 503, 408])("asks for a retry on HTTP %i", async (status) => {

@@ -274,6 +274,51 @@ describe("token cache", () => {
     expect(gw.tokenRequests).toBe(2);
   });
 
+  it("spaces token requests out while Orange refuses fresh tokens: one per round, the hold doubling up to its cap", async () => {
+    const clock = manualClock();
+    const { tokens } = cache({ clock, incidentBackoff: { baseMs: 1_000, maxMs: 3_000 } });
+    const first = await tokens.getToken();
+
+    // A revoked token: dropped, the next token is requested at once.
+    expect(tokens.invalidate(first)).toBe(true);
+    const second = await tokens.getToken();
+    expect(second).not.toBe(first);
+    // Refused too, right after it was obtained: an incident at Orange; the token is kept for 1 s.
+    expect(tokens.invalidate(second)).toBe(false);
+    expect(tokens.invalidate(first)).toBe(true); // a late 401 on the old token: the caller just takes the current one
+    expect(await tokens.getToken()).toBe(second);
+    clock.advance(999);
+    expect(tokens.invalidate(second)).toBe(false);
+    expect(await tokens.getToken()).toBe(second);
+    expect(gw.tokenRequests).toBe(2);
+
+    // Round 2: one new token, shared by every caller, refused again: held 2 s, then round 3: 3 s (the cap).
+    clock.advance(1);
+    expect(tokens.invalidate(second)).toBe(true);
+    const [third, same] = await Promise.all([tokens.getToken(), tokens.getToken()]);
+    expect(same).toBe(third);
+    expect(tokens.invalidate(third)).toBe(false);
+    clock.advance(1_999);
+    expect(tokens.invalidate(third)).toBe(false);
+    clock.advance(1);
+    expect(tokens.invalidate(third)).toBe(true);
+    const fourth = await tokens.getToken();
+    expect(tokens.invalidate(fourth)).toBe(false);
+    clock.advance(2_999);
+    expect(tokens.invalidate(fourth)).toBe(false);
+    expect(gw.tokenRequests).toBe(4);
+
+    // Orange accepts the held token: the incident is over, the next 401 is a plain revocation again.
+    tokens.accepted(fourth);
+    expect(tokens.invalidate(fourth)).toBe(true);
+    const fifth = await tokens.getToken();
+    expect(gw.tokenRequests).toBe(5);
+    // A fresh token refused right after a revocation starts a new incident at round 1 (1 s).
+    expect(tokens.invalidate(fifth)).toBe(false);
+    clock.advance(1_000);
+    expect(tokens.invalidate(fifth)).toBe(true);
+  });
+
   it("lets one caller stop waiting without cancelling the request the others share", async () => {
     const { tokens } = cache();
     const controller = new AbortController();

@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import type { Catalogue } from "../domain/catalogue.js";
 import { LicenceChangeRejected, type LicenceChangeService, type OperationKind } from "../domain/licence-changes.js";
 import { AppError, Conflict, InvalidBodyField, NotFound } from "../errors.js";
-import type { EventOperatorService, EventRecord, EventWithAttempts } from "../events/operator.js";
+import { RESEND_MAX_PER_CALL, type EventOperatorService, type EventRecord, type EventWithAttempts, type HeldKey } from "../events/operator.js";
 import { rejectOtherMethods } from "../orange/error-handler.js";
 import { compact, renderUserService, toLicenceChangeItem } from "../orange/mapping.js";
 import { ErrorBodySchema } from "../orange/schemas.js";
@@ -10,10 +10,15 @@ import type { AdminAuthenticator } from "./auth.js";
 import {
   AdminLicenceChangesRequestSchema,
   AdminLicenceChangesResponseSchema,
+  BulkResendRequestSchema,
+  BulkResendResponseSchema,
+  DiscardRequestSchema,
   EventDetailSchema,
   EventListQuerySchema,
   EventListSchema,
   EventParamsSchema,
+  HeldKeyListSchema,
+  HeldKeysQuerySchema,
 } from "./schemas.js";
 
 /**
@@ -30,6 +35,12 @@ export interface AdminRoutesOptions {
   events: EventOperatorService;
   catalogue: Catalogue;
 }
+
+/**
+ * Who acts through the admin API, as recorded on a discarded event. There is one admin
+ * credential (ADMIN_TOKEN); with several, this would name the one the request used.
+ */
+const ADMIN_ACTOR = "admin";
 
 const errors = {
   400: ErrorBodySchema.describe("invalid request (codes 20-28)"),
@@ -75,13 +86,22 @@ function eventOut(e: EventRecord) {
     deliveredAt: e.deliveredAt,
     deadAt: e.deadAt,
     resentAt: e.resentAt,
+    discardedAt: e.discardedAt,
+    discardedBy: e.discardedBy,
+    discardReason: e.discardReason,
+    releasedAt: e.releasedAt,
     body: e.body,
   });
+}
+
+function heldKeyOut(h: HeldKey) {
+  return compact({ orderingKey: h.orderingKey, since: h.since, waiting: h.waiting, event: eventOut(h.event) });
 }
 
 function eventDetailOut(e: EventWithAttempts) {
   return compact({
     ...eventOut(e),
+    heldBy: e.heldBy,
     deliveryAttempts: e.deliveryAttempts.map((a) =>
       compact({
         attempt: a.attempt,
@@ -156,7 +176,8 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
         summary: "Events to Orange (the outbox)",
         description:
           "Filtered by state, type, fleet or order; paginated with offset/limit (default 20, at most 100) and sorted " +
-          "with sort (default -createdAt). X-Total-Count: events matching the filters; X-Result-Count: events in this page.",
+          "with sort (default -createdAt). X-Total-Count: events matching the filters; X-Result-Count: events in this page. " +
+          "An unknown parameter is refused (400 naming it).",
         tags: ["admin"],
         security: [{ adminBearer: [] }],
         querystring: EventListQuerySchema,
@@ -170,6 +191,53 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
         .header("x-total-count", String(page.total))
         .header("x-result-count", String(page.items.length))
         .send(page.items.map(eventOut) as never);
+    },
+  );
+
+  app.get(
+    "/admin/v1/events/held",
+    {
+      schema: {
+        summary: "Ordering keys (fleets) held by a dead event",
+        description:
+          "A dead event holds the later events of its ordering key (one fleet's events arrive in the order they were " +
+          "written): they wait until an operator re-sends it (it goes first) or discards it. One entry per held key, " +
+          "held longest first: the dead event holding it, how many events wait behind it, since when. Paginated with " +
+          "offset/limit (default 20, at most 100); X-Total-Count: held keys; X-Result-Count: keys in this page.",
+        tags: ["admin"],
+        security: [{ adminBearer: [] }],
+        querystring: HeldKeysQuerySchema,
+        response: { 200: HeldKeyListSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const page = await opts.events.held(request.query);
+      return reply
+        .header("x-total-count", String(page.total))
+        .header("x-result-count", String(page.items.length))
+        .send(page.items.map(heldKeyOut) as never);
+    },
+  );
+
+  app.post(
+    "/admin/v1/events/resend",
+    {
+      schema: {
+        summary: "Re-send the dead events matching a filter",
+        description:
+          "The filters of the events listing (type, fleetId, orderId; state may only be dead, the default), in a JSON " +
+          `body ({}: every dead event). In one transaction, at most ${RESEND_MAX_PER_CALL} events, oldest first, ` +
+          "go back to pending as with a single re-send; remaining says how many dead events still match (call again).",
+        tags: ["admin"],
+        security: [{ adminBearer: [] }],
+        body: BulkResendRequestSchema,
+        response: { 200: BulkResendResponseSchema, ...errors },
+      },
+    },
+    async (request) => {
+      const { state: _dead, ...filter } = request.body;
+      const outcome = await opts.events.resendMatching(filter);
+      return compact({ resent: outcome.resent.length, remaining: outcome.remaining, events: outcome.resent }) as never;
     },
   );
 
@@ -198,7 +266,8 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
         summary: "Re-send a parked (dead) event",
         description:
           "The event goes back to pending with a fresh retry budget, due now, under the same event id; its earlier " +
-          "attempts stay in its history. It is delivered before its fleet's later pending events.",
+          "attempts stay in its history. It keeps its place: it is delivered before its fleet's later events, which " +
+          "waited behind it.",
         tags: ["admin"],
         security: [{ adminBearer: [] }],
         params: EventParamsSchema,
@@ -213,8 +282,36 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     async (request) => eventDetailOut(await opts.events.resend(request.params.id)) as never,
   );
 
+  app.post(
+    "/admin/v1/events/:id/discard",
+    {
+      schema: {
+        summary: "Discard a dead event: it is never delivered, and its fleet's later events go out",
+        description:
+          "Final state discarded, recording who (the admin credential), when and the optional reason; the event keeps " +
+          "its delivery history. The later events of its ordering key, which waited behind it, are then delivered " +
+          "(unless another dead event holds them).",
+        tags: ["admin"],
+        security: [{ adminBearer: [] }],
+        params: EventParamsSchema,
+        body: DiscardRequestSchema,
+        response: {
+          200: EventDetailSchema,
+          ...errors,
+          404: ErrorBodySchema.describe("unknown event (code 60)"),
+          409: ErrorBodySchema.describe("the event is not dead (code 63)"),
+        },
+      },
+    },
+    async (request) =>
+      eventDetailOut(await opts.events.discard(request.params.id, ADMIN_ACTOR, request.body.reason)) as never,
+  );
+
   rejectOtherMethods(app, "/admin/v1/licence-changes", ["POST"]);
   rejectOtherMethods(app, "/admin/v1/events", ["GET"]);
   rejectOtherMethods(app, "/admin/v1/events/:id", ["GET"]);
   rejectOtherMethods(app, "/admin/v1/events/:id/resend", ["POST"]);
+  rejectOtherMethods(app, "/admin/v1/events/:id/discard", ["POST"]);
+  rejectOtherMethods(app, "/admin/v1/events/held", ["GET"]);
+  rejectOtherMethods(app, "/admin/v1/events/resend", ["POST"]);
 };

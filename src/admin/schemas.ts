@@ -1,11 +1,13 @@
 import { z } from "zod";
-import { EVENT_SORT_FIELDS } from "../events/operator.js";
+import { EVENT_SORT_FIELDS, RESEND_MAX_PER_CALL } from "../events/operator.js";
 import {
   CharacteristicSchema,
   DateTimeSchema,
   eachLicenceOnce,
   IndividualSchema,
+  LIMITS,
   LoginKeyValueSchema,
+  PartnerIdSchema,
   RealizingResourceSchema,
   UserServiceSchema,
 } from "../orange/schemas.js";
@@ -49,10 +51,11 @@ export const AdminRightOperationSchema = z
   .strictObject({
     action: z.enum(["add", "modify", "reset"]),
     loginKeyValue: LoginKeyValueSchema.optional().describe("add/modify: the login; reset: optional, must be the licence's login"),
-    email: z.email().describe("where the login or the new password is sent"),
+    email: z.email().max(LIMITS.email).describe("where the login or the new password is sent"),
     password: z
       .string()
       .min(1)
+      .max(LIMITS.name)
       .optional()
       .describe("accepted for the partner's identity system; never stored, never in an event"),
   })
@@ -65,7 +68,7 @@ export const AdminServiceCharacteristicOperationSchema = z.strictObject({
 
 export const AdminLicenceChangeSchema = z
   .strictObject({
-    id: z.string().min(1).describe("partner licence id"),
+    id: PartnerIdSchema.describe("partner licence id"),
     endUserOperation: AdminEndUserOperationSchema.optional(),
     realizingResourceOperation: AdminRealizingResourceOperationSchema.optional(),
     rightOperation: AdminRightOperationSchema.optional(),
@@ -107,10 +110,25 @@ export const AdminLicenceChangesResponseSchema = z
 // ---------------------------------------------------------------------------------------------
 // Outbox events
 
-export const OutboxStateSchema = z.enum(["pending", "delivered", "dead"]);
+export const OutboxStateSchema = z.enum(["pending", "delivered", "dead", "discarded"]);
+
+/**
+ * An object whose unknown keys are refused with a 400 naming them (`what`: parameter, field): a
+ * typo such as `?fleetID=` must not silently list, or re-send, every event.
+ */
+function strictNamed<T extends z.ZodRawShape>(what: string, shape: T) {
+  const known = Object.keys(shape).join(", ");
+  return z.strictObject(shape, {
+    error: (iss) =>
+      iss.code === "unrecognized_keys"
+        ? `has unknown ${what}${iss.keys.length > 1 ? "s" : ""} ${iss.keys.map((k) => JSON.stringify(k)).join(", ")} (known: ${known})`
+        : undefined,
+  });
+}
 
 const SortSchema = z
   .string()
+  .max(LIMITS.name)
   .default("-createdAt")
   .transform((value, ctx) => {
     const keys = value.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
@@ -130,17 +148,53 @@ const SortSchema = z
     return out.length > 0 ? out : [{ field: "createdAt" as const, descending: true }];
   });
 
-export const EventListQuerySchema = z.object({
+export const EventListQuerySchema = strictNamed("parameter", {
   state: OutboxStateSchema.optional(),
-  type: z.string().min(1).optional().describe("completedStateNotification, failedStateNotification, updateNotification"),
-  fleetId: z.string().min(1).optional(),
-  orderId: z.string().min(1).optional(),
+  type: z
+    .string()
+    .min(1)
+    .max(LIMITS.name)
+    .optional()
+    .describe("completedStateNotification, failedStateNotification, updateNotification"),
+  fleetId: PartnerIdSchema.optional(),
+  orderId: PartnerIdSchema.optional(),
   offset: z.coerce.number().int().min(0).default(0),
   limit: z.coerce.number().int().min(1).max(100).default(20),
   sort: SortSchema.describe(`comma-separated fields among ${EVENT_SORT_FIELDS.join(", ")}; - for descending (default -createdAt)`),
 });
 
-export const EventParamsSchema = z.object({ id: z.string().min(1) });
+// The same fields as the listing's, whatever rules they get there.
+const { type, fleetId, orderId, offset, limit } = EventListQuerySchema.shape;
+
+export const HeldKeysQuerySchema = strictNamed("parameter", { offset, limit });
+
+/** The listing's filters; only dead events can be re-sent, so state may only say so. */
+export const BulkResendRequestSchema = strictNamed("field", {
+  state: z
+    .literal("dead", { error: 'must be "dead": only dead events can be re-sent' })
+    .optional()
+    .describe("dead (the default): only dead events can be re-sent"),
+  type,
+  fleetId,
+  orderId,
+}).meta({ id: "AdminBulkResendRequest" });
+
+export const BulkResendResponseSchema = z
+  .object({
+    resent: z.number().int().describe(`events put back in the queue by this call (at most ${RESEND_MAX_PER_CALL})`),
+    remaining: z.number().int().describe("dead events still matching the filter: call again to re-send them"),
+    events: z
+      .array(z.object({ id: z.string(), orderingKey: z.string() }))
+      .optional()
+      .describe("the events re-sent, oldest first"),
+  })
+  .meta({ id: "AdminBulkResendResponse" });
+
+export const DiscardRequestSchema = strictNamed("field", {
+  reason: z.string().min(1).max(1000).optional().describe("why the event is not to be delivered; kept with the event"),
+}).meta({ id: "AdminDiscardRequest" });
+
+export const EventParamsSchema = z.object({ id: PartnerIdSchema });
 
 export const EventBodySchema = z.object({
   id: z.string(),
@@ -169,6 +223,12 @@ export const EventSchema = z
     deliveredAt: DateTimeSchema.optional(),
     deadAt: DateTimeSchema.optional(),
     resentAt: DateTimeSchema.optional().describe("last re-send by an operator; the retry age bound counts from here"),
+    discardedAt: DateTimeSchema.optional().describe("when an operator discarded the dead event (state discarded)"),
+    discardedBy: z.string().optional().describe("who discarded it: the admin credential in use"),
+    discardReason: z.string().optional().describe("why, as the operator gave it"),
+    releasedAt: DateTimeSchema.optional().describe(
+      "when an operator released the fleet this event waited in behind a dead event (re-send or discard); the retry age bound counts from the latest of createdAt, resentAt and this",
+    ),
     body: EventBodySchema.describe("the envelope as sent to Orange"),
   })
   .meta({ id: "OutboxEvent" });
@@ -190,7 +250,22 @@ export const DeliveryAttemptSchema = z
   .meta({ id: "EventDeliveryAttempt" });
 
 export const EventDetailSchema = EventSchema.extend({
+  heldBy: z
+    .string()
+    .optional()
+    .describe("a pending event waiting behind a dead event of its ordering key: that event's id (re-send or discard it)"),
   deliveryAttempts: z.array(DeliveryAttemptSchema).min(1).optional().describe("oldest first; absent before the first attempt"),
 }).meta({
   id: "OutboxEventDetail",
 });
+
+export const HeldKeySchema = z
+  .object({
+    orderingKey: z.string().describe("the fleet id, else the order or update id"),
+    since: DateTimeSchema.describe("when the event holding the key was parked"),
+    waiting: z.number().int().describe("pending events of the key waiting behind it"),
+    event: EventSchema.describe("the key's first dead event: re-send it (it goes first) or discard it to release the key"),
+  })
+  .meta({ id: "HeldOrderingKey" });
+
+export const HeldKeyListSchema = z.array(HeldKeySchema);

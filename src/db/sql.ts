@@ -88,6 +88,10 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
   pool.on("error", (error) => {
     if (!closed) options.onPoolError?.(error);
   });
+  // A connection in use that breaks (database restart) emits 'error' on its client, which pg
+  // leaves unhandled (the process would die): the statement in flight fails instead, and the
+  // transaction's release drops the connection.
+  pool.on("connect", (client) => client.on("error", () => {}));
   const defaultTimeoutMs = options.transactionTimeoutMs ?? DEFAULT_TRANSACTION_TIMEOUT_MS;
 
   return {

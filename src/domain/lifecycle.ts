@@ -53,6 +53,8 @@ export interface FinalOutcome {
 }
 
 export interface Reply {
+  /** The partner id of the request (the first call's, for a retry). */
+  requestId: string;
   /** True when this is a retry answered from the stored answer of the first call. */
   replayed: boolean;
   response: JsonValue;
@@ -130,7 +132,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   const { db, clock, ids, outbox, jobs, codec, handler } = deps;
   const kind = handler.kind;
 
-  async function claim(tx: Tx, cmd: C): Promise<{ id: string } | { replay: JsonValue }> {
+  async function claim(tx: Tx, cmd: C): Promise<{ id: string } | { replay: JsonValue; id: string }> {
     const id = ids.next(ID_PREFIX[kind]);
     const inserted = await requests.insertRequest(tx, kind, {
       id,
@@ -143,7 +145,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     });
     if (inserted) return { id };
     const stored = await requests.findByIdempotencyKey(tx, kind, cmd.idempotencyKey);
-    return { replay: replayOrConflict(kind, stored, cmd) };
+    return { replay: replayOrConflict(kind, stored, cmd), id: stored!.id };
   }
 
   async function carryOut(tx: Tx, id: string, cmd: C): Promise<O> {
@@ -180,17 +182,17 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   async function receive(cmd: C, mode: AnswerMode): Promise<Reply> {
     return db.transaction(async (tx) => {
       const claimed = await claim(tx, cmd);
-      if ("replay" in claimed) return { replayed: true, response: claimed.replay };
+      if ("replay" in claimed) return { requestId: claimed.id, replayed: true, response: claimed.replay };
       if (mode === "async") {
         const response = codec.acknowledgement(cmd.request, claimed.id);
         await requests.storeResponse(tx, kind, claimed.id, response);
         await jobs.add(tx, requestJob(kind, claimed.id));
-        return { replayed: false, response };
+        return { requestId: claimed.id, replayed: false, response };
       }
       const outcome = await carryOut(tx, claimed.id, cmd);
       const response = codec.answer(cmd.request, outcome);
       await finish(tx, outcome, response);
-      return { replayed: false, response };
+      return { requestId: claimed.id, replayed: false, response };
     });
   }
 

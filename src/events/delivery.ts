@@ -3,11 +3,14 @@
  * order), one after the other in seq order.
  *
  * - delivered → marked, next event;
- * - park (4xx other than 401/408/429) → dead with Orange's status, request id and body, next
- *   event: a parked event no longer blocks its fleet;
+ * - park (4xx other than 401/408/429) → dead with Orange's status, request id and body, and the
+ *   run stops: the key is held. Its later events wait behind the dead one (they are not even
+ *   read) until an operator re-sends it (it keeps its seq, so it goes first) or discards it, and
+ *   that operator action schedules the key again (operator.ts);
  * - retry → next attempt after an exponential backoff with full jitter (at least Orange's
- *   Retry-After); past the attempt or age bound → dead, next event; otherwise the key's job is
- *   scheduled at the next attempt and the run stops: later events of the key wait behind it.
+ *   Retry-After); past the attempt or age bound → dead, and the key is held as above; otherwise
+ *   the key's job is scheduled at the next attempt and the run stops: later events of the key
+ *   wait behind it.
  *
  * Exclusivity: graphile creates a second job for a key whose job is running (add_job on a locked
  * job key), and a job whose worker died is unlocked by the lease sweep (worker.ts) while the
@@ -31,7 +34,10 @@ export interface RetryPolicy {
   maxMs: number;
   /** An event still failing after this many attempts is parked as dead. */
   maxAttempts: number;
-  /** An event whose next attempt would come later than this after its creation is parked as dead. */
+  /**
+   * An event whose next attempt would come later than this after its creation (or its operator's
+   * re-send, or the release of the key it waited in behind a dead event) is parked as dead.
+   */
   maxAgeMs: number;
 }
 
@@ -69,8 +75,17 @@ interface KeyLock {
 
 type NoRow = { [K in keyof HeadRow]: null };
 
+/** On every row of the heads statement: the key lock, and the dead event holding the key, if any. */
+interface KeyRow {
+  locked: boolean;
+  held_by: string | null;
+}
+
 /** Pending events of a key read at once; each is still claimed by its own conditional update. */
 const PREFETCH = 64;
+
+/** "No dead event in the key": every seq is below it. */
+const MAX_BIGINT = "9223372036854775807";
 
 const INTERRUPTED = "interrupted: the worker stopped or died during the attempt";
 
@@ -130,23 +145,32 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         await schedule(conn, orderingKey, { delayMs: 0 });
         return;
       }
-      // The key's next pending events, the first of them claimed for an attempt if it is due.
-      const { rows } = await conn.query<{ locked: boolean } & (HeadRow | NoRow) & Started>({
+      // The key's next pending events, the first of them claimed for an attempt if it is due. Only
+      // those before the key's first dead event, if any: the events behind it are held (one index
+      // probe in the same statement, no extra round trip).
+      const { rows } = await conn.query<KeyRow & (HeadRow | NoRow) & Started>({
         name: "outbox_heads",
         text: `WITH lock AS MATERIALIZED (
            SELECT CASE WHEN $5::boolean THEN pg_try_advisory_lock($4::int, hashtext($1)) ELSE true END AS locked
+         ),
+         dead AS MATERIALIZED (
+           SELECT id, seq FROM outbox_event
+            WHERE (SELECT locked FROM lock) AND ordering_key = $1 AND state = 'dead'
+            ORDER BY seq
+            LIMIT 1
          ),
          heads AS MATERIALIZED (
            SELECT id, api, body::text AS json, body->>'type' AS type, attempts, seq,
                   next_attempt_at <= clock_timestamp() AS due, next_attempt_at
              FROM outbox_event
             WHERE (SELECT locked FROM lock) AND ordering_key = $1 AND state = 'pending'
+              AND seq < coalesce((SELECT seq FROM dead), ${MAX_BIGINT})
             ORDER BY seq
             LIMIT ${PREFETCH}
          ),
          first AS (SELECT id, attempts FROM heads WHERE due AND seq = (SELECT min(seq) FROM heads)),
          ${START_SQL({ id: "(SELECT id FROM first)", attempts: "(SELECT attempts FROM first)", workerId: "$2", error: "$3" })}
-         SELECT l.locked, h.id, h.api, h.json, h.type, h.attempts, h.due, h.next_attempt_at,
+         SELECT l.locked, (SELECT id FROM dead) AS held_by, h.id, h.api, h.json, h.type, h.attempts, h.due, h.next_attempt_at,
                 (SELECT id FROM att) AS attempt_id, (SELECT attempt FROM att) AS attempt
            FROM lock l LEFT JOIN heads h ON true
           ORDER BY h.seq`,
@@ -159,8 +183,13 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         return;
       }
       lock.held = true;
-      const batch = rows.filter((r): r is HeadRow & { locked: boolean } & Started => r.id !== null);
-      if (batch.length === 0) return;
+      const batch = rows.filter((r): r is HeadRow & KeyRow & Started => r.id !== null);
+      if (batch.length === 0) {
+        // Nothing to send; when a dead event holds the key, its operator action schedules it again.
+        const heldBy = rows[0]?.held_by;
+        if (heldBy) logger?.debug({ orderingKey, heldBy }, "events wait behind a dead event until an operator re-sends or discards it");
+        return;
+      }
       const first = batch[0]!;
       if (!first.due) {
         await schedule(conn, orderingKey, { at: first.next_attempt_at });
@@ -200,7 +229,13 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         if (done.state === "delivered") {
           logger?.debug(fields, "event delivered");
         } else if (done.state === "dead") {
-          logger?.warn({ ...fields, error: done.error }, "event parked as dead");
+          // The key is held: nothing of it is read or sent until an operator re-sends or discards
+          // this event (the task's finally releases the key lock, if this finish did not).
+          logger?.warn(
+            { ...fields, error: done.error },
+            "event parked as dead; the later events of its key wait until an operator re-sends or discards it",
+          );
+          return;
         } else {
           logger?.info({ ...fields, error: result.error, nextAttemptAt: done.nextAttemptAt }, "event delivery will be retried");
           await schedule(conn, orderingKey, { at: done.nextAttemptAt });
@@ -254,7 +289,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
                   WHEN $2::text = 'park' THEN 'dead'
                   WHEN $3::boolean THEN 'dead'
                   WHEN $5::bigint IS NOT NULL
-                   AND t.now + $4::bigint * interval '1 millisecond' > coalesce(e.resent_at, e.created_at) + $5::bigint * interval '1 millisecond' THEN 'dead'
+                   AND t.now + $4::bigint * interval '1 millisecond' > greatest(e.created_at, e.resent_at, e.released_at) + $5::bigint * interval '1 millisecond' THEN 'dead'
                   ELSE 'pending'
                 END::"OutboxState" AS state,
                 t.now
@@ -286,8 +321,8 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
                 status = $6, request_id = $7, response_body = $8, error = $9
           WHERE id = $10
        ),
-       -- The next event of the key, only once this one is out of the way (delivered or parked).
-       ${START_SQL({ id: "$11", attempts: "$12", workerId: "$13", error: "$14", condition: "(SELECT state FROM decided) <> 'pending'" })},
+       -- The next event of the key, only once this one is delivered (a parked one holds the key).
+       ${START_SQL({ id: "$11", attempts: "$12", workerId: "$13", error: "$14", condition: "(SELECT state FROM decided) = 'delivered'" })},
        unlock AS MATERIALIZED (
          SELECT CASE WHEN $15::text IS NOT NULL THEN pg_advisory_unlock($16::int, hashtext($15)) END AS unlocked
        )

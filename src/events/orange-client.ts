@@ -1,8 +1,13 @@
 /**
  * Sends one event to Orange's event API (contract sections 1 and 6) and classifies the answer
- * for the delivery job: `delivered` (2xx), `retry` (5xx, 408, 429, timeout, connection error,
- * no token), `park` (any other 4xx, or a 401 on a freshly obtained token). It never throws for
- * an HTTP outcome; retry scheduling, attempts and parking belong to the caller.
+ * for the delivery job: `delivered` (2xx), `retry` (5xx, 408, 429, 401, timeout, connection
+ * error, no token), `park` (any other 4xx). It never throws for an HTTP outcome; retry
+ * scheduling, attempts and parking belong to the caller.
+ *
+ * A 401 drops the token and the event is sent once more with a new one. A 401 that persists
+ * (also on a freshly obtained token) is Orange's identity service failing, not the event: it is
+ * retried like a 5xx, within the attempt and age bounds, and the token cache spaces the token
+ * requests out (one per incident round, however many deliveries fail meanwhile).
  */
 import type { Dispatcher } from "undici";
 import { systemClock, type Clock } from "../lib/clock.js";
@@ -57,7 +62,7 @@ export interface OrangeEventClientOptions {
   offer: string;
   productOrderingPath?: string;
   userServicePath?: string;
-  tokens: Pick<TokenCache, "getToken" | "invalidate">;
+  tokens: Pick<TokenCache, "getToken" | "invalidate" | "accepted">;
   /** Deadline of one POST (default 10 s). */
   timeoutMs?: number;
   /** undici dispatcher to use; by default the client owns an Agent built from `timeoutMs`. */
@@ -139,8 +144,11 @@ export function createOrangeEventClient(options: OrangeEventClientOptions): Oran
     } else if (res.status >= 500 || res.status === 408 || res.status === 429) {
       result.outcome = "retry";
       result.error = `HTTP ${res.status}`;
-    } else if (res.status === 401 && afterRefresh) {
-      result.error = "HTTP 401 with a freshly obtained access token";
+    } else if (res.status === 401) {
+      result.outcome = "retry";
+      result.error = afterRefresh
+        ? "HTTP 401 with a freshly obtained access token: Orange refuses our tokens (an incident at Orange); retried"
+        : "HTTP 401: Orange still refuses our access tokens (an incident at Orange); retried, a new token is requested once its hold has passed";
     } else {
       result.error = `HTTP ${res.status}`;
     }
@@ -157,18 +165,20 @@ export function createOrangeEventClient(options: OrangeEventClientOptions): Oran
       if ("error" in bearer) return logged(api, event, { outcome: "retry", error: bearer.error });
       let attempt = await post(url, bearer.token, body, signal);
       let afterRefresh = false;
-      if (attempt.kind === "answer" && attempt.res.status === 401) {
-        // The token was revoked or expired early: drop it (only if still cached) and try once more.
+      if (attempt.kind === "answer" && attempt.res.status === 401 && options.tokens.invalidate(bearer.token)) {
+        // The token was revoked or expired early: dropped (only if still cached); once more with a new one.
         logger?.info(
           { api, eventId: event.id, requestId: headerValue(attempt.res.headers, "x-oapi-request-id") },
           "Orange answered 401, refreshing the access token",
         );
-        options.tokens.invalidate(bearer.token);
         bearer = await token(signal);
         if ("error" in bearer) return logged(api, event, { outcome: "retry", status: 401, error: bearer.error });
         attempt = await post(url, bearer.token, body, signal);
         afterRefresh = true;
+        // Refused too: tells the cache, which holds this token for an incident round when it was a fresh one.
+        if (attempt.kind === "answer" && attempt.res.status === 401) options.tokens.invalidate(bearer.token);
       }
+      if (attempt.kind === "answer" && attempt.res.status >= 200 && attempt.res.status <= 299) options.tokens.accepted(bearer.token);
       return logged(api, event, classify(attempt, afterRefresh));
     },
 

@@ -13,6 +13,11 @@
  *   5xx, 408, 429);
  * - `invalidate(token)` drops the token only if it is still the cached one, so several 401s
  *   on the same token cause a single refresh;
+ * - a token refused right after a refused one (Orange's identity service is failing, not our
+ *   token) is kept, not replaced at once: the next token is requested only once a hold has
+ *   passed, one per round, the hold doubling each round up to a cap (`incidentBackoff`); any call
+ *   Orange accepts (`accepted(token)`) ends the incident. So an identity incident at Orange
+ *   costs one token request per round, whatever the number of deliveries failing meanwhile;
  * - errors and logs never carry the client secret or the Authorization header.
  */
 import type { Dispatcher } from "undici";
@@ -39,6 +44,14 @@ export interface TokenRetryOptions {
   maxMs: number;
 }
 
+/** Spacing of token requests while Orange refuses freshly obtained tokens (HTTP 401). */
+export interface IncidentBackoff {
+  /** Hold after the first refused fresh token; doubles each round. */
+  baseMs: number;
+  /** Cap of one hold. */
+  maxMs: number;
+}
+
 export interface TokenCacheOptions {
   tokenUrl: string;
   clientId: string;
@@ -51,6 +64,8 @@ export interface TokenCacheOptions {
   /** Deadline of one token request (default 10 s). */
   timeoutMs?: number;
   retry?: Partial<TokenRetryOptions>;
+  /** Default: 5 s doubling up to 1 h (the defaults of EVENT_RETRY_BASE_MS and EVENT_RETRY_MAX_MS). */
+  incidentBackoff?: IncidentBackoff;
   logger?: EventLogger;
   /** Injected by tests: the backoff wait and the jitter source. */
   sleep?: Sleep;
@@ -60,8 +75,15 @@ export interface TokenCacheOptions {
 export interface TokenCache {
   /** A valid access token, fetched only when none is cached or the cached one is about to expire. */
   getToken(signal?: AbortSignal): Promise<string>;
-  /** Drops `token` if it is still the cached one (call it when Orange answers 401). */
-  invalidate(token: string): void;
+  /**
+   * Orange answered 401 to a call made with `token`. true: a new token is worth trying now
+   * (`token` was dropped, or another caller already replaced it); false: Orange refuses even
+   * fresh tokens and the hold of the current incident round has not passed: keep the token,
+   * retry the delivery later.
+   */
+  invalidate(token: string): boolean;
+  /** Orange accepted a call made with `token`: ends an identity incident, if one was running. */
+  accepted(token: string): void;
   /** `requests`: token requests sent so far (each retry counts). */
   stats(): { requests: number };
   /** Stops a running refresh and closes the Agent the cache created, if any. */
@@ -86,6 +108,7 @@ export class TokenRequestError extends Error {
 }
 
 const DEFAULT_RETRY: TokenRetryOptions = { attempts: 4, baseMs: 250, maxMs: 10_000 };
+const DEFAULT_INCIDENT_BACKOFF: IncidentBackoff = { baseMs: 5_000, maxMs: 3_600_000 };
 const MAX_TOKEN_BODY_BYTES = 64 * 1024;
 
 const TokenResponseSchema = z.object({
@@ -101,6 +124,10 @@ interface CachedToken {
   token: string;
   expiresAt: number;
   refreshAt: number;
+  /** Obtained after Orange refused a token, and not accepted yet: a 401 on it means an incident. */
+  probation: boolean;
+  /** Refused while on probation and kept through the hold of an incident round. */
+  held: boolean;
 }
 
 export function createTokenCache(options: TokenCacheOptions): TokenCache {
@@ -108,6 +135,7 @@ export function createTokenCache(options: TokenCacheOptions): TokenCache {
   const timeoutMs = options.timeoutMs ?? 10_000;
   const refreshAheadMs = options.refreshAheadMs ?? 60_000;
   const retry = { ...DEFAULT_RETRY, ...options.retry };
+  const incidentBackoff = options.incidentBackoff ?? DEFAULT_INCIDENT_BACKOFF;
   const sleep = options.sleep ?? defaultSleep;
   const random = options.random ?? Math.random;
   const logger = options.logger;
@@ -123,6 +151,11 @@ export function createTokenCache(options: TokenCacheOptions): TokenCache {
   // After a failed background refresh, the still-valid token is served without a new attempt
   // until this time, so a token endpoint outage is not met with back-to-back refresh cycles.
   let backgroundPauseUntil = 0;
+  // Identity incident at Orange: a token was refused since Orange last accepted one (the next
+  // token obtained is on probation); rounds of refused fresh tokens; no new token before holdUntil.
+  let refusedSinceAccepted = false;
+  let incidentRound = 0;
+  let holdUntil = 0;
 
   /** Removes anything secret from text that came from outside (e.g. an error_description). */
   function redact(text: string): string {
@@ -187,7 +220,7 @@ export function createTokenCache(options: TokenCacheOptions): TokenCache {
       { tokenUrl: url, expiresInS: parsed.data.expires_in, requestId: headerValue(res.headers, "x-oapi-request-id") },
       "obtained an Orange access token",
     );
-    return { token: parsed.data.access_token, expiresAt, refreshAt };
+    return { token: parsed.data.access_token, expiresAt, refreshAt, probation: false, held: false };
   }
 
   function backoffMs(failedAttempt: number): number {
@@ -227,6 +260,7 @@ export function createTokenCache(options: TokenCacheOptions): TokenCache {
       const attempt = requestWithRetry()
         .then(
           (fresh) => {
+            fresh.probation = refusedSinceAccepted;
             cached = fresh;
             return fresh;
           },
@@ -254,14 +288,48 @@ export function createTokenCache(options: TokenCacheOptions): TokenCache {
       const now = clock.now().getTime();
       if (cached && now < cached.refreshAt) return cached.token;
       if (cached && now < cached.expiresAt) {
-        if (!inflight && now >= backgroundPauseUntil) void refresh();
+        if (!inflight && now >= backgroundPauseUntil && now >= holdUntil) void refresh();
         return cached.token;
       }
       cached = undefined;
       return (await abortable(refresh(), signal)).token;
     },
     invalidate(token) {
-      if (cached?.token === token) cached = undefined;
+      // Already replaced (or expired): the caller gets the current token, or shares its request.
+      if (cached?.token !== token) return true;
+      const now = clock.now().getTime();
+      if (now < holdUntil) return false;
+      if (cached.probation && !cached.held) {
+        // A token obtained after a 401 is refused too: Orange's identity service is failing. A new
+        // token would most likely be refused as well; hold this one for the round.
+        incidentRound++;
+        const holdMs = Math.min(incidentBackoff.maxMs, incidentBackoff.baseMs * 2 ** Math.min(incidentRound - 1, 40));
+        holdUntil = now + holdMs;
+        cached.held = true;
+        logger?.warn(
+          { tokenUrl: url, round: incidentRound, holdMs },
+          "Orange refuses freshly obtained access tokens (HTTP 401): taken for an incident at Orange; deliveries are retried " +
+            "with backoff, and a new token is requested once the hold has passed",
+        );
+        return false;
+      }
+      cached = undefined;
+      refusedSinceAccepted = true;
+      return true;
+    },
+    accepted() {
+      if (!refusedSinceAccepted) return;
+      if (incidentRound > 0) {
+        logger?.info({ tokenUrl: url, rounds: incidentRound }, "Orange accepts the access token again: identity incident over");
+      }
+      refusedSinceAccepted = false;
+      incidentRound = 0;
+      holdUntil = 0;
+      // Whichever token it was: Orange's identity service answers again.
+      if (cached) {
+        cached.probation = false;
+        cached.held = false;
+      }
     },
     stats() {
       return { requests };

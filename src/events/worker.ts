@@ -7,12 +7,15 @@
  *   `force_unlock_workers` (the lease is longer than one run of the task, see runBudgetMs); the
  *   event is then delivered again, with the same id (at-least-once).
  * - Safety net: a key with pending events but no live job (its job exhausted graphile's own
- *   attempts after database errors, say) gets a job again.
+ *   attempts after database errors, say) gets a job again, unless those events are held behind
+ *   a dead event (delivery.ts): that key waits for an operator.
  * - Graceful stop: stop claiming, let running deliveries finish for `stopTimeoutMs`, then abort
  *   them (each records its interrupted attempt and hands its key back to the queue), then close.
  * - With `tasks`, the same runner carries out other work: the request lifecycle's
  *   `process_order` / `process_update` (src/domain/request-jobs.ts) and its sweep
  *   (`sweepRequests`). A run that throws is retried by graphile with its own backoff.
+ * - Database outages: the worker never takes the process down with it. graphile's runner is
+ *   replaced when its pool fails, once the database answers again (see "Supervision" below).
  */
 import { EventEmitter } from "node:events";
 import { Logger, run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
@@ -74,7 +77,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   const stopTimeoutMs = options.stopTimeoutMs ?? 10_000;
   const sweepIntervalMs = options.sweepIntervalMs ?? 30_000;
   const random = options.random ?? Math.random;
-  const pool = new pg.Pool({
+  const pool = new ReleaseOncePool({
     connectionString: options.databaseUrl,
     // One held by each running job (its key lock), plus graphile's LISTEN connection and its
     // claim/complete queries, plus the sweep.
@@ -89,6 +92,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     if (!poolClosed) logger?.warn({ err: err.message }, "worker database connection failed; it will be replaced");
   });
   pool.on("connect", (client) => client.on("error", () => {}));
+  pool.onDoubleRelease = () => logger?.debug({}, "a worker database connection was released twice; ignored");
 
   let workerId: string | undefined;
   const events = new EventEmitter() as WorkerEvents;
@@ -131,6 +135,10 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
           AND NOT EXISTS (
             SELECT 1 FROM graphile_worker.jobs j
              WHERE j.key = 'deliver:' || e.ordering_key AND j.attempts < j.max_attempts)
+          -- Held behind a dead event: no job on purpose; the operator's re-send or discard adds one.
+          AND NOT EXISTS (
+            SELECT 1 FROM outbox_event d
+             WHERE d.ordering_key = e.ordering_key AND d.state = 'dead' AND d.seq < e.seq)
         LIMIT 1000`,
     );
     const rescheduledKeys = orphans.rows.map((r) => r.ordering_key);
@@ -143,31 +151,113 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     return { unlockedWorkers, rescheduledKeys, rescheduledRequests };
   }
 
-  let runner: Runner;
-  try {
-    await sweep();
-    runner = await run({
+  // Supervision. graphile-worker (0.17 and 0.18 alike) records a job's outcome in a promise
+  // nobody awaits: with the database gone at that moment, an unhandled rejection ends the
+  // process. Batched (`*JobBatchDelay: 0`, one timer tick), the same failure is handled: graphile
+  // reports it (`pool:fatalError`) and shuts that runner's pool down. The pool may never finish
+  // shutting down (its batcher's bookkeeping goes wrong after two failures), so a runner whose pool
+  // shuts down without stop() is dropped, not awaited: once its tasks have ended, and the database
+  // answers, its jobs are released (`force_unlock_workers`: a job whose outcome was not recorded
+  // stays locked by that pool) and a new runner takes over. The worker waits out an outage and
+  // resumes by itself; a job is at worst run again, which every task tolerates.
+  const startGeneration = async (): Promise<Generation> => {
+    const running = new Set<Promise<unknown>>();
+    const tracked: TaskList = {};
+    for (const [name, fn] of Object.entries(taskList)) {
+      if (!fn) continue;
+      tracked[name] = (payload, helpers) => {
+        const result = Promise.resolve(fn(payload, helpers));
+        running.add(result);
+        result.then(
+          () => running.delete(result),
+          () => running.delete(result),
+        );
+        return result;
+      };
+    }
+    const runner = await run({
       pgPool: pool,
-      taskList,
+      taskList: tracked,
       concurrency: options.concurrency,
       noHandleSignals: true,
       pollInterval: options.pollIntervalMs ?? 1_000,
       events,
       logger: graphileLogger(logger),
-      preset: { worker: { gracefulShutdownAbortTimeout: stopTimeoutMs } },
+      preset: {
+        worker: { gracefulShutdownAbortTimeout: stopTimeoutMs, completeJobBatchDelay: 0, failJobBatchDelay: 0 },
+      },
     });
+    const generation: Generation = { runner, id: workerId, running, failed: false };
+    runner.promise.then(
+      () => onFailure(generation, "the runner ended"),
+      (err: unknown) => onFailure(generation, errorMessage(err)),
+    );
+    return generation;
+  };
+
+  let current: Generation | undefined;
+  let stopping: Promise<void> | undefined;
+  let restarting: Promise<void> | undefined;
+  const stopRequested = new AbortController();
+  const onPoolShutdown = ({ workerPool, message }: { workerPool: { id: string }; message: string }) => {
+    if (current && workerPool.id === current.id) onFailure(current, message);
+  };
+  events.on("pool:gracefulShutdown", onPoolShutdown);
+  events.on("pool:forcefulShutdown", onPoolShutdown);
+
+  function onFailure(generation: Generation, reason: string): void {
+    if (stopping || generation !== current || generation.failed) return;
+    generation.failed = true;
+    logger?.warn({ workerId: generation.id, reason }, "event worker pool failed (database unavailable?); a new one takes over once the database answers");
+    restarting = replace(generation).finally(() => {
+      restarting = undefined;
+    });
+  }
+
+  async function replace(failed: Generation): Promise<void> {
+    // Its tasks fail on their own with the database gone; graphile aborts them after stopTimeoutMs.
+    const drained = (async () => {
+      while (failed.running.size > 0) await Promise.allSettled([...failed.running]);
+    })();
+    const stopped = new Promise<void>((resolve) => stopRequested.signal.addEventListener("abort", () => resolve(), { once: true }));
+    if (!(await settlesWithin(Promise.race([drained, stopped]), stopTimeoutMs + 5_000))) {
+      logger?.warn({ workerId: failed.id, running: failed.running.size }, "tasks of the failed worker pool still running; releasing its jobs anyway");
+    }
+    for (let attempt = 0; ; attempt++) {
+      const waitMs = Math.min(RESTART_MAX_DELAY_MS, RESTART_BASE_DELAY_MS * 2 ** Math.min(attempt, 10));
+      if (!(await sleep(waitMs * (0.5 + random() * 0.5), stopRequested.signal))) return;
+      try {
+        if (failed.id !== undefined) {
+          await pool.query("SELECT graphile_worker.force_unlock_workers($1::text[])", [[failed.id]]);
+        }
+        const next = await startGeneration();
+        if (stopRequested.signal.aborted) {
+          await next.runner.stop().catch(() => {});
+          return;
+        }
+        current = next;
+        logger?.warn({ workerId: next.id, replaced: failed.id, attempts: attempt + 1 }, "event worker resumed");
+        return;
+      } catch (err) {
+        logger?.warn({ err: errorMessage(err), attempt: attempt + 1 }, "event worker cannot resume yet; retrying");
+      }
+    }
+  }
+
+  try {
+    await sweep();
+    current = await startGeneration();
   } catch (err) {
     await pool.end().catch(() => {});
     throw err;
   }
 
   let sweepTimer: NodeJS.Timeout | undefined;
-  let stopping: Promise<void> | undefined;
   const armSweep = () => {
     sweepTimer = setTimeout(
       () => {
         sweep()
-          .catch((err: unknown) => logger?.warn({ err: err instanceof Error ? err.message : String(err) }, "worker sweep failed"))
+          .catch((err: unknown) => logger?.warn({ err: errorMessage(err) }, "worker sweep failed"))
           .finally(() => {
             if (!stopping) armSweep();
           });
@@ -177,11 +267,6 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     sweepTimer.unref();
   };
   armSweep();
-
-  // A runner that ends on its own (fatal database error) is logged; stop() still cleans up.
-  runner.promise.catch((err: unknown) => {
-    logger?.error({ err: err instanceof Error ? err.message : String(err) }, "event worker stopped on an error");
-  });
   logger?.info({ workerId, concurrency: options.concurrency, leaseMs: options.leaseMs }, "event worker started");
 
   return {
@@ -192,23 +277,122 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     stop() {
       stopping ??= (async () => {
         clearTimeout(sweepTimer);
-        // graphile aborts the running jobs' signal after stopTimeoutMs; if some job still does
-        // not end, its jobs are failed (released for a retry) a little later.
-        const graceful = runner.stop().catch((err: unknown) => {
-          logger?.warn({ err: err instanceof Error ? err.message : String(err) }, "event worker did not stop cleanly");
-        });
-        const hardDeadline = new Promise<"late">((resolve) => setTimeout(() => resolve("late"), stopTimeoutMs + 5_000).unref());
-        if ((await Promise.race([graceful, hardDeadline])) === "late") {
-          logger?.warn({ stopTimeoutMs }, "deliveries did not end after the stop deadline; releasing their jobs");
-          await runner.kill().catch(() => {});
+        stopRequested.abort();
+        await restarting;
+        const live = current && !current.failed ? current.runner : undefined;
+        if (live) {
+          // graphile aborts the running jobs' signal after stopTimeoutMs; if some job still does
+          // not end, its jobs are failed (released for a retry) a little later.
+          const graceful = live.stop().catch((err: unknown) => {
+            logger?.warn({ err: errorMessage(err) }, "event worker did not stop cleanly");
+          });
+          if (!(await settlesWithin(graceful, stopTimeoutMs + 5_000))) {
+            logger?.warn({ stopTimeoutMs }, "deliveries did not end after the stop deadline; releasing their jobs");
+            await live.kill().catch(() => {});
+          }
         }
         poolClosed = true;
-        await pool.end().catch(() => {});
+        // end() waits for every connection to be given back: one a failed pool never released
+        // must not hold the stop forever.
+        if (!(await settlesWithin(pool.end().catch(() => {}), POOL_END_TIMEOUT_MS))) {
+          logger?.warn({ timeoutMs: POOL_END_TIMEOUT_MS }, "worker database connections still in use at stop; left to close with the process");
+        }
         logger?.info({ workerId }, "event worker stopped");
       })();
       return stopping;
     },
   };
+}
+
+/**
+ * The pool graphile-worker and the delivery task share. graphile (0.17, 0.18) can release its
+ * LISTEN connection twice when that connection fails while its pool shuts down, from a promise
+ * nobody awaits: pg's "Release called on client which has already been released" would be an
+ * unhandled rejection. Here a second release of one checkout is a no-op (the first one already
+ * returned or destroyed the connection).
+ */
+export class ReleaseOncePool extends pg.Pool {
+  onDoubleRelease: (() => void) | undefined;
+
+  override connect(): Promise<pg.PoolClient>;
+  override connect(callback: (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void): void;
+  override connect(
+    callback?: (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void,
+  ): Promise<pg.PoolClient> | void {
+    if (!callback) return super.connect().then((client) => this.releaseOnce(client));
+    super.connect((err, client, done) => {
+      if (client) {
+        const once = this.releaseOnce(client);
+        callback(err, once, (release) => once.release(release as Error | boolean | undefined));
+      }
+      else callback(err, client, done);
+    });
+  }
+
+  private releaseOnce(client: pg.PoolClient): pg.PoolClient {
+    const release = client.release.bind(client);
+    let released = false;
+    client.release = (err?: Error | boolean) => {
+      if (released) {
+        this.onDoubleRelease?.();
+        return;
+      }
+      released = true;
+      release(err);
+    };
+    return client;
+  }
+}
+
+/** One graphile runner, replaced by the next when its pool fails. */
+interface Generation {
+  runner: Runner;
+  /** Its worker pool id (`locked_by` of its jobs). */
+  id: string | undefined;
+  /** Its tasks in progress. */
+  running: Set<Promise<unknown>>;
+  /** Its pool shut down without stop(): it is being replaced. */
+  failed: boolean;
+}
+
+const RESTART_BASE_DELAY_MS = 250;
+const POOL_END_TIMEOUT_MS = 5_000;
+const RESTART_MAX_DELAY_MS = 5_000;
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * Whether `promise` settles within `ms`. The timer holds the process meanwhile: a promise that
+ * never settles must end in `false`, not in a silent exit once nothing else is left to run.
+ */
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([promise.then(() => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Waits `ms`; false when `signal` aborted first. */
+function sleep(ms: number, signal: AbortSignal): Promise<boolean> {
+  if (signal.aborted) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve(true);
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
 }
 
 function graphileLogger(logger: WorkerLogger | undefined): Logger {

@@ -28,12 +28,13 @@ export interface PingFastPath {
   disable(): void;
 }
 
-export function createPingFastPath(enabled: boolean): PingFastPath {
+/** `requestId`: the request's id, echoed in `x-request-id` as on every answer. */
+export function createPingFastPath(enabled: boolean, requestId: (req: IncomingMessage) => string): PingFastPath {
   let on = enabled;
   return {
     handle(req, res) {
       if (!on || req.method !== "GET" || req.url !== "/ping" || !acceptsJson(req.headers.accept)) return false;
-      res.writeHead(200, PING_HEADERS);
+      res.writeHead(200, { ...PING_HEADERS, "x-request-id": requestId(req) });
       res.end(PING_BODY);
       return true;
     },

@@ -6,6 +6,7 @@ import type { RequestLifecycle } from "../domain/lifecycle.js";
 import type { PlaceOrderCommand } from "../domain/orders.js";
 import type { UpdateLicencesCommand } from "../domain/updates.js";
 import { InvalidBodyField, InvalidQuery, NotAcceptable, NotFound } from "../errors.js";
+import { bindLogIds } from "../request-context.js";
 import type { Authenticator } from "./auth.js";
 import { rejectOtherMethods } from "./error-handler.js";
 import { acceptsJson } from "./ping.js";
@@ -13,6 +14,8 @@ import type { Codecs } from "./codecs.js";
 import { renderUserService } from "./mapping.js";
 import {
   ErrorBodySchema,
+  IdempotencyHeadersSchema,
+  MAX_IDS_PER_QUERY,
   PingResponseSchema,
   ProductOrderRequestSchema,
   ProductOrderResponseSchema,
@@ -43,8 +46,6 @@ export interface OrangeRoutesOptions {
   orderingMode: AnswerMode;
   updateMode: AnswerMode;
 }
-
-const MAX_IDS_PER_QUERY = 1000;
 
 const errors = {
   400: ErrorBodySchema.describe("invalid request (codes 20-28)"),
@@ -95,6 +96,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
           "Idempotent on Orange's order reference (externalReference of type orange) or the Idempotency-Key header: " +
           "a retry answers the stored result and creates nothing; the same reference with another body answers 409.",
         tags: ["productOrdering"],
+        headers: IdempotencyHeadersSchema,
         body: ProductOrderRequestSchema,
         response: {
           201: ProductOrderResponseSchema.describe(
@@ -108,12 +110,15 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
     },
     async (request, reply) => {
       const cmd = opts.codecs.order.fromWire(request.body, headerValue(request.headers["idempotency-key"]));
+      bindLogIds(request, { orderRef: cmd.idempotencyKey, fleetId: cmd.item?.fleetId });
       if (cmd.item && cmd.item.quantity > opts.orderMaxQuantity) {
         throw new InvalidBodyField(
           `orderItem[0].productRef.userServiceQuantity must be <= ${opts.orderMaxQuantity} (got ${cmd.item.quantity})`,
         );
       }
       const result = await opts.orders.receive(cmd, opts.orderingMode);
+      const answer = result.response as { orderItem?: { productRef?: { id?: string } }[] };
+      bindLogIds(request, { orderId: result.requestId, fleetId: answer.orderItem?.[0]?.productRef?.id });
       return reply.code(201).header("idempotent-replayed", String(result.replayed)).send(result.response as never);
     },
   );
@@ -135,6 +140,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
     },
     async (request) => {
       const { productRefId, id } = request.query;
+      bindLogIds(request, { fleetId: productRefId });
       if ((productRefId === undefined) === (id === undefined)) {
         throw new InvalidQuery("exactly one of productRefId (a fleet id) or id (comma-separated licence ids) is required");
       }
@@ -166,6 +172,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
       },
     },
     async (request) => {
+      bindLogIds(request, { licenceId: request.params.id });
       const licence = await opts.licences.getById(request.params.id);
       if (!licence) throw new NotFound(`licence ${JSON.stringify(request.params.id)} does not exist`);
       return renderUserService(licence, opts.catalogue);
@@ -182,6 +189,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
           "All or nothing: one licence that cannot change fails the whole list (state failed, reason in note.text) " +
           "and nothing changes. Idempotent on the Orange externalReference or the Idempotency-Key header.",
         tags: ["userService"],
+        headers: IdempotencyHeadersSchema,
         body: UserServiceUpdateRequestSchema,
         response: {
           200: UserServiceUpdateResponseSchema.describe(
@@ -195,7 +203,9 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
     },
     async (request, reply) => {
       const cmd = opts.codecs.update.fromWire(request.body, headerValue(request.headers["idempotency-key"]));
+      bindLogIds(request, { updateRef: cmd.idempotencyKey });
       const result = await opts.updates.receive(cmd, opts.updateMode);
+      bindLogIds(request, { updateId: result.requestId });
       return reply.code(200).header("idempotent-replayed", String(result.replayed)).send(result.response as never);
     },
   );

@@ -11,6 +11,44 @@ import { z } from "zod";
  */
 
 // ---------------------------------------------------------------------------------------------
+// Input limits
+//
+// Every request string fits what PostgreSQL can store and index: the longest identifier (an Orange
+// reference, 255 characters, at most 1,020 bytes in UTF-8) stays well under the 2,704 bytes of a
+// btree index row, and nothing but free text gets near a page. NUL and lone surrogates (which
+// PostgreSQL's text cannot hold) and JSON nested deeper than MAX_JSON_DEPTH are refused for every
+// string and every route, unknown fields included, by the validator (./validation.ts).
+
+/** The documented maxima (README, "Input limits"), in characters. */
+export const LIMITS = {
+  /** Orange's identifiers (externalReference.id, order item id) and the Idempotency-Key header: indexed. */
+  orangeRef: 255,
+  /** Ids this server generates (fleet, licence, event…: 24 characters today); a longer one is none of ours. */
+  partnerId: 64,
+  /** Orange offer codes (productOffering.externalReference.id). */
+  offerCode: 100,
+  /** E-mail addresses (RFC 5321 path limit). */
+  email: 254,
+  /** Names, titles, roles, codes, address lines, characteristic names and other short strings. */
+  name: 255,
+  /** Free text: note text, characteristic values. */
+  text: 4000,
+} as const;
+
+/** Nesting depth of a request body (objects and arrays); deeper bodies are refused before anything recurses. */
+export const MAX_JSON_DEPTH = 64;
+
+const Name = z.string().max(LIMITS.name);
+const NonEmptyName = z.string().min(1).max(LIMITS.name);
+const OrangeRef = z.string().min(1).max(LIMITS.orangeRef);
+/** An id sent along with a record (contact, end user, order item): kept as sent, possibly empty. */
+const SentId = z.string().max(LIMITS.orangeRef);
+/** A partner id sent back by Orange (fleet, licence): never empty, never longer than ours. */
+export const PartnerIdSchema = z.string().min(1).max(LIMITS.partnerId);
+const Email = z.string().max(LIMITS.email);
+const Text = z.string().max(LIMITS.text);
+
+// ---------------------------------------------------------------------------------------------
 // Shared building blocks
 
 /** ISO 8601 date-time with an offset; Orange sends UTC with milliseconds. */
@@ -18,12 +56,10 @@ export const DateTimeSchema = z.iso
   .datetime({ offset: true })
   .describe("ISO 8601 date-time, e.g. 2026-05-02T09:15:02.345Z");
 
-const NonEmpty = z.string().min(1);
-
 export const ExternalReferenceSchema = z
   .looseObject({
-    type: NonEmpty.describe('"orange" for Orange\'s identifiers'),
-    id: NonEmpty,
+    type: NonEmptyName.describe('"orange" for Orange\'s identifiers'),
+    id: OrangeRef,
   })
   .meta({ id: "ExternalReference" });
 export type ExternalReference = z.infer<typeof ExternalReferenceSchema>;
@@ -36,37 +72,46 @@ export const ExternalReferenceFieldSchema = z.union([
 export type ExternalReferenceField = z.infer<typeof ExternalReferenceFieldSchema>;
 
 export const CharacteristicSchema = z
-  .looseObject({ name: NonEmpty, value: z.string() })
+  .looseObject({ name: NonEmptyName, value: Text })
   .meta({ id: "Characteristic" });
 export type Characteristic = z.infer<typeof CharacteristicSchema>;
 
 export const NoteSchema = z
   .looseObject({
-    text: z.string(),
+    text: Text,
     date: DateTimeSchema.optional(),
-    author: z.string().optional(),
+    author: Name.optional(),
   })
   .meta({ id: "Note" });
 export type Note = z.infer<typeof NoteSchema>;
 
-export const PhoneNumberSchema = z.looseObject({ cc: z.string(), sn: z.string() });
+/** A note in an answer: Orange's note echoed, or the reason of a failure, which may list many ids. */
+export const ResultNoteSchema = z
+  .object({
+    text: z.string(),
+    date: DateTimeSchema.optional(),
+    author: z.string().optional(),
+  })
+  .meta({ id: "ResultNote" });
+
+export const PhoneNumberSchema = z.looseObject({ cc: Name, sn: Name });
 
 export const PostalAddressSchema = z.looseObject({
-  streetAddress: z.string().optional(),
-  postcode: z.string().optional(),
-  locality: z.string().optional(),
-  country: z.string().optional(),
+  streetAddress: Name.optional(),
+  postcode: Name.optional(),
+  locality: Name.optional(),
+  country: Name.optional(),
 });
 
 export const IndividualSchema = z
   .looseObject({
-    id: z.string().optional(),
+    id: SentId.optional(),
     externalReference: ExternalReferenceFieldSchema.optional(),
-    role: z.string().optional(),
-    title: z.string().optional(),
-    givenName: z.string().optional(),
-    familyName: z.string().optional(),
-    email: z.string().optional(),
+    role: Name.optional(),
+    title: Name.optional(),
+    givenName: Name.optional(),
+    familyName: Name.optional(),
+    email: Email.optional(),
     fixedTelephoneNumber: PhoneNumberSchema.optional(),
     mobileNumber: PhoneNumberSchema.optional(),
     characteristic: z.array(CharacteristicSchema).optional(),
@@ -76,11 +121,11 @@ export type Individual = z.infer<typeof IndividualSchema>;
 
 export const OrganizationSchema = z
   .looseObject({
-    id: z.string().optional(),
+    id: SentId.optional(),
     externalReference: ExternalReferenceFieldSchema.describe("Orange's customer id"),
-    tradingName: z.string().optional(),
-    name: z.string().optional(),
-    organizationCode: z.string().optional().describe("company registration number (SIREN/SIRET)"),
+    tradingName: Name.optional(),
+    name: Name.optional(),
+    organizationCode: Name.optional().describe("company registration number (SIREN/SIRET)"),
     postalAddress: PostalAddressSchema.optional(),
     characteristic: z.array(CharacteristicSchema).optional(),
   })
@@ -89,28 +134,36 @@ export type Organization = z.infer<typeof OrganizationSchema>;
 
 /** [decision] A relatedParty entry with role `customer` is accepted as the customer. */
 export const RelatedPartySchema = z.looseObject({
-  role: z.string().optional(),
+  role: Name.optional(),
   externalReference: ExternalReferenceFieldSchema.optional(),
 });
 
+/** Orange's offer code in an externalReference. */
+export const OfferReferenceSchema = z
+  .looseObject({
+    type: NonEmptyName.describe('"orange"'),
+    id: z.string().min(1).max(LIMITS.offerCode).describe("the offer code"),
+  })
+  .meta({ id: "OfferReference" });
+
 export const ProductOfferingRefSchema = z
   .looseObject({
-    name: z.string().optional(),
-    externalReference: ExternalReferenceSchema.describe("Orange's offer code"),
+    name: Name.optional(),
+    externalReference: OfferReferenceSchema.describe("Orange's offer code"),
   })
   .meta({ id: "ProductOfferingRef" });
 export type ProductOfferingRef = z.infer<typeof ProductOfferingRefSchema>;
 
 export const RealizingResourceSchema = z
   .looseObject({
-    type: NonEmpty.describe("url, email, mobile, imei…"),
+    type: NonEmptyName.describe("url, email, mobile, imei…"),
     characteristic: z.array(CharacteristicSchema).optional(),
   })
   .meta({ id: "RealizingResource" });
 export type RealizingResource = z.infer<typeof RealizingResourceSchema>;
 
 export const LoginKeyValueSchema = z
-  .looseObject({ key: z.enum(["login", "organizationCode"]), value: NonEmpty })
+  .looseObject({ key: z.enum(["login", "organizationCode"]), value: NonEmptyName })
   .meta({ id: "LoginKeyValue" });
 export type LoginKeyValue = z.infer<typeof LoginKeyValueSchema>;
 
@@ -118,7 +171,7 @@ export type LoginKeyValue = z.infer<typeof LoginKeyValueSchema>;
 // ProductOrder (contract section 2)
 
 export const ProductRefSchema = z.looseObject({
-  id: NonEmpty.optional().describe("the fleet id (productRefId): absent in UC2, present in UC3"),
+  id: PartnerIdSchema.optional().describe("the fleet id (productRefId): absent in UC2, present in UC3"),
   userServiceQuantity: z
     .number()
     .int()
@@ -134,9 +187,9 @@ export const EndUserConfigurationSchema = z.looseObject({
 
 export const OrderItemSchema = z
   .looseObject({
-    id: z.string().optional(),
-    action: NonEmpty.describe('"add"; any other value fails the order'),
-    state: z.string().optional(),
+    id: SentId.optional(),
+    action: NonEmptyName.describe('"add"; any other value fails the order'),
+    state: Name.optional(),
     productOffering: ProductOfferingRefSchema,
     productRef: ProductRefSchema,
     endUserConfiguration: z.array(EndUserConfigurationSchema).optional(),
@@ -157,7 +210,7 @@ export const OrderItemSchema = z
 export const ProductOrderRequestSchema = z
   .looseObject({
     externalReference: ExternalReferenceFieldSchema.optional().describe("Orange's order reference"),
-    category: z.string().optional().describe("production, trial, …"),
+    category: Name.optional().describe("production, trial, …"),
     state: z.unknown().optional().describe("ignored in requests"),
     orderDate: DateTimeSchema.optional(),
     requestedStartDate: DateTimeSchema.optional(),
@@ -183,7 +236,7 @@ export const ProductOrderResponseSchema = z
     orderDate: DateTimeSchema.optional(),
     requestedStartDate: DateTimeSchema.optional(),
     completionDate: DateTimeSchema.optional(),
-    note: NoteSchema.optional(),
+    note: ResultNoteSchema.optional(),
     // Partner ids are absent when the order failed (nothing was created).
     customer: OrganizationSchema.optional(),
     relatedContact: z.array(IndividualSchema).min(1).optional(),
@@ -241,12 +294,38 @@ export type UserService = z.infer<typeof UserServiceSchema>;
 
 export const UserServiceListSchema = z.array(UserServiceSchema);
 
+/** Licence ids a consultation by ids may list. */
+export const MAX_IDS_PER_QUERY = 1000;
+
 export const UserServiceQuerySchema = z.object({
-  productRefId: z.string().min(1).optional().describe("fleet id: all licences of the fleet"),
-  id: z.string().min(1).optional().describe("comma-separated licence ids"),
+  productRefId: PartnerIdSchema.optional().describe("fleet id: all licences of the fleet"),
+  id: z
+    .string()
+    .min(1)
+    .max(MAX_IDS_PER_QUERY * (LIMITS.partnerId + 1))
+    .superRefine((list, ctx) => {
+      const long = list.split(",").find((id) => id.trim().length > LIMITS.partnerId);
+      if (long !== undefined) {
+        ctx.addIssue({
+          code: "custom",
+          message: `must list licence ids of at most ${LIMITS.partnerId} characters each (got one of ${long.trim().length})`,
+        });
+      }
+    })
+    .optional()
+    .describe(`comma-separated licence ids (at most ${MAX_IDS_PER_QUERY}, each at most ${LIMITS.partnerId} characters)`),
 });
 
-export const UserServiceParamsSchema = z.object({ id: z.string().min(1) });
+export const UserServiceParamsSchema = z.object({ id: PartnerIdSchema });
+
+/** Headers of the calls that create something: the idempotency key is stored and indexed. */
+export const IdempotencyHeadersSchema = z.looseObject({
+  "idempotency-key": z
+    .string()
+    .max(LIMITS.orangeRef)
+    .optional()
+    .describe("Orange's reference of the request, when it does not travel in externalReference"),
+});
 
 // ---------------------------------------------------------------------------------------------
 // UserServiceUpdate (contract section 4)
@@ -258,7 +337,7 @@ export const ProductOfferingOperationSchema = z.looseObject({
 
 export const UserServiceUpdateItemSchema = z
   .looseObject({
-    id: NonEmpty,
+    id: PartnerIdSchema,
     externalState: ExternalStateSchema.optional(),
     productOfferingOperation: ProductOfferingOperationSchema.optional(),
   })
@@ -301,7 +380,7 @@ export const UserServiceUpdateResponseSchema = z
     externalReference: ExternalReferenceFieldSchema.optional(),
     state: OrderStateSchema,
     /** [decision] On `failed`, the reason travels in a note, as for orders. */
-    note: NoteSchema.optional(),
+    note: ResultNoteSchema.optional(),
     userService: z.array(UserServiceSchema).min(1).optional(),
   })
   .meta({ id: "UserServiceUpdate" });

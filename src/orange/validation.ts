@@ -1,6 +1,15 @@
 import type { FastifySchemaCompiler } from "fastify";
 import type { z } from "zod";
-import { AppError, InvalidBodyField, InvalidQuery, InvalidUrl, MissingBody, MissingBodyField } from "../errors.js";
+import {
+  AppError,
+  InvalidBodyField,
+  InvalidHeader,
+  InvalidQuery,
+  InvalidUrl,
+  MissingBody,
+  MissingBodyField,
+} from "../errors.js";
+import { MAX_JSON_DEPTH } from "./schemas.js";
 
 /**
  * Turns zod issues into Orange's error bodies: code 23 for a missing field, 24 for an invalid
@@ -24,9 +33,85 @@ export function formatPath(path: readonly PropertyKey[]): string {
 
 function show(value: unknown): string {
   if (value === undefined) return "nothing";
-  const text = JSON.stringify(value);
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch {
+    return "a value too deep to show";
+  }
   if (text === undefined) return String(value);
   return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+/** A path as named in a description: deep ones are cut, the start says where. */
+function where(path: readonly PropertyKey[]): string {
+  const text = formatPath(path);
+  return text.length > 120 ? `${text.slice(0, 117)}...` : text;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What PostgreSQL cannot store
+
+/** Any NUL or surrogate: most strings have none, and one test settles them. */
+// eslint-disable-next-line no-control-regex -- NUL is precisely what is looked for
+const SUSPECT = /[\u0000\uD800-\uDFFF]/;
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** The rule a string breaks when PostgreSQL cannot store it (its text type holds neither), or undefined. */
+function unstorableString(text: string): string | undefined {
+  if (!SUSPECT.test(text)) return undefined;
+  if (text.includes("\u0000")) return "must not contain the NUL character (U+0000), which cannot be stored";
+  const lone = LONE_SURROGATE.exec(text);
+  if (lone) {
+    const unit = lone[0].charCodeAt(0).toString(16).toUpperCase();
+    return `must be well-formed Unicode: it contains a lone surrogate (U+${unit}), which cannot be stored`;
+  }
+  return undefined;
+}
+
+/**
+ * Walks a parsed request part (body, query string, path parameters, headers) for what
+ * PostgreSQL cannot store, wherever it is, unknown fields and field names included: NUL and
+ * lone surrogates in strings, and nesting deeper than MAX_JSON_DEPTH. It recurses at most
+ * MAX_JSON_DEPTH levels, so it runs before anything else walks the body. The findings are
+ * zod-like issues with a path; the walk stops after `limit` of them.
+ */
+export function findUnstorable(value: unknown, limit = MAX_DESCRIBED + 1): Issue[] {
+  const found: Issue[] = [];
+  const path: PropertyKey[] = [];
+  const add = (message: string, input: unknown) =>
+    found.push({ code: "custom", path: [...path], message, input } as Issue);
+  const visit = (v: unknown, depth: number): void => {
+    if (found.length >= limit) return;
+    if (typeof v === "string") {
+      const rule = unstorableString(v);
+      if (rule) add(`${rule} (got ${show(v)})`, v);
+      return;
+    }
+    if (v === null || typeof v !== "object") return;
+    if (depth > MAX_JSON_DEPTH) {
+      add(`is nested deeper than ${MAX_JSON_DEPTH} levels of objects and arrays`, undefined);
+      return;
+    }
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length && found.length < limit; i++) {
+        path.push(i);
+        visit(v[i], depth + 1);
+        path.pop();
+      }
+      return;
+    }
+    for (const key of Object.keys(v)) {
+      if (found.length >= limit) return;
+      const rule = unstorableString(key);
+      if (rule) add(`has a field name that ${rule} (got ${show(key)})`, key);
+      path.push(key);
+      visit((v as Record<string, unknown>)[key], depth + 1);
+      path.pop();
+    }
+  };
+  visit(value, 1);
+  return found;
 }
 
 const TYPE_NAMES: Record<string, string> = {
@@ -67,7 +152,11 @@ function rule(issue: Issue): string {
     case "too_big": {
       const max = String(issue.maximum);
       if (issue.origin === "array" || issue.origin === "set") return `must have at most ${max} item${max === "1" ? "" : "s"}`;
-      if (issue.origin === "string") return `must be at most ${max} characters long`;
+      if (issue.origin === "string") {
+        return typeof issue.input === "string"
+          ? `must be at most ${max} characters long (got ${issue.input.length})`
+          : `must be at most ${max} characters long`;
+      }
       return `must be ${issue.inclusive ? "<=" : "<"} ${max} (got ${show(issue.input)})`;
     }
     case "invalid_value":
@@ -87,29 +176,48 @@ function isMissing(issue: Issue): boolean {
   return issue.code === "invalid_type" && issue.input === undefined;
 }
 
-export function describeIssues(issues: readonly Issue[], subject: string): { missing: boolean; description: string } {
+/** `more`: the issues are the first ones found, not all of them (the count of the others is unknown). */
+export function describeIssues(
+  issues: readonly Issue[],
+  subject: string,
+  more = false,
+): { missing: boolean; description: string } {
   const leaves = issues.flatMap((i) => leafIssues(i));
   const described = leaves.slice(0, MAX_DESCRIBED).map(({ path, issue }) => {
-    const where = path.length > 0 ? formatPath(path) : subject;
-    return isMissing(issue) ? `${where} is required` : `${where} ${rule(issue)}`;
+    const at = path.length > 0 ? where(path) : subject;
+    return isMissing(issue) ? `${at} is required` : `${at} ${rule(issue)}`;
   });
-  if (leaves.length > MAX_DESCRIBED) described.push(`and ${leaves.length - MAX_DESCRIBED} more`);
+  if (leaves.length > MAX_DESCRIBED) described.push(more ? "and more" : `and ${leaves.length - MAX_DESCRIBED} more`);
   return { missing: leaves.length > 0 && isMissing(leaves[0]!.issue), description: described.join("; ") };
 }
 
-export function validationError(httpPart: string | undefined, issues: readonly Issue[], data: unknown): AppError {
+export function validationError(
+  httpPart: string | undefined,
+  issues: readonly Issue[],
+  data: unknown,
+  more = false,
+): AppError {
   if (httpPart === "body") {
     if (data === undefined || data === null) return new MissingBody("a JSON body is required");
-    const { missing, description } = describeIssues(issues, "body");
+    const { missing, description } = describeIssues(issues, "body", more);
     return missing ? new MissingBodyField(description) : new InvalidBodyField(description);
   }
-  if (httpPart === "querystring") return new InvalidQuery(describeIssues(issues, "query string").description);
-  return new InvalidUrl(describeIssues(issues, "path").description);
+  if (httpPart === "querystring") return new InvalidQuery(describeIssues(issues, "query string", more).description);
+  if (httpPart === "headers") return new InvalidHeader(describeIssues(issues, "headers", more).description);
+  return new InvalidUrl(describeIssues(issues, "path", more).description);
 }
 
-/** Fastify validator compiler for zod schemas that fails with Orange's error bodies. */
+/**
+ * Fastify validator compiler for zod schemas that fails with Orange's error bodies. Every
+ * request part with a schema is first walked for what PostgreSQL cannot store (findUnstorable),
+ * so that every route and every field, present or future, known or not, gets that rule.
+ */
 export const zodValidatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, httpPart }) => {
   return (data) => {
+    const unstorable = findUnstorable(data);
+    if (unstorable.length > 0) {
+      return { error: validationError(httpPart, unstorable, data, unstorable.length > MAX_DESCRIBED) };
+    }
     const result = schema.safeParse(data, { reportInput: true });
     if (result.success) return { value: result.data };
     return { error: validationError(httpPart, result.error.issues as Issue[], data) };

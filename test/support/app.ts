@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import type { FastifyInstance, InjectOptions } from "fastify";
+import type { FastifyBaseLogger, FastifyInstance, InjectOptions } from "fastify";
 import { expect } from "vitest";
 import { buildApp } from "../../src/app.js";
 import { createServices, type Services } from "../../src/compose.js";
@@ -62,6 +62,8 @@ export interface TestAppOptions {
   clock?: Clock;
   /** Use this database instead of a fresh clone (e.g. a broken URL for 503 tests). */
   database?: { url: string; db: Db; prisma: PrismaReader; drop(): Promise<void> };
+  /** The app's logger (default: none), e.g. a pino writing to memory to check log lines. */
+  logger?: FastifyBaseLogger;
 }
 
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
@@ -82,7 +84,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     requestMaxAttempts: config.requestMaxAttempts,
     clock: opts.clock,
   });
-  const app = await buildApp({ config, services, logger: false });
+  const app = await buildApp({ config, services, logger: opts.logger ?? false });
   await app.ready();
   return {
     app,

@@ -10,7 +10,7 @@ import { createIdGenerator } from "../../src/lib/ids.js";
 import type { RetryPolicy } from "../../src/events/delivery.js";
 import { createOrangeEventClient, type OrangeEventClient } from "../../src/events/orange-client.js";
 import { enqueueEvent, type EnqueuedEvent, type NewEvent } from "../../src/events/outbox.js";
-import { createTokenCache, type TokenCache } from "../../src/events/token-cache.js";
+import { createTokenCache, type IncidentBackoff, type TokenCache } from "../../src/events/token-cache.js";
 import { startEventWorker, type EventWorker, type EventWorkerOptions } from "../../src/events/worker.js";
 import type { MockGateway } from "../../src/simulator/gateway.js";
 
@@ -59,20 +59,22 @@ export interface WorkerHarness {
 export async function startWorker(
   gw: MockGateway,
   databaseUrl: string,
-  overrides: Partial<EventWorkerOptions> & { eventTimeoutMs?: number; offer?: string } = {},
+  overrides: Partial<EventWorkerOptions> & { eventTimeoutMs?: number; offer?: string; tokenIncidentBackoff?: IncidentBackoff } = {},
 ): Promise<WorkerHarness> {
+  const { eventTimeoutMs, offer, tokenIncidentBackoff, ...workerOverrides } = overrides;
   const tokens = createTokenCache({
     tokenUrl: gw.tokenUrl,
     clientId: gw.clientId,
     clientSecret: gw.clientSecret,
     timeoutMs: 2_000,
     retry: { attempts: 2, baseMs: 5, maxMs: 20 },
+    ...(tokenIncidentBackoff ? { incidentBackoff: tokenIncidentBackoff } : {}),
   });
   const client = createOrangeEventClient({
     baseUrl: gw.url,
-    offer: overrides.offer ?? "mba2",
+    offer: offer ?? "mba2",
     tokens,
-    timeoutMs: overrides.eventTimeoutMs ?? 5_000,
+    timeoutMs: eventTimeoutMs ?? 5_000,
   });
   const worker = await startEventWorker({
     databaseUrl,
@@ -82,7 +84,7 @@ export async function startWorker(
     leaseMs: 60_000,
     pollIntervalMs: 50,
     stopTimeoutMs: 2_000,
-    ...overrides,
+    ...workerOverrides,
   });
   let stopped: Promise<void> | undefined;
   return {
