@@ -157,3 +157,13 @@ export class ServiceUnavailable extends AppError {
     super(503, 5, "Service unavailable", description, { "retry-after": "5" });
   }
 }
+
+/**
+ * A synchronous request whose outcome the partner's application has not confirmed within the
+ * deadline: Orange retries with the same reference and gets the outcome of the same command.
+ */
+export class OutcomePending extends AppError {
+  constructor(description: string, retryAfterSeconds: number) {
+    super(503, 5, "Service unavailable", description, { "retry-after": String(retryAfterSeconds) });
+  }
+}

@@ -62,6 +62,11 @@ export async function lockCommand(tx: Tx, id: string): Promise<CommandRow | unde
   return row;
 }
 
+export async function getCommand(q: Queryable, id: string): Promise<CommandRow | undefined> {
+  const [row] = await q.query<CommandRow>(sql`SELECT ${COLUMNS} FROM provisioning_command WHERE id = ${id}`);
+  return row;
+}
+
 export async function commandOfRequest(q: Queryable, kind: RequestKind, requestId: string): Promise<CommandRow | undefined> {
   const [row] = await q.query<CommandRow>(sql`
     SELECT ${COLUMNS} FROM provisioning_command WHERE request_kind = ${kind} AND request_id = ${requestId}`);

@@ -6,6 +6,7 @@
 import { raw, sql, type Queryable, type Tx } from "../db/sql.js";
 import type { JsonObject, JsonValue } from "../lib/json.js";
 import type { ExternalState, LicenceState } from "./licence-state.js";
+import type { AppLicenceData } from "./ports.js";
 
 /** A licence as the domain sees it (Orange's UserService without the wire shape). */
 export interface LicenceRecord {
@@ -117,6 +118,8 @@ export interface NewLicences {
   offerCode: string;
   /** Pre-configuration of the first licences, by position (endUserConfiguration). */
   seeds: { endUser: JsonObject | null; realizingResource: JsonObject | null }[];
+  /** What the partner's application told about some of them (webhook mode), by licence id. */
+  app?: AppLicenceData[];
 }
 
 /**
@@ -124,6 +127,20 @@ export interface NewLicences {
  * travel as one array and the (few) seeds as one JSON array joined by position.
  */
 export async function insertLicences(tx: Tx, l: NewLicences, now: Date): Promise<void> {
+  if (l.app !== undefined && l.app.length > 0) {
+    // The application's word wins over Orange's seed for the technical resource.
+    await tx.execute(sql`
+      INSERT INTO licence (id, fleet_id, order_id, state, offer_code, end_user, realizing_resource, login,
+                           service_characteristics, created_at, updated_at)
+      SELECT u.id, ${l.fleetId}, ${l.orderId}, 'active'::"LicenceState", ${l.offerCode},
+             NULLIF(s.value -> 'endUser', 'null'::jsonb),
+             COALESCE(a.value -> 'realizingResource', NULLIF(s.value -> 'realizingResource', 'null'::jsonb)),
+             a.value -> 'login', a.value -> 'serviceCharacteristic', ${now}, ${now}
+      FROM unnest(${l.ids}::text[]) WITH ORDINALITY AS u(id, n)
+      LEFT JOIN jsonb_array_elements(${JSON.stringify(l.seeds)}::jsonb) WITH ORDINALITY AS s(value, n) USING (n)
+      LEFT JOIN jsonb_array_elements(${JSON.stringify(l.app)}::jsonb) AS a(value) ON a.value ->> 'id' = u.id`);
+    return;
+  }
   await tx.execute(sql`
     INSERT INTO licence (id, fleet_id, order_id, state, offer_code, end_user, realizing_resource,
                          created_at, updated_at)
@@ -132,6 +149,22 @@ export async function insertLicences(tx: Tx, l: NewLicences, now: Date): Promise
            ${now}, ${now}
     FROM unnest(${l.ids}::text[]) WITH ORDINALITY AS u(id, n)
     LEFT JOIN jsonb_array_elements(${JSON.stringify(l.seeds)}::jsonb) WITH ORDINALITY AS s(value, n) USING (n)`);
+}
+
+/**
+ * Stores what the partner's application told about licences it changed (webhook mode): a field it
+ * sent replaces the licence's, the others stay.
+ */
+export async function storeAppData(tx: Tx, app: AppLicenceData[], now: Date): Promise<void> {
+  if (app.length === 0) return;
+  await tx.execute(sql`
+    UPDATE licence l SET
+      realizing_resource = COALESCE(a.value -> 'realizingResource', l.realizing_resource),
+      login = COALESCE(a.value -> 'login', l.login),
+      service_characteristics = COALESCE(a.value -> 'serviceCharacteristic', l.service_characteristics),
+      updated_at = ${now}
+    FROM jsonb_array_elements(${JSON.stringify(app)}::jsonb) AS a(value)
+    WHERE l.id = a.value ->> 'id'`);
 }
 
 /** Writes state, Orange's last asked state and offer of each licence; the licences after. */

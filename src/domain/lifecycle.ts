@@ -20,18 +20,41 @@
  *   does the sweep for a request whose job is gone past that bound: never `acknowledged` forever.
  * - Each kind of request brings its own rules and tables (a RequestHandler: orders.ts, updates.ts);
  *   Orange's wire comes in through a RequestCodec, Orange is told through the Outbox.
+ *
+ * The provisioning stage (PROVISIONING_MODE=webhook): the partner's application carries out
+ * every request before the store records it and Orange hears its outcome.
+ *
+ *   claim + command (queued, in its lanes) ─▶ prepare: plan, ids, body (sending) ─▶ call ─▶ settle
+ *   settle: 2xx → apply + finish (completed) │ 409/422 → finish (failed) │ 202 → waiting (result route)
+ *           5xx, timeout… → retrying (job at the next attempt) │ out of bounds, other 4xx → parked + failed
+ *
+ * - The command is durable before it is sent, with its plan and body: every attempt, after a
+ *   crash too, sends the same id (`webhook-id`) and the same body; nothing is written before the
+ *   application confirmed (so a refused change leaves no trace), and the plan is applied once: the
+ *   settling transaction checks the attempt it settles is still the command's current one.
+ * - Lanes (the fleets, the customer): a command is prepared only once every earlier command of
+ *   its lanes is finished, so one fleet's commands reach the application in Orange's order; other
+ *   fleets never wait. A finished command wakes the next of its lanes.
+ * - Sync and auto: the API runs the first attempt itself when the command's turn has come, then
+ *   waits for the outcome until the deadline (the worker runs retries and turns that came later).
+ *   Past it, sync answers 503 (Orange's retry with the same reference resumes the same command)
+ *   and auto answers `acknowledged`, the outcome then going out as an event.
  */
 import type { Db, Tx } from "../db/sql.js";
 import type { Clock } from "../lib/clock.js";
 import type { IdGenerator } from "../lib/ids.js";
-import type { JsonValue } from "../lib/json.js";
+import type { JsonObject, JsonValue } from "../lib/json.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import { OutcomePending } from "../errors.js";
+import * as commands from "./commands.dal.js";
+import type { CommandRow } from "./commands.dal.js";
 import { replayOrConflict } from "./idempotency.js";
-import type { Announcement, Job, JobQueue, Outbox, RequestCodec } from "./ports.js";
+import type { AppLicenceData, Announcement, Job, JobQueue, Outbox, Provisioner, ProvisioningAnswer, ProvisioningCall, RequestCodec } from "./ports.js";
 import * as requests from "./requests.dal.js";
 import type { NewRequest, RequestKind } from "./requests.dal.js";
 
 export type { RequestKind };
-export type AnswerMode = "sync" | "async";
+export type AnswerMode = requests.AnswerMode;
 
 /** What every command of a request carries, whatever its kind. */
 export interface RequestCommand {
@@ -70,10 +93,19 @@ export interface RequestHandler<C extends RequestCommand, P, O extends FinalOutc
   describe(cmd: C): Pick<NewRequest, "order" | "update">;
   /** Checks the rules against the store, locking what the change touches, and decides what to write. */
   plan(tx: Tx, requestId: string, cmd: C): Promise<Planned<P, O>>;
-  /** Writes the plan; the outcome. */
-  apply(tx: Tx, requestId: string, cmd: C, plan: P): Promise<O>;
+  /** Writes the plan, with what the partner's application told about the licences (webhook mode); the outcome. */
+  apply(tx: Tx, requestId: string, cmd: C, plan: P, app?: AppLicenceData[]): Promise<O>;
   /** A `failed` outcome for a request that could not be carried out at all (nothing written). */
   failure(requestId: string, cmd: C | undefined, reason: string, now: Date): O;
+  /** The `failed` outcome of a plan the partner's application refused or never carried out (nothing written). */
+  refused(requestId: string, cmd: C, plan: P, reason: string, now: Date): O;
+  /**
+   * The lanes of the request's command to the partner's application: the fleets (and customer)
+   * it concerns. Commands sharing a lane reach the application one after the other, in order.
+   */
+  lanes(tx: Tx, requestId: string, cmd: C): Promise<string[]>;
+  /** What the partner's application is asked to carry out: the command's type and data. */
+  command(requestId: string, cmd: C, plan: P): { type: string; data: JsonObject };
   /** The kind's columns of the finished request. */
   finished(outcome: O): Pick<requests.FinishedRequest, "customerId" | "fleetId">;
   /**
@@ -93,6 +125,29 @@ export interface LifecycleDeps<C extends RequestCommand, P, O extends FinalOutco
   handler: RequestHandler<C, P, O>;
   /** Failed runs of an acknowledged request, for a reason that is not transient, before it ends `failed`. */
   maxAttempts: number;
+  /** The partner's application (PROVISIONING_MODE=webhook); none: the store is the record. */
+  provisioning?: ProvisioningStage;
+}
+
+export interface RetryBounds {
+  /** Ceiling of the first backoff; doubles with each attempt (full jitter). */
+  baseMs: number;
+  maxMs: number;
+  maxAttempts: number;
+  /** A command whose next attempt would come later than this after it was queued is parked. */
+  maxAgeMs: number;
+}
+
+export interface ProvisioningStage {
+  provisioner: Provisioner;
+  /** One call's bound (the provisioner enforces it); a `sending` command's lease adds a margin. */
+  timeoutMs: number;
+  retry: RetryBounds;
+  /** sync/auto: how long Orange's call waits for the application's outcome. */
+  syncDeadlineMs: number;
+  /** How often a waiting call looks at its request again. */
+  pollMs?: number;
+  random?: () => number;
 }
 
 const ID_PREFIX = { order: "po", update: "upd" } as const;
@@ -107,6 +162,19 @@ export function requestJob(kind: RequestKind, id: string): Job {
   const { task, payloadKey } = REQUEST_JOBS[kind];
   // The key makes a second add for the same request replace the first instead of doubling it.
   return { task, payload: { [payloadKey]: id }, key: `${kind}:${id}` };
+}
+
+/** The job that runs a command to the partner's application (its next step, when due). */
+export const PROVISION_TASK = "provision_command";
+
+export function provisionJob(kind: RequestKind, commandId: string, runAt?: Date): Job {
+  return { task: PROVISION_TASK, payload: { commandId, kind }, key: `provision:${commandId}`, ...(runAt ? { runAt } : {}) };
+}
+
+/** Full jitter: uniform in [0, min(max, base·2^(attempt-1))], never below Retry-After. */
+export function retryDelayMs(bounds: RetryBounds, attempt: number, retryAfterMs: number | undefined, random: () => number): number {
+  const ceiling = Math.min(bounds.maxMs, bounds.baseMs * 2 ** Math.min(attempt - 1, 40));
+  return Math.max(Math.floor(random() * ceiling), retryAfterMs ?? 0);
 }
 
 /** What Orange is told when a request failed for a technical reason (the detail stays with operators). */
@@ -124,6 +192,27 @@ export interface RequestLifecycle<C extends RequestCommand = RequestCommand> {
   giveUp(id: string, reason: string): Promise<boolean>;
   /** A run of `process` failed: true when it must be tried again, false when the request ended `failed`. */
   failedRun(id: string, error: unknown, transient: boolean): Promise<boolean>;
+  /** The provisioning job's work: the command's next step (an attempt, when its turn came and it is due). */
+  runCommand(commandId: string, signal?: AbortSignal): Promise<void>;
+  /**
+   * The application's late result (after a 202), or an operator ending a command by hand:
+   * `completed` applies the plan (with what the application tells of the licences), `failed`
+   * ends the request failed with the reason.
+   */
+  endCommand(commandId: string, result: CommandResult, by: string): Promise<CommandRow>;
+  /** An operator sends a parked command again: its request is carried out again, its outcome announced. */
+  retryCommand(commandId: string, by: string): Promise<CommandRow>;
+  /** A command that outlived its bounds (a 202 whose result never came): parked, its request failed. */
+  expireCommand(commandId: string): Promise<boolean>;
+}
+
+export type CommandResult =
+  | { outcome: "completed"; licences?: AppLicenceData[] }
+  | { outcome: "failed"; reason: string };
+
+/** The command cannot take this action in the state it is in. */
+export class CommandStateConflict extends Error {
+  override readonly name = "CommandStateConflict";
 }
 
 export function createRequestLifecycle<C extends RequestCommand, P, O extends FinalOutcome>(
@@ -132,10 +221,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   const { db, clock, ids, outbox, jobs, codec, handler } = deps;
   const kind = handler.kind;
 
-  async function claim(tx: Tx, cmd: C): Promise<{ id: string } | { replay: JsonValue; id: string }> {
+  async function claim(tx: Tx, cmd: C, mode: AnswerMode): Promise<{ id: string } | { replay: JsonValue; id: string }> {
     const id = ids.next(ID_PREFIX[kind]);
     const inserted = await requests.insertRequest(tx, kind, {
       id,
+      answerMode: mode,
       idempotencyKey: cmd.idempotencyKey,
       orangeRef: cmd.orangeRef,
       requestHash: cmd.requestHash,
@@ -180,8 +270,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
 
   /** Orange's call: answered final (sync) or `acknowledged` with a job to carry it out (async). */
   async function receive(cmd: C, mode: AnswerMode): Promise<Reply> {
+    if (stage) return receiveProvisioned(cmd, mode, stage);
+    // Without the application, an auto request is always carried out within the deadline.
+    if (mode === "auto") mode = "sync";
     return db.transaction(async (tx) => {
-      const claimed = await claim(tx, cmd);
+      const claimed = await claim(tx, cmd, mode);
       if ("replay" in claimed) return { requestId: claimed.id, replayed: true, response: claimed.replay };
       if (mode === "async") {
         const response = codec.acknowledgement(cmd.request, claimed.id);
@@ -249,5 +342,289 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     return false;
   }
 
-  return { kind, receive, process, giveUp, failedRun };
+  // ---------------------------------------------------------------------------------------------
+  // The provisioning stage (see the head of this file)
+
+  const stage = deps.provisioning;
+  const leaseMs = (stage?.timeoutMs ?? 0) + 5_000;
+  const random = stage?.random ?? Math.random;
+
+  type Step = { kind: "call"; call: ProvisioningCall; attempt: number } | { kind: "finished" } | { kind: "idle" };
+  const IDLE: Step = { kind: "idle" };
+
+  /** Ends the request with `outcome` as its answer mode says: the stored answer (sync, auto) or an event (async). */
+  async function conclude(tx: Tx, request: { request: JsonValue; answerMode: AnswerMode }, outcome: O, cmd: C | undefined): Promise<void> {
+    if (request.answerMode === "async") {
+      await finish(tx, outcome, null);
+      await announce(tx, request.request, outcome, cmd);
+    } else {
+      await finish(tx, outcome, codec.answer(request.request, outcome));
+    }
+  }
+
+  /** A finished command hands its lanes on: the next command of each gets its job. */
+  async function wakeNext(tx: Tx, row: CommandRow): Promise<void> {
+    for (const next of await commands.nextInLanes(tx, row.lanes, row.seq)) await jobs.add(tx, provisionJob(kind, next));
+  }
+
+  /**
+   * The command's next attempt, when it may go: the first (plan, partner ids, body, written
+   * before the call) once its turn has come, or the next one when due. A plan the rules refuse
+   * ends the request here, without a call.
+   */
+  async function prepare(tx: Tx, row: CommandRow, known?: C): Promise<Step> {
+    if (row.state === "queued") {
+      if (!(await commands.isFirstInLanes(tx, row))) return IDLE;
+      const request = await requests.lockAcknowledged(tx, kind, row.request_id);
+      if (!request) {
+        await commands.settleCommand(tx, row.id, { state: "refused", error: "its request had already ended" });
+        await wakeNext(tx, row);
+        return { kind: "finished" };
+      }
+      const cmd = known ?? codec.decode(request.request);
+      const planned = await handler.plan(tx, row.request_id, cmd);
+      if ("refusal" in planned) {
+        await conclude(tx, request, planned.refusal, cmd);
+        await commands.settleCommand(tx, row.id, { state: "refused", error: planned.refusal.reason });
+        await wakeNext(tx, row);
+        return { kind: "finished" };
+      }
+      const { type, data } = handler.command(row.request_id, cmd, planned.plan);
+      const body = JSON.stringify({ type, timestamp: clock.now().toISOString(), data });
+      await commands.startAttempt(tx, row.id, { attempt: 1, leaseMs, prepared: { type, plan: planned.plan as JsonValue, body } });
+      await commands.insertAttempt(tx, row.id, 1);
+      return { kind: "call", call: { id: row.id, type, body }, attempt: 1 };
+    }
+    if (row.due && row.body !== null && row.type !== null) {
+      const attempt = row.attempts + 1;
+      await commands.closeOpenAttempts(tx, row.id, "interrupted: the runner stopped or died during the attempt");
+      await commands.startAttempt(tx, row.id, { attempt, leaseMs });
+      await commands.insertAttempt(tx, row.id, attempt);
+      return { kind: "call", call: { id: row.id, type: row.type, body: row.body }, attempt };
+    }
+    return IDLE;
+  }
+
+  async function send(call: ProvisioningCall, signal?: AbortSignal) {
+    try {
+      return await stage!.provisioner.send(call, signal);
+    } catch (error) {
+      // The provisioner never throws for what the application does; anything else is worth a retry.
+      return { outcome: "retry" as const, error: error instanceof Error ? error.message : String(error), durationMs: 0 };
+    }
+  }
+
+  /** Parks the command and ends its request failed: the application did not carry it out within the bounds. */
+  async function park(tx: Tx, row: CommandRow, request: { request: JsonValue; answerMode: AnswerMode }, detail: string): Promise<void> {
+    const cmd = codec.decode(request.request);
+    const reason = `the partner's application did not carry out the ${kind}: ${detail}`;
+    const outcome = row.plan === null ? handler.failure(row.request_id, cmd, reason, clock.now()) : handler.refused(row.request_id, cmd, row.plan as P, reason, clock.now());
+    await conclude(tx, request, outcome, cmd);
+    await commands.settleCommand(tx, row.id, { state: "parked", error: detail });
+    await wakeNext(tx, row);
+  }
+
+  /**
+   * Records what the application answered to attempt `attempt` and acts on it, in one
+   * transaction; nothing when that attempt is no longer the command's current one (its lease
+   * passed and another runner sent it again: that runner settles it).
+   */
+  async function settle(commandId: string, attempt: number, answer: ProvisioningAnswer & { responseBody?: string; durationMs: number }) {
+    const bounds = stage!.retry;
+    return db.transaction(async (tx) => {
+      const row = await commands.lockCommand(tx, commandId);
+      if (!row || row.state !== "sending" || row.attempts !== attempt) return;
+      const status = "status" in answer ? answer.status : undefined;
+      const error = "error" in answer ? answer.error : answer.outcome === "refused" ? answer.reason : undefined;
+      await commands.finishAttempt(tx, commandId, attempt, {
+        outcome: answer.outcome,
+        status,
+        error,
+        responseBody: answer.responseBody,
+        durationMs: Math.round(answer.durationMs),
+      });
+      const request = await requests.lockAcknowledged(tx, kind, row.request_id);
+      if (!request) {
+        // Ended meanwhile by hand (result route): nothing to decide for the request.
+        await commands.settleCommand(tx, commandId, { state: "done", status, error });
+        await wakeNext(tx, row);
+        return;
+      }
+      const cmd = codec.decode(request.request);
+      const plan = row.plan as P;
+      const seen = { status, error, responseBody: answer.responseBody };
+      switch (answer.outcome) {
+        case "done": {
+          const outcome = await handler.apply(tx, row.request_id, cmd, plan, answer.licences);
+          await conclude(tx, request, outcome, cmd);
+          await commands.settleCommand(tx, commandId, { state: "done", result: answer.licences as unknown as JsonValue, ...seen });
+          await wakeNext(tx, row);
+          return;
+        }
+        case "accepted":
+          await commands.settleCommand(tx, commandId, { state: "waiting", ...seen });
+          return;
+        case "refused": {
+          const outcome = handler.refused(row.request_id, cmd, plan, `the partner's application refused it: ${answer.reason}`, clock.now());
+          await conclude(tx, request, outcome, cmd);
+          await commands.settleCommand(tx, commandId, { state: "refused", ...seen });
+          await wakeNext(tx, row);
+          return;
+        }
+        case "rejected":
+          await park(tx, row, request, `it answered ${status ?? "nothing usable"} (${answer.error}) (command ${commandId})`);
+          return;
+        case "retry": {
+          const next = new Date(clock.now().getTime() + retryDelayMs(bounds, attempt, answer.retryAfterMs, random));
+          if (attempt >= bounds.maxAttempts || next.getTime() - row.created_at.getTime() > bounds.maxAgeMs) {
+            await park(tx, row, request, `no answer after ${attempt} attempts, the last: ${answer.error} (command ${commandId})`);
+            return;
+          }
+          await commands.settleCommand(tx, commandId, { state: "retrying", nextAttemptAt: next, ...seen });
+          await jobs.add(tx, provisionJob(kind, commandId, next));
+          return;
+        }
+      }
+    });
+  }
+
+  async function runCommand(commandId: string, signal?: AbortSignal): Promise<void> {
+    const step = await db.transaction(async (tx) => {
+      const row = await commands.lockCommand(tx, commandId);
+      return row && row.request_kind === kind ? prepare(tx, row) : IDLE;
+    });
+    if (step.kind !== "call") return;
+    await settle(commandId, step.attempt, await send(step.call, signal));
+  }
+
+  /** Where a request stands, until it ends or the deadline passes; its final answer, or undefined. */
+  async function awaitAnswer(requestId: string, deadline: number): Promise<JsonValue | undefined> {
+    const pollMs = stage!.pollMs ?? 50;
+    for (;;) {
+      const now = await requests.answerOf(db, kind, requestId);
+      if (now && now.state !== "acknowledged") return now.response;
+      const left = deadline - clock.now().getTime();
+      if (left <= 0) return undefined;
+      await sleep(Math.min(pollMs, left));
+    }
+  }
+
+  /** Past the deadline: auto answers `acknowledged` (the outcome goes out as an event), sync a 503 to retry. */
+  async function pastDeadline(cmd: C, requestId: string, mode: AnswerMode): Promise<Reply> {
+    if (mode === "auto") {
+      const response = await db.transaction((tx) => requests.switchToAsync(tx, kind, requestId, codec.acknowledgement(cmd.request, requestId)));
+      return { requestId, replayed: false, response };
+    }
+    const retryAfter = Math.max(1, Math.ceil(stage!.syncDeadlineMs / 2000));
+    throw new OutcomePending(
+      `the partner's application has not confirmed ${kind} ${requestId} yet; send the same request again (same reference) ` +
+        `to get its outcome: it is carried out once`,
+      retryAfter,
+    );
+  }
+
+  async function receiveProvisioned(cmd: C, mode: AnswerMode, s: ProvisioningStage): Promise<Reply> {
+    const deadline = clock.now().getTime() + s.syncDeadlineMs;
+    const first = await db.transaction(async (tx): Promise<{ reply: Reply } | { requestId: string; step: Step; commandId: string }> => {
+      const claimed = await claim(tx, cmd, mode);
+      if ("replay" in claimed) {
+        // An answer is stored (final, or the acknowledgement): Orange gets it again. None yet: the
+        // first call is still waiting for the application; this one waits too.
+        if (claimed.replay !== null) return { reply: { requestId: claimed.id, replayed: true, response: claimed.replay } };
+        return { requestId: claimed.id, step: IDLE, commandId: "" };
+      }
+      const commandId = ids.next("pc");
+      const lanes = await handler.lanes(tx, claimed.id, cmd);
+      await commands.lockLanes(tx, lanes);
+      await commands.insertCommand(tx, { id: commandId, kind, requestId: claimed.id, lanes });
+      if (mode === "async") {
+        const response = codec.acknowledgement(cmd.request, claimed.id);
+        await requests.storeResponse(tx, kind, claimed.id, response);
+        await jobs.add(tx, provisionJob(kind, commandId));
+        return { reply: { requestId: claimed.id, replayed: false, response } };
+      }
+      const row = await commands.lockCommand(tx, commandId);
+      const step = await prepare(tx, row!, cmd);
+      // Not its turn yet: the worker sends it once the commands before it are finished.
+      if (step.kind === "idle") await jobs.add(tx, provisionJob(kind, commandId));
+      return { requestId: claimed.id, step, commandId };
+    });
+    if ("reply" in first) return first.reply;
+    const { requestId, step } = first;
+    if (step.kind === "call") {
+      const left = Math.max(1, deadline - clock.now().getTime());
+      await settle(first.commandId, step.attempt, await send(step.call, AbortSignal.timeout(Math.min(left, s.timeoutMs + 1_000))));
+    }
+    const response = await awaitAnswer(requestId, deadline);
+    if (response !== undefined) return { requestId, replayed: step.kind === "idle" && first.commandId === "", response };
+    return pastDeadline(cmd, requestId, mode);
+  }
+
+  async function endCommand(commandId: string, result: CommandResult, by: string): Promise<CommandRow> {
+    await db.transaction(async (tx) => {
+      const row = await commands.lockCommand(tx, commandId);
+      if (!row || row.request_kind !== kind) throw new CommandStateConflict(`command ${commandId} does not exist`);
+      if (!["waiting", "sending", "retrying"].includes(row.state)) {
+        throw new CommandStateConflict(
+          row.state === "queued"
+            ? `command ${commandId} has not been sent yet; it cannot have a result`
+            : `command ${commandId} is ${row.state}; only a command sent and not finished can be ended`,
+        );
+      }
+      await commands.closeOpenAttempts(tx, commandId, `ended by hand (${by})`);
+      const request = await requests.lockAcknowledged(tx, kind, row.request_id);
+      const cmd = request ? codec.decode(request.request) : undefined;
+      if (request && cmd) {
+        const outcome =
+          result.outcome === "completed"
+            ? await handler.apply(tx, row.request_id, cmd, row.plan as P, result.licences)
+            : handler.refused(row.request_id, cmd, row.plan as P, `the partner's application did not carry it out: ${result.reason}`, clock.now());
+        await conclude(tx, request, outcome, cmd);
+      }
+      await commands.settleCommand(tx, commandId, {
+        state: result.outcome === "completed" ? "done" : "refused",
+        result: result.outcome === "completed" ? ((result.licences ?? []) as unknown as JsonValue) : undefined,
+        error: result.outcome === "failed" ? result.reason : undefined,
+        endedBy: by,
+      });
+      await wakeNext(tx, row);
+    });
+    return (await commands.getCommand(db, commandId))!;
+  }
+
+  async function retryCommand(commandId: string, by: string): Promise<CommandRow> {
+    await db.transaction(async (tx) => {
+      const row = await commands.lockCommand(tx, commandId);
+      if (!row || row.request_kind !== kind) throw new CommandStateConflict(`command ${commandId} does not exist`);
+      if (row.state !== "parked") throw new CommandStateConflict(`command ${commandId} is ${row.state}; only a parked command can be sent again`);
+      if (await commands.hasLaterInLanes(tx, row)) {
+        throw new CommandStateConflict(
+          `later commands of its lanes (${row.lanes.join(", ")}) went on while command ${commandId} was parked: sending it now ` +
+            `would reach the application out of order; Orange must send a new request`,
+        );
+      }
+      const request = await requests.requestOf(tx, kind, row.request_id);
+      await requests.reopen(tx, kind, row.request_id, codec.acknowledgement(request!, row.request_id));
+      await commands.requeue(tx, commandId, by);
+      await jobs.add(tx, provisionJob(kind, commandId));
+    });
+    return (await commands.getCommand(db, commandId))!;
+  }
+
+  async function expireCommand(commandId: string): Promise<boolean> {
+    return db.transaction(async (tx) => {
+      const row = await commands.lockCommand(tx, commandId);
+      if (!row || !commands.UNFINISHED.includes(row.state)) return false;
+      const request = await requests.lockAcknowledged(tx, kind, row.request_id);
+      if (!request) {
+        await commands.settleCommand(tx, commandId, { state: "parked", error: "its request had already ended" });
+        await wakeNext(tx, row);
+        return true;
+      }
+      await park(tx, row, request, `no outcome within ${Math.round(stage!.retry.maxAgeMs / 60_000)} minutes (command ${commandId}, ${row.state})`);
+      return true;
+    });
+  }
+
+  return { kind, receive, process, giveUp, failedRun, runCommand, endCommand, retryCommand, expireCommand };
 }

@@ -6,7 +6,7 @@
 import type { Tx } from "../db/sql.js";
 import type { Clock } from "../lib/clock.js";
 import type { IdGenerator } from "../lib/ids.js";
-import type { JsonObject, JsonValue } from "../lib/json.js";
+import { prune, type JsonObject, type JsonValue } from "../lib/json.js";
 import type { Catalogue } from "./catalogue.js";
 import type { AppLicenceData } from "./ports.js";
 import * as customers from "./customers.dal.js";
@@ -300,17 +300,4 @@ export function createOrderHandler(deps: OrderHandlerDeps): RequestHandler<Place
 function sameContact(a: ContactData, b: ContactData): boolean {
   if (a.orangeRef !== undefined || b.orangeRef !== undefined) return a.orangeRef === b.orangeRef;
   return a.email !== undefined && b.email !== undefined && a.role === b.role && a.email.toLowerCase() === b.email.toLowerCase();
-}
-
-/** Drops null members: the application gets the fields that have a value. */
-export function prune<T>(value: T): T {
-  if (Array.isArray(value)) return value.map(prune) as T;
-  if (value !== null && typeof value === "object" && !(value instanceof Date)) {
-    return Object.fromEntries(
-      Object.entries(value)
-        .filter(([, v]) => v !== null && v !== undefined)
-        .map(([k, v]) => [k, prune(v)]),
-    ) as T;
-  }
-  return value;
 }

@@ -29,6 +29,8 @@ export interface Job {
   payload: JsonObject;
   /** At most one waiting job per key: adding a job under a key replaces the waiting one. */
   key?: string;
+  /** Not before (default: now). */
+  runAt?: Date;
 }
 
 export interface JobQueue {

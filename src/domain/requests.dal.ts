@@ -19,8 +19,12 @@ export interface StoredRequest {
   response: JsonValue;
 }
 
+export type AnswerMode = "sync" | "async" | "auto";
+
 export interface NewRequest {
   id: string;
+  /** How Orange hears the outcome (auto: the answer, or an event once it had to be acknowledged). */
+  answerMode: AnswerMode;
   idempotencyKey?: string;
   orangeRef?: string;
   requestHash: string;
@@ -38,18 +42,18 @@ export interface NewRequest {
  */
 export async function insertRequest(tx: Tx, kind: RequestKind, r: NewRequest): Promise<boolean> {
   const common = sql`${r.id}, ${r.idempotencyKey ?? null}, ${r.orangeRef ?? null}, ${r.requestHash},
-                     ${JSON.stringify(r.request)}::json, 'acknowledged'::"RequestState", ${r.createdAt}`;
+                     ${JSON.stringify(r.request)}::json, 'acknowledged'::"RequestState", ${r.createdAt}, ${r.answerMode}`;
   const rows =
     kind === "order"
       ? await tx.query(sql`
           INSERT INTO product_order (id, idempotency_key, orange_ref, request_hash, request, state, created_at,
-                                     use_case, quantity)
+                                     answer_mode, use_case, quantity)
           VALUES (${common}, ${r.order?.useCase ?? null}, ${r.order?.quantity ?? null})
           ON CONFLICT (idempotency_key) DO NOTHING
           RETURNING id`)
       : await tx.query(sql`
           INSERT INTO licence_update (id, idempotency_key, orange_ref, request_hash, request, state, created_at,
-                                      licence_ids)
+                                      answer_mode, licence_ids)
           VALUES (${common}, ${r.update?.licenceIds ?? []}::text[])
           ON CONFLICT (idempotency_key) DO NOTHING
           RETURNING id`);
@@ -68,10 +72,50 @@ export async function storeResponse(tx: Tx, kind: RequestKind, id: string, respo
 }
 
 /** The stored request, locked, while it is still to be carried out; undefined once it is not. */
-export async function lockAcknowledged(tx: Tx, kind: RequestKind, id: string): Promise<{ request: JsonValue } | undefined> {
-  const [row] = await tx.query<{ request: JsonValue; state: RequestState }>(sql`
-    SELECT request, state FROM ${TABLE[kind]} WHERE id = ${id} FOR UPDATE`);
-  return row?.state === "acknowledged" ? row : undefined;
+export async function lockAcknowledged(
+  tx: Tx,
+  kind: RequestKind,
+  id: string,
+): Promise<{ request: JsonValue; answerMode: AnswerMode } | undefined> {
+  const [row] = await tx.query<{ request: JsonValue; state: RequestState; answer_mode: AnswerMode | null }>(sql`
+    SELECT request, state, answer_mode FROM ${TABLE[kind]} WHERE id = ${id} FOR UPDATE`);
+  if (row?.state !== "acknowledged") return undefined;
+  // Rows stored before the answer mode was recorded were asynchronous (a sync one never stays acknowledged).
+  return { request: row.request, answerMode: row.answer_mode ?? "async" };
+}
+
+/** The request as Orange sent it. */
+export async function requestOf(q: Queryable, kind: RequestKind, id: string): Promise<JsonValue | undefined> {
+  const [row] = await q.query<{ request: JsonValue }>(sql`SELECT request FROM ${TABLE[kind]} WHERE id = ${id}`);
+  return row?.request;
+}
+
+/** Where a request stands and what it answers (null while a sync answer is still to come). */
+export async function answerOf(q: Queryable, kind: RequestKind, id: string): Promise<{ state: RequestState; response: JsonValue } | undefined> {
+  const [row] = await q.query<{ state: RequestState; response: JsonValue }>(sql`
+    SELECT state, response FROM ${TABLE[kind]} WHERE id = ${id}`);
+  return row;
+}
+
+/**
+ * auto mode past the deadline: Orange is answered `acknowledged` and will hear the outcome as an
+ * event. Only while the request is still in progress: the stored answer otherwise (it just ended).
+ */
+export async function switchToAsync(tx: Tx, kind: RequestKind, id: string, acknowledgement: JsonValue): Promise<JsonValue> {
+  const [row] = await tx.query<{ response: JsonValue }>(sql`
+    UPDATE ${TABLE[kind]} SET answer_mode = 'async',
+           response = CASE WHEN state = 'acknowledged' THEN ${JSON.stringify(acknowledgement)}::json ELSE response END
+     WHERE id = ${id}
+    RETURNING response`);
+  return row!.response;
+}
+
+/** A failed request carried out again (an operator retried its parked command): in progress, its outcome by event. */
+export async function reopen(tx: Tx, kind: RequestKind, id: string, acknowledgement: JsonValue): Promise<void> {
+  await tx.execute(sql`
+    UPDATE ${TABLE[kind]} SET state = 'acknowledged', answer_mode = 'async', response = ${JSON.stringify(acknowledgement)}::json,
+           failure_reason = NULL, completed_at = NULL
+     WHERE id = ${id}`);
 }
 
 export interface FinishedRequest {
@@ -117,8 +161,10 @@ export async function listAcknowledged(
   limit: number,
 ): Promise<{ id: string; attempts: number; created_at: Date }[]> {
   return q.query(sql`
-    SELECT id, attempts, created_at FROM ${TABLE[kind]}
+    SELECT id, attempts, created_at FROM ${TABLE[kind]} r
      WHERE state = 'acknowledged' AND created_at < now() - ${olderThanMs}::bigint * interval '1 millisecond'
+       -- A request the partner's application carries out moves with its command, not with a job.
+       AND NOT EXISTS (SELECT 1 FROM provisioning_command c WHERE c.request_kind = ${kind} AND c.request_id = r.id)
      ORDER BY created_at
      LIMIT ${limit}`);
 }

@@ -5,11 +5,13 @@
  */
 import type { Tx } from "../db/sql.js";
 import type { Clock } from "../lib/clock.js";
+import { prune, type JsonObject } from "../lib/json.js";
 import type { Catalogue } from "./catalogue.js";
 import { canSwapOffer, transition, type ExternalState } from "./licence-state.js";
 import * as licences from "./licences.dal.js";
 import type { LicenceRecord } from "./licences.dal.js";
 import type { FinalOutcome, Planned, RequestCommand, RequestHandler } from "./lifecycle.js";
+import type { AppLicenceData } from "./ports.js";
 
 export interface LicenceChange {
   licenceId: string;
@@ -102,12 +104,48 @@ export function createUpdateHandler(deps: { catalogue: Catalogue; clock: Clock }
     };
   }
 
-  async function apply(tx: Tx, requestId: string, cmd: UpdateLicencesCommand, p: UpdatePlan): Promise<UpdateOutcome> {
+  async function apply(
+    tx: Tx,
+    requestId: string,
+    cmd: UpdateLicencesCommand,
+    p: UpdatePlan,
+    app?: AppLicenceData[],
+  ): Promise<UpdateOutcome> {
     // The change time is read once the rows are locked (plan): an update that waited behind
     // another one must not stamp its change (lastUpdate) earlier than the change it waited for.
     const now = clock.now();
+    const ids = new Set(requested(cmd));
+    await licences.storeAppData(tx, (app ?? []).filter((l) => ids.has(l.id)), now);
     const after = await licences.updateStatesAndOffers(tx, p.next, now);
     return { requestId, state: "completed", completedAt: now, licences: orderLike(after, requested(cmd)) };
+  }
+
+  /** One command per update: its type says what every change does, `licences.update` for a mix. */
+  function command(requestId: string, cmd: UpdateLicencesCommand, p: UpdatePlan): { type: string; data: JsonObject } {
+    const before = new Map(p.before.map((l) => [l.id, l]));
+    const kinds = new Set(cmd.changes.map(changeKind));
+    const type = kinds.size === 1 && !kinds.has("mixed") ? `licences.${[...kinds][0]}` : "licences.update";
+    const state = (l: LicenceRecord) => ({ state: l.state, externalState: l.externalState, offer: l.offerCode });
+    return {
+      type,
+      data: prune({
+        request: { kind: "update", id: requestId, orangeReference: cmd.orangeRef ?? null },
+        customer: { id: p.next[0]?.customerId ?? null },
+        licences: orderLike(p.next, requested(cmd)).map((next) => ({
+          id: next.id,
+          fleetId: next.fleetId,
+          before: state(before.get(next.id)!),
+          after: state(next),
+        })),
+      }),
+    };
+  }
+
+  /** The fleets of the licences that exist (the others fail the update when its turn comes). */
+  async function lanes(_tx: Tx, requestId: string, cmd: UpdateLicencesCommand): Promise<string[]> {
+    const found = await licences.selectLicences(_tx, requested(cmd));
+    const fleetLanes = [...new Set(found.map((l) => `fleet:${l.fleetId}`))];
+    return fleetLanes.length > 0 ? fleetLanes : [`update:${requestId}`];
   }
 
   return {
@@ -116,6 +154,10 @@ export function createUpdateHandler(deps: { catalogue: Catalogue; clock: Clock }
     plan,
     apply,
     failure: (requestId, _cmd, reason, now) => ({ requestId, state: "failed", reason, completedAt: now, licences: [] }),
+    // The licences as they are: nothing was changed.
+    refused: (requestId, cmd, p, reason, now) => ({ requestId, state: "failed", reason, completedAt: now, licences: orderLike(p.before, requested(cmd)) }),
+    lanes,
+    command,
     finished: () => ({}),
     // One announcement per fleet of the licences (events are ordered per fleet), each with its
     // fleet's licences; none of the licences found: one about the update itself.
@@ -126,4 +168,19 @@ export function createUpdateHandler(deps: { catalogue: Catalogue; clock: Clock }
       return [...byFleet].map(([fleetId, list]) => ({ fleetId, outcome: { ...o, licences: list } }));
     },
   };
+}
+
+function changeKind(c: LicenceChange): string {
+  if (c.swapToOffer !== undefined) return c.externalState === undefined ? "change_offer" : "mixed";
+  switch (c.externalState) {
+    case "suspended":
+    case "inactive":
+      return "suspend";
+    case "active":
+      return "reactivate";
+    case "deleted":
+      return "terminate";
+    default:
+      return "mixed";
+  }
 }

@@ -17,7 +17,7 @@ function base32(value: number, length: number): string {
   return out;
 }
 
-export type IdPrefix = "po" | "cu" | "ct" | "fl" | "us" | "eu" | "upd" | "ev" | "req";
+export type IdPrefix = "po" | "cu" | "ct" | "fl" | "us" | "eu" | "upd" | "ev" | "req" | "pc";
 
 export interface IdGenerator {
   next(prefix: IdPrefix): string;
