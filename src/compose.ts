@@ -8,7 +8,7 @@ import { isTransient } from "./db/errors.js";
 import type { Catalogue } from "./domain/catalogue.js";
 import { createLicenceChangeService, type LicenceChangeService } from "./domain/licence-changes.js";
 import { createLicenceQueries, type LicenceQueries } from "./domain/licences.js";
-import { createRequestLifecycle, type RequestLifecycle } from "./domain/lifecycle.js";
+import { createRequestLifecycle, type ProvisioningStage, type RequestLifecycle } from "./domain/lifecycle.js";
 import { createOrderHandler, type PlaceOrderCommand } from "./domain/orders.js";
 import type { TaskHandler } from "./domain/ports.js";
 import { createRequestSweep, createRequestTasks, type RequestJobsLogger } from "./domain/request-jobs.js";
@@ -27,6 +27,8 @@ export interface ServiceDeps {
   partnerName: string;
   /** Failed runs of an acknowledged request (not transient) before it ends `failed`. */
   requestMaxAttempts: number;
+  /** The partner's application carries out every order and change (PROVISIONING_MODE=webhook). */
+  provisioning?: ProvisioningStage;
   clock?: Clock;
   ids?: IdGenerator;
   log?: RequestJobsLogger;
@@ -53,7 +55,7 @@ export function createServices(deps: ServiceDeps): Services {
   const ids = deps.ids ?? createIdGenerator();
   const outbox = createOutbox({ clock, ids });
   const codecs = createCodecs({ catalogue, partnerName: deps.partnerName });
-  const common = { db, clock, ids, outbox, jobs: jobQueue, maxAttempts: deps.requestMaxAttempts };
+  const common = { db, clock, ids, outbox, jobs: jobQueue, maxAttempts: deps.requestMaxAttempts, provisioning: deps.provisioning };
   const orders = createRequestLifecycle({ ...common, codec: codecs.order, handler: createOrderHandler({ catalogue, clock, ids }) });
   const updates = createRequestLifecycle({ ...common, codec: codecs.update, handler: createUpdateHandler({ catalogue, clock }) });
   const lifecycles = [orders, updates];
@@ -67,6 +69,14 @@ export function createServices(deps: ServiceDeps): Services {
     licenceChanges: createLicenceChangeService({ db, clock, ids, outbox, notification: licenceChangeNotification }),
     events: createEventOperatorService({ db }),
     requestTasks: createRequestTasks({ lifecycles, isTransient, log: deps.log }),
-    sweepRequests: createRequestSweep({ lifecycles, isTransient, log: deps.log, db, jobs: jobQueue, maxAttempts: deps.requestMaxAttempts }),
+    sweepRequests: createRequestSweep({
+      lifecycles,
+      isTransient,
+      log: deps.log,
+      db,
+      jobs: jobQueue,
+      maxAttempts: deps.requestMaxAttempts,
+      commandMaxAgeMs: deps.provisioning?.retry.maxAgeMs,
+    }),
   };
 }

@@ -58,9 +58,9 @@ const EnvSchema = z.object({
    * sync: productOrder answers the final state; async: it answers `acknowledged`, the worker
    * carries the order out and sends completedStateNotification / failedStateNotification.
    */
-  ORDERING_MODE: z.enum(["sync", "async"]).default("sync"),
+  ORDERING_MODE: z.enum(["sync", "async", "auto"]).default("sync"),
   /** sync: userService/update answers the final state; async: `acknowledged`, then updateNotification. */
-  UPDATE_MODE: z.enum(["sync", "async"]).default("sync"),
+  UPDATE_MODE: z.enum(["sync", "async", "auto"]).default("sync"),
   TRUST_PROXY: bool(false),
   /** Validate every response against its wire schema (tests turn this on; costs CPU). */
   RESPONSE_VALIDATION: bool(false),
@@ -76,6 +76,24 @@ const EnvSchema = z.object({
   PING_REQUIRES_AUTH: bool(false),
   /** Bearer token of the operators' admin API (/admin/v1); unset = the admin API is disabled. */
   ADMIN_TOKEN: optionalString,
+  /**
+   * The partner's application's own credential: it opens only the routes the application calls
+   * (its late provisioning results and its own licence changes), not the operators' admin API.
+   */
+  APP_TOKEN: optionalString,
+
+  /** none: the store is the record; webhook: the partner's application carries out every order and change. */
+  PROVISIONING_MODE: z.enum(["none", "webhook"]).default("none"),
+  PROVISIONING_URL: optionalString,
+  /** whsec_… secrets, space-separated: every call is signed with each (rotation without downtime). */
+  PROVISIONING_SECRET: optionalString,
+  PROVISIONING_TIMEOUT_MS: z.coerce.number().int().min(100).default(10_000),
+  PROVISIONING_RETRY_BASE_MS: z.coerce.number().int().min(1).default(2_000),
+  PROVISIONING_RETRY_MAX_MS: z.coerce.number().int().min(1).default(300_000),
+  PROVISIONING_MAX_ATTEMPTS: z.coerce.number().int().min(1).default(12),
+  PROVISIONING_MAX_AGE_MS: z.coerce.number().int().min(1_000).default(3_600_000),
+  /** sync/auto answers: how long Orange's call waits for the application (below the ~30 s HTTP callers wait). */
+  PROVISIONING_SYNC_DEADLINE_MS: z.coerce.number().int().min(100).default(20_000),
 
   /** api: HTTP only; worker: event delivery only; all: both in one process. */
   ROLE: z.enum(["api", "worker", "all"]).default("all"),
@@ -110,8 +128,8 @@ export interface InboundAuthConfig {
 
 export type Role = "api" | "worker" | "all";
 
-/** How an Orange API is answered (contract section 5). */
-export type AnswerMode = "sync" | "async";
+/** How an Orange API is answered (contract section 5); auto: sync when the application answers in time, else async. */
+export type AnswerMode = "sync" | "async" | "auto";
 
 export interface OrangeEventsConfig {
   baseUrl: string;
@@ -165,8 +183,21 @@ export interface Config {
   inboundAuth: InboundAuthConfig;
   /** The operators' admin API (/admin/v1): disabled (503) when no token is configured. */
   admin: { token?: string };
+  /** The partner's application's credential (results, its own licence changes). */
+  app: { token?: string };
+  provisioning: ProvisioningConfig;
   orange: OrangeEventsConfig;
   worker: WorkerConfig;
+}
+
+export interface ProvisioningConfig {
+  mode: "none" | "webhook";
+  url?: string;
+  /** The raw space-separated whsec_ list (src/provisioning parses it). */
+  secret?: string;
+  timeoutMs: number;
+  retry: { baseMs: number; maxMs: number; maxAttempts: number; maxAgeMs: number };
+  syncDeadlineMs: number;
 }
 
 export class ConfigError extends Error {
@@ -196,6 +227,40 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
     // Node refuses it: the headers are part of the request.
     throw new ConfigError("HTTP_HEADERS_TIMEOUT_MS must not be larger than HTTP_REQUEST_TIMEOUT_MS");
+  }
+  if (e.APP_TOKEN !== undefined && [e.INBOUND_BEARER_TOKEN, e.INBOUND_API_KEY, e.INBOUND_BASIC_PASSWORD, e.ADMIN_TOKEN].includes(e.APP_TOKEN)) {
+    throw new ConfigError("APP_TOKEN must differ from ADMIN_TOKEN and from every inbound (Orange) credential");
+  }
+  if (e.PROVISIONING_MODE === "webhook") {
+    if (e.PROVISIONING_URL === undefined) {
+      throw new ConfigError("PROVISIONING_MODE=webhook needs PROVISIONING_URL: the HTTPS endpoint of the partner's application");
+    }
+    let url: URL;
+    try {
+      url = new URL(e.PROVISIONING_URL);
+    } catch {
+      throw new ConfigError(`PROVISIONING_URL is not a URL (got ${JSON.stringify(e.PROVISIONING_URL)})`);
+    }
+    const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(url.hostname);
+    if (url.protocol !== "https:" && !(url.protocol === "http:" && loopback)) {
+      throw new ConfigError("PROVISIONING_URL must be https:// (plain http is accepted for localhost only)");
+    }
+    if (e.PROVISIONING_SECRET === undefined) {
+      throw new ConfigError(
+        "PROVISIONING_MODE=webhook needs PROVISIONING_SECRET: one or more whsec_<base64> secrets, space-separated, shared with the application",
+      );
+    }
+    if (e.PROVISIONING_RETRY_MAX_MS < e.PROVISIONING_RETRY_BASE_MS) {
+      throw new ConfigError("PROVISIONING_RETRY_MAX_MS must not be smaller than PROVISIONING_RETRY_BASE_MS");
+    }
+  }
+  for (const [name, mode] of [["ORDERING_MODE", e.ORDERING_MODE], ["UPDATE_MODE", e.UPDATE_MODE]] as const) {
+    if (mode === "auto" && (e.ORANGE_CLIENT_ID === undefined || e.ORANGE_CLIENT_SECRET === undefined)) {
+      throw new ConfigError(
+        `${name}=auto needs ORANGE_CLIENT_ID and ORANGE_CLIENT_SECRET: an order or update the application has not confirmed ` +
+          "within the deadline is answered acknowledged, and its outcome goes to Orange as an event",
+      );
+    }
   }
   if (e.EVENT_RETRY_MAX_MS < e.EVENT_RETRY_BASE_MS) {
     throw new ConfigError("EVENT_RETRY_MAX_MS must not be smaller than EVENT_RETRY_BASE_MS");
@@ -246,6 +311,20 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       pingOpen: !e.PING_REQUIRES_AUTH,
     },
     admin: { token: e.ADMIN_TOKEN },
+    app: { token: e.APP_TOKEN },
+    provisioning: {
+      mode: e.PROVISIONING_MODE,
+      url: e.PROVISIONING_URL,
+      secret: e.PROVISIONING_SECRET,
+      timeoutMs: e.PROVISIONING_TIMEOUT_MS,
+      retry: {
+        baseMs: e.PROVISIONING_RETRY_BASE_MS,
+        maxMs: e.PROVISIONING_RETRY_MAX_MS,
+        maxAttempts: e.PROVISIONING_MAX_ATTEMPTS,
+        maxAgeMs: e.PROVISIONING_MAX_AGE_MS,
+      },
+      syncDeadlineMs: e.PROVISIONING_SYNC_DEADLINE_MS,
+    },
     orange: {
       baseUrl: e.ORANGE_EVENT_BASE_URL,
       offer: e.ORANGE_OFFER,

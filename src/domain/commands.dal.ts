@@ -189,9 +189,9 @@ export async function listStalled(
   q: Queryable,
   maxAgeMs: number,
   limit: number,
-): Promise<{ id: string; state: CommandState; expired: boolean }[]> {
+): Promise<{ id: string; request_kind: RequestKind; state: CommandState; expired: boolean }[]> {
   return q.query(sql`
-    SELECT id, state::text AS state, created_at < now() - ${maxAgeMs}::bigint * interval '1 millisecond' AS expired
+    SELECT id, request_kind, state::text AS state, created_at < now() - ${maxAgeMs}::bigint * interval '1 millisecond' AS expired
       FROM provisioning_command
      WHERE state = 'queued'
         OR (state = 'retrying' AND next_attempt_at <= now())

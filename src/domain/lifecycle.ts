@@ -203,7 +203,9 @@ export interface RequestLifecycle<C extends RequestCommand = RequestCommand> {
   /** An operator sends a parked command again: its request is carried out again, its outcome announced. */
   retryCommand(commandId: string, by: string): Promise<CommandRow>;
   /** A command that outlived its bounds (a 202 whose result never came): parked, its request failed. */
-  expireCommand(commandId: string): Promise<boolean>;
+  expireCommand(commandId: string, reason?: string): Promise<boolean>;
+  /** A run of `runCommand` threw: counted on the request; true when it must be tried again. */
+  failedCommandRun(commandId: string, error: unknown, transient: boolean): Promise<boolean>;
 }
 
 export type CommandResult =
@@ -611,7 +613,23 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     return (await commands.getCommand(db, commandId))!;
   }
 
-  async function expireCommand(commandId: string): Promise<boolean> {
+  async function failedCommandRun(commandId: string, error: unknown, transient: boolean): Promise<boolean> {
+    const detail = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    let attempts: number | undefined;
+    try {
+      const row = await commands.getCommand(db, commandId);
+      if (!row || !commands.UNFINISHED.includes(row.state)) return false;
+      attempts = await requests.recordFailedAttempt(db, kind, row.request_id, detail.slice(0, 2000));
+    } catch {
+      return true; // the database does not answer: nothing to decide now
+    }
+    if (attempts === undefined) return false;
+    if (transient || attempts < deps.maxAttempts) return true;
+    await expireCommand(commandId, `a technical error at every run (${detail.slice(0, 200)})`);
+    return false;
+  }
+
+  async function expireCommand(commandId: string, reason?: string): Promise<boolean> {
     return db.transaction(async (tx) => {
       const row = await commands.lockCommand(tx, commandId);
       if (!row || !commands.UNFINISHED.includes(row.state)) return false;
@@ -621,10 +639,15 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         await wakeNext(tx, row);
         return true;
       }
-      await park(tx, row, request, `no outcome within ${Math.round(stage!.retry.maxAgeMs / 60_000)} minutes (command ${commandId}, ${row.state})`);
+      await park(
+        tx,
+        row,
+        request,
+        `${reason ?? `no outcome within ${Math.round((stage?.retry.maxAgeMs ?? 0) / 60_000)} minutes`} (command ${commandId}, ${row.state})`,
+      );
       return true;
     });
   }
 
-  return { kind, receive, process, giveUp, failedRun, runCommand, endCommand, retryCommand, expireCommand };
+  return { kind, receive, process, giveUp, failedRun, runCommand, endCommand, retryCommand, expireCommand, failedCommandRun };
 }

@@ -4,7 +4,8 @@
  * that can run, so that none stays `acknowledged` forever.
  */
 import type { Queryable } from "../db/sql.js";
-import { REQUEST_JOBS, requestJob, technicalFailureReason, type RequestLifecycle } from "./lifecycle.js";
+import * as commands from "./commands.dal.js";
+import { PROVISION_TASK, provisionJob, REQUEST_JOBS, requestJob, technicalFailureReason, type RequestLifecycle } from "./lifecycle.js";
 import type { JobQueue, TaskHandler } from "./ports.js";
 import * as requests from "./requests.dal.js";
 
@@ -20,9 +21,29 @@ export interface RequestJobsDeps {
   log?: RequestJobsLogger;
 }
 
-/** The tasks `process_order` and `process_update`, by name. */
+/** The tasks `process_order`, `process_update` and `provision_command`, by name. */
 export function createRequestTasks(deps: RequestJobsDeps): Record<string, TaskHandler> {
   const tasks: Record<string, TaskHandler> = {};
+  const byKind = new Map(deps.lifecycles.map((l) => [l.kind as string, l]));
+  tasks[PROVISION_TASK] = async (payload, context) => {
+    const { commandId, kind } = (payload ?? {}) as { commandId?: unknown; kind?: unknown };
+    const lifecycle = typeof kind === "string" ? byKind.get(kind) : undefined;
+    if (typeof commandId !== "string" || !lifecycle) {
+      deps.log?.warn({ task: PROVISION_TASK, payload }, "job without a command id or kind; dropped");
+      return;
+    }
+    try {
+      await lifecycle.runCommand(commandId, context.signal);
+    } catch (error) {
+      const transient = deps.isTransient(error);
+      const again = await lifecycle.failedCommandRun(commandId, error, transient);
+      deps.log?.[again ? "warn" : "error"](
+        { commandId, err: error instanceof Error ? error.message : String(error), transient },
+        again ? "running the command failed; it will be tried again" : "running the command kept failing; it was parked",
+      );
+      if (again) throw error;
+    }
+  };
   for (const lifecycle of deps.lifecycles) {
     const { task, payloadKey } = REQUEST_JOBS[lifecycle.kind];
     tasks[task] = async (payload) => {
@@ -52,9 +73,43 @@ export function createRequestTasks(deps: RequestJobsDeps): Record<string, TaskHa
  * exhausted by days of database outage) gets its job again, counted as a failed attempt: past
  * `maxAttempts` it ends `failed` instead. The keys of the requests re-armed or given up on.
  */
-export function createRequestSweep(deps: RequestJobsDeps & { db: Queryable; jobs: JobQueue; maxAttempts: number }) {
+export function createRequestSweep(
+  deps: RequestJobsDeps & { db: Queryable; jobs: JobQueue; maxAttempts: number; commandMaxAgeMs?: number },
+) {
+  const byKind = new Map(deps.lifecycles.map((l) => [l.kind as string, l]));
+
+  /**
+   * Commands that should be moving (queued, retrying and due, sending past their lease) get a job
+   * when theirs is gone; those past the age bound (a 202 whose result never came) are parked.
+   */
+  async function sweepCommands(touched: string[]): Promise<void> {
+    if (deps.commandMaxAgeMs === undefined) return;
+    const stalled = await commands.listStalled(deps.db, deps.commandMaxAgeMs, 1000);
+    if (stalled.length === 0) return;
+    const kinds = new Map<string, string>();
+    for (const row of stalled) {
+      const lifecycle = byKind.get(row.request_kind);
+      if (!lifecycle) continue;
+      if (row.expired && (row.state === "waiting" || row.state === "queued")) {
+        if (await lifecycle.expireCommand(row.id)) {
+          deps.log?.error({ commandId: row.id, state: row.state }, "command past its age bound: parked, its request failed");
+          touched.push(`provision:${row.id}`);
+        }
+        continue;
+      }
+      kinds.set(provisionJob(lifecycle.kind, row.id).key!, row.request_kind);
+    }
+    for (const key of await deps.jobs.withoutLiveJob(deps.db, [...kinds.keys()])) {
+      const id = key.slice("provision:".length);
+      await deps.jobs.add(deps.db, provisionJob(byKind.get(kinds.get(key)!)!.kind, id));
+      deps.log?.warn({ commandId: id }, "command without a live job; rescheduled");
+      touched.push(key);
+    }
+  }
+
   return async function sweepRequests(): Promise<string[]> {
     const touched: string[] = [];
+    await sweepCommands(touched);
     for (const lifecycle of deps.lifecycles) {
       const kind = lifecycle.kind;
       const pending = await requests.listAcknowledged(deps.db, kind, 0, 1000);
