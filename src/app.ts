@@ -126,6 +126,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
           bearer: { type: "http", scheme: "bearer" },
           apiKey: { type: "apiKey", in: "header", name: config.inboundAuth.apiKey?.header ?? "x-api-key" },
           adminBearer: { type: "http", scheme: "bearer", description: "ADMIN_TOKEN: the operators' /admin/v1 API" },
+          appBearer: {
+            type: "http",
+            scheme: "bearer",
+            description: "APP_TOKEN: the partner's application, for the routes it calls (its late results, its own licence changes)",
+          },
         },
       },
       security: [{ basic: [] }, { bearer: [] }, { apiKey: [] }],
@@ -162,10 +167,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // The operators' API: its own credential, registered even when disabled (ADMIN_TOKEN unset) so
   // that it answers a clear 503 and the OpenAPI document does not depend on the configuration.
   await app.register(adminRoutes, {
-    authenticate: createAdminAuthenticator(config.admin.token),
+    authenticate: createAdminAuthenticator({ admin: config.admin.token, application: config.app.token }),
     enabled: config.admin.token !== undefined,
     licenceChanges: services.licenceChanges,
     events: services.events,
+    commands: services.commands,
     catalogue,
   });
 

@@ -6,6 +6,7 @@
 import type { Db } from "./db/sql.js";
 import { isTransient } from "./db/errors.js";
 import type { Catalogue } from "./domain/catalogue.js";
+import { createCommandService, type CommandService } from "./domain/commands.js";
 import { createLicenceChangeService, type LicenceChangeService } from "./domain/licence-changes.js";
 import { createLicenceQueries, type LicenceQueries } from "./domain/licences.js";
 import { createRequestLifecycle, type ProvisioningStage, type RequestLifecycle } from "./domain/lifecycle.js";
@@ -43,6 +44,8 @@ export interface Services {
   licences: LicenceQueries;
   licenceChanges: LicenceChangeService;
   events: EventOperatorService;
+  /** The commands to the partner's application (PROVISIONING_MODE=webhook). */
+  commands: CommandService;
   /** The worker's tasks of the request lifecycle (process_order, process_update). */
   requestTasks: Record<string, TaskHandler>;
   /** The worker's sweep of acknowledged requests without a live job. */
@@ -68,6 +71,7 @@ export function createServices(deps: ServiceDeps): Services {
     licences: createLicenceQueries({ db }),
     licenceChanges: createLicenceChangeService({ db, clock, ids, outbox, notification: licenceChangeNotification }),
     events: createEventOperatorService({ db }),
+    commands: createCommandService({ db, lifecycles }),
     requestTasks: createRequestTasks({ lifecycles, isTransient, log: deps.log }),
     sweepRequests: createRequestSweep({
       lifecycles,

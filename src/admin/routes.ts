@@ -1,5 +1,8 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import type { Catalogue } from "../domain/catalogue.js";
+import { UnknownCommand, type AttemptRow, type CommandRow, type CommandService } from "../domain/commands.js";
+import { CommandStateConflict } from "../domain/lifecycle.js";
+import type { AppLicenceData } from "../domain/ports.js";
 import { LicenceChangeRejected, type LicenceChangeService, type OperationKind } from "../domain/licence-changes.js";
 import { AppError, Conflict, InvalidBodyField, NotFound } from "../errors.js";
 import { RESEND_MAX_PER_CALL, type EventOperatorService, type EventRecord, type EventWithAttempts, type HeldKey } from "../events/operator.js";
@@ -8,6 +11,11 @@ import { compact, renderUserService, toLicenceChangeItem } from "../orange/mappi
 import { ErrorBodySchema } from "../orange/schemas.js";
 import type { AdminAuthenticator } from "./auth.js";
 import {
+  CommandDetailSchema,
+  CommandListQuerySchema,
+  CommandListSchema,
+  CommandParamsSchema,
+  CommandResultRequestSchema,
   AdminLicenceChangesRequestSchema,
   AdminLicenceChangesResponseSchema,
   BulkResendRequestSchema,
@@ -33,6 +41,7 @@ export interface AdminRoutesOptions {
   enabled: boolean;
   licenceChanges: LicenceChangeService;
   events: EventOperatorService;
+  commands: CommandService;
   catalogue: Catalogue;
 }
 
@@ -118,6 +127,44 @@ function eventDetailOut(e: EventWithAttempts) {
   });
 }
 
+function commandOut(c: CommandRow) {
+  return compact({
+    id: c.id,
+    requestKind: c.request_kind,
+    requestId: c.request_id,
+    type: c.type,
+    lanes: c.lanes,
+    state: c.state,
+    attempts: c.attempts,
+    nextAttemptAt: c.state === "retrying" ? c.next_attempt_at : undefined,
+    lastStatus: c.last_status,
+    lastError: c.last_error,
+    endedBy: c.ended_by,
+    createdAt: c.created_at,
+    preparedAt: c.prepared_at,
+    finishedAt: c.finished_at,
+  });
+}
+
+function commandDetailOut(c: CommandRow & { attempts_list: AttemptRow[] }) {
+  return {
+    ...commandOut(c),
+    ...compact({ body: c.body === null ? undefined : (JSON.parse(c.body) as unknown), result: c.result }),
+    attemptList: c.attempts_list.map((a) =>
+      compact({
+        attempt: a.attempt,
+        startedAt: a.started_at,
+        finishedAt: a.finished_at,
+        outcome: a.outcome,
+        status: a.status,
+        error: a.error,
+        responseBody: a.response_body,
+        durationMs: a.duration_ms,
+      }),
+    ),
+  };
+}
+
 export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app, opts) => {
   if (!opts.enabled) {
     app.log.warn("ADMIN_TOKEN is not set: the admin API (/admin/v1) is disabled and answers 503");
@@ -125,7 +172,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
 
   app.addHook("onRequest", (request, _reply, done) => {
     try {
-      opts.authenticate(request);
+      request.caller = opts.authenticate(request);
     } catch (err) {
       done(err as Error);
       return;
@@ -136,6 +183,8 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
   app.post(
     "/admin/v1/licence-changes",
     {
+      // The partner's application reports its own changes here, with APP_TOKEN.
+      config: { application: true },
       schema: {
         summary: "Change licences on the partner's initiative (UC5) and tell Orange",
         description:
@@ -144,7 +193,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
           "Writes one updateNotification event per fleet concerned (one for the whole request when the licences " +
           "share a fleet), delivered to Orange in the fleet's order.",
         tags: ["admin"],
-        security: [{ adminBearer: [] }],
+        security: [{ adminBearer: [] }, { appBearer: [] }],
         body: AdminLicenceChangesRequestSchema,
         response: {
           200: AdminLicenceChangesResponseSchema,
@@ -307,7 +356,124 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
       eventDetailOut(await opts.events.discard(request.params.id, ADMIN_ACTOR, request.body.reason)) as never,
   );
 
+  const commandOf = async (id: string, work: () => Promise<CommandRow>) => {
+    try {
+      return commandDetailOut({ ...(await work()), attempts_list: [] });
+    } catch (err) {
+      if (err instanceof UnknownCommand) throw new NotFound(err.message);
+      if (err instanceof CommandStateConflict) throw new Conflict(err.message);
+      throw err;
+    }
+  };
+
+  app.get(
+    "/admin/v1/provisioning",
+    {
+      schema: {
+        summary: "Commands to the partner's application",
+        description:
+          "PROVISIONING_MODE=webhook: one command per order or update, newest first; filtered by state (parked ones need " +
+          "an operator), type, request or fleet; paginated with offset/limit. X-Total-Count / X-Result-Count as elsewhere.",
+        tags: ["admin"],
+        security: [{ adminBearer: [] }],
+        querystring: CommandListQuerySchema,
+        response: { 200: CommandListSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { offset, limit, fleetId, ...filter } = request.query;
+      const page = await opts.commands.list({ ...filter, lane: fleetId === undefined ? undefined : `fleet:${fleetId}` }, { offset, limit });
+      return reply
+        .header("x-total-count", String(page.total))
+        .header("x-result-count", String(page.items.length))
+        .send(page.items.map(commandOut) as never);
+    },
+  );
+
+  app.get(
+    "/admin/v1/provisioning/:id",
+    {
+      schema: {
+        summary: "One command with its body and its attempts",
+        tags: ["admin"],
+        security: [{ adminBearer: [] }],
+        params: CommandParamsSchema,
+        response: { 200: CommandDetailSchema, ...errors, 404: ErrorBodySchema.describe("unknown command (code 60)") },
+      },
+    },
+    async (request) => {
+      const command = await opts.commands.get(request.params.id);
+      if (!command) throw new NotFound(`command ${JSON.stringify(request.params.id)} does not exist`);
+      return commandDetailOut(command) as never;
+    },
+  );
+
+  app.post(
+    "/admin/v1/provisioning/:id/result",
+    {
+      config: { application: true },
+      schema: {
+        summary: "The outcome of a command: the application's late result (after its 202), or an operator's, by hand",
+        description:
+          "completed: the order or update is applied (with what the application tells of the licences) and Orange gets " +
+          "its outcome; failed: it ends failed with the reason. For a command sent and not finished (waiting, sending, " +
+          "retrying); 409 otherwise. The application calls it with APP_TOKEN, operators with ADMIN_TOKEN.",
+        tags: ["admin"],
+        security: [{ adminBearer: [] }, { appBearer: [] }],
+        params: CommandParamsSchema,
+        body: CommandResultRequestSchema,
+        response: {
+          200: CommandDetailSchema,
+          ...errors,
+          404: ErrorBodySchema.describe("unknown command (code 60)"),
+          409: ErrorBodySchema.describe("the command is not waiting for a result (code 63)"),
+        },
+      },
+    },
+    async (request) => {
+      const { id } = request.params;
+      const body = request.body;
+      const result =
+        body.outcome === "completed"
+          ? { outcome: "completed" as const, licences: body.licences as AppLicenceData[] | undefined }
+          : { outcome: "failed" as const, reason: body.reason! };
+      await commandOf(id, () => opts.commands.end(id, result, request.caller ?? ADMIN_ACTOR));
+      return commandDetailOut((await opts.commands.get(id))!) as never;
+    },
+  );
+
+  app.post(
+    "/admin/v1/provisioning/:id/retry",
+    {
+      schema: {
+        summary: "Send a parked command again",
+        description:
+          "Its request, which ended failed, is carried out again with the same command (same webhook-id and body) and a fresh " +
+          "retry budget; its outcome then reaches Orange as an event. 409 when later commands of the same fleet went on " +
+          "meanwhile (it would reach the application out of order).",
+        tags: ["admin"],
+        security: [{ adminBearer: [] }],
+        params: CommandParamsSchema,
+        response: {
+          200: CommandDetailSchema,
+          ...errors,
+          404: ErrorBodySchema.describe("unknown command (code 60)"),
+          409: ErrorBodySchema.describe("the command is not parked, or later commands of its fleet went on (code 63)"),
+        },
+      },
+    },
+    async (request) => {
+      const { id } = request.params;
+      await commandOf(id, () => opts.commands.retry(id, request.caller ?? ADMIN_ACTOR));
+      return commandDetailOut((await opts.commands.get(id))!) as never;
+    },
+  );
+
   rejectOtherMethods(app, "/admin/v1/licence-changes", ["POST"]);
+  rejectOtherMethods(app, "/admin/v1/provisioning", ["GET"]);
+  rejectOtherMethods(app, "/admin/v1/provisioning/:id", ["GET"]);
+  rejectOtherMethods(app, "/admin/v1/provisioning/:id/result", ["POST"]);
+  rejectOtherMethods(app, "/admin/v1/provisioning/:id/retry", ["POST"]);
   rejectOtherMethods(app, "/admin/v1/events", ["GET"]);
   rejectOtherMethods(app, "/admin/v1/events/:id", ["GET"]);
   rejectOtherMethods(app, "/admin/v1/events/:id/resend", ["POST"]);

@@ -269,3 +269,74 @@ export const HeldKeySchema = z
   .meta({ id: "HeldOrderingKey" });
 
 export const HeldKeyListSchema = z.array(HeldKeySchema);
+
+// ---------------------------------------------------------------------------------------------
+// Commands to the partner's application (PROVISIONING_MODE=webhook)
+
+export const CommandStateSchema = z.enum(["queued", "sending", "waiting", "retrying", "done", "refused", "parked"]);
+
+export const CommandListQuerySchema = strictNamed("parameter", {
+  state: CommandStateSchema.optional(),
+  type: z.string().min(1).max(LIMITS.name).optional().describe("customer.upserted, licences.provision, licences.suspend…"),
+  requestId: PartnerIdSchema.optional().describe("the order (po_…) or update (upd_…) the command carries out"),
+  fleetId: PartnerIdSchema.optional().describe("commands of one fleet (its lane)"),
+  offset,
+  limit,
+});
+
+export const CommandParamsSchema = z.object({ id: PartnerIdSchema.describe("the command's id: the webhook-id the application received") });
+
+const AppLicenceSchema = z
+  .strictObject({
+    id: PartnerIdSchema.describe("a licence of the command"),
+    realizingResource: RealizingResourceSchema.optional(),
+    login: LoginKeyValueSchema.optional(),
+    serviceCharacteristic: z.array(CharacteristicSchema).max(100).optional(),
+  })
+  .meta({ id: "AdminAppLicence" });
+
+export const CommandResultRequestSchema = strictNamed("field", {
+  outcome: z.enum(["completed", "failed"]).describe("completed: the application carried it out; failed: it did not"),
+  reason: z.string().min(1).max(LIMITS.text).optional().describe("failed: why, as Orange will read it"),
+  licences: z.array(AppLicenceSchema).max(100_000).optional().describe("completed: what the application tells of the licences"),
+})
+  .refine((r) => r.outcome === "completed" || r.reason !== undefined, { message: "is required when outcome is failed", path: ["reason"] })
+  .meta({ id: "AdminCommandResult" });
+
+const CommandAttemptSchema = z.object({
+  attempt: z.number().int(),
+  startedAt: z.string(),
+  finishedAt: z.string().optional(),
+  outcome: z.string().optional().describe("done | accepted | refused | retry | rejected | interrupted"),
+  status: z.number().int().optional(),
+  error: z.string().optional(),
+  responseBody: z.string().optional(),
+  durationMs: z.number().int().optional(),
+});
+
+export const CommandSchema = z
+  .object({
+    id: z.string(),
+    requestKind: z.enum(["order", "update"]),
+    requestId: z.string(),
+    type: z.string().optional(),
+    lanes: z.array(z.string()),
+    state: CommandStateSchema,
+    attempts: z.number().int(),
+    nextAttemptAt: z.string().optional().describe("retrying: when the next attempt goes"),
+    lastStatus: z.number().int().optional(),
+    lastError: z.string().optional(),
+    endedBy: z.string().optional().describe("who ended or re-sent it by hand (admin, application)"),
+    createdAt: z.string(),
+    preparedAt: z.string().optional(),
+    finishedAt: z.string().optional(),
+  })
+  .meta({ id: "AdminCommand" });
+
+export const CommandListSchema = z.array(CommandSchema);
+
+export const CommandDetailSchema = CommandSchema.extend({
+  body: z.unknown().optional().describe("the body sent to the application, on every attempt"),
+  result: z.unknown().optional().describe("what the application told of the licences"),
+  attemptList: z.array(CommandAttemptSchema),
+}).meta({ id: "AdminCommandDetail" });

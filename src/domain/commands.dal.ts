@@ -27,6 +27,11 @@ export interface CommandRow {
   body: string | null;
   result: JsonValue | null;
   created_at: Date;
+  prepared_at: Date | null;
+  finished_at: Date | null;
+  last_status: number | null;
+  last_error: string | null;
+  ended_by: string | null;
   /** Computed: whether an attempt is due now (retrying and due, or sending and its lease passed). */
   due: boolean;
 }
@@ -54,7 +59,7 @@ export async function insertCommand(
 }
 
 const COLUMNS = sql`id, seq, request_kind, request_id, type, lanes, state::text AS state, attempts, next_attempt_at,
-  lease_until, plan, body, result, created_at,
+  lease_until, plan, body, result, created_at, prepared_at, finished_at, last_status, last_error, ended_by,
   (state = 'retrying' AND next_attempt_at <= now()) OR (state = 'sending' AND lease_until <= now()) AS due`;
 
 export async function lockCommand(tx: Tx, id: string): Promise<CommandRow | undefined> {
@@ -199,4 +204,44 @@ export async function listStalled(
         OR (state = 'waiting' AND created_at < now() - ${maxAgeMs}::bigint * interval '1 millisecond')
      ORDER BY seq
      LIMIT ${limit}`);
+}
+
+export interface CommandListFilter {
+  state?: CommandState;
+  type?: string;
+  requestId?: string;
+  lane?: string;
+}
+
+/** Commands matching the filter, newest first, and how many match. */
+export async function listCommands(
+  q: Queryable,
+  filter: CommandListFilter,
+  page: { offset: number; limit: number },
+): Promise<{ total: number; items: CommandRow[] }> {
+  const where = sql`WHERE (${filter.state ?? null}::text IS NULL OR state::text = ${filter.state ?? null})
+    AND (${filter.type ?? null}::text IS NULL OR type = ${filter.type ?? null})
+    AND (${filter.requestId ?? null}::text IS NULL OR request_id = ${filter.requestId ?? null})
+    AND (${filter.lane ?? null}::text IS NULL OR lanes @> ARRAY[${filter.lane ?? null}::text])`;
+  const [count] = await q.query<{ n: number }>(sql`SELECT count(*) AS n FROM provisioning_command ${where}`);
+  const items = await q.query<CommandRow>(sql`
+    SELECT ${COLUMNS} FROM provisioning_command ${where} ORDER BY seq DESC OFFSET ${page.offset} LIMIT ${page.limit}`);
+  return { total: count?.n ?? 0, items };
+}
+
+export interface AttemptRow {
+  attempt: number;
+  started_at: Date;
+  finished_at: Date | null;
+  outcome: string | null;
+  status: number | null;
+  error: string | null;
+  response_body: string | null;
+  duration_ms: number | null;
+}
+
+export async function attemptsOf(q: Queryable, id: string): Promise<AttemptRow[]> {
+  return q.query<AttemptRow>(sql`
+    SELECT attempt, started_at, finished_at, outcome, status, error, response_body, duration_ms
+      FROM provisioning_attempt WHERE command_id = ${id} ORDER BY attempt`);
 }
