@@ -6,7 +6,12 @@ import pino from "pino";
 import { Webhook } from "standardwebhooks";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { ProvisioningCall } from "../src/domain/ports.js";
-import { createWebhookProvisioner, parseWebhookSecrets, type WebhookProvisionerOptions } from "../src/provisioning/webhook.js";
+import {
+  createWebhookProvisioner,
+  parseWebhookSecrets,
+  readAppLicences,
+  type WebhookProvisionerOptions,
+} from "../src/provisioning/webhook.js";
 import { freePort } from "../src/simulator/self-host.js";
 
 const secretA = `whsec_${randomBytes(32).toString("base64")}`;
@@ -234,8 +239,8 @@ describe("webhook provisioner: classifying the answer", () => {
 
   it.each([
     ["not JSON", "<html>ok</html>", "the answer's body is not JSON"],
-    ["an array", [{ id: "us_1" }], "the answer's body must be a JSON object"],
-    ["licences not an array", { licences: { id: "us_1" } }, "licences must be an array"],
+    ["an array", [{ id: "us_1" }], "the answer's body breaks the contract: the body must be a JSON object"],
+    ["licences not an array", { licences: { id: "us_1" } }, "the answer's body breaks the contract: licences must be an array"],
     ["a licence without id", { licences: [{ id: "us_1" }, { login: { key: "login", value: "x" } }] }, "licences[1].id is required"],
     ["an empty id", { licences: [{ id: "" }] }, "licences[0].id must not be empty"],
     ["an unknown login key", { licences: [{ id: "us_1", login: { key: "email", value: "a@b" } }] }, 'licences[0].login.key must be one of "login", "organizationCode"'],
@@ -249,6 +254,13 @@ describe("webhook provisioner: classifying the answer", () => {
     expect(result.outcome).toBe("rejected");
     expect(result).toMatchObject({ status: 200 });
     expect("error" in result && result.error).toContain(error);
+  });
+
+  it("readAppLicences reads the same licences from another body (the result route's)", () => {
+    expect(readAppLicences({ outcome: "completed", licences: [{ id: "us_1", login: { key: "organizationCode", value: "123" } }] })).toEqual({
+      licences: [{ id: "us_1", login: { key: "organizationCode", value: "123" } }],
+    });
+    expect(readAppLicences({ outcome: "completed", licences: [{ id: 7 }] })).toEqual({ error: "licences[0].id must be a string (got 7)" });
   });
 
   it("a 2xx body larger than the limit: rejected; responseBody is cut for operators", async () => {

@@ -108,23 +108,19 @@ const AnswerSchema = z
     });
   });
 
-type ParsedAnswer = { licences: AppLicenceData[] } | { error: string };
+export type ParsedLicences = { licences: AppLicenceData[] } | { error: string };
 
-function readLicences(body: string): ParsedAnswer {
-  if (body.trim() === "") return { licences: [] };
-  let json: unknown;
-  try {
-    json = JSON.parse(body);
-  } catch {
-    return { error: "the answer's body is not JSON (expected nothing, or {\"licences\": [...]})" };
-  }
+/**
+ * What the application tells about the licences, read from a JSON value `{ "licences": [...] }`
+ * (a 2xx answer's body, or the body of the result route): the licences, or an error naming the
+ * field and the rule.
+ */
+export function readAppLicences(json: unknown): ParsedLicences {
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
-    return { error: `the answer's body must be a JSON object such as {"licences": [...]} (got ${Array.isArray(json) ? "an array" : JSON.stringify(json)})` };
+    return { error: `the body must be a JSON object such as {"licences": [...]} (got ${Array.isArray(json) ? "an array" : JSON.stringify(json)})` };
   }
   const parsed = AnswerSchema.safeParse(json, { reportInput: true });
-  if (!parsed.success) {
-    return { error: `the answer's body breaks the contract: ${describeIssues(parsed.error.issues, "body").description}` };
-  }
+  if (!parsed.success) return { error: describeIssues(parsed.error.issues, "body").description };
   return {
     licences: (parsed.data.licences ?? []).map((l) => {
       const licence: AppLicenceData = { id: l.id };
@@ -137,6 +133,18 @@ function readLicences(body: string): ParsedAnswer {
       return licence;
     }),
   };
+}
+
+function readLicences(body: string): ParsedLicences {
+  if (body.trim() === "") return { licences: [] };
+  let json: unknown;
+  try {
+    json = JSON.parse(body);
+  } catch {
+    return { error: "the answer's body is not JSON (expected nothing, or {\"licences\": [...]})" };
+  }
+  const read = readAppLicences(json);
+  return "error" in read ? { error: `the answer's body breaks the contract: ${read.error}` } : read;
 }
 
 function refusalReason(body: string, status: number): string {
