@@ -247,6 +247,8 @@ describe("webhook provisioner: classifying the answer", () => {
     ["a resource without type", { licences: [{ id: "us_1", realizingResource: { characteristic: [] } }] }, "licences[0].realizingResource.type is required"],
     ["a characteristic value not a string", { licences: [{ id: "us_1", serviceCharacteristic: [{ name: "seats", value: 3 }] }] }, "licences[0].serviceCharacteristic[0].value must be a string"],
     ["an empty serviceCharacteristic", { licences: [{ id: "us_1", serviceCharacteristic: [] }] }, "licences[0].serviceCharacteristic must have at least 1 item"],
+    ["a NUL character", { licences: [{ id: "us_1", realizingResource: { type: "url", note: { text: "a\u0000b" } } }] }, "licences[0].realizingResource.note.text must not contain a NUL character or a lone UTF-16 surrogate"],
+    ["a lone surrogate", '{"licences":[{"id":"us_1","login":{"key":"login","value":"\\ud800x"}}]}', "licences[0].login.value must not contain a NUL character"],
     ["a repeated id", { licences: [{ id: "us_1" }, { id: "us_1" }] }, "licences[1].id must be unique (licences[0] has the same id)"],
   ])("a 2xx body with %s: rejected, naming the field and the rule", async (_what, body, error) => {
     handler = answer(200, body);
@@ -261,6 +263,15 @@ describe("webhook provisioner: classifying the answer", () => {
       licences: [{ id: "us_1", login: { key: "organizationCode", value: "123" } }],
     });
     expect(readAppLicences({ outcome: "completed", licences: [{ id: 7 }] })).toEqual({ error: "licences[0].id must be a string (got 7)" });
+  });
+
+  it("the reason and the body kept for operators hold no NUL nor a surrogate split by the cut", async () => {
+    handler = answer(409, `{"reason":"no\\u0000seat \\ud83d"}`);
+    expect(await provisioner().send(call())).toMatchObject({ outcome: "refused", reason: "no\uFFFDseat \uFFFD" });
+
+    handler = answer(503, "ab\u0000😀");
+    const cut = await provisioner({ maxResponseBodyChars: 4 }).send(call());
+    expect(cut.responseBody).toBe("ab\uFFFD\uFFFD");
   });
 
   it("a 2xx body larger than the limit: rejected; responseBody is cut for operators", async () => {

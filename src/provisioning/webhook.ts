@@ -17,7 +17,7 @@ import type { AppLicenceData, Provisioner, ProvisioningAnswer, ProvisioningCall 
 import { OutboundCallError, createOutboundAgent, httpPost, parseRetryAfter, safeUrl, type EventLogger } from "../events/http.js";
 import { systemClock, type Clock } from "../lib/clock.js";
 import type { JsonObject } from "../lib/json.js";
-import { describeIssues } from "../orange/validation.js";
+import { describeIssues, formatPath } from "../orange/validation.js";
 
 export type WebhookAnswer = ProvisioningAnswer & { responseBody?: string; durationMs: number };
 
@@ -108,6 +108,34 @@ const AnswerSchema = z
     });
   });
 
+// PostgreSQL's jsonb (where the licences are stored) holds neither; refused here, the command
+// would otherwise fail at every attempt to store its result.
+// eslint-disable-next-line no-control-regex -- NUL is precisely what is looked for
+const UNSTORABLE = /\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** Text PostgreSQL can store: NULs and lone surrogates (a cut may split a pair) become U+FFFD. */
+function storable(text: string): string {
+  return text.replace(new RegExp(UNSTORABLE.source, "g"), "\uFFFD");
+}
+
+/** The path of the first string (key or value) PostgreSQL cannot store, if any. */
+function unstorableAt(value: unknown, path: PropertyKey[]): PropertyKey[] | undefined {
+  if (typeof value === "string") return UNSTORABLE.test(value) ? path : undefined;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = unstorableAt(value[i], [...path, i]);
+      if (found) return found;
+    }
+  } else if (typeof value === "object" && value !== null) {
+    for (const [key, inner] of Object.entries(value)) {
+      if (UNSTORABLE.test(key)) return [...path, key];
+      const found = unstorableAt(inner, [...path, key]);
+      if (found) return found;
+    }
+  }
+  return undefined;
+}
+
 export type ParsedLicences = { licences: AppLicenceData[] } | { error: string };
 
 /**
@@ -121,6 +149,8 @@ export function readAppLicences(json: unknown): ParsedLicences {
   }
   const parsed = AnswerSchema.safeParse(json, { reportInput: true });
   if (!parsed.success) return { error: describeIssues(parsed.error.issues, "body").description };
+  const unstorable = unstorableAt(parsed.data.licences ?? [], ["licences"]);
+  if (unstorable !== undefined) return { error: `${formatPath(unstorable)} must not contain a NUL character or a lone UTF-16 surrogate` };
   return {
     licences: (parsed.data.licences ?? []).map((l) => {
       const licence: AppLicenceData = { id: l.id };
@@ -156,7 +186,7 @@ function refusalReason(body: string, status: number): string {
   }
   if (typeof reason === "string" && reason.trim() !== "") {
     const trimmed = reason.trim();
-    return trimmed.length > MAX_REASON_CHARS ? `${trimmed.slice(0, MAX_REASON_CHARS - 1)}…` : trimmed;
+    return storable(trimmed.length > MAX_REASON_CHARS ? `${trimmed.slice(0, MAX_REASON_CHARS - 1)}…` : trimmed);
   }
   return `the partner's application refused the command (HTTP ${status}) without giving a reason`;
 }
@@ -254,7 +284,7 @@ export function createWebhookProvisioner(options: WebhookProvisionerOptions): We
           maxBodyBytes: maxAnswerBytes,
         });
         answer = classify(res.status, res.text, res.truncated, res.headers["retry-after"]);
-        if (res.text !== "") responseBody = res.text.length > maxBodyChars ? res.text.slice(0, maxBodyChars) : res.text;
+        if (res.text !== "") responseBody = storable(res.text.length > maxBodyChars ? res.text.slice(0, maxBodyChars) : res.text);
       } catch (err) {
         // A caller's abort (the worker stopping) is no verdict on the application: try again later.
         answer = { outcome: "retry", error: err instanceof OutboundCallError ? err.message : "request failed" };
