@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { parseWebhookSecrets } from "./provisioning/webhook.js";
 
 /**
  * Every setting of the server, read once from the environment and validated. Defaults work on a
@@ -249,6 +250,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       throw new ConfigError(
         "PROVISIONING_MODE=webhook needs PROVISIONING_SECRET: one or more whsec_<base64> secrets, space-separated, shared with the application",
       );
+    }
+    try {
+      parseWebhookSecrets(e.PROVISIONING_SECRET, "PROVISIONING_SECRET");
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
     }
     if (e.PROVISIONING_RETRY_MAX_MS < e.PROVISIONING_RETRY_BASE_MS) {
       throw new ConfigError("PROVISIONING_RETRY_MAX_MS must not be smaller than PROVISIONING_RETRY_BASE_MS");

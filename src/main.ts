@@ -7,6 +7,7 @@ import { ConfigError, hasInboundCredential, loadConfig, type Config } from "./co
 import { EmbeddedPostgresError, startEmbeddedPostgres } from "./db/embedded.js";
 import { applyMigrations } from "./db/migrate.js";
 import { createServices, type Services } from "./compose.js";
+import { createWebhookProvisioner, parseWebhookSecrets } from "./provisioning/webhook.js";
 import { createDb } from "./db/sql.js";
 import { createCatalogue } from "./domain/catalogue.js";
 import { createOrangeEventClient, type OrangeEventClient } from "./events/orange-client.js";
@@ -66,8 +67,8 @@ function ensureInboundCredential(config: Config, embedded: boolean, log: pino.Lo
 
 interface RunningWorker {
   worker: EventWorker;
-  client: OrangeEventClient;
-  tokens: TokenCache;
+  client?: OrangeEventClient;
+  tokens?: TokenCache;
 }
 
 /** The delivery worker, or undefined (with the reason logged) when it must not run here. */
@@ -87,6 +88,21 @@ async function startWorkerRole(
       "ORANGE_CLIENT_ID/ORANGE_CLIENT_SECRET are not set: events to Orange are kept in the outbox but NOT delivered " +
         "until a worker with credentials runs",
     );
+    if (config.provisioning.mode === "webhook") {
+      // The commands to the partner's application still need their retries and their turns.
+      const worker = await startEventWorker({
+        databaseUrl,
+        retry: config.worker.retry,
+        concurrency: config.worker.concurrency,
+        leaseMs: config.worker.leaseMs,
+        pollIntervalMs: config.worker.pollIntervalMs,
+        stopTimeoutMs: config.worker.stopTimeoutMs,
+        logger: log.child({ component: "worker" }),
+        tasks: services.requestTasks,
+        sweepRequests: services.sweepRequests,
+      });
+      return { worker };
+    }
     const asyncApis = [
       ...(config.orderingMode === "async" ? ["ORDERING_MODE"] : []),
       ...(config.updateMode === "async" ? ["UPDATE_MODE"] : []),
@@ -179,6 +195,7 @@ async function main(): Promise<void> {
     log.info({ database: redactUrl(databaseUrl) }, "using external PostgreSQL (DATABASE_URL)");
   }
 
+  let closeProvisioner: (() => Promise<void>) | undefined;
   const stopEmbedded = async () => {
     if (embedded) await embedded.stop().catch((err) => log.error({ err }, "embedded PostgreSQL did not stop cleanly"));
   };
@@ -199,6 +216,21 @@ async function main(): Promise<void> {
     // The worker needs the catalogue too: it carries out asynchronous orders and updates.
     const catalogue = createCatalogue(JSON.parse(readFileSync(config.catalogueFile, "utf8")));
     log.info({ file: config.catalogueFile, offers: catalogue.codes() }, "product catalogue loaded");
+    // The partner's application, when it carries out the orders and changes (PROVISIONING_MODE=webhook).
+    const p = config.provisioning;
+    const provisioner =
+      p.mode === "webhook"
+        ? createWebhookProvisioner({
+            url: p.url!,
+            secrets: parseWebhookSecrets(p.secret!, "PROVISIONING_SECRET"),
+            timeoutMs: p.timeoutMs,
+            logger: log.child({ component: "provisioning" }),
+          })
+        : undefined;
+    if (provisioner) {
+      closeProvisioner = () => provisioner.close();
+      log.info({ url: p.url, syncDeadlineMs: p.syncDeadlineMs }, "the partner's application carries out every order and change (webhook)");
+    }
     // Built once: the HTTP app and the worker share every service.
     const services = createServices({
       db,
@@ -206,6 +238,12 @@ async function main(): Promise<void> {
       partnerName: config.partnerName,
       requestMaxAttempts: config.requestMaxAttempts,
       log: log.child({ component: "requests" }),
+      provisioning: provisioner && {
+        provisioner,
+        timeoutMs: p.timeoutMs,
+        retry: p.retry,
+        syncDeadlineMs: p.syncDeadlineMs,
+      },
     });
     let app: Awaited<ReturnType<typeof buildApp>> | undefined;
     if (config.role !== "worker") {
@@ -244,9 +282,10 @@ async function main(): Promise<void> {
       await step("closing the HTTP server", async () => app?.close());
       if (worker) {
         await step("stopping the worker", () => worker.worker.stop());
-        await step("closing the Orange client", () => worker.client.close());
-        await step("closing the token cache", () => worker.tokens.close());
+        await step("closing the Orange client", async () => worker.client?.close());
+        await step("closing the token cache", async () => worker.tokens?.close());
       }
+      if (closeProvisioner) await step("closing the provisioning client", closeProvisioner);
       await step("closing the database pool", () => db.close());
       await stopEmbedded();
       log.info({ exitCode }, "stopped");

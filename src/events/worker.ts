@@ -32,7 +32,8 @@ export interface WorkerLogger extends EventLogger {
 
 export interface EventWorkerOptions {
   databaseUrl: string;
-  client: Pick<OrangeEventClient, "send">;
+  /** Orange's event client; without it (no Orange credentials here) events wait for a worker that has one. */
+  client?: Pick<OrangeEventClient, "send">;
   retry: RetryPolicy;
   /** Jobs (ordering keys) delivered in parallel by this process. */
   concurrency: number;
@@ -100,17 +101,18 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     workerId = workerPool.id;
   });
 
-  const task = createDeliverEventsTask({
-    pool,
-    client: options.client,
-    retry: options.retry,
-    runBudgetMs: Math.max(1_000, Math.floor(options.leaseMs / 2)),
-    workerId: () => workerId,
-    random,
-    ...(logger ? { logger } : {}),
-  });
-
-  const taskList: TaskList = { [DELIVER_TASK]: task };
+  const taskList: TaskList = {};
+  if (options.client) {
+    taskList[DELIVER_TASK] = createDeliverEventsTask({
+      pool,
+      client: options.client,
+      retry: options.retry,
+      runBudgetMs: Math.max(1_000, Math.floor(options.leaseMs / 2)),
+      workerId: () => workerId,
+      random,
+      ...(logger ? { logger } : {}),
+    });
+  }
   for (const [name, handler] of Object.entries(options.tasks ?? {})) {
     taskList[name] = (payload, helpers) => handler(payload, { attempt: helpers.job.attempts, signal: helpers.abortSignal });
   }
