@@ -7,7 +7,7 @@ import { ConfigError, hasInboundCredential, loadConfig, type Config } from "./co
 import { EmbeddedPostgresError, startEmbeddedPostgres } from "./db/embedded.js";
 import { applyMigrations } from "./db/migrate.js";
 import { createServices, type Services } from "./compose.js";
-import { createWebhookProvisioner, parseWebhookSecrets } from "./provisioning/webhook.js";
+import { provisioningStageFrom } from "./provisioning/stage.js";
 import { createDb } from "./db/sql.js";
 import { createCatalogue } from "./domain/catalogue.js";
 import { createOrangeEventClient, type OrangeEventClient } from "./events/orange-client.js";
@@ -217,19 +217,13 @@ async function main(): Promise<void> {
     const catalogue = createCatalogue(JSON.parse(readFileSync(config.catalogueFile, "utf8")));
     log.info({ file: config.catalogueFile, offers: catalogue.codes() }, "product catalogue loaded");
     // The partner's application, when it carries out the orders and changes (PROVISIONING_MODE=webhook).
-    const p = config.provisioning;
-    const provisioner =
-      p.mode === "webhook"
-        ? createWebhookProvisioner({
-            url: p.url!,
-            secrets: parseWebhookSecrets(p.secret!, "PROVISIONING_SECRET"),
-            timeoutMs: p.timeoutMs,
-            logger: log.child({ component: "provisioning" }),
-          })
-        : undefined;
-    if (provisioner) {
-      closeProvisioner = () => provisioner.close();
-      log.info({ url: p.url, syncDeadlineMs: p.syncDeadlineMs }, "the partner's application carries out every order and change (webhook)");
+    const provisioning = provisioningStageFrom(config.provisioning, log.child({ component: "provisioning" }));
+    if (provisioning) {
+      closeProvisioner = provisioning.close;
+      log.info(
+        { url: config.provisioning.url, syncDeadlineMs: config.provisioning.syncDeadlineMs },
+        "the partner's application carries out every order and change (webhook)",
+      );
     }
     // Built once: the HTTP app and the worker share every service.
     const services = createServices({
@@ -238,12 +232,7 @@ async function main(): Promise<void> {
       partnerName: config.partnerName,
       requestMaxAttempts: config.requestMaxAttempts,
       log: log.child({ component: "requests" }),
-      provisioning: provisioner && {
-        provisioner,
-        timeoutMs: p.timeoutMs,
-        retry: p.retry,
-        syncDeadlineMs: p.syncDeadlineMs,
-      },
+      provisioning: provisioning?.stage,
     });
     let app: Awaited<ReturnType<typeof buildApp>> | undefined;
     if (config.role !== "worker") {

@@ -89,14 +89,19 @@ export async function isFirstInLanes(q: Queryable, c: { seq: number; lanes: stri
 }
 
 /** The first unfinished command of each of these lanes after `afterSeq`: those whose turn may have come. */
-export async function nextInLanes(q: Queryable, lanes: string[], afterSeq: number): Promise<string[]> {
-  const rows = await q.query<{ id: string }>(sql`
-    SELECT DISTINCT ON (l.lane) p.id
+export async function nextInLanes(
+  q: Queryable,
+  lanes: string[],
+  afterSeq: number,
+): Promise<{ id: string; request_kind: RequestKind }[]> {
+  const rows = await q.query<{ id: string; request_kind: RequestKind }>(sql`
+    SELECT DISTINCT ON (l.lane) p.id, p.request_kind
       FROM unnest(${lanes}::text[]) AS l(lane)
       JOIN provisioning_command p ON p.lanes @> ARRAY[l.lane] AND p.seq > ${afterSeq}
        AND p.state IN ('queued', 'sending', 'waiting', 'retrying')
      ORDER BY l.lane, p.seq`);
-  return [...new Set(rows.map((r) => r.id))];
+  const seen = new Set<string>();
+  return rows.filter((r) => !seen.has(r.id) && seen.add(r.id));
 }
 
 /** Starts an attempt: `sending` until the lease, counted; the plan and body are written on the first. */

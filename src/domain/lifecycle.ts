@@ -366,7 +366,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
 
   /** A finished command hands its lanes on: the next command of each gets its job. */
   async function wakeNext(tx: Tx, row: CommandRow): Promise<void> {
-    for (const next of await commands.nextInLanes(tx, row.lanes, row.seq)) await jobs.add(tx, provisionJob(kind, next));
+    // The next command may carry out the other kind of request (an update after an order).
+    for (const next of await commands.nextInLanes(tx, row.lanes, row.seq)) await jobs.add(tx, provisionJob(next.request_kind, next.id));
   }
 
   /**

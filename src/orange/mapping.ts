@@ -281,7 +281,10 @@ function renderOrderBody(req: ProductOrderRequest, o: OrderView, ctx: RenderCont
         },
         endUserConfiguration: item.endUserConfiguration?.map((c, i) => ({
           endUser: c.endUser ? individualOut(c.endUser, failed ? undefined : done?.endUserIds[i]) : undefined,
-          realizingResource: realizingResourceOut(c.realizingResource as JsonObject | undefined),
+          // The technical resource the partner's application set up for that licence, if it said (webhook mode).
+          realizingResource: realizingResourceOut(
+            (done?.appLicences?.[i]?.realizingResource ?? c.realizingResource) as JsonObject | undefined,
+          ),
         })),
       },
     ],

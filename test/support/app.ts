@@ -7,6 +7,7 @@ import { loadConfig, type Config } from "../../src/config.js";
 import type { Db } from "../../src/db/sql.js";
 import { createCatalogue, type Catalogue } from "../../src/domain/catalogue.js";
 import type { Clock } from "../../src/lib/clock.js";
+import { provisioningStageFrom } from "../../src/provisioning/stage.js";
 import { createTestDatabase } from "./db.js";
 import type { PrismaReader } from "./prisma.js";
 import { findEmptyNodes } from "../../src/simulator/match.js";
@@ -77,12 +78,14 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     ...opts.env,
   });
   const catalogue = loadTestCatalogue();
+  const provisioning = provisioningStageFrom(config.provisioning);
   const services = createServices({
     db: database.db,
     catalogue,
     partnerName: config.partnerName,
     requestMaxAttempts: config.requestMaxAttempts,
     clock: opts.clock,
+    provisioning: provisioning && { ...provisioning.stage, pollMs: 20 },
   });
   const app = await buildApp({ config, services, logger: opts.logger ?? false });
   await app.ready();
@@ -112,6 +115,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     },
     async close() {
       await app.close();
+      await provisioning?.close();
       await database.drop();
     },
   };

@@ -1,0 +1,24 @@
+/**
+ * The provisioning stage of the request lifecycle, built from the configuration: the signed
+ * webhook to the partner's application and its bounds (src/domain/lifecycle.ts runs it).
+ */
+import type { ProvisioningConfig } from "../config.js";
+import type { ProvisioningStage } from "../domain/lifecycle.js";
+import { createWebhookProvisioner, parseWebhookSecrets, type WebhookProvisionerOptions } from "./webhook.js";
+
+export function provisioningStageFrom(
+  config: ProvisioningConfig,
+  logger?: WebhookProvisionerOptions["logger"],
+): { stage: ProvisioningStage; close(): Promise<void> } | undefined {
+  if (config.mode !== "webhook") return undefined;
+  const provisioner = createWebhookProvisioner({
+    url: config.url!,
+    secrets: parseWebhookSecrets(config.secret!, "PROVISIONING_SECRET"),
+    timeoutMs: config.timeoutMs,
+    logger,
+  });
+  return {
+    stage: { provisioner, timeoutMs: config.timeoutMs, retry: config.retry, syncDeadlineMs: config.syncDeadlineMs },
+    close: () => provisioner.close(),
+  };
+}

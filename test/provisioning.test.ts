@@ -1,0 +1,400 @@
+import { randomBytes } from "node:crypto";
+import type { AddressInfo } from "node:net";
+import { Webhook } from "standardwebhooks";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { startPartnerApp, WEBHOOK_PATH, type Behaviour, type PartnerApp } from "../examples/partner-app/app.js";
+import { loadConfig } from "../src/config.js";
+import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
+import { freePort } from "../src/simulator/self-host.js";
+import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
+import { startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
+
+/**
+ * PROVISIONING_MODE=webhook: Orange → this server → the partner's application (the reference
+ * application of examples/partner-app, over loopback HTTP) → this server → Orange. Each test
+ * checks what Orange was answered, what the store holds, and what the application received.
+ */
+
+const ORDER_URL = "/productordering/v2/productOrder";
+const UPDATE_URL = "/userservice/v2/userService/update";
+const LIST_URL = "/userservice/v2/userService";
+const PRO = "MBA-CAISSE-PRO";
+const ADMIN_TOKEN = "admin-token-provisioning-9f2e";
+const APP_TOKEN = "app-token-provisioning-51c0";
+const ADMIN = { authorization: `Bearer ${ADMIN_TOKEN}` };
+const APP = { authorization: `Bearer ${APP_TOKEN}` };
+
+const secret = () => `whsec_${randomBytes(32).toString("base64")}`;
+// The server signs with both (rotation); the application already knows only the new one.
+const OLD_SECRET = secret();
+const NEW_SECRET = secret();
+
+const ref = (prefix: string) => `${prefix}-${randomBytes(5).toString("hex")}`;
+const orange = (id: string) => ({ type: "orange", id });
+
+function uc2(opts: { quantity: number; customerRef?: string }) {
+  return {
+    externalReference: orange(ref("ORD")),
+    category: "production",
+    customer: { externalReference: orange(opts.customerRef ?? ref("CUS")), tradingName: "Boulangerie Martin" },
+    relatedContact: [{ role: "customerFleetManager", externalReference: orange(ref("CT")), givenName: "Claire", familyName: "Martin", email: "claire@martin.example" }],
+    orderItem: [
+      {
+        id: "1",
+        action: "add",
+        productOffering: { name: "Caisse Pro", externalReference: orange(PRO) },
+        productRef: { userServiceQuantity: opts.quantity },
+        endUserConfiguration: [{ endUser: { givenName: "Paul", familyName: "Martin", email: "paul@martin.example" } }],
+      },
+    ],
+  };
+}
+
+function uc3(fleetId: string, quantity: number) {
+  return {
+    externalReference: orange(ref("ORD")),
+    orderItem: [{ id: "1", action: "add", productOffering: { externalReference: orange(PRO) }, productRef: { id: fleetId, userServiceQuantity: quantity } }],
+  };
+}
+
+function suspend(...licenceIds: string[]) {
+  return { externalReference: orange(ref("UPD")), userService: licenceIds.map((id) => ({ id, externalState: "suspended" })) };
+}
+
+const fleetOf = (order: CallResult) => order.body.orderItem[0].productRef.id as string;
+
+interface Setup {
+  t: TestApp;
+  partner: PartnerApp;
+  close(): Promise<void>;
+}
+
+function testEnv(url: string): Record<string, string> {
+  return {
+    ADMIN_TOKEN,
+    APP_TOKEN,
+    PROVISIONING_MODE: "webhook",
+    PROVISIONING_URL: url,
+    PROVISIONING_SECRET: `${OLD_SECRET} ${NEW_SECRET}`,
+    PROVISIONING_TIMEOUT_MS: "3000",
+    PROVISIONING_RETRY_BASE_MS: "20",
+    PROVISIONING_RETRY_MAX_MS: "100",
+    PROVISIONING_MAX_ATTEMPTS: "4",
+    PROVISIONING_SYNC_DEADLINE_MS: "6000",
+  };
+}
+
+/**
+ * The server (called through inject, and listening for the application's late results) and the
+ * application, each knowing the other's address.
+ */
+async function setup(env: Record<string, string> = {}, behaviour?: Behaviour): Promise<Setup> {
+  const partnerPort = await freePort();
+  const t = await createTestApp({ env: { ...testEnv(`http://127.0.0.1:${partnerPort}${WEBHOOK_PATH}`), ...env } });
+  await t.app.listen({ port: 0, host: "127.0.0.1" });
+  const { port } = t.app.server.address() as AddressInfo;
+  const partner = await startPartnerApp({
+    secrets: [NEW_SECRET],
+    port: partnerPort,
+    host: "127.0.0.1",
+    serverUrl: `http://127.0.0.1:${port}`,
+    appToken: APP_TOKEN,
+    behaviour,
+    resultRetry: { baseMs: 50, maxMs: 200 },
+  });
+  return {
+    t,
+    partner,
+    async close() {
+      await partner.close();
+      await t.close();
+    },
+  };
+}
+
+async function commandOf(t: TestApp, requestId: string) {
+  return t.db.provisioningCommand.findFirstOrThrow({ where: { requestId }, include: { attemptRows: { orderBy: { attempt: "asc" } } } });
+}
+
+describe("sync answers with the application in between", () => {
+  let s: Setup;
+  beforeAll(async () => {
+    s = await setup();
+  });
+  afterAll(async () => s?.close());
+  beforeEach(() => s.partner.setMode({ mode: "ok" }));
+
+  it("provisions a UC2 order in the application, signed, then answers completed with what the application set up", async () => {
+    const { t, partner } = s;
+    const body = uc2({ quantity: 3 });
+    const res = await t.call("POST", ORDER_URL, body);
+    expect(res.status, res.text).toBe(201);
+    expect(res.body.state).toBe("completed");
+    const fleetId = fleetOf(res);
+
+    // What the application received: one signed command carrying every partner id.
+    const calls = partner.received.filter((r) => r.type === "licences.provision");
+    expect(calls).toHaveLength(1);
+    const call = calls[0]!;
+    expect(call.verified).toBe(true);
+    const command = await commandOf(t, res.body.id);
+    expect(call.headers["webhook-id"]).toBe(command.id);
+    expect(String(call.headers["webhook-signature"]).split(" ")).toHaveLength(2);
+    // Both secrets verify the same bytes (standardwebhooks, as any application would).
+    for (const key of [OLD_SECRET, NEW_SECRET]) {
+      expect(() => new Webhook(key).verify(call.body, call.headers as Record<string, string>)).not.toThrow();
+    }
+    const sent = JSON.parse(call.body);
+    expect(sent).toMatchObject({
+      type: "licences.provision",
+      data: {
+        request: { kind: "order", id: res.body.id, orangeReference: body.externalReference.id, useCase: "UC2" },
+        customer: { id: res.body.customer.id, orangeReference: body.customer.externalReference.id, contacts: [{ id: res.body.relatedContact[0].id }] },
+        fleet: { id: fleetId, new: true, offer: { code: PRO, name: "Caisse Pro", plan: expect.any(String) } },
+      },
+    });
+    expect(call.body).toBe(command.body);
+
+    // The store: the licences the application was told, with what it set up.
+    const list = await t.call("GET", `${LIST_URL}?productRefId=${fleetId}`);
+    expect(list.body.map((l: { id: string }) => l.id)).toEqual(sent.data.licences.map((l: { id: string }) => l.id));
+    const seat = partner.store.licences[list.body[0].id]!;
+    expect(list.body[0].realizingResource).toEqual(seat.realizingResource);
+    expect(list.body[0].login).toEqual(seat.login);
+    expect(res.body.orderItem[0].endUserConfiguration[0].realizingResource).toEqual(seat.realizingResource);
+    expect(command).toMatchObject({ state: "done", attempts: 1, type: "licences.provision" });
+    expect(command.attemptRows).toMatchObject([{ attempt: 1, outcome: "done", status: 200 }]);
+  });
+
+  it("suspends in the application first: one command listing each licence before and after", async () => {
+    const { t, partner } = s;
+    const order = await t.call("POST", ORDER_URL, uc2({ quantity: 2 }));
+    const ids = (await t.call("GET", `${LIST_URL}?productRefId=${fleetOf(order)}`)).body.map((l: { id: string }) => l.id);
+    const res = await t.call("POST", UPDATE_URL, suspend(...ids));
+    expect(res.body.state, res.text).toBe("completed");
+    expect(res.body.userService.map((l: { state: string }) => l.state)).toEqual(["inactive", "inactive"]);
+    const call = partner.received.filter((r) => r.type === "licences.suspend").at(-1)!;
+    expect(JSON.parse(call.body).data.licences).toEqual(
+      ids.map((id: string) => ({
+        id,
+        fleetId: fleetOf(order),
+        before: { state: "active", offer: PRO },
+        after: { state: "inactive", externalState: "suspended", offer: PRO },
+      })),
+    );
+    expect(ids.map((id: string) => partner.store.licences[id]!.state)).toEqual(["inactive", "inactive"]);
+  });
+
+  it("answers failed with the application's reason, and keeps no trace of a refused order", async () => {
+    const { t, partner } = s;
+    partner.setMode({ mode: "refuse", reason: "no seat left in this plan" });
+    const body = uc2({ quantity: 2 });
+    const res = await t.call("POST", ORDER_URL, body);
+    expect(res.status).toBe(201);
+    expect(res.body).toMatchObject({ state: "failed", note: { text: expect.stringContaining("no seat left in this plan") } });
+    expect(await t.db.customer.count({ where: { orangeRef: body.customer.externalReference.id } })).toBe(0);
+    expect(await t.db.licence.count({ where: { orderId: res.body.id } })).toBe(0);
+    expect(await t.db.fleet.count({ where: { customer: { orangeRef: body.customer.externalReference.id } } })).toBe(0);
+    expect(await commandOf(t, res.body.id)).toMatchObject({ state: "refused", lastStatus: 409 });
+    // A retry answers the same: nothing is sent again.
+    const before = partner.received.length;
+    const again = await t.call("POST", ORDER_URL, body);
+    expect(again.body).toEqual(res.body);
+    expect(partner.received.length).toBe(before);
+  });
+
+  it("fails an update the rules refuse without calling the application", async () => {
+    const { t, partner } = s;
+    const before = partner.received.length;
+    const res = await t.call("POST", UPDATE_URL, suspend("us_nowhere"));
+    expect(res.body).toMatchObject({ state: "failed", note: { text: expect.stringContaining("us_nowhere") } });
+    expect(partner.received.length).toBe(before);
+  });
+});
+
+describe("an application that answers later (202)", () => {
+  let s: Setup;
+  beforeAll(async () => {
+    s = await setup({ PROVISIONING_SYNC_DEADLINE_MS: "800" }, { mode: "later", delayMs: 1_500 });
+  });
+  afterAll(async () => s?.close());
+
+  it("answers 503 past the deadline; the application's result completes it; Orange's retry gets the outcome of the same command", async () => {
+    const { t, partner } = s;
+    const body = uc2({ quantity: 1 });
+    const first = await t.call("POST", ORDER_URL, body);
+    expect(first.status, first.text).toBe(503);
+    expect(first.body).toMatchObject({ code: 5, description: expect.stringContaining("send the same request again") });
+    expect(first.headers["retry-after"]).toBeDefined();
+    const order = await t.db.productOrder.findFirstOrThrow({ where: { orangeRef: body.externalReference.id } });
+    expect(order.state).toBe("acknowledged");
+    expect(await t.db.licence.count({ where: { orderId: order.id } })).toBe(0);
+
+    const command = await waitFor("the late result", async () => {
+      const c = await commandOf(t, order.id);
+      return c.state === "done" ? c : undefined;
+    }, 15_000);
+    expect(command).toMatchObject({ endedBy: "application", attempts: 1 });
+    expect(partner.resultCalls.at(-1)).toMatchObject({ commandId: command.id, status: 200 });
+
+    const retry = await t.call("POST", ORDER_URL, body);
+    expect(retry.status).toBe(201);
+    expect(retry.body).toMatchObject({ id: order.id, state: "completed" });
+    expect(partner.received.filter((r) => r.verified)).toHaveLength(1);
+    expect(await t.db.licence.count({ where: { orderId: order.id } })).toBe(1);
+  });
+
+  it("in auto mode, answers acknowledged past the deadline and sends the outcome as an event", async () => {
+    const gw = await startMockGateway();
+    const auto = await setup(
+      { ORDERING_MODE: "auto", PROVISIONING_SYNC_DEADLINE_MS: "500", ORANGE_CLIENT_ID: gw.clientId, ORANGE_CLIENT_SECRET: gw.clientSecret },
+      { mode: "slow", delayMs: 1_200 },
+    );
+    const worker = await startWorker(gw, auto.t.url, { tasks: auto.t.services.requestTasks });
+    try {
+      const late = await auto.t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
+      expect(late.body.state, late.text).toBe("acknowledged");
+      const event = await waitFor("the event", () => gw.delivered().find((r) => (r.body as { resource: { id?: string } }).resource.id === late.body.id), 15_000);
+      expect(event.body).toMatchObject({ type: "completedStateNotification", resource: { state: "completed" } });
+
+      auto.partner.setMode({ mode: "ok" });
+      const quick = await auto.t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
+      expect(quick.body.state, quick.text).toBe("completed");
+      expect(await auto.t.db.outboxEvent.count({ where: { orderId: quick.body.id } })).toBe(0);
+    } finally {
+      await worker.stop();
+      await auto.close();
+      await gw.close();
+    }
+  });
+});
+
+describe("async answers, retries, parking and order per fleet", () => {
+  let s: Setup;
+  let gw: MockGateway;
+  let worker: WorkerHarness;
+  beforeAll(async () => {
+    gw = await startMockGateway();
+    s = await setup({ ORDERING_MODE: "async", UPDATE_MODE: "async" });
+    worker = await startWorker(gw, s.t.url, { tasks: s.t.services.requestTasks, sweepRequests: s.t.services.sweepRequests });
+  });
+  afterAll(async () => {
+    await worker?.stop();
+    await s?.close();
+    await gw?.close();
+  });
+  beforeEach(() => s.partner.setMode({ mode: "ok" }));
+  afterEach(() => gw.reset());
+
+  const eventFor = (orderId: string) =>
+    waitFor("the order's event", () => gw.delivered().find((r) => (r.body as { resource: { id?: string } }).resource.id === orderId), 15_000);
+
+  it("retries an application that is down with the same webhook-id, and completes once it is back", async () => {
+    const { t, partner } = s;
+    partner.setMode({ mode: "down" });
+    const res = await t.call("POST", ORDER_URL, uc2({ quantity: 2 }));
+    expect(res.body.state).toBe("acknowledged");
+    await waitFor("two refused attempts", async () => ((await commandOf(t, res.body.id)).attemptRows.length >= 2 ? true : undefined));
+    expect(await t.db.licence.count({ where: { orderId: res.body.id } })).toBe(0);
+    partner.setMode({ mode: "ok" });
+    const event = await eventFor(res.body.id);
+    expect((event.body as { type: string }).type).toBe("completedStateNotification");
+    const command = await commandOf(t, res.body.id);
+    expect(command.state).toBe("done");
+    expect(command.attemptRows.map((a) => a.outcome)).toEqual([...Array(command.attempts - 1).fill("retry"), "done"]);
+    const ids = new Set(partner.received.filter((r) => r.body.includes(res.body.id)).map((r) => r.headers["webhook-id"]));
+    expect([...ids]).toEqual([command.id]);
+    expect(await t.db.licence.count({ where: { orderId: res.body.id } })).toBe(2);
+  });
+
+  it("parks a command the application never carries out, fails the order for Orange, and an operator can send it again", async () => {
+    const { t, partner } = s;
+    partner.setMode({ mode: "down" });
+    const res = await t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
+    const failed = await eventFor(res.body.id);
+    expect(failed.body).toMatchObject({
+      type: "failedStateNotification",
+      resource: { state: "failed", note: { text: expect.stringContaining("did not carry out the order") } },
+    });
+    const parked = await commandOf(t, res.body.id);
+    expect(parked).toMatchObject({ state: "parked", attempts: 4 });
+    expect(await t.db.productOrder.findUniqueOrThrow({ where: { id: res.body.id } })).toMatchObject({ state: "failed" });
+
+    gw.reset();
+    partner.setMode({ mode: "ok" });
+    const retried = await t.call("POST", `/admin/v1/provisioning/${parked.id}/retry`, {}, ADMIN);
+    expect(retried.status, retried.text).toBe(200);
+    const completed = await eventFor(res.body.id);
+    expect(completed.body).toMatchObject({ type: "completedStateNotification", resource: { state: "completed" } });
+    expect(await commandOf(t, res.body.id)).toMatchObject({ state: "done", endedBy: "admin" });
+    expect(await t.db.licence.count({ where: { orderId: res.body.id } })).toBe(1);
+  });
+
+  it("sends one fleet's commands in Orange's order, and never holds another fleet up", async () => {
+    const { t, partner } = s;
+    const fleetIdOf = async (orderId: string) =>
+      ((await eventFor(orderId)).body as { resource: { orderItem: { productRef: { id: string } }[] } }).resource.orderItem[0]!.productRef.id;
+    const a = await t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
+    const b = await t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
+    const [fleetA, fleetB] = [await fleetIdOf(a.body.id), await fleetIdOf(b.body.id)];
+    const licenceA = (await t.call("GET", `${LIST_URL}?productRefId=${fleetA}`)).body[0].id as string;
+
+    // The application is slow: fleet A's provisioning is still on its way when A's suspend arrives.
+    partner.setMode({ mode: "slow", delayMs: 700 });
+    const addA = await t.call("POST", ORDER_URL, uc3(fleetA, 1));
+    const suspendA = await t.call("POST", UPDATE_URL, suspend(licenceA));
+    const addB = await t.call("POST", ORDER_URL, uc3(fleetB, 1));
+    for (const r of [addA, suspendA, addB]) expect(r.body.state, r.text).toBe("acknowledged");
+    await eventFor(addA.body.id);
+    await eventFor(addB.body.id);
+    await waitFor("the suspend's event", () => gw.delivered().find((r) => (r.body as { type: string }).type === "updateNotification"), 15_000);
+
+    const at = (pick: (body: string, type?: string) => boolean) => {
+      const found = partner.received.find((r) => pick(r.body, r.type));
+      expect(found, "a command the application should have received").toBeDefined();
+      return Date.parse(found!.at);
+    };
+    const addAAt = at((body) => body.includes(addA.body.id));
+    const suspendAt = at((body, type) => type === "licences.suspend" && body.includes(licenceA));
+    const addBAt = at((body) => body.includes(addB.body.id));
+    // A's suspend went only once A's provisioning was answered (700 ms later); B did not wait for A.
+    expect(suspendAt - addAAt).toBeGreaterThanOrEqual(600);
+    expect(addBAt).toBeLessThan(suspendAt);
+    const commands = await t.db.provisioningCommand.findMany({ where: { lanes: { has: `fleet:${fleetA}` } }, orderBy: { seq: "asc" } });
+    expect(commands.map((c) => c.requestId)).toEqual([addA.body.id, (await t.db.licenceUpdate.findFirstOrThrow({ where: { orangeRef: suspendA.body.externalReference.id } })).id]);
+  });
+});
+
+describe("the application's credential and the configuration", () => {
+  let s: Setup;
+  beforeAll(async () => {
+    s = await setup();
+  });
+  afterAll(async () => s?.close());
+
+  it("opens only the routes the application calls", async () => {
+    const { t } = s;
+    expect((await t.call("GET", "/admin/v1/events", undefined, APP)).status).toBe(403);
+    expect((await t.call("GET", "/admin/v1/provisioning", undefined, APP)).status).toBe(403);
+    const change = await t.call("POST", "/admin/v1/licence-changes", { userService: [{ id: "us_nowhere", endUserOperation: { action: "delete" } }] }, APP);
+    expect(change.status).toBe(404); // through authentication, to the rules
+    const result = await t.call("POST", "/admin/v1/provisioning/pc_nowhere/result", { outcome: "completed" }, APP);
+    expect(result.status).toBe(404);
+    // Raw inject: no command yet, and `[]` is a correct answer for this API.
+    expect((await t.app.inject({ method: "GET", url: "/admin/v1/provisioning", headers: ADMIN })).statusCode).toBe(200);
+  });
+
+  it("refuses to start with settings that do not fit the mode, saying what to set", () => {
+    const base = { INBOUND_BEARER_TOKEN: "x" };
+    expect(() => loadConfig({ ...base, PROVISIONING_MODE: "webhook" })).toThrow(/PROVISIONING_URL/);
+    expect(() => loadConfig({ ...base, PROVISIONING_MODE: "webhook", PROVISIONING_URL: "http://app.example/hook", PROVISIONING_SECRET: NEW_SECRET })).toThrow(
+      /https/,
+    );
+    expect(() => loadConfig({ ...base, PROVISIONING_MODE: "webhook", PROVISIONING_URL: "https://app.example/hook" })).toThrow(/PROVISIONING_SECRET/);
+    expect(() =>
+      loadConfig({ ...base, PROVISIONING_MODE: "webhook", PROVISIONING_URL: "https://app.example/hook", PROVISIONING_SECRET: "whsec_short" }),
+    ).toThrow(/PROVISIONING_SECRET/);
+    expect(() => loadConfig({ ...base, ORDERING_MODE: "auto" })).toThrow(/ORDERING_MODE=auto needs ORANGE_CLIENT_ID/);
+    expect(() => loadConfig({ ...base, ADMIN_TOKEN: "same", APP_TOKEN: "same" })).toThrow(/APP_TOKEN must differ/);
+  });
+});
