@@ -115,6 +115,8 @@ const EnvSchema = z.object({
   WORKER_LEASE_MS: z.coerce.number().int().min(1000).default(120_000),
   WORKER_POLL_INTERVAL_MS: z.coerce.number().int().min(10).default(1_000),
   WORKER_STOP_TIMEOUT_MS: z.coerce.number().int().min(0).default(10_000),
+  /** How often the worker sweeps: jobs of dead workers, work without a job, commands past their lease or bounds. */
+  WORKER_SWEEP_INTERVAL_MS: z.coerce.number().int().min(100).default(30_000),
 });
 
 
@@ -157,6 +159,7 @@ export interface WorkerConfig {
   leaseMs: number;
   pollIntervalMs: number;
   stopTimeoutMs: number;
+  sweepIntervalMs: number;
   retry: { baseMs: number; maxMs: number; maxAttempts: number; maxAgeMs: number };
 }
 
@@ -346,6 +349,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       leaseMs: e.WORKER_LEASE_MS,
       pollIntervalMs: e.WORKER_POLL_INTERVAL_MS,
       stopTimeoutMs: e.WORKER_STOP_TIMEOUT_MS,
+      sweepIntervalMs: e.WORKER_SWEEP_INTERVAL_MS,
       retry: {
         baseMs: e.EVENT_RETRY_BASE_MS,
         maxMs: e.EVENT_RETRY_MAX_MS,

@@ -97,6 +97,7 @@ async function startWorkerRole(
         leaseMs: config.worker.leaseMs,
         pollIntervalMs: config.worker.pollIntervalMs,
         stopTimeoutMs: config.worker.stopTimeoutMs,
+        sweepIntervalMs: config.worker.sweepIntervalMs,
         logger: log.child({ component: "worker" }),
         tasks: services.requestTasks,
         sweepRequests: services.sweepRequests,
@@ -144,6 +145,7 @@ async function startWorkerRole(
       leaseMs: config.worker.leaseMs,
       pollIntervalMs: config.worker.pollIntervalMs,
       stopTimeoutMs: config.worker.stopTimeoutMs,
+      sweepIntervalMs: config.worker.sweepIntervalMs,
       logger: eventLog,
       // Registered whatever this process's modes: a job left by an API replica in async mode
       // is carried out by any worker.

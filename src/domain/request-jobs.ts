@@ -97,6 +97,15 @@ export function createRequestSweep(
         }
         continue;
       }
+      if (row.state === "sending") {
+        // Past its lease, its runner is presumed dead: its job may still look alive (graphile
+        // keeps a dead worker's lock for WORKER_LEASE_MS), so another job takes over at once; the
+        // attempt number keeps a late runner from settling it twice.
+        await deps.jobs.add(deps.db, provisionJob(lifecycle.kind, row.id));
+        deps.log?.warn({ commandId: row.id }, "command past its lease (its runner died?); sent again");
+        touched.push(`provision:${row.id}`);
+        continue;
+      }
       kinds.set(provisionJob(lifecycle.kind, row.id).key!, row.request_kind);
     }
     for (const key of await deps.jobs.withoutLiveJob(deps.db, [...kinds.keys()])) {
