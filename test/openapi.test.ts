@@ -24,7 +24,14 @@ const ADMIN_PATHS = [
   "/admin/v1/events/{id}/discard",
   "/admin/v1/events/held",
   "/admin/v1/events/resend",
+  "/admin/v1/provisioning",
+  "/admin/v1/provisioning/{id}",
+  "/admin/v1/provisioning/{id}/result",
+  "/admin/v1/provisioning/{id}/retry",
 ];
+
+/** The admin routes the partner's application calls too, with its own token. */
+const APPLICATION_PATHS = ["/admin/v1/licence-changes", "/admin/v1/provisioning/{id}/result"];
 
 const ALL_PATHS = [...ORANGE_PATHS, ...ADMIN_PATHS];
 
@@ -60,7 +67,7 @@ describe("the committed OpenAPI document", () => {
     expect(Object.keys(doc.paths["/userservice/v2/userService/update"]!)).toEqual(["post"]);
   });
 
-  it("lists the operators' admin routes under the admin tag, with the admin bearer only", () => {
+  it("lists the operators' admin routes under the admin tag, with the admin bearer (and the application's where it calls)", () => {
     const doc = JSON.parse(generated) as OpenApiDocument;
     expect(Object.keys(doc.paths["/admin/v1/licence-changes"]!)).toEqual(["post"]);
     expect(Object.keys(doc.paths["/admin/v1/events"]!)).toEqual(["get"]);
@@ -69,7 +76,7 @@ describe("the committed OpenAPI document", () => {
     for (const path of ADMIN_PATHS) {
       for (const operation of Object.values(doc.paths[path]!)) {
         expect(operation.tags).toEqual(["admin"]);
-        expect(operation.security).toEqual([{ adminBearer: [] }]);
+        expect(operation.security).toEqual(APPLICATION_PATHS.includes(path) ? [{ adminBearer: [] }, { appBearer: [] }] : [{ adminBearer: [] }]);
       }
     }
   });
@@ -88,7 +95,7 @@ describe("the committed OpenAPI document", () => {
 
   it("declares the inbound security schemes", () => {
     const doc = JSON.parse(generated) as OpenApiDocument;
-    expect(Object.keys(doc.components?.securitySchemes ?? {}).sort()).toEqual(["adminBearer", "apiKey", "basic", "bearer"]);
+    expect(Object.keys(doc.components?.securitySchemes ?? {}).sort()).toEqual(["adminBearer", "apiKey", "appBearer", "basic", "bearer"]);
   });
 });
 
