@@ -265,15 +265,12 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
     unlocked: boolean;
   }> {
     const error = aborted ? `aborted: the worker was stopping (${result.error ?? "no answer"})` : (result.error ?? null);
-    let delayMs = 0;
-    let giveUp = false;
-    // Aborted by a stopping worker: not Orange's doing; the next worker tries at once, and the
-    // age bound does not apply.
+    // The delay is drawn here (jitter); whether the event is parked instead (attempts, age) is
+    // decided by the statement below, in one place. Aborted by a stopping worker: not Orange's
+    // doing; the next worker tries at once, and neither bound applies.
+    const delayMs = result.outcome === "retry" && !aborted ? retryDelayMs(retry, attempt, result.retryAfterMs, random) : 0;
+    const maxAttempts = aborted ? null : retry.maxAttempts;
     const maxAgeMs = aborted ? null : retry.maxAgeMs;
-    if (result.outcome === "retry" && !aborted) {
-      delayMs = retryDelayMs(retry, attempt, result.retryAfterMs, random);
-      giveUp = attempt >= retry.maxAttempts;
-    }
     const { rows } = await conn.query<{
       state: "delivered" | "dead" | "pending";
       next_attempt_at: Date;
@@ -287,7 +284,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
                 CASE
                   WHEN $2::text = 'delivered' THEN 'delivered'
                   WHEN $2::text = 'park' THEN 'dead'
-                  WHEN $3::boolean THEN 'dead'
+                  WHEN $3::int IS NOT NULL AND $17::int >= $3::int THEN 'dead'
                   WHEN $5::bigint IS NOT NULL
                    AND t.now + $4::bigint * interval '1 millisecond' > greatest(e.created_at, e.resent_at, e.released_at) + $5::bigint * interval '1 millisecond' THEN 'dead'
                   ELSE 'pending'
@@ -332,7 +329,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
       values: [
         head.id,
         result.outcome,
-        giveUp,
+        maxAttempts,
         delayMs,
         maxAgeMs,
         result.status ?? null,

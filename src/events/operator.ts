@@ -12,7 +12,7 @@
 import { join, raw, sql, type Db, type Sql, type Tx } from "../db/sql.js";
 import { Conflict, NotFound } from "../errors.js";
 import type { JsonValue } from "../lib/json.js";
-import { DELIVER_TASK } from "./outbox.js";
+import { DELIVER_TASK, jobKeyOf } from "./outbox.js";
 
 export type OutboxState = "pending" | "delivered" | "dead" | "discarded";
 
@@ -222,7 +222,7 @@ export function createEventOperatorService(deps: { db: Db }) {
       SELECT count(graphile_worker.add_job(
                ${DELIVER_TASK}::text,
                json_build_object('orderingKey', k),
-               job_key => 'deliver:' || k,
+               job_key => ${jobKeyOf("")}::text || k,
                job_key_mode => 'replace')) AS n
         FROM released`);
   }

@@ -24,7 +24,7 @@ import { createDeliverEventsTask, schedule, type RetryPolicy } from "./delivery.
 import type { EventLogger } from "./http.js";
 import type { TaskHandler } from "../domain/ports.js";
 import type { OrangeEventClient } from "./orange-client.js";
-import { DELIVER_TASK } from "./outbox.js";
+import { DELIVER_TASK, jobKeyOf } from "./outbox.js";
 
 export interface WorkerLogger extends EventLogger {
   error(obj: object, msg?: string): void;
@@ -136,12 +136,13 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
         WHERE e.state = 'pending'
           AND NOT EXISTS (
             SELECT 1 FROM graphile_worker.jobs j
-             WHERE j.key = 'deliver:' || e.ordering_key AND j.attempts < j.max_attempts)
+             WHERE j.key = $1 || e.ordering_key AND j.attempts < j.max_attempts)
           -- Held behind a dead event: no job on purpose; the operator's re-send or discard adds one.
           AND NOT EXISTS (
             SELECT 1 FROM outbox_event d
              WHERE d.ordering_key = e.ordering_key AND d.state = 'dead' AND d.seq < e.seq)
         LIMIT 1000`,
+      [jobKeyOf("")],
     );
     const rescheduledKeys = orphans.rows.map((r) => r.ordering_key);
     for (const key of rescheduledKeys) await schedule(pool, key, { delayMs: 0 }, "preserve_run_at");
