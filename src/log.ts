@@ -1,7 +1,6 @@
 /**
  * How errors appear in the logs. A failed query carries customer data in places pino's default
- * serializer copies verbatim: Prisma's validation errors print the whole SQL statement and every
- * parameter in their message (and so in their stack), PostgreSQL puts the offending row or key
+ * serializer copies verbatim: PostgreSQL puts the offending row or key
  * in `detail` ("Failing row contains (…)", "Key (orange_ref)=(…)") and the value it could not
  * take in its message (`invalid input syntax for type integer: "…"`), and Node's HTTP parser
  * errors carry the raw request bytes, credentials included. Only what identifies the failure is
@@ -15,37 +14,23 @@ const KEPT_FIELDS = [
   "errno",
   "syscall",
   "statusCode",
-  "kind",
-  "originalCode",
   "severity",
   "schema",
   "table",
   "column",
   "constraint",
   "routine",
-  "clientVersion",
 ] as const;
 
 const MAX_CAUSES = 5;
 
-/** Prisma's "Invalid `prisma.x()` invocation:" head, up to the colon (optionally " in file:line"). */
-const PRISMA_INVOCATION = /Invalid `[^`\n]*` invocation(?: in\n?[^\n]*)?:/;
-
 /**
- * The message with what may hold customer data taken out: Prisma's dump of the call (SQL and
- * parameters) between its head and its last paragraph, and any quoted value after a colon,
- * where PostgreSQL and Prisma put the values they reject (names stay: `constraint "x"`).
+ * The message with what may hold customer data taken out: any quoted value after a colon, where
+ * PostgreSQL puts the values it rejects (names stay: `constraint "x"`). The driver's errors carry
+ * neither the statement nor its parameters (they are bound, never interpolated).
  */
 export function safeErrorMessage(message: string): string {
-  let text = message.trim();
-  // Also inside a longer text: an error turned into a string ("PrismaClientValidationError: Invalid…").
-  const invocation = PRISMA_INVOCATION.exec(text);
-  if (invocation) {
-    const head = `${text.slice(0, invocation.index).trim()} ${invocation[0]}`.trim();
-    const paragraphs = text.slice(invocation.index).split(/\n\s*\n/);
-    const reason = paragraphs.length > 1 ? paragraphs[paragraphs.length - 1]!.trim() : "";
-    text = reason === "" ? head : `${head} ${reason}`;
-  }
+  const text = message.trim();
   return text.replace(/: "(?:[^"\\]|\\.)*"/g, ': "…"').replace(/: '(?:[^'\\]|\\.)*'/g, ": '…'");
 }
 
@@ -71,17 +56,13 @@ function serialize(err: unknown, depth: number): SerializedError {
   const message = safeErrorMessage(typeof e.message === "string" ? e.message : "");
   const head = `${type}: ${message}`;
   const out: SerializedError = { type, message, stack: typeof e.stack === "string" ? safeStack(e.stack, head) : head };
-  // A plain object (PostgreSQL's error as a driver adapter reports it) has no stack to show.
+  // A plain object has no stack to show.
   if (typeof e.stack !== "string" && depth > 0) delete (out as Partial<SerializedError>).stack;
   for (const field of KEPT_FIELDS) {
     const value = e[field];
     if (typeof value === "string" || typeof value === "number") out[field] = value;
   }
-  if (typeof e.originalMessage === "string") out.originalMessage = safeErrorMessage(e.originalMessage);
-  // Prisma over a driver adapter keeps PostgreSQL's error in meta.driverAdapterError.cause.
-  const meta = e.meta as { driverAdapterError?: { cause?: unknown } } | undefined;
-  const cause = e.cause ?? meta?.driverAdapterError?.cause;
-  if (cause !== undefined && depth < MAX_CAUSES) out.cause = serialize(cause, depth + 1);
+  if (e.cause !== undefined && depth < MAX_CAUSES) out.cause = serialize(e.cause, depth + 1);
   return out;
 }
 

@@ -55,8 +55,7 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
   const id = ids.next("ev");
   const body: OrangeEvent = { id, type: event.type, time: clock.now().toISOString(), resource: event.resource };
 
-  // One statement (one round trip instead of three: the bench measured ~0.7 ms of Prisma CPU per
-  // statement): the key lock, then the row, whose seq (nextval) is drawn only once the lock is
+  // One statement (one round trip instead of three): the key lock, then the row, whose seq (nextval) is drawn only once the lock is
   // held (the INSERT reads FROM the lock), then the job, added once the row is written.
   // preserve_run_at: when the key's job is waiting for a retry of an earlier event, the new
   // event waits behind it instead of pulling the job forward. When the key's job is running,
