@@ -222,7 +222,7 @@ export const EventSchema = z
     createdAt: DateTimeSchema,
     deliveredAt: DateTimeSchema.optional(),
     deadAt: DateTimeSchema.optional(),
-    resentAt: DateTimeSchema.optional().describe("last re-send by an operator; the retry age bound counts from here"),
+    resentAt: DateTimeSchema.optional().describe("last re-send by an operator (the retry age bound counts from the latest of createdAt, resentAt and releasedAt)"),
     discardedAt: DateTimeSchema.optional().describe("when an operator discarded the dead event (state discarded)"),
     discardedBy: z.string().optional().describe("who discarded it: the admin credential in use"),
     discardReason: z.string().optional().describe("why, as the operator gave it"),
