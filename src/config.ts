@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { parseWebhookSecrets } from "./provisioning/webhook.js";
+import { parseWebhookSecrets } from "./lib/webhook-secrets.js";
 
 /**
  * Every setting of the server, read once from the environment and validated. Defaults work on a

@@ -4,7 +4,8 @@
  */
 import type { ProvisioningConfig } from "../config.js";
 import type { ProvisioningStage } from "../domain/lifecycle.js";
-import { createWebhookProvisioner, parseWebhookSecrets, type WebhookProvisionerOptions } from "./webhook.js";
+import { parseWebhookSecrets } from "../lib/webhook-secrets.js";
+import { createWebhookProvisioner, type WebhookProvisionerOptions } from "./webhook.js";
 
 export function provisioningStageFrom(
   config: ProvisioningConfig,
