@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { isTransient } from "../src/db/errors.js";
 import { createRequestLifecycle, type RequestLifecycle } from "../src/domain/lifecycle.js";
@@ -8,6 +7,7 @@ import { createRequestTasks } from "../src/domain/request-jobs.js";
 import { createOutbox } from "../src/events/outbox.js";
 import { jobQueue } from "../src/events/queue.js";
 import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
+import { ORDER_URL, orange, PRO, ref, uc2 as fixtureUc2, UPDATE_URL } from "./support/fixtures.js";
 import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
 import { clock, ids, startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
 
@@ -17,9 +17,6 @@ import { clock, ids, startWorker, waitFor, type WorkerHarness } from "./support/
  * the loopback Orange gateway as an event whose resource is what the sync mode would have answered.
  */
 
-const ORDER_URL = "/productordering/v2/productOrder";
-const UPDATE_URL = "/userservice/v2/userService/update";
-const PRO = "MBA-CAISSE-PRO";
 
 let asyncApp: TestApp;
 let syncApp: TestApp;
@@ -49,41 +46,15 @@ async function worker(tasks: Record<string, TaskHandler> = asyncApp.services.req
   return w;
 }
 
-function ref(prefix: string): string {
-  return `${prefix}-${randomBytes(5).toString("hex")}`;
-}
-
-const orange = (id: string) => ({ type: "orange", id });
-
+/** UC2 with a contact and a first end user, as the async and sync answers are compared on it. */
 function uc2(orderRef: string, opts: { quantity: number; offer?: string }) {
-  return {
-    externalReference: orange(orderRef),
-    category: "production",
-    orderDate: "2026-05-02T09:20:00.000Z",
-    customer: {
-      externalReference: orange(ref("CUS")),
-      tradingName: "Boulangerie Martin",
-      organizationCode: "41234567800019",
-    },
-    relatedContact: [
-      {
-        role: "customerFleetManager",
-        externalReference: orange(ref("CT")),
-        givenName: "Claire",
-        familyName: "Martin",
-        email: "claire.martin@boulangerie-martin.example",
-      },
-    ],
-    orderItem: [
-      {
-        id: "1",
-        action: "add",
-        productOffering: { name: "Caisse Pro", externalReference: orange(opts.offer ?? PRO) },
-        productRef: { userServiceQuantity: opts.quantity },
-        endUserConfiguration: [{ endUser: { givenName: "Ana", familyName: "Diaz", email: "ana@example.org" } }],
-      },
-    ],
-  };
+  return fixtureUc2({
+    orderRef,
+    quantity: opts.quantity,
+    offer: opts.offer,
+    withContact: true,
+    endUserConfiguration: [{ endUser: { givenName: "Ana", familyName: "Diaz", email: "ana@example.org" } }],
+  });
 }
 
 /** The event of an order (or an update) the gateway accepted, once it arrived. */

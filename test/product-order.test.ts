@@ -1,6 +1,6 @@
-import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
+import { ORDER_URL, orange, orderItem, PRO, ref, type ItemOptions } from "./support/fixtures.js";
 
 /**
  * POST /productordering/v2/productOrder (contract sections 0, 2, 5, 7, 8): UC1 to UC3, business
@@ -8,16 +8,7 @@ import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
  * in the database.
  */
 
-const ORDER_URL = "/productordering/v2/productOrder";
 const PARTNER_NAME = "Caisse Test SAS";
-const PRO = "MBA-CAISSE-PRO";
-
-/** Unique Orange references, so that the tests of one file never see each other's rows. */
-function ref(prefix: string): string {
-  return `${prefix}-${randomBytes(5).toString("hex")}`;
-}
-
-const orange = (id: string) => ({ type: "orange", id });
 
 function customer(customerRef: string, extra: Record<string, unknown> = {}) {
   return {
@@ -50,29 +41,6 @@ function uc1(orderRef: string, customerRef: string, contactRef = ref("CT")) {
     orderDate: "2026-05-02T09:15:00.000Z",
     customer: customer(customerRef),
     relatedContact: contacts(contactRef),
-  };
-}
-
-interface ItemOptions {
-  quantity: number;
-  fleetId?: string;
-  offer?: string;
-  action?: string;
-  endUserConfiguration?: unknown[];
-  characteristic?: { name: string; value: string }[];
-}
-
-function orderItem(o: ItemOptions) {
-  return {
-    id: "1",
-    action: o.action ?? "add",
-    productOffering: { name: "Caisse Pro", externalReference: orange(o.offer ?? PRO) },
-    productRef: {
-      ...(o.fleetId !== undefined ? { id: o.fleetId } : {}),
-      userServiceQuantity: o.quantity,
-      ...(o.characteristic ? { characteristic: o.characteristic } : {}),
-    },
-    ...(o.endUserConfiguration ? { endUserConfiguration: o.endUserConfiguration } : {}),
   };
 }
 

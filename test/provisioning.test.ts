@@ -7,6 +7,7 @@ import { loadConfig } from "../src/config.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
 import { freePort } from "../src/simulator/self-host.js";
 import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
+import { LIST_URL, ORDER_URL, PAUL, PRO, stateUpdate, uc2 as fixtureUc2, uc3 as fixtureUc3, UPDATE_URL } from "./support/fixtures.js";
 import { startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
 
 /**
@@ -15,10 +16,6 @@ import { startWorker, waitFor, type WorkerHarness } from "./support/outbox-harne
  * checks what Orange was answered, what the store holds, and what the application received.
  */
 
-const ORDER_URL = "/productordering/v2/productOrder";
-const UPDATE_URL = "/userservice/v2/userService/update";
-const LIST_URL = "/userservice/v2/userService";
-const PRO = "MBA-CAISSE-PRO";
 const ADMIN_TOKEN = "admin-token-provisioning-9f2e";
 const APP_TOKEN = "app-token-provisioning-51c0";
 const ADMIN = { authorization: `Bearer ${ADMIN_TOKEN}` };
@@ -29,37 +26,10 @@ const secret = () => `whsec_${randomBytes(32).toString("base64")}`;
 const OLD_SECRET = secret();
 const NEW_SECRET = secret();
 
-const ref = (prefix: string) => `${prefix}-${randomBytes(5).toString("hex")}`;
-const orange = (id: string) => ({ type: "orange", id });
 
-function uc2(opts: { quantity: number; customerRef?: string }) {
-  return {
-    externalReference: orange(ref("ORD")),
-    category: "production",
-    customer: { externalReference: orange(opts.customerRef ?? ref("CUS")), tradingName: "Boulangerie Martin" },
-    relatedContact: [{ role: "customerFleetManager", externalReference: orange(ref("CT")), givenName: "Claire", familyName: "Martin", email: "claire@martin.example" }],
-    orderItem: [
-      {
-        id: "1",
-        action: "add",
-        productOffering: { name: "Caisse Pro", externalReference: orange(PRO) },
-        productRef: { userServiceQuantity: opts.quantity },
-        endUserConfiguration: [{ endUser: { givenName: "Paul", familyName: "Martin", email: "paul@martin.example" } }],
-      },
-    ],
-  };
-}
-
-function uc3(fleetId: string, quantity: number) {
-  return {
-    externalReference: orange(ref("ORD")),
-    orderItem: [{ id: "1", action: "add", productOffering: { externalReference: orange(PRO) }, productRef: { id: fleetId, userServiceQuantity: quantity } }],
-  };
-}
-
-function suspend(...licenceIds: string[]) {
-  return { externalReference: orange(ref("UPD")), userService: licenceIds.map((id) => ({ id, externalState: "suspended" })) };
-}
+const uc2 = (o: { quantity: number; customerRef?: string }) => fixtureUc2({ ...o, withContact: true, endUserConfiguration: [{ endUser: PAUL }] });
+const uc3 = (fleetId: string, quantity: number) => fixtureUc3(fleetId, { quantity });
+const suspend = (...licenceIds: string[]) => stateUpdate("suspended", ...licenceIds);
 
 const fleetOf = (order: CallResult) => order.body.orderItem[0].productRef.id as string;
 

@@ -1,7 +1,7 @@
-import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Clock } from "../src/lib/clock.js";
 import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
+import { ESSENTIEL, LIST_URL, PREMIUM, PRO, ref, UPDATE_URL } from "./support/fixtures.js";
 
 /**
  * userService endpoints (contract sections 3, 4, 7, 8): consultation by fleet, by ids and by id,
@@ -9,11 +9,8 @@ import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
  * idempotency and concurrency. Licences are always created through the real productOrder API.
  */
 
-const LIST = "/userservice/v2/userService";
-const UPDATE = "/userservice/v2/userService/update";
-const PRO = "MBA-CAISSE-PRO";
-const PREMIUM = "MBA-CAISSE-PREMIUM";
-const ESSENTIEL = "MBA-CAISSE-ESSENTIEL";
+const LIST = LIST_URL;
+const UPDATE = UPDATE_URL;
 const OFFER_NAMES: Record<string, string> = {
   [PRO]: "Caisse Pro",
   [PREMIUM]: "Caisse Premium",
@@ -40,10 +37,7 @@ afterAll(async () => t.close());
 // ---------------------------------------------------------------------------------------------
 // Local helpers
 
-/** A reference no other test (nor a rerun) uses. */
-function uniqueRef(prefix: string): string {
-  return `${prefix}-${randomUUID()}`;
-}
+const uniqueRef = ref;
 
 interface Fleet {
   fleetId: string;
