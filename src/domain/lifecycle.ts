@@ -528,13 +528,14 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
 
   async function receiveProvisioned(cmd: C, mode: AnswerMode, s: ProvisioningStage): Promise<Reply> {
     const deadline = clock.now().getTime() + s.syncDeadlineMs;
-    const first = await db.transaction(async (tx): Promise<{ reply: Reply } | { requestId: string; step: Step; commandId: string }> => {
+    type First = { reply: Reply } | { requestId: string; step: Step; commandId: string; retried: boolean };
+    const first = await db.transaction(async (tx): Promise<First> => {
       const claimed = await claim(tx, cmd, mode);
       if ("replay" in claimed) {
         // An answer is stored (final, or the acknowledgement): Orange gets it again. None yet: the
         // first call is still waiting for the application; this one waits too.
         if (claimed.replay !== null) return { reply: { requestId: claimed.id, replayed: true, response: claimed.replay } };
-        return { requestId: claimed.id, step: IDLE, commandId: "" };
+        return { requestId: claimed.id, step: IDLE, commandId: "", retried: true };
       }
       const commandId = ids.next("pc");
       const lanes = await handler.lanes(tx, claimed.id, cmd);
@@ -550,7 +551,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       const step = await prepare(tx, row!, cmd);
       // Not its turn yet: the worker sends it once the commands before it are finished.
       if (step.kind === "idle") await jobs.add(tx, provisionJob(kind, commandId));
-      return { requestId: claimed.id, step, commandId };
+      return { requestId: claimed.id, step, commandId, retried: false };
     });
     if ("reply" in first) return first.reply;
     const { requestId, step } = first;
@@ -559,7 +560,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       await settle(first.commandId, step.attempt, await send(step.call, AbortSignal.timeout(Math.min(left, s.timeoutMs + 1_000))));
     }
     const response = await awaitAnswer(requestId, deadline);
-    if (response !== undefined) return { requestId, replayed: step.kind === "idle" && first.commandId === "", response };
+    // A retry that waited for the first call's outcome answers it as a replay.
+    if (response !== undefined) return { requestId, replayed: first.retried, response };
     return pastDeadline(cmd, requestId, mode);
   }
 
