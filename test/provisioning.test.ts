@@ -319,19 +319,21 @@ describe("async answers, retries, parking and order per fleet", () => {
     await eventFor(addB.body.id);
     await waitFor("the suspend's event", () => gw.delivered().find((r) => (r.body as { type: string }).type === "updateNotification"), 15_000);
 
-    const at = (pick: (body: string, type?: string) => boolean) => {
-      const found = partner.received.find((r) => pick(r.body, r.type));
-      expect(found, "a command the application should have received").toBeDefined();
-      return Date.parse(found!.at);
+    const received = (pick: (body: string, type?: string) => boolean) => {
+      const index = partner.received.findIndex((r) => pick(r.body, r.type));
+      expect(index, "a command the application should have received").toBeGreaterThanOrEqual(0);
+      return index;
     };
-    const addAAt = at((body) => body.includes(addA.body.id));
-    const suspendAt = at((body, type) => type === "licences.suspend" && body.includes(licenceA));
-    const addBAt = at((body) => body.includes(addB.body.id));
-    // A's suspend went only once A's provisioning was answered (700 ms later); B did not wait for A.
-    expect(suspendAt - addAAt).toBeGreaterThanOrEqual(600);
-    expect(addBAt).toBeLessThan(suspendAt);
+    const addAIndex = received((body) => body.includes(addA.body.id));
+    const suspendIndex = received((body, type) => type === "licences.suspend" && body.includes(licenceA));
+    const addBIndex = received((body) => body.includes(addB.body.id));
+    // The application received A's provisioning, then B's (which did not wait for A), then A's suspend.
+    expect(addAIndex).toBeLessThan(suspendIndex);
+    expect(addBIndex).toBeLessThan(suspendIndex);
     const commands = await t.db.provisioningCommand.findMany({ where: { lanes: { has: `fleet:${fleetA}` } }, orderBy: { seq: "asc" } });
     expect(commands.map((c) => c.requestId)).toEqual([addA.body.id, (await t.db.licenceUpdate.findFirstOrThrow({ where: { orangeRef: suspendA.body.externalReference.id } })).id]);
+    // A's suspend was prepared (its plan read the licences) only once A's provisioning had finished.
+    expect(commands[1]!.preparedAt!.getTime()).toBeGreaterThanOrEqual(commands[0]!.finishedAt!.getTime());
   });
 });
 
