@@ -2,12 +2,13 @@
  * Orange's side under load: UC2 orders (a new customer and fleet each, Orange references unique
  * per order) posted without pause by a few concurrent callers over real HTTP, every answer
  * recorded. For tests that break the database or the server meanwhile and then check that every
- * acknowledged order was carried out exactly once.
+ * acknowledged order was carried out exactly once. Free of vitest, so that `npm run chaos` (a
+ * plain script) uses it too.
  */
+import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { request } from "undici";
-import { expect } from "vitest";
 import type { MockGateway } from "../../src/simulator/gateway.js";
 
 export interface OrderCall {
@@ -28,6 +29,8 @@ export interface OrderCall {
 export interface OrderLoad {
   /** Every call so far, in completion order. */
   readonly calls: readonly OrderCall[];
+  /** Calls sent and not ended yet. */
+  inFlight(): number;
   /** Calls answered 201 `acknowledged` (async mode) or `completed` (sync mode). */
   accepted(): OrderCall[];
   /** Stops posting; resolves once the calls in flight have ended. */
@@ -75,12 +78,14 @@ export function startOrderLoad(options: OrderLoadOptions): OrderLoad {
   const maxQuantity = options.maxQuantity ?? 3;
   const run = randomBytes(3).toString("hex");
   let next = 0;
+  let pending = 0;
   let stopping = false;
 
   async function one(): Promise<void> {
     const ref = `LOAD-${run}-${++next}`;
     const quantity = 1 + (next % maxQuantity);
     const call: OrderCall = { ref, quantity, startedAt: Date.now(), endedAt: 0 };
+    pending++;
     try {
       const res = await request(`${options.url}${ORDER_PATH}`, {
         method: "POST",
@@ -101,6 +106,7 @@ export function startOrderLoad(options: OrderLoadOptions): OrderLoad {
     } catch (err) {
       call.error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
     }
+    pending--;
     call.endedAt = Date.now();
     calls.push(call);
   }
@@ -114,6 +120,7 @@ export function startOrderLoad(options: OrderLoadOptions): OrderLoad {
 
   return {
     calls,
+    inFlight: () => pending,
     accepted: () =>
       calls.filter((c) => c.status === 201 && (c.body?.state === "acknowledged" || c.body?.state === "completed")),
     async stop() {
@@ -151,7 +158,7 @@ export async function expectOrdersCarriedOutOnce(databaseUrl: string, load: Orde
             (SELECT count(*)::int FROM licence l WHERE l.fleet_id = o.fleet_id) AS fleet_licences
        FROM product_order o`,
   );
-  expect(new Set(orders.map((o) => o.orange_ref)).size, "one order per Orange reference").toBe(orders.length);
+  assert.equal(new Set(orders.map((o) => o.orange_ref)).size, orders.length, "one order per Orange reference");
   const sent = new Map(load.calls.map((c): [string, OrderCall] => [c.ref, c]));
   const eventIds = new Map<string, Set<string>>();
   for (const call of gateway.delivered()) {
@@ -161,18 +168,15 @@ export async function expectOrdersCarriedOutOnce(databaseUrl: string, load: Orde
   }
   for (const o of orders) {
     const quantity = sent.get(o.orange_ref)?.quantity;
-    expect(quantity, `order ${o.id} (${o.orange_ref}) was never sent by the load`).toBeDefined();
-    expect({ id: o.id, state: o.state, licences: o.licences, fleet: o.fleet_licences, events: eventIds.get(o.id)?.size }).toEqual({
-      id: o.id,
-      state: "completed",
-      licences: quantity,
-      fleet: quantity,
-      events: 1,
-    });
+    assert.notEqual(quantity, undefined, `order ${o.id} (${o.orange_ref}) was never sent by the load`);
+    assert.deepEqual(
+      { id: o.id, state: o.state, licences: o.licences, fleet: o.fleet_licences, events: eventIds.get(o.id)?.size },
+      { id: o.id, state: "completed", licences: quantity, fleet: quantity, events: 1 },
+    );
   }
   const stored = new Set(orders.map((o) => o.id));
   const lost = load.accepted().filter((c) => !stored.has(c.body.id as string));
-  expect(lost, "acknowledged orders missing from the database").toEqual([]);
+  assert.deepEqual(lost, [], "acknowledged orders missing from the database");
 }
 
 async function query<R extends pg.QueryResultRow>(databaseUrl: string, text: string): Promise<R[]> {
