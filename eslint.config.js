@@ -11,7 +11,7 @@ export default tseslint.config(
       "no-console": ["error", { allow: ["error"] }],
     },
   },
-  { files: ["bench/**", "scripts/**"], rules: { "no-console": "off" } },
+  { files: ["bench/**", "chaos/**", "scripts/**"], rules: { "no-console": "off" } },
   // Plain JavaScript run by node (TypeScript files get node's globals from @types/node).
   { files: ["bin/**"], languageOptions: { globals: { process: "readonly" } } },
 );
