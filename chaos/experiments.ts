@@ -196,9 +196,12 @@ const databaseOutage: ExperimentSpec = {
     const live = await x.call(server, "GET", "/health/live", undefined, { label: "live during the outage" });
     await sleep(Math.max(0, OUTAGE_MS - (Date.now() - downAt)));
     const aliveDuring = server.alive();
+    const restartAt = Date.now();
     await x.run.pg.start();
     const upAt = Date.now();
-    x.tally.faults.push(`database down ${((upAt - downAt) / 1000).toFixed(1)} s under async load`);
+    x.tally.faults.push(
+      `database stopped ${((restartAt - downAt) / 1000).toFixed(1)} s (+${((upAt - restartAt) / 1000).toFixed(1)} s to start) under async load`,
+    );
     x.expect(aliveDuring, "the server died during the outage");
     x.expect(ready.status === 503 && ready.body?.code === 5, `/health/ready during the outage: ${ready.status}`);
     x.expect(live.status === 200, `/health/live during the outage: ${live.status}`);
