@@ -65,10 +65,10 @@ export const ExternalReferenceSchema = z
 export type ExternalReference = z.infer<typeof ExternalReferenceSchema>;
 
 /** Orange sends either one reference or an array of them. */
-export const ExternalReferenceFieldSchema = z.union([
-  ExternalReferenceSchema,
-  z.array(ExternalReferenceSchema).min(1),
-]);
+export const ExternalReferenceFieldSchema = z.union([ExternalReferenceSchema, z.array(ExternalReferenceSchema).min(1)], {
+  // The wording of a rejection (./validation.ts): a union names its forms.
+  error: 'must be an object {"type": "orange", "id": "…"} or a non-empty array of such objects',
+});
 export type ExternalReferenceField = z.infer<typeof ExternalReferenceFieldSchema>;
 
 export const CharacteristicSchema = z
