@@ -7,6 +7,7 @@ import * as orangeSchemas from "../src/orange/schemas.js";
 import { createDb } from "../src/db/sql.js";
 import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
 import { freePort } from "../src/simulator/self-host.js";
+import { readCommittedOpenApi, schemaChecker } from "./support/openapi.js";
 import { createTestApp, findEmptyNodes, type CallResult, type TestApp } from "./support/app.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import {
@@ -356,6 +357,7 @@ describe("the story of the examples, replayed against a real server", () => {
     updateConflict.userService[0]!.externalState = "deleted";
     await step(sync, "POST", UPDATE, { body: updateConflict }, 409, "error-update-conflict");
     await step(sync, "GET", `${LICENCES}/us_unknown`, undefined, 404, "error-unknown-licence");
+    await step(sync, "GET", `${LICENCES}/us_${"x".repeat(67)}`, undefined, 400, "error-invalid-url");
     const second = docId("licence", (l: { id: string }) => l.id);
     const secondInDocs = (example("licence") as { id: string }).id;
     await step(sync, "POST", UPDATE, { body: { userService: [{ id: secondInDocs, externalState: "paused" }] } }, 400, "error-update-invalid");
@@ -414,5 +416,22 @@ describe("the story of the examples, replayed against a real server", () => {
     expect(changes.status, changes.text).toBe(200);
     const eventId: string = changes.body.events[0].id;
     await event((e) => (e.body as { id: string }).id === eventId, "uc5-event");
+  });
+
+  it("sends events that openapi/openapi.json describes: each one valid against the webhook of its type", () => {
+    const doc = readCommittedOpenApi();
+    const check = schemaChecker(doc);
+    const schemaOfType = (type: string) => doc.webhooks[type]?.post.requestBody.content["application/json"].schema;
+    const sent = gw.delivered().map((e) => e.body as { type: string; resource: { state?: string } });
+    expect(sent.map((e) => e.type).sort()).toEqual(["completedStateNotification", "failedStateNotification", "updateNotification", "updateNotification"]);
+    for (const event of sent) {
+      expect(schemaOfType(event.type), event.type).toBeDefined();
+      expect(check(schemaOfType(event.type), event), `${event.type}: ${JSON.stringify(event)}`).toEqual([]);
+    }
+    // The description is strict enough to catch a wrong event: a state that does not exist, or a
+    // completed order announced as an update.
+    const completed = sent.find((e) => e.type === "completedStateNotification")!;
+    expect(check(schemaOfType(completed.type), { ...completed, resource: { ...completed.resource, state: "done" } })).not.toEqual([]);
+    expect(check(schemaOfType("updateNotification"), { ...completed, type: "updateNotification" })).not.toEqual([]);
   });
 });
