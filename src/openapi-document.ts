@@ -27,12 +27,13 @@ export const CONTRACT_EXAMPLE = "docs/orange-contract.md, example ";
 interface NamedExample {
   /** The key under /docs' examples list. */
   key: string;
-  /** The example's name in docs/orange-contract.md. */
-  name: string;
+  /** The example's name in docs/orange-contract.md, or, for the admin API, which the contract does not cover, its value. */
+  name: string | { value: (book: ExampleBook) => unknown };
   summary: string;
 }
 
-const ex = (key: string, name: string, summary: string): NamedExample => ({ key, name, summary });
+const ex = (key: string, name: NamedExample["name"], summary: string): NamedExample => ({ key, name, summary });
+const literal = (value: (book: ExampleBook) => unknown) => ({ value });
 
 const UNAUTHORIZED = [ex("missing-credentials", "error-missing-credentials", "No credential presented (code 40)")];
 const FORBIDDEN = [ex("outside-allow-list", "error-forbidden", "Caller outside INBOUND_IP_ALLOWLIST (code 50)")];
@@ -48,6 +49,10 @@ interface OperationExamples {
 }
 
 type ExampleBook = (name: string) => Json;
+
+const eventId = (book: ExampleBook) => book("uc4-completed-event").id;
+/** The contract shows no command (the partner's application is this server's side): an id of their form. */
+const COMMAND_ID = "pc_01m8n2ja8p0000h3k2qv";
 
 /** The worked examples of each operation, by operationId. */
 const OPERATION_EXAMPLES: Record<string, OperationExamples> = {
@@ -127,6 +132,33 @@ const OPERATION_EXAMPLES: Record<string, OperationExamples> = {
   },
   changeLicences: {
     request: [ex("uc5", "uc5-admin-request", "UC5: a new end user on one licence, a password reset on another")],
+    responses: {},
+  },
+  getEvent: { parameters: { id: eventId }, responses: {} },
+  resendEvent: { parameters: { id: eventId }, responses: {} },
+  discardEvent: {
+    parameters: { id: eventId },
+    request: [
+      ex("with-reason", literal(() => ({ reason: "Orange cancelled the order meanwhile: its outcome no longer concerns it" })), "With the reason kept"),
+      ex("without-reason", literal(() => ({})), "Without a reason"),
+    ],
+    responses: {},
+  },
+  resendEvents: {
+    request: [
+      ex("every-dead-event", literal(() => ({})), "Every dead event"),
+      ex("one-fleet", literal((book) => ({ fleetId: book("uc2-response").orderItem[0].productRef.id })), "The dead events of one fleet"),
+    ],
+    responses: {},
+  },
+  getCommand: { parameters: { id: () => COMMAND_ID }, responses: {} },
+  retryCommand: { parameters: { id: () => COMMAND_ID }, responses: {} },
+  reportCommandResult: {
+    parameters: { id: () => COMMAND_ID },
+    request: [
+      ex("completed", literal(() => ({ outcome: "completed" })), "The application carried the command out"),
+      ex("failed", literal(() => ({ outcome: "failed", reason: "the customer's account is closed on our side" })), "It did not, and says why"),
+    ],
     responses: {},
   },
 };
@@ -325,7 +357,12 @@ function cleanSchemas(node: Json): void {
 
 function examplesObject(list: NamedExample[], book: ExampleBook): Json {
   return Object.fromEntries(
-    list.map((e) => [e.key, { summary: e.summary, description: `${CONTRACT_EXAMPLE}${e.name}`, value: book(e.name) }]),
+    list.map((e) => [
+      e.key,
+      typeof e.name === "string"
+        ? { summary: e.summary, description: `${CONTRACT_EXAMPLE}${e.name}`, value: book(e.name) }
+        : { summary: e.summary, value: e.name.value(book) },
+    ]),
   );
 }
 
