@@ -1,17 +1,19 @@
 import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from "fastify";
-import { jsonSchemaTransform, jsonSchemaTransformObject, type ZodTypeProvider } from "fastify-type-provider-zod";
+import { jsonSchemaTransform, type ZodTypeProvider } from "fastify-type-provider-zod";
 import type { z } from "zod";
 import { createAdminAuthenticator } from "./admin/auth.js";
 import { adminRoutes } from "./admin/routes.js";
 import type { Services } from "./compose.js";
 import type { Config } from "./config.js";
+import { readContractExamples } from "./contract-examples.js";
 import { sql } from "./db/sql.js";
 import { AppError, ServiceUnavailable } from "./errors.js";
 import { createHttpFront } from "./http-server.js";
 import { createIdGenerator } from "./lib/ids.js";
 import { LOG_SERIALIZERS } from "./log.js";
+import { createOpenApiFinisher } from "./openapi-document.js";
 import { createAuthenticator } from "./orange/auth.js";
 import { frameworkError, registerErrorHandling, sendError } from "./orange/error-handler.js";
 import { createPingFastPath } from "./orange/ping.js";
@@ -113,13 +115,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(fastifySwagger, {
     openapi: {
       openapi: "3.1.0",
-      info: {
-        title: "Orange Business Applications — partner API",
-        description:
-          "The API Orange's IT calls on the partner: availability, product orders (UC1-UC3) and licence " +
-          "consultation and updates. Wire contract: Orange Business Applications 2.2.",
-        version: API_VERSION,
-      },
+      // The description, servers, tags, webhooks and examples: src/openapi-document.ts.
+      info: { title: "Orange Business Applications — partner API", version: API_VERSION },
       components: {
         securitySchemes: {
           basic: { type: "http", scheme: "basic" },
@@ -131,12 +128,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
             scheme: "bearer",
             description: "APP_TOKEN: the partner's application, for the routes it calls (its late results, its own licence changes)",
           },
+          orangeOAuth: {
+            type: "oauth2",
+            description: "How this server authenticates to Orange's gateway when it sends events (ORANGE_CLIENT_ID, ORANGE_CLIENT_SECRET)",
+            flows: { clientCredentials: { tokenUrl: "https://ope.apibackbone.orange.com/oauth/v3/token", scopes: {} } },
+          },
         },
       },
       security: [{ basic: [] }, { bearer: [] }, { apiKey: [] }],
     },
     transform: jsonSchemaTransform,
-    transformObject: jsonSchemaTransformObject,
+    // Built on the first request for the document, not at start.
+    transformObject: createOpenApiFinisher(() => readContractExamples()),
   });
   await app.register(fastifySwaggerUi, { routePrefix: "/docs" });
 

@@ -63,6 +63,12 @@ const EnvSchema = z.object({
   /** sync: userService/update answers the final state; async: `acknowledged`, then updateNotification. */
   UPDATE_MODE: z.enum(["sync", "async", "auto"]).default("sync"),
   TRUST_PROXY: bool(false),
+  /**
+   * Apply the migrations at start (the database role must own the schema). false: they are
+   * applied beforehand by `npm run migrate` with an owner role, and the server runs with a role
+   * that may only read and write rows (README, "Database roles").
+   */
+  MIGRATE_ON_START: bool(true),
   /** Validate every response against its wire schema (tests turn this on; costs CPU). */
   RESPONSE_VALIDATION: bool(false),
 
@@ -169,6 +175,7 @@ export interface Config {
   port: number;
   logLevel: string;
   databaseUrl?: string;
+  migrateOnStart: boolean;
   dataDir: string;
   embeddedPgPort: number;
   databasePoolMax: number;
@@ -285,6 +292,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     port: e.PORT,
     logLevel: e.LOG_LEVEL,
     databaseUrl: e.DATABASE_URL,
+    migrateOnStart: e.MIGRATE_ON_START,
     dataDir: e.DATA_DIR,
     embeddedPgPort: e.EMBEDDED_PG_PORT,
     databasePoolMax: e.DATABASE_POOL_MAX,

@@ -206,8 +206,12 @@ async function main(): Promise<void> {
   installProcessGuard(log, (reason) => stopOnFatal(reason));
 
   try {
-    const { applied } = await applyMigrations(databaseUrl, { log: (msg) => log.info({ component: "migrations" }, msg) });
-    log.info({ applied }, applied.length > 0 ? "migrations applied" : "schema up to date");
+    if (config.migrateOnStart) {
+      const { applied } = await applyMigrations(databaseUrl, { log: (msg) => log.info({ component: "migrations" }, msg) });
+      log.info({ applied }, applied.length > 0 ? "migrations applied" : "schema up to date");
+    } else {
+      log.info("migrations not applied at start (MIGRATE_ON_START=false): `npm run migrate` applies them");
+    }
 
     const db = createDb(databaseUrl, {
       poolMax: config.databasePoolMax,

@@ -4,7 +4,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import * as adminSchemas from "../src/admin/schemas.js";
 import * as orangeSchemas from "../src/orange/schemas.js";
+import { createDb } from "../src/db/sql.js";
 import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
+import { freePort } from "../src/simulator/self-host.js";
+import { readCommittedOpenApi, schemaChecker } from "./support/openapi.js";
 import { createTestApp, findEmptyNodes, type CallResult, type TestApp } from "./support/app.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import {
@@ -156,8 +159,8 @@ function example(name: string): unknown {
 // -------------------------------------------------------------------------------------------------
 // The story of the examples, replayed
 
-const PARTNER_ID = /^(po|cu|ct|fl|us|eu|ev)_[0-9a-z]{20}$/;
-const PARTNER_ID_IN_TEXT = /\b(?:po|cu|ct|fl|us|eu|ev)_[0-9a-z]{20}\b/g;
+const PARTNER_ID = /^(po|cu|ct|fl|us|eu|ev|upd)_[0-9a-z]{20}$/;
+const PARTNER_ID_IN_TEXT = /\b(?:po|cu|ct|fl|us|eu|ev|upd)_[0-9a-z]{20}\b/g;
 const PARTNER_NAME = "Caisse Express SAS";
 const ADMIN_TOKEN = "docs-admin-token-3f9a";
 const ORDER = "/productordering/v2/productOrder";
@@ -265,14 +268,15 @@ describe("the story of the examples, replayed against a real server", () => {
   let gw: MockGateway;
   let worker: WorkerHarness;
   const ids = new IdMap();
+  /** The story's database, for one more app (closing the app leaves it open). */
+  const shared = () => ({ url: database.url, db: database.db, prisma: database.prisma, drop: async () => {} });
 
   beforeAll(async () => {
     database = await createTestDatabase();
     // Both apps on one database: the asynchronous half of the story continues the synchronous one.
-    const shared = { url: database.url, db: database.db, prisma: database.prisma, drop: async () => {} };
     const env = { PARTNER_NAME, ADMIN_TOKEN };
-    sync = await createTestApp({ database: shared, env });
-    async = await createTestApp({ database: shared, env: { ...env, ORDERING_MODE: "async", UPDATE_MODE: "async" } });
+    sync = await createTestApp({ database: shared(), env });
+    async = await createTestApp({ database: shared(), env: { ...env, ORDERING_MODE: "async", UPDATE_MODE: "async" } });
     gw = await startMockGateway();
     worker = await startWorker(gw, database.url, {
       tasks: async.services.requestTasks,
@@ -318,8 +322,11 @@ describe("the story of the examples, replayed against a real server", () => {
     const fleet = docId("uc2-response", (o: { orderItem: { productRef: { id: string } }[] }) => o.orderItem[0]!.productRef.id);
     await step(sync, "GET", `${LICENCES}?productRefId=${fleet}`, undefined, 200, "fleet-licences");
     await step(sync, "POST", ORDER, "uc3-request", 201, "uc3-response");
-    await step(sync, "POST", UPDATE, "update-request", 200, "update-response");
+    await step(sync, "POST", UPDATE, "suspend-request", 200, "suspend-response");
+    await step(sync, "POST", UPDATE, "delete-request", 200, "delete-response");
+    await step(sync, "POST", UPDATE, "swap-request", 200, "swap-response");
     await step(sync, "POST", UPDATE, "failed-update-request", 200, "failed-update-response");
+    await step(sync, "POST", UPDATE, "reactivate-request", 200, "reactivate-response");
     const one = docId("licence", (l: { id: string }) => l.id);
     await step(sync, "GET", `${LICENCES}/${one}`, undefined, 200, "licence");
     const some = (example("licences-by-ids") as { id: string }[]).map((l) => ids.toLive(l.id));
@@ -346,6 +353,37 @@ describe("the story of the examples, replayed against a real server", () => {
     const conflict = example("uc3-request") as { orderItem: { productRef: { userServiceQuantity: number } }[] };
     conflict.orderItem[0]!.productRef.userServiceQuantity = 5;
     await step(sync, "POST", ORDER, { body: conflict }, 409, "error-conflict");
+    const updateConflict = example("suspend-request") as { userService: { externalState: string }[] };
+    updateConflict.userService[0]!.externalState = "deleted";
+    await step(sync, "POST", UPDATE, { body: updateConflict }, 409, "error-update-conflict");
+    await step(sync, "GET", `${LICENCES}/us_unknown`, undefined, 404, "error-unknown-licence");
+    await step(sync, "GET", `${LICENCES}/us_${"x".repeat(67)}`, undefined, 400, "error-invalid-url");
+    const second = docId("licence", (l: { id: string }) => l.id);
+    const secondInDocs = (example("licence") as { id: string }).id;
+    await step(sync, "POST", UPDATE, { body: { userService: [{ id: secondInDocs, externalState: "paused" }] } }, 400, "error-update-invalid");
+    const noReference = { externalReference: { type: "orange", id: "ORD-2026-000192" }, customer: { tradingName: "Boulangerie Martin" } };
+    await step(sync, "POST", ORDER, { body: noReference }, 400, "error-forms");
+    const generated = example("uc2-request") as { externalReference: unknown };
+    generated.externalReference = { type: "string", id: "string" };
+    await step(sync, "POST", ORDER, { body: generated }, 400, "error-generated-body");
+    expect(await database.prisma.productOrder.count({ where: { orangeRef: { in: ["ORD-2026-000192", "string"] } } })).toBe(0);
+
+    const fenced = await createTestApp({ database: shared(), env: { INBOUND_IP_ALLOWLIST: "10.0.0.0/8" } });
+    try {
+      await step(fenced, "GET", `${LICENCES}/${second}`, undefined, 403, "error-forbidden");
+    } finally {
+      await fenced.close();
+    }
+    const port = await freePort();
+    const downUrl = `postgresql://x:y@127.0.0.1:${port}/nope`;
+    const downDb = createDb(downUrl, { connectTimeoutMs: 500 });
+    const down = await createTestApp({ database: { url: downUrl, db: downDb, prisma: database.prisma, drop: () => downDb.close() } });
+    try {
+      const res = await step(down, "GET", `${LICENCES}/${second}`, undefined, 503, "error-unavailable");
+      expect(res.headers["retry-after"]).toBe("5");
+    } finally {
+      await down.close();
+    }
   });
 
   it("acknowledges in asynchronous mode and sends the UC4, UC6 and UC5 events as documented", async () => {
@@ -378,5 +416,22 @@ describe("the story of the examples, replayed against a real server", () => {
     expect(changes.status, changes.text).toBe(200);
     const eventId: string = changes.body.events[0].id;
     await event((e) => (e.body as { id: string }).id === eventId, "uc5-event");
+  });
+
+  it("sends events that openapi/openapi.json describes: each one valid against the webhook of its type", () => {
+    const doc = readCommittedOpenApi();
+    const check = schemaChecker(doc);
+    const schemaOfType = (type: string) => doc.webhooks[type]?.post.requestBody.content["application/json"].schema;
+    const sent = gw.delivered().map((e) => e.body as { type: string; resource: { state?: string } });
+    expect(sent.map((e) => e.type).sort()).toEqual(["completedStateNotification", "failedStateNotification", "updateNotification", "updateNotification"]);
+    for (const event of sent) {
+      expect(schemaOfType(event.type), event.type).toBeDefined();
+      expect(check(schemaOfType(event.type), event), `${event.type}: ${JSON.stringify(event)}`).toEqual([]);
+    }
+    // The description is strict enough to catch a wrong event: a state that does not exist, or a
+    // completed order announced as an update.
+    const completed = sent.find((e) => e.type === "completedStateNotification")!;
+    expect(check(schemaOfType(completed.type), { ...completed, resource: { ...completed.resource, state: "done" } })).not.toEqual([]);
+    expect(check(schemaOfType("updateNotification"), { ...completed, type: "updateNotification" })).not.toEqual([]);
   });
 });

@@ -3,6 +3,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createDb } from "../src/db/sql.js";
 import { createPrisma } from "./support/prisma.js";
 import { AUTH, createTestApp, type CallResult, type TestApp } from "./support/app.js";
+import { z } from "zod";
+import { describeIssues } from "../src/orange/validation.js";
 import { uc2Request } from "./support/examples.js";
 
 /**
@@ -164,6 +166,66 @@ describe("Orange error bodies for rejected requests", () => {
     });
   });
 
+  describe("a field that takes several forms", () => {
+    const FORMS = 'an object {"type": "orange", "id": "…"} or a non-empty array of such objects';
+
+    it("names the forms when the field is missing", async () => {
+      const res = await t.call("POST", ORDER_URL, { ...uc2(), customer: { tradingName: "Boulangerie Martin" } });
+      expectOrangeError(res, 400, 23);
+      expect(res.body.description).toBe(`customer.externalReference is required: ${FORMS}`);
+      await expectNothingStored();
+    });
+
+    it("names the forms and the value received when the field has neither", async () => {
+      const res = await t.call("POST", UPDATE_URL, { externalReference: "UPD-1", userService: [{ id: "us_1", externalState: "suspended" }] });
+      expectOrangeError(res, 400, 24);
+      expect(res.body.description).toBe(`externalReference must be ${FORMS} (got "UPD-1")`);
+      await expectNothingStored();
+    });
+
+    it("lists what each form expects when a union has no wording of its own", () => {
+      const issues = z.union([z.string(), z.array(z.number())]).safeParse(true, { reportInput: true }).error!.issues;
+      expect(describeIssues(issues, "body").description).toBe("body must be a string or an array (got true)");
+    });
+  });
+
+  describe("a body generated from the schema", () => {
+    /** What Swagger UI made of the order's schema before the document carried examples. */
+    const generated = {
+      externalReference: { type: "string", id: "string", additionalProp1: {} },
+      category: "string",
+      orderDate: "6400-10-08T11:06:39.999Z",
+      customer: { externalReference: { type: "string", id: "string" }, tradingName: "string", additionalProp1: {} },
+      orderItem: [
+        {
+          id: "string",
+          action: "string",
+          productOffering: { name: "string", externalReference: { type: "string", id: "string" } },
+          productRef: { id: "string", userServiceQuantity: 1 },
+        },
+      ],
+    };
+
+    it("is refused with the example to send instead, and nothing is stored", async () => {
+      const res = await t.call("POST", ORDER_URL, generated);
+      expectOrangeError(res, 400, 24);
+      expect(res.body.description).toBe(
+        'body holds the placeholders a tool generates from the schema (externalReference.type is "string"), not a request: ' +
+          'send the example "uc2" (a first order) of this operation under /docs, or those of docs/orange-contract.md section 2, with your own values',
+      );
+      await expectNothingStored();
+    });
+
+    it("is recognised by its additionalProp fields too, and on the update route", async () => {
+      const order = await t.call("POST", ORDER_URL, { ...uc2(), additionalProp1: {} });
+      expectOrangeError(order, 400, 24, "(additionalProp1 is a placeholder field)");
+      const update = await t.call("POST", UPDATE_URL, { userService: [{ id: "string", externalState: "suspended" }] });
+      expectOrangeError(update, 400, 24, '(userService[0].id is "string")');
+      expect(update.body.description).toContain('the example "suspend"');
+      await expectNothingStored();
+    });
+  });
+
   describe("400 code 24: invalid body field", () => {
     it("gives the path, the rule and the value received for an out-of-range quantity", async () => {
       const res = await t.call("POST", ORDER_URL, uc2WithProductRef({ userServiceQuantity: -2 }));
@@ -298,6 +360,23 @@ describe("Orange error bodies for rejected requests", () => {
     const res = await t.call("POST", ORDER_URL, "{not json", { authorization: "Bearer test-orange-token" });
     expectOrangeError(res, 400, 22);
     expect(res.text).not.toContain("test-orange-token");
+  });
+});
+
+describe("a real request whose free text happens to read \"string\"", () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await createTestApp();
+  });
+  afterAll(async () => t.close());
+
+  it("is not taken for a generated body", async () => {
+    const body = uc2();
+    body.orderItem[0]!.productRef.characteristic = [{ name: "format", value: "string" }];
+    const res = await t.call("POST", ORDER_URL, { ...body, category: "string" });
+    expect(res.status, res.text).toBe(201);
+    expect(res.body.state).toBe("completed");
+    expect(await t.db.licence.count()).toBe(3);
   });
 });
 

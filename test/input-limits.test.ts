@@ -395,8 +395,8 @@ describe("the limits are in the OpenAPI document", () => {
     expect(schemas.Individual.properties.givenName.maxLength).toBe(LIMITS.name);
     expect(schemas.Characteristic.properties.value.maxLength).toBe(LIMITS.text);
     const order = doc.paths[ORDER_URL].post;
-    expect(order.requestBody.content["application/json"].schema.$ref).toBe("#/components/schemas/ProductOrderRequestInput");
-    const body = schemas.ProductOrderRequestInput;
+    expect(order.requestBody.content["application/json"].schema.$ref).toBe("#/components/schemas/ProductOrderRequest");
+    const body = schemas.ProductOrderRequest;
     expect(body.properties.orderItem.items.properties.productRef.properties.id.maxLength).toBe(LIMITS.partnerId);
     expect(order.parameters).toContainEqual(
       expect.objectContaining({ in: "header", name: "idempotency-key", schema: expect.objectContaining({ maxLength: LIMITS.orangeRef }) }),

@@ -186,6 +186,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
       // The partner's application reports its own changes here, with APP_TOKEN.
       config: { application: true },
       schema: {
+        operationId: "changeLicences",
         summary: "Change licences on the partner's initiative (UC5) and tell Orange",
         description:
           "All or nothing, in one transaction: end user (add only when none; modify, swap, delete), realizing " +
@@ -222,6 +223,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     "/admin/v1/events",
     {
       schema: {
+        operationId: "listEvents",
         summary: "Events to Orange (the outbox)",
         description:
           "Filtered by state, type, fleet or order; paginated with offset/limit (default 20, at most 100) and sorted " +
@@ -247,6 +249,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     "/admin/v1/events/held",
     {
       schema: {
+        operationId: "listHeldFleets",
         summary: "Ordering keys (fleets) held by a dead event",
         description:
           "A dead event holds the later events of its ordering key (one fleet's events arrive in the order they were " +
@@ -272,6 +275,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     "/admin/v1/events/resend",
     {
       schema: {
+        operationId: "resendEvents",
         summary: "Re-send the dead events matching a filter",
         description:
           "The filters of the events listing (type, fleetId, orderId; state may only be dead, the default), in a JSON " +
@@ -294,6 +298,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     "/admin/v1/events/:id",
     {
       schema: {
+        operationId: "getEvent",
         summary: "One event with its delivery attempts",
         tags: ["admin"],
         security: [{ adminBearer: [] }],
@@ -312,6 +317,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     "/admin/v1/events/:id/resend",
     {
       schema: {
+        operationId: "resendEvent",
         summary: "Re-send a parked (dead) event",
         description:
           "The event goes back to pending with a fresh retry budget, due now, under the same event id; its earlier " +
@@ -335,6 +341,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     "/admin/v1/events/:id/discard",
     {
       schema: {
+        operationId: "discardEvent",
         summary: "Discard a dead event: it is never delivered, and its fleet's later events go out",
         description:
           "Final state discarded, recording who (the admin credential), when and the optional reason; the event keeps " +
@@ -370,6 +377,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     "/admin/v1/provisioning",
     {
       schema: {
+        operationId: "listCommands",
         summary: "Commands to the partner's application",
         description:
           "PROVISIONING_MODE=webhook: one command per order or update, newest first; filtered by state (parked ones need " +
@@ -394,6 +402,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     "/admin/v1/provisioning/:id",
     {
       schema: {
+        operationId: "getCommand",
         summary: "One command with its body and its attempts",
         tags: ["admin"],
         security: [{ adminBearer: [] }],
@@ -413,6 +422,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     {
       config: { application: true },
       schema: {
+        operationId: "reportCommandResult",
         summary: "The outcome of a command: the application's late result (after its 202), or an operator's, by hand",
         description:
           "completed: the order or update is applied (with what the application tells of the licences) and Orange gets " +
@@ -446,6 +456,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     "/admin/v1/provisioning/:id/retry",
     {
       schema: {
+        operationId: "retryCommand",
         summary: "Send a parked command again",
         description:
           "Its request, which ended failed, is carried out again with the same command (same webhook-id and body) and a fresh " +

@@ -77,10 +77,14 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
       config: { public: true },
       logLevel: "warn",
       schema: {
+        operationId: "ping",
         summary: "Availability check",
         description: "Cheap: no database round trip.",
         tags: ["availability"],
-        response: { 200: PingResponseSchema },
+        response: {
+          200: PingResponseSchema,
+          401: ErrorBodySchema.describe("missing or invalid credentials, when PING_REQUIRES_AUTH=true (codes 40-41)"),
+        },
       },
     },
     async () => ({ status: "ok" as const }),
@@ -91,6 +95,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
     "/productordering/v2/productOrder",
     {
       schema: {
+        operationId: "createProductOrder",
         summary: "Create a customer (UC1), a fleet with N licences (UC2) or add N licences to a fleet (UC3)",
         description:
           "Idempotent on Orange's order reference (externalReference of type orange) or the Idempotency-Key header: " +
@@ -128,6 +133,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
     "/userservice/v2/userService",
     {
       schema: {
+        operationId: "listUserServices",
         summary: "Licences of a fleet (productRefId) or licences by ids (id=a,b,c)",
         tags: ["userService"],
         querystring: UserServiceQuerySchema,
@@ -165,6 +171,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
     "/userservice/v2/userService/:id",
     {
       schema: {
+        operationId: "getUserService",
         summary: "One licence",
         tags: ["userService"],
         params: UserServiceParamsSchema,
@@ -184,6 +191,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
     "/userservice/v2/userService/update",
     {
       schema: {
+        operationId: "updateUserServices",
         summary: "Suspend, reactivate, delete licences or move them to another offer",
         description:
           "All or nothing: one licence that cannot change fails the whole list (state failed, reason in note.text) " +

@@ -65,10 +65,10 @@ export const ExternalReferenceSchema = z
 export type ExternalReference = z.infer<typeof ExternalReferenceSchema>;
 
 /** Orange sends either one reference or an array of them. */
-export const ExternalReferenceFieldSchema = z.union([
-  ExternalReferenceSchema,
-  z.array(ExternalReferenceSchema).min(1),
-]);
+export const ExternalReferenceFieldSchema = z.union([ExternalReferenceSchema, z.array(ExternalReferenceSchema).min(1)], {
+  // The wording of a rejection (./validation.ts): a union names its forms.
+  error: 'must be an object {"type": "orange", "id": "…"} or a non-empty array of such objects',
+});
 export type ExternalReferenceField = z.infer<typeof ExternalReferenceFieldSchema>;
 
 export const CharacteristicSchema = z
@@ -436,6 +436,49 @@ export const UserServiceChangeNotificationSchema = z
   .object({ userService: z.array(UserServiceChangeSchema).min(1) })
   .meta({ id: "UserServiceChangeNotification" });
 export type UserServiceChangeNotification = z.infer<typeof UserServiceChangeNotificationSchema>;
+
+// ---------------------------------------------------------------------------------------------
+// Events to Orange (contract section 6): the envelope `{id, type, time, resource}` the outbox
+// POSTs to Orange's gateway, described here for the OpenAPI document's webhooks.
+
+const EventIdSchema = z
+  .string()
+  .min(1)
+  .max(LIMITS.partnerId)
+  .describe("the partner's event id (ev_…), the same on every delivery of this event: Orange recognises a duplicate by it");
+const EventTimeSchema = DateTimeSchema.describe("when the event was written, in the transaction of the change it reports");
+
+export const CompletedStateNotificationSchema = z
+  .object({
+    id: EventIdSchema,
+    type: z.literal("completedStateNotification"),
+    time: EventTimeSchema,
+    resource: ProductOrderResponseSchema.describe("the order, completed, exactly as the synchronous answer would have been"),
+  })
+  .meta({ id: "CompletedStateNotification" });
+
+export const FailedStateNotificationSchema = z
+  .object({
+    id: EventIdSchema,
+    type: z.literal("failedStateNotification"),
+    time: EventTimeSchema,
+    resource: ProductOrderResponseSchema.describe("the order, failed, with its reason in note.text"),
+  })
+  .meta({ id: "FailedStateNotification" });
+
+export const UpdateNotificationSchema = z
+  .object({
+    id: EventIdSchema,
+    type: z.literal("updateNotification"),
+    time: EventTimeSchema,
+    resource: z
+      .union([UserServiceUpdateResponseSchema, UserServiceChangeNotificationSchema])
+      .describe(
+        "UC6: the update Orange asked for, exactly as the synchronous answer would have been; " +
+          "UC5: the licences the partner changed on its side, with the operations it made",
+      ),
+  })
+  .meta({ id: "UpdateNotification" });
 
 // ---------------------------------------------------------------------------------------------
 // Ping and errors

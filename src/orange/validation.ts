@@ -166,14 +166,34 @@ function rule(issue: Issue): string {
         ? `must be an ISO 8601 date-time such as 2026-05-02T09:15:02.345Z (got ${show(issue.input)})`
         : `must be a valid ${issue.format} (got ${show(issue.input)})`;
     case "invalid_union":
-      return `does not match any allowed form (got ${show(issue.input)})`;
+      return `must be ${unionForms(issue)} (got ${show(issue.input)})`;
     default:
       return issue.message;
   }
 }
 
+/**
+ * What a union accepts: the schema's own wording (`z.union([…], { error: "must be …" })`), else
+ * what each branch expected, so that a description always lists the forms.
+ */
+function unionForms(issue: Issue & { code: "invalid_union" }): string {
+  if (issue.message.startsWith("must be ")) return issue.message.slice("must be ".length);
+  const forms = (issue.errors as Issue[][]).map((branch) => {
+    const top = branch.find((i) => i.path.length === 0) ?? branch[0];
+    if (top?.code === "invalid_type") return TYPE_NAMES[top.expected] ?? top.expected;
+    if (top?.code === "invalid_value") return top.values.map((v) => show(v)).join(" or ");
+    return top?.message ?? "another form";
+  });
+  return forms.length > 1 ? `${forms.slice(0, -1).join(", ")} or ${forms.at(-1)}` : (forms[0] ?? "another form");
+}
+
 function isMissing(issue: Issue): boolean {
-  return issue.code === "invalid_type" && issue.input === undefined;
+  return (issue.code === "invalid_type" || issue.code === "invalid_union") && issue.input === undefined;
+}
+
+/** A missing field; a union also says what it may be. */
+function required(issue: Issue): string {
+  return issue.code === "invalid_union" ? `is required: ${unionForms(issue)}` : "is required";
 }
 
 /** `more`: the issues are the first ones found, not all of them (the count of the others is unknown). */
@@ -185,7 +205,7 @@ export function describeIssues(
   const leaves = issues.flatMap((i) => leafIssues(i));
   const described = leaves.slice(0, MAX_DESCRIBED).map(({ path, issue }) => {
     const at = path.length > 0 ? where(path) : subject;
-    return isMissing(issue) ? `${at} is required` : `${at} ${rule(issue)}`;
+    return isMissing(issue) ? `${at} ${required(issue)}` : `${at} ${rule(issue)}`;
   });
   if (leaves.length > MAX_DESCRIBED) described.push(more ? "and more" : `and ${leaves.length - MAX_DESCRIBED} more`);
   return { missing: leaves.length > 0 && isMissing(leaves[0]!.issue), description: described.join("; ") };
@@ -207,16 +227,72 @@ export function validationError(
   return new InvalidUrl(describeIssues(issues, "path", more).description);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Bodies generated from the schema
+
+/**
+ * Tools that build a request from a schema (Swagger UI's "Example Value", Postman's import…) fill
+ * every string with "string" and every open object with additionalProp1…3. Such a body may even
+ * pass the schema and then fail for a confusing reason (unknown fleet "string"), so it is named
+ * for what it is. Only fields where "string" is never a real value count: identifiers and types.
+ */
+const PLACEHOLDER_FIELDS = new Set(["id", "type", "productRefId", "relatedProductRefId", "key"]);
+const PLACEHOLDER_KEY = /^additionalProp\d+$/;
+
+/** Where a generated placeholder sits in a body (`externalReference.type is "string"`), or undefined. */
+export function findPlaceholder(value: unknown): string | undefined {
+  const path: PropertyKey[] = [];
+  const visit = (v: unknown): string | undefined => {
+    if (v === null || typeof v !== "object") return undefined;
+    const entries: [PropertyKey, unknown][] = Array.isArray(v) ? v.map((x, i) => [i, x]) : Object.entries(v);
+    for (const [key, child] of entries) {
+      path.push(key);
+      const found =
+        typeof key === "string" && PLACEHOLDER_KEY.test(key)
+          ? `${where(path)} is a placeholder field`
+          : typeof key === "string" && PLACEHOLDER_FIELDS.has(key) && child === "string"
+            ? `${where(path)} is "string"`
+            : visit(child);
+      path.pop();
+      if (found) return found;
+    }
+    return undefined;
+  };
+  return visit(value);
+}
+
+/** The worked example to send instead, per route (the first example of each operation under /docs). */
+const EXAMPLE_TO_USE: Record<string, string> = {
+  "POST /productordering/v2/productOrder":
+    'the example "uc2" (a first order) of this operation under /docs, or those of docs/orange-contract.md section 2',
+  "POST /userservice/v2/userService/update":
+    'the example "suspend" of this operation under /docs, or those of docs/orange-contract.md section 4',
+  "POST /admin/v1/licence-changes":
+    'the example "uc5" of this operation under /docs, or that of docs/orange-contract.md section 6 (UC5)',
+};
+
+function placeholderError(found: string, method: string, url: string): AppError {
+  const instead = EXAMPLE_TO_USE[`${method} ${url}`] ?? "one of the examples of this operation under /docs";
+  return new InvalidBodyField(
+    `body holds the placeholders a tool generates from the schema (${found}), not a request: send ${instead}, with your own values`,
+  );
+}
+
 /**
  * Fastify validator compiler for zod schemas that fails with Orange's error bodies. Every
  * request part with a schema is first walked for what PostgreSQL cannot store (findUnstorable),
- * so that every route and every field, present or future, known or not, gets that rule.
+ * so that every route and every field, present or future, known or not, gets that rule; a body
+ * is then checked for a schema-generated placeholder (findPlaceholder), before the schema.
  */
-export const zodValidatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, httpPart }) => {
+export const zodValidatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, httpPart, method, url }) => {
   return (data) => {
     const unstorable = findUnstorable(data);
     if (unstorable.length > 0) {
       return { error: validationError(httpPart, unstorable, data, unstorable.length > MAX_DESCRIBED) };
+    }
+    if (httpPart === "body") {
+      const placeholder = findPlaceholder(data);
+      if (placeholder !== undefined) return { error: placeholderError(placeholder, method, url) };
     }
     const result = schema.safeParse(data, { reportInput: true });
     if (result.success) return { value: result.data };

@@ -5,6 +5,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { parseContractExamples, type ContractExample } from "../../src/contract-examples.js";
 
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
@@ -74,27 +75,13 @@ export function anchors(markdown: string): Set<string> {
   return out;
 }
 
-export interface Example {
+export interface Example extends ContractExample {
   file: string;
-  name: string;
-  /** An export of src/orange/schemas.ts or src/admin/schemas.ts, without its `Schema` suffix. */
-  schema: string;
-  /** The block is an event envelope whose `resource` has `schema`. */
-  event: boolean;
-  value: unknown;
 }
-
-const EXAMPLE = /<!--\s*example\s+([\w-]+)\s+\((event:\s*)?(\w+)\)\s*-->\n```json\n([\s\S]*?)\n```/g;
 
 /** The worked examples of a Markdown file: each ```json block announced by `<!-- example NAME (Schema) -->`. */
 export function examples(file: string): Example[] {
-  return [...read(file).matchAll(EXAMPLE)].map((m) => ({
-    file,
-    name: m[1]!,
-    event: m[2] !== undefined,
-    schema: m[3]!,
-    value: JSON.parse(m[4]!) as unknown,
-  }));
+  return parseContractExamples(read(file)).map((e) => ({ file, ...e }));
 }
 
 export function jsonBlockCount(markdown: string): number {
