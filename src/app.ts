@@ -8,12 +8,12 @@ import { adminRoutes } from "./admin/routes.js";
 import type { Services } from "./compose.js";
 import type { Config } from "./config.js";
 import { readContractExamples } from "./contract-examples.js";
-import { sql } from "./db/sql.js";
-import { AppError, ServiceUnavailable } from "./errors.js";
+import { AppError } from "./errors.js";
 import { createHttpFront } from "./http-server.js";
 import { createIdGenerator } from "./lib/ids.js";
 import { LOG_SERIALIZERS } from "./log.js";
 import { createOpenApiFinisher } from "./openapi-document.js";
+import { registerOpsRoutes, type WorkerProbe } from "./ops-routes.js";
 import { createAuthenticator } from "./orange/auth.js";
 import { frameworkError, registerErrorHandling, sendError } from "./orange/error-handler.js";
 import { createPingFastPath } from "./orange/ping.js";
@@ -27,6 +27,8 @@ export interface AppDeps {
   services: Services;
   /** The process logger (main.ts), or false for none; default: pino at config.logLevel. */
   logger?: FastifyBaseLogger | false;
+  /** The worker this process runs, once started: /health/ready checks it too. */
+  worker?: () => WorkerProbe | undefined;
 }
 
 export const API_VERSION = "2.2.0";
@@ -64,7 +66,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // server, so tests reach the Fastify route, which answers the same bytes.
   const front = createHttpFront({
     limits: config.http,
-    pingFastPath: createPingFastPath(config.inboundAuth.pingOpen || config.inboundAuth.disabled, requestId),
+    pingFastPath: services.metrics.countFastPath(createPingFastPath(config.inboundAuth.pingOpen || config.inboundAuth.disabled, requestId), "/ping"),
     requestId,
     freshRequestId: () => ids.next("req"),
   });
@@ -111,6 +113,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // Only JSON is spoken here: other media types get 415 instead of a confusing 400.
   app.removeContentTypeParser(["text/plain"]);
   registerErrorHandling(app, config.bodyLimitBytes);
+  // /health/*, /metrics, and the count of every answer (before the other routes: see registerOpsRoutes).
+  registerOpsRoutes(app, {
+    db,
+    metrics: services.metrics,
+    tokens: { admin: config.admin.token, metrics: config.metrics.token },
+    worker: deps.worker,
+    probeTimeoutMs: config.databaseConnectTimeoutMs,
+  });
 
   await app.register(fastifySwagger, {
     openapi: {
@@ -142,17 +152,6 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     transformObject: createOpenApiFinisher(() => readContractExamples()),
   });
   await app.register(fastifySwaggerUi, { routePrefix: "/docs" });
-
-  app.get("/health/live", { schema: { hide: true } }, async () => ({ status: "ok" }));
-  app.get("/health/ready", { schema: { hide: true } }, async (_request, reply) => {
-    try {
-      await db.query(sql`SELECT 1`);
-      return { status: "ok" };
-    } catch (err) {
-      reply.log.error({ err }, "readiness check failed");
-      return sendError(reply, new ServiceUnavailable("the licence store does not answer"));
-    }
-  });
 
   await app.register(orangeRoutes, {
     orders: services.orders,

@@ -19,6 +19,7 @@ import { createOutbox } from "./events/outbox.js";
 import { jobQueue } from "./events/queue.js";
 import { systemClock, type Clock } from "./lib/clock.js";
 import { createIdGenerator, type IdGenerator } from "./lib/ids.js";
+import { createMetrics, type Metrics } from "./metrics.js";
 import { createCodecs, licenceChangeNotification, type Codecs } from "./orange/codecs.js";
 
 export interface ServiceDeps {
@@ -33,6 +34,8 @@ export interface ServiceDeps {
   clock?: Clock;
   ids?: IdGenerator;
   log?: RequestJobsLogger;
+  /** The process's metrics (main.ts builds them first: the provisioning stage and the worker count into them too). */
+  metrics?: Metrics;
 }
 
 export interface Services {
@@ -50,6 +53,8 @@ export interface Services {
   requestTasks: Record<string, TaskHandler>;
   /** The worker's sweep of acknowledged requests without a live job. */
   sweepRequests: () => Promise<string[]>;
+  /** GET /metrics; the domain counts into it through its Telemetry port. */
+  metrics: Metrics;
 }
 
 export function createServices(deps: ServiceDeps): Services {
@@ -58,7 +63,8 @@ export function createServices(deps: ServiceDeps): Services {
   const ids = deps.ids ?? createIdGenerator();
   const outbox = createOutbox({ clock, ids });
   const codecs = createCodecs({ catalogue, partnerName: deps.partnerName });
-  const common = { db, clock, ids, outbox, jobs: jobQueue, maxAttempts: deps.requestMaxAttempts, provisioning: deps.provisioning };
+  const metrics = deps.metrics ?? createMetrics({ db });
+  const common = { db, clock, ids, outbox, jobs: jobQueue, maxAttempts: deps.requestMaxAttempts, provisioning: deps.provisioning, telemetry: metrics.telemetry };
   const orders = createRequestLifecycle({ ...common, codec: codecs.order, handler: createOrderHandler({ catalogue, clock, ids }) });
   const updates = createRequestLifecycle({ ...common, codec: codecs.update, handler: createUpdateHandler({ catalogue, clock }) });
   const lifecycles = [orders, updates];
@@ -82,5 +88,6 @@ export function createServices(deps: ServiceDeps): Services {
       maxAttempts: deps.requestMaxAttempts,
       commandMaxAgeMs: deps.provisioning?.retry.maxAgeMs,
     }),
+    metrics,
   };
 }

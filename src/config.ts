@@ -88,6 +88,8 @@ const EnvSchema = z.object({
    * (its late provisioning results and its own licence changes), not the operators' admin API.
    */
   APP_TOKEN: optionalString,
+  /** Bearer token of a Prometheus scraper: opens GET /metrics only (ADMIN_TOKEN opens it too). */
+  METRICS_TOKEN: optionalString,
 
   /** none: the store is the record; webhook: the partner's application carries out every order and change. */
   PROVISIONING_MODE: z.enum(["none", "webhook"]).default("none"),
@@ -196,6 +198,8 @@ export interface Config {
   admin: { token?: string };
   /** The partner's application's credential (results, its own licence changes). */
   app: { token?: string };
+  /** GET /metrics: the scraper's own token (ADMIN_TOKEN opens it too). */
+  metrics: { token?: string };
   provisioning: ProvisioningConfig;
   orange: OrangeEventsConfig;
   worker: WorkerConfig;
@@ -241,6 +245,12 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   }
   if (e.APP_TOKEN !== undefined && [e.INBOUND_BEARER_TOKEN, e.INBOUND_API_KEY, e.INBOUND_BASIC_PASSWORD, e.ADMIN_TOKEN].includes(e.APP_TOKEN)) {
     throw new ConfigError("APP_TOKEN must differ from ADMIN_TOKEN and from every inbound (Orange) credential");
+  }
+  if (
+    e.METRICS_TOKEN !== undefined &&
+    [e.INBOUND_BEARER_TOKEN, e.INBOUND_API_KEY, e.INBOUND_BASIC_PASSWORD, e.ADMIN_TOKEN, e.APP_TOKEN].includes(e.METRICS_TOKEN)
+  ) {
+    throw new ConfigError("METRICS_TOKEN must differ from ADMIN_TOKEN, APP_TOKEN and every inbound (Orange) credential");
   }
   if (e.PROVISIONING_MODE === "webhook") {
     if (e.PROVISIONING_URL === undefined) {
@@ -329,6 +339,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     },
     admin: { token: e.ADMIN_TOKEN },
     app: { token: e.APP_TOKEN },
+    metrics: { token: e.METRICS_TOKEN },
     provisioning: {
       mode: e.PROVISIONING_MODE,
       url: e.PROVISIONING_URL,

@@ -13,6 +13,8 @@ import { createCatalogue } from "./domain/catalogue.js";
 import { createOrangeEventClient, type OrangeEventClient } from "./events/orange-client.js";
 import { createTokenCache, type TokenCache } from "./events/token-cache.js";
 import { startEventWorker, type EventWorker } from "./events/worker.js";
+import { createMetrics, type Metrics } from "./metrics.js";
+import { buildOpsApp } from "./ops-routes.js";
 
 /**
  * Process entry: configuration → database (embedded unless DATABASE_URL) → migrations → HTTP
@@ -77,6 +79,7 @@ async function startWorkerRole(
   databaseUrl: string,
   services: Services,
   log: pino.Logger,
+  metrics: Metrics,
 ): Promise<RunningWorker | undefined> {
   if (config.role === "api") return undefined;
   const { orange } = config;
@@ -101,6 +104,7 @@ async function startWorkerRole(
         logger: log.child({ component: "worker" }),
         tasks: services.requestTasks,
         sweepRequests: services.sweepRequests,
+        observer: metrics.delivery,
       });
       return { worker };
     }
@@ -126,6 +130,7 @@ async function startWorkerRole(
     // While Orange refuses even fresh tokens, one token request per round of event retries.
     incidentBackoff: { baseMs: config.worker.retry.baseMs, maxMs: config.worker.retry.maxMs },
     logger: eventLog,
+    onRequest: metrics.tokenRequest,
   });
   const client = createOrangeEventClient({
     baseUrl: orange.baseUrl,
@@ -151,6 +156,7 @@ async function startWorkerRole(
       // is carried out by any worker.
       tasks: services.requestTasks,
       sweepRequests: services.sweepRequests,
+      observer: metrics.delivery,
     });
     log.info({ eventUrl: client.urlFor("productordering"), offer: orange.offer }, "delivering events to Orange");
     return { worker, client, tokens };
@@ -223,7 +229,9 @@ async function main(): Promise<void> {
     const catalogue = createCatalogue(JSON.parse(readFileSync(config.catalogueFile, "utf8")));
     log.info({ file: config.catalogueFile, offers: catalogue.codes() }, "product catalogue loaded");
     // The partner's application, when it carries out the orders and changes (PROVISIONING_MODE=webhook).
-    const provisioning = provisioningStageFrom(config.provisioning, log.child({ component: "provisioning" }));
+    // Built before the services: the provisioning stage and the worker count into it too.
+    const metrics = createMetrics({ db });
+    const provisioning = provisioningStageFrom(config.provisioning, log.child({ component: "provisioning" }), metrics.provisioningAttempt);
     if (provisioning) {
       closeProvisioner = provisioning.close;
       log.info(
@@ -239,19 +247,38 @@ async function main(): Promise<void> {
       requestMaxAttempts: config.requestMaxAttempts,
       log: log.child({ component: "requests" }),
       provisioning: provisioning?.stage,
+      metrics,
     });
+    // The worker starts after the app is built: readiness asks for it when it is called.
+    const started: { worker?: RunningWorker } = {};
+    const workerProbe = () => started.worker?.worker;
     let app: Awaited<ReturnType<typeof buildApp>> | undefined;
     if (config.role !== "worker") {
       ensureInboundCredential(config, embedded !== undefined, log);
-      app = await buildApp({ config, services, logger: log });
+      app = await buildApp({ config, services, logger: log, worker: workerProbe });
       log.info({ ordering: config.orderingMode, update: config.updateMode }, "answer modes");
+    } else {
+      // The worker alone serves /health/* and /metrics on PORT, nothing else.
+      app = await buildOpsApp({
+        config,
+        logger: log,
+        db,
+        metrics,
+        tokens: { admin: config.admin.token, metrics: config.metrics.token },
+        worker: workerProbe,
+        probeTimeoutMs: config.databaseConnectTimeoutMs,
+      });
     }
-    const worker = await startWorkerRole(config, databaseUrl, services, log);
+    const worker = await startWorkerRole(config, databaseUrl, services, log, metrics);
+    started.worker = worker;
+    metrics.watchPool("worker", () => worker?.worker.pool);
     if (app) {
       await app.listen({ host: config.host, port: config.port });
       log.info(
-        { address: `http://${config.host}:${config.port}`, docs: `http://localhost:${config.port}/docs` },
-        "partner server listening",
+        config.role === "worker"
+          ? { address: `http://${config.host}:${config.port}`, routes: ["/health/live", "/health/ready", "/metrics"] }
+          : { address: `http://${config.host}:${config.port}`, docs: `http://localhost:${config.port}/docs` },
+        config.role === "worker" ? "worker listening (health and metrics only)" : "partner server listening",
       );
     }
 

@@ -25,6 +25,12 @@ export interface Queryable {
 /** A transaction in progress: data-access functions join it by taking it as their first argument. */
 export interface Tx extends Queryable {
   readonly transaction: true;
+  /**
+   * Runs `effect` once the transaction has committed, never after a rollback: for what lives
+   * outside the database and must not count a change that did not happen (metrics). An effect
+   * that throws is ignored.
+   */
+  afterCommit(effect: () => void): void;
 }
 
 export interface TransactionOptions {
@@ -106,6 +112,7 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
       const timeoutMs = txOptions.timeoutMs ?? defaultTimeoutMs;
       const client = await pool.connect();
       const startedAt = performance.now();
+      const committed: (() => void)[] = [];
       let broken = false;
       const run = async <R extends pg.QueryResultRow>(statement: Sql) => {
         if (performance.now() - startedAt > timeoutMs) throw new TransactionTimeout(timeoutMs);
@@ -119,6 +126,9 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
         async execute(statement: Sql) {
           return (await run(statement)).rowCount ?? 0;
         },
+        afterCommit(effect) {
+          committed.push(effect);
+        },
       };
       try {
         // One round trip: the bounds are enforced by PostgreSQL too, so a statement or an idle
@@ -131,6 +141,13 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
         const result = await work(tx);
         if (performance.now() - startedAt > timeoutMs) throw new TransactionTimeout(timeoutMs);
         await client.query("COMMIT");
+        for (const effect of committed) {
+          try {
+            effect();
+          } catch {
+            // Outside the database and after the fact: it must not turn a commit into an error.
+          }
+        }
         return result;
       } catch (error) {
         try {

@@ -49,7 +49,7 @@ import { OutcomePending } from "../errors.js";
 import * as commands from "./commands.dal.js";
 import type { CommandRow } from "./commands.dal.js";
 import { replayOrConflict } from "./idempotency.js";
-import type { AppLicenceData, Announcement, Job, JobQueue, Outbox, Provisioner, ProvisioningAnswer, ProvisioningCall, RequestCodec } from "./ports.js";
+import type { AppLicenceData, Announcement, Job, JobQueue, Outbox, Provisioner, ProvisioningAnswer, ProvisioningCall, RequestCodec, Telemetry } from "./ports.js";
 import * as requests from "./requests.dal.js";
 import type { NewRequest, RequestKind } from "./requests.dal.js";
 
@@ -73,6 +73,8 @@ export interface FinalOutcome {
   state: "completed" | "failed";
   reason?: string;
   completedAt: Date;
+  /** What the metrics count it under (orders: UC1–UC3); default: the request's kind. */
+  useCase?: string;
 }
 
 export interface Reply {
@@ -127,6 +129,8 @@ export interface LifecycleDeps<C extends RequestCommand, P, O extends FinalOutco
   maxAttempts: number;
   /** The partner's application (PROVISIONING_MODE=webhook); none: the store is the record. */
   provisioning?: ProvisioningStage;
+  /** Told of every request that reached its final state (metrics); none: nothing is counted. */
+  telemetry?: Telemetry;
 }
 
 export interface RetryBounds {
@@ -255,6 +259,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       { id: outcome.requestId, state: outcome.state, reason: outcome.reason, completedAt: outcome.completedAt, ...handler.finished(outcome) },
       response,
     );
+    const telemetry = deps.telemetry;
+    if (telemetry) {
+      const finished = { kind, useCase: outcome.useCase ?? kind, state: outcome.state };
+      tx.afterCommit(() => telemetry.requestFinished(finished));
+    }
   }
 
   async function announce(tx: Tx, request: JsonValue, outcome: O, cmd: C | undefined): Promise<void> {

@@ -6,6 +6,7 @@
  * - JobQueue: run work later, in the worker (src/events/queue.ts, over graphile-worker).
  * - RequestCodec: Orange's wire for one operation (src/orange/codecs.ts): the stored request read
  *   back as a command, an outcome written as the answer, the acknowledgement.
+ * - Telemetry: what the operators' metrics count of the domain's work (src/metrics.ts); optional.
  */
 import type { Queryable, Tx } from "../db/sql.js";
 import type { JsonObject, JsonValue } from "../lib/json.js";
@@ -48,6 +49,15 @@ export interface JobContext {
 }
 
 export type TaskHandler = (payload: unknown, context: JobContext) => Promise<void>;
+
+/**
+ * What the operators' metrics count of the domain's work (src/metrics.ts implements it). Told
+ * once the transaction that recorded the fact has committed: a rolled-back attempt counts nothing.
+ */
+export interface Telemetry {
+  /** A request reached its final state; `useCase`: UC1, UC2 or UC3 for an order, `update` for an update. */
+  requestFinished(finished: { kind: "order" | "update"; useCase: string; state: "completed" | "failed" }): void;
+}
 
 /** Orange's wire for one operation, so that the domain never reads nor writes it itself. */
 export interface RequestCodec<C, O> {

@@ -55,6 +55,14 @@ export interface DeliveryTaskOptions {
   logger?: EventLogger;
   /** Jitter source (tests). */
   random?: () => number;
+  /** Told of every delivery attempt as it ends (metrics). */
+  observer?: DeliveryObserver;
+}
+
+/** What the metrics count of deliveries (src/metrics.ts). */
+export interface DeliveryObserver {
+  /** One POST of an event to Orange (the token request included), classified, and how long it took. */
+  attempt(outcome: DeliveryResult["outcome"], durationMs: number): void;
 }
 
 interface HeadRow {
@@ -205,11 +213,13 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         const head = batch[i]!;
         const { attemptId, attempt } = started;
         let result: DeliveryResult;
+        const sentAt = performance.now();
         try {
           result = await options.client.send(head.api, { id: head.id, type: head.type, json: head.json }, abortSignal);
         } catch (err) {
           result = { outcome: "retry", error: `delivery failed: ${err instanceof Error ? err.message : String(err)}` };
         }
+        options.observer?.attempt(result.outcome, performance.now() - sentAt);
         const aborted = abortSignal.aborted && result.outcome === "retry";
         const following = batch[i + 1];
         const next = following?.due && !mustStop() ? following : undefined;

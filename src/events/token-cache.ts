@@ -67,6 +67,8 @@ export interface TokenCacheOptions {
   /** Default: 5 s doubling up to 1 h (the defaults of EVENT_RETRY_BASE_MS and EVENT_RETRY_MAX_MS). */
   incidentBackoff?: IncidentBackoff;
   logger?: EventLogger;
+  /** Told of every token request as it ends (metrics): a token issued, refused (not worth retrying), or failed (network, timeout, 5xx, 408, 429). */
+  onRequest?: (outcome: "issued" | "refused" | "failed") => void;
   /** Injected by tests: the backoff wait and the jitter source. */
   sleep?: Sleep;
   random?: () => number;
@@ -233,12 +235,15 @@ export function createTokenCache(options: TokenCacheOptions): TokenCache {
     const attempts = Math.max(1, Math.floor(retry.attempts));
     for (let attempt = 1; ; attempt++) {
       try {
-        return await requestToken();
+        const token = await requestToken();
+        options.onRequest?.("issued");
+        return token;
       } catch (err) {
         const error =
           err instanceof TokenRequestError
             ? err
             : new TokenRequestError(`token request to ${url} failed`, { retryable: false, cause: err });
+        options.onRequest?.(error.retryable || error.status === undefined ? "failed" : "refused");
         if (!error.retryable || attempt >= attempts || closing.signal.aborted) {
           throw attempt > 1
             ? new TokenRequestError(`${error.message} (after ${attempt} attempts)`, {

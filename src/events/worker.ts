@@ -20,7 +20,7 @@
 import { EventEmitter } from "node:events";
 import { Logger, run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
 import pg from "pg";
-import { createDeliverEventsTask, schedule, type RetryPolicy } from "./delivery.js";
+import { createDeliverEventsTask, schedule, type DeliveryObserver, type RetryPolicy } from "./delivery.js";
 import type { EventLogger } from "./http.js";
 import type { TaskHandler } from "../domain/ports.js";
 import type { OrangeEventClient } from "./orange-client.js";
@@ -53,6 +53,8 @@ export interface EventWorkerOptions {
   tasks?: Record<string, TaskHandler>;
   /** Part of every sweep: acknowledged requests without a live job; the keys it re-armed or ended. */
   sweepRequests?: () => Promise<string[]>;
+  /** Told of every delivery attempt (metrics). */
+  observer?: DeliveryObserver;
 }
 
 export interface SweepResult {
@@ -64,9 +66,24 @@ export interface SweepResult {
   rescheduledRequests: string[];
 }
 
+/** Whether the worker can do its work, for the readiness check (GET /health/ready). */
+export interface WorkerHealth {
+  /**
+   * running: its job runner claims jobs; replacing: the runner failed (database gone?) and a new
+   * one takes over once the database answers; stopped: stop() was called.
+   */
+  runner: "running" | "replacing" | "stopped";
+  /** Its own pool reached the database within the bound, or why not. */
+  database: { ok: true } | { ok: false; error: string };
+}
+
 export interface EventWorker {
   /** graphile's worker pool id: `locked_by` of the jobs this worker runs. */
   readonly id: string | undefined;
+  /** The worker's own connections (graphile and the delivery runs), for the pool metrics. */
+  readonly pool: pg.Pool;
+  /** The runner's state and a `SELECT 1` on the worker's pool, bounded by `timeoutMs`. */
+  health(timeoutMs: number): Promise<WorkerHealth>;
   /** The lease sweep and the missing-job check; also runs on its own every sweepIntervalMs. */
   sweep(): Promise<SweepResult>;
   /** Graceful stop (idempotent). */
@@ -111,6 +128,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       workerId: () => workerId,
       random,
       ...(logger ? { logger } : {}),
+      ...(options.observer ? { observer: options.observer } : {}),
     });
   }
   for (const [name, handler] of Object.entries(options.tasks ?? {})) {
@@ -272,10 +290,31 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   armSweep();
   logger?.info({ workerId, concurrency: options.concurrency, leaseMs: options.leaseMs }, "event worker started");
 
+  async function health(timeoutMs: number): Promise<WorkerHealth> {
+    if (stopping) return { runner: "stopped", database: { ok: false, error: "the worker is stopped" } };
+    const runner = current && !current.failed ? "running" : "replacing";
+    // The probe may outlive the bound (a saturated pool, a connection that hangs): it is left to end on its own.
+    const probe = pool.query("SELECT 1").then(
+      () => ({ ok: true as const }),
+      (err: unknown) => ({ ok: false as const, error: errorMessage(err) }),
+    );
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<{ ok: false; error: string }>((resolve) => {
+      timer = setTimeout(() => resolve({ ok: false, error: `no answer within ${timeoutMs} ms` }), timeoutMs);
+    });
+    try {
+      return { runner, database: await Promise.race([probe, late]) };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   return {
     get id() {
       return workerId;
     },
+    pool,
+    health,
     sweep,
     stop() {
       stopping ??= (async () => {

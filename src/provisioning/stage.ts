@@ -10,6 +10,7 @@ import { createWebhookProvisioner, type WebhookProvisionerOptions } from "./webh
 export function provisioningStageFrom(
   config: ProvisioningConfig,
   logger?: WebhookProvisionerOptions["logger"],
+  onAttempt?: WebhookProvisionerOptions["onAttempt"],
 ): { stage: ProvisioningStage; close(): Promise<void> } | undefined {
   if (config.mode !== "webhook") return undefined;
   const provisioner = createWebhookProvisioner({
@@ -17,6 +18,7 @@ export function provisioningStageFrom(
     secrets: parseWebhookSecrets(config.secret!, "PROVISIONING_SECRET"),
     timeoutMs: config.timeoutMs,
     logger,
+    onAttempt,
   });
   return {
     stage: { provisioner, timeoutMs: config.timeoutMs, retry: config.retry, syncDeadlineMs: config.syncDeadlineMs },

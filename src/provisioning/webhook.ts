@@ -48,6 +48,8 @@ export interface WebhookProvisionerOptions {
   maxAnswerBytes?: number;
   /** Characters of the answer body kept in `responseBody` for operators (default 4096). */
   maxResponseBodyChars?: number;
+  /** Told of every call as it ends (metrics): how it was classified and how long it took. */
+  onAttempt?: (outcome: ProvisioningAnswer["outcome"], durationMs: number) => void;
 }
 
 const MAX_REASON_CHARS = 1000;
@@ -266,6 +268,7 @@ export function createWebhookProvisioner(options: WebhookProvisionerOptions): We
         durationMs: Math.round(performance.now() - started),
       };
       log(call, result);
+      options.onAttempt?.(result.outcome, result.durationMs);
       return result;
     },
 

@@ -7,6 +7,8 @@ import { loadConfig, type Config } from "../../src/config.js";
 import type { Db } from "../../src/db/sql.js";
 import { createCatalogue, type Catalogue } from "../../src/domain/catalogue.js";
 import type { Clock } from "../../src/lib/clock.js";
+import { createMetrics, type Metrics } from "../../src/metrics.js";
+import type { WorkerProbe } from "../../src/ops-routes.js";
 import { provisioningStageFrom } from "../../src/provisioning/stage.js";
 import { createTestDatabase } from "./db.js";
 import type { PrismaReader } from "./prisma.js";
@@ -65,6 +67,10 @@ export interface TestAppOptions {
   database?: { url: string; db: Db; prisma: PrismaReader; drop(): Promise<void> };
   /** The app's logger (default: none), e.g. a pino writing to memory to check log lines. */
   logger?: FastifyBaseLogger;
+  /** The metrics to count into (default: the app's own, over its database). */
+  metrics?: Metrics;
+  /** The worker /health/ready checks, as main.ts hands it in. */
+  worker?: () => WorkerProbe | undefined;
 }
 
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
@@ -78,7 +84,8 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     ...opts.env,
   });
   const catalogue = loadTestCatalogue();
-  const provisioning = provisioningStageFrom(config.provisioning);
+  const metrics = opts.metrics ?? createMetrics({ db: database.db });
+  const provisioning = provisioningStageFrom(config.provisioning, undefined, metrics.provisioningAttempt);
   const services = createServices({
     db: database.db,
     catalogue,
@@ -86,8 +93,9 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     requestMaxAttempts: config.requestMaxAttempts,
     clock: opts.clock,
     provisioning: provisioning && { ...provisioning.stage, pollMs: 20 },
+    metrics,
   });
-  const app = await buildApp({ config, services, logger: opts.logger ?? false });
+  const app = await buildApp({ config, services, logger: opts.logger ?? false, worker: opts.worker });
   await app.ready();
   return {
     app,

@@ -10,7 +10,7 @@ import { createIdGenerator } from "../../src/lib/ids.js";
 import type { RetryPolicy } from "../../src/events/delivery.js";
 import { createOrangeEventClient, type OrangeEventClient } from "../../src/events/orange-client.js";
 import { enqueueEvent, type EnqueuedEvent, type NewEvent } from "../../src/events/outbox.js";
-import { createTokenCache, type IncidentBackoff, type TokenCache } from "../../src/events/token-cache.js";
+import { createTokenCache, type IncidentBackoff, type TokenCache, type TokenCacheOptions } from "../../src/events/token-cache.js";
 import { startEventWorker, type EventWorker, type EventWorkerOptions } from "../../src/events/worker.js";
 import type { MockGateway } from "../../src/simulator/gateway.js";
 
@@ -59,9 +59,14 @@ export interface WorkerHarness {
 export async function startWorker(
   gw: MockGateway,
   databaseUrl: string,
-  overrides: Partial<EventWorkerOptions> & { eventTimeoutMs?: number; offer?: string; tokenIncidentBackoff?: IncidentBackoff } = {},
+  overrides: Partial<EventWorkerOptions> & {
+    eventTimeoutMs?: number;
+    offer?: string;
+    tokenIncidentBackoff?: IncidentBackoff;
+    onTokenRequest?: TokenCacheOptions["onRequest"];
+  } = {},
 ): Promise<WorkerHarness> {
-  const { eventTimeoutMs, offer, tokenIncidentBackoff, ...workerOverrides } = overrides;
+  const { eventTimeoutMs, offer, tokenIncidentBackoff, onTokenRequest, ...workerOverrides } = overrides;
   const tokens = createTokenCache({
     tokenUrl: gw.tokenUrl,
     clientId: gw.clientId,
@@ -69,6 +74,7 @@ export async function startWorker(
     timeoutMs: 2_000,
     retry: { attempts: 2, baseMs: 5, maxMs: 20 },
     ...(tokenIncidentBackoff ? { incidentBackoff: tokenIncidentBackoff } : {}),
+    ...(onTokenRequest ? { onRequest: onTokenRequest } : {}),
   });
   const client = createOrangeEventClient({
     baseUrl: gw.url,
