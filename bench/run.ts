@@ -13,8 +13,12 @@
 //      and in per-fleet order; the same for one fleet (serial delivery), for information
 //   6. async order (ORDERING_MODE=async, when the configuration has it) → completedStateNotification
 //      received by the mock: p50/p99 latency
+//   8–9. PROVISIONING_MODE=webhook in front of a loopback application answering at once, vs none,
+//      two servers on one database (bench/provisioning.ts): a UC2 order of 10,000 licences, and
+//      sync UC2 orders of 1 licence from 16 callers at once
 //
-// BENCH_ONLY=events runs steps 5–6 only. BENCH_SERVER_ENV="WORKER_CONCURRENCY=16 …" adds settings
+// BENCH_ONLY selects steps, comma-separated: api (1–4), events (5–6), webhook (8–9); e.g.
+// BENCH_ONLY=webhook. BENCH_SERVER_ENV="WORKER_CONCURRENCY=16 …" adds settings
 // to the servers started here (to try a setting; the figures of record use the defaults).
 //
 // Only 127.0.0.1 is touched. Everything started here is stopped at the end, even on failure.
@@ -48,6 +52,7 @@ import {
   type Figure,
 } from "./support.js";
 import { uc2Request } from "../test/support/examples.js";
+import { benchBigOrders, benchSmallOrders, WEBHOOK, type Side } from "./provisioning.js";
 import {
   asyncOrderingAvailable,
   benchAsyncOrderLatency,
@@ -75,8 +80,20 @@ const TARGETS = {
   eventsPerSecondMin: 1_000,
   tokenRequests: 1,
   asyncOrderP50MaxMs: 50,
+  webhookBigOrderRatioMax: 1.5,
+  webhookSmallOrdersRatioMin: 0.6,
 };
-const ONLY_EVENTS = process.env.BENCH_ONLY === "events";
+const STEP_GROUPS = ["api", "events", "webhook"] as const;
+const ONLY = (process.env.BENCH_ONLY ?? "")
+  .split(",")
+  .map((s) => s.trim())
+  .filter((s) => s !== "");
+for (const step of ONLY) {
+  if (!(STEP_GROUPS as readonly string[]).includes(step)) {
+    throw new Error(`BENCH_ONLY: unknown step ${JSON.stringify(step)} (known: ${STEP_GROUPS.join(", ")})`);
+  }
+}
+const runs = (group: (typeof STEP_GROUPS)[number]) => ONLY.length === 0 || ONLY.includes(group);
 /** The whole run is abandoned (and everything stopped) past this. */
 const WATCHDOG_MS = 10 * 60_000;
 
@@ -119,9 +136,10 @@ const SERVER_SETTINGS = [
   "ADMIN_TOKEN",
   "ORDERING_MODE",
   "UPDATE_MODE",
+  "APP_TOKEN",
 ];
-/** Prefixes of settings dropped likewise (Orange client, worker, retries, inbound credentials). */
-const SERVER_SETTING_PREFIXES = ["INBOUND_", "ORANGE_", "WORKER_", "EVENT_"];
+/** Prefixes of settings dropped likewise (Orange client, worker, retries, inbound credentials, the application). */
+const SERVER_SETTING_PREFIXES = ["INBOUND_", "ORANGE_", "WORKER_", "EVENT_", "PROVISIONING_"];
 
 // ---------------------------------------------------------------------------------------------
 // Resources, released by cleanup() whatever happens
@@ -131,6 +149,9 @@ interface Resources {
   postgres?: EmbeddedPostgresServer;
   server?: Child;
   bare?: Child;
+  /** The webhook steps' second server and their loopback application. */
+  webhookServer?: Child;
+  app?: Child;
   pool?: pg.Pool;
   sampler?: RssSampler;
   gateway?: TappedGateway;
@@ -146,6 +167,8 @@ function cleanup(): Promise<void> {
     closeHttpClient();
     const steps: [string, (() => Promise<unknown>) | undefined][] = [
       ["server", res.server && (() => res.server!.stop())],
+      ["webhook server", res.webhookServer && (() => res.webhookServer!.stop())],
+      ["loopback application", res.app && (() => res.app!.stop(5_000))],
       ["bare ping server", res.bare && (() => res.bare!.stop(5_000))],
       ["pg pool", res.pool && (() => res.pool!.end())],
       ["database pool", res.db && (() => res.db!.close())],
@@ -465,8 +488,9 @@ async function main(): Promise<void> {
 
   const figures: Figure[] = [];
   const raw: Record<string, unknown> = {};
-  if (!ONLY_EVENTS) await apiSteps(res.postgres.url, token, figures, raw);
-  await eventSteps(res.postgres.url, token, figures, raw);
+  if (runs("api")) await apiSteps(res.postgres.url, token, figures, raw);
+  if (runs("webhook")) await webhookSteps(res.postgres.url, token, figures, raw);
+  if (runs("events")) await eventSteps(res.postgres.url, token, figures, raw);
 
   await cleanup();
 
@@ -479,7 +503,7 @@ async function main(): Promise<void> {
   mkdirSync(path.dirname(RESULTS_FILE), { recursive: true });
   const report = {
     machine: m,
-    parameters: { ping: PING, order: ORDER, list: LIST, events: EVENTS, asyncOrder: LATENCY, targets: TARGETS, only: ONLY_EVENTS ? "events" : undefined },
+    parameters: { ping: PING, order: ORDER, list: LIST, events: EVENTS, asyncOrder: LATENCY, webhook: WEBHOOK, targets: TARGETS, only: ONLY.length > 0 ? ONLY : undefined },
     figures,
     raw,
   };
@@ -595,6 +619,102 @@ async function apiSteps(databaseUrl: string, token: string, figures: Figure[], r
       Object.entries(res.sampler.phasePeaksKb).map(([phase, kb]) => [phase, Math.round(kb / 1024)]),
     ),
   });
+}
+
+/** Steps 8–9: the same orders with PROVISIONING_MODE=none and webhook (bench/provisioning.ts). */
+async function webhookSteps(databaseUrl: string, token: string, figures: Figure[], raw: Record<string, unknown>): Promise<void> {
+  const appPort = await freePort();
+  const appEnv: NodeJS.ProcessEnv = { ...process.env, PORT: String(appPort), HOST: LOOPBACK };
+  delete appEnv.NODE_OPTIONS;
+  res.app = Child.start("loopback application", process.execPath, ["--import", "tsx", "bench/bare-app.ts"], { cwd: ROOT, env: appEnv });
+  const appBase = `http://${LOOPBACK}:${appPort}`;
+  await waitUntilAnswers(`${appBase}/count`, res.app, 60_000);
+  const secret = `whsec_${randomBytes(32).toString("base64")}`;
+  console.log(`\nstarting two servers on one database: PROVISIONING_MODE=none, and webhook → the loopback application ${appBase} …`);
+  const none = await startServer(databaseUrl, token, { PROVISIONING_MODE: "none" }, "server (provisioning none)");
+  res.server = none.child;
+  const webhook = await startServer(
+    databaseUrl,
+    token,
+    { PROVISIONING_MODE: "webhook", PROVISIONING_URL: `${appBase}/webhooks/orange`, PROVISIONING_SECRET: secret },
+    "server (provisioning webhook)",
+  );
+  res.webhookServer = webhook.child;
+  const sides: [Side, Side] = [
+    { name: "none", base: none.base, pid: none.child.pid },
+    { name: "webhook", base: webhook.base, pid: webhook.child.pid },
+  ];
+  const counts = async () => JSON.parse((await request("GET", `${appBase}/count`)).body.toString("utf8")) as { commands: number; distinct: number };
+  const commands = async () => {
+    const c = await counts();
+    // Under this load the application answers every command at once: none is sent twice.
+    if (c.distinct !== c.commands) throw new Error(`the application received ${c.commands} commands under ${c.distinct} webhook-ids`);
+    return c.commands;
+  };
+
+  const big = WEBHOOK.big;
+  console.log(`\n8. UC2 order of ${big.licences} licences, provisioning webhook vs none (${big.warmups} warm-up + ${big.runs} runs each, alternated)`);
+  const commandsBefore = await commands();
+  const bigOrders = await benchBigOrders(sides, token, res.app.pid, (line) => console.log(line));
+  const bigCommands = (await commands()) - commandsBefore;
+  if (bigCommands !== big.warmups + big.runs) throw new Error(`the application received ${bigCommands} commands for ${big.warmups + big.runs} orders`);
+  const bigMs = { none: median(bigOrders.ms.none), webhook: median(bigOrders.ms.webhook) };
+
+  const small = WEBHOOK.small;
+  console.log(
+    `\n9. sync UC2 orders of 1 licence, ${small.connections} callers at once, provisioning webhook vs none ` +
+      `(${small.warmupSeconds} s warm-up each, then ${small.rounds} rounds × ${small.seconds} s each, alternated)`,
+  );
+  const smallBefore = await commands();
+  const smallOrders = await benchSmallOrders(sides, token, (line) => console.log(line));
+  const smallCommands = (await commands()) - smallBefore;
+  // More commands than completed orders: the orders still on their way when a round's time was
+  // up (autocannon drops their answers; the server carried them out all the same).
+  const inFlight = small.connections * (small.rounds + 1);
+  if (smallCommands < smallOrders.orders.webhook || smallCommands > smallOrders.orders.webhook + inFlight) {
+    throw new Error(`the application received ${smallCommands} commands for ${smallOrders.orders.webhook} orders answered`);
+  }
+  const { none: n, webhook: w } = smallOrders.median;
+
+  await res.webhookServer.stop();
+  res.webhookServer = undefined;
+  await res.server.stop();
+  res.server = undefined;
+  await res.app.stop(5_000);
+  res.app = undefined;
+
+  figures.push(
+    {
+      name: `UC2 order ${big.licences} licences, webhook (median)`,
+      unit: "ms",
+      value: bigMs.webhook,
+      baseline: bigMs.none,
+      ratio: bigMs.webhook / bigMs.none,
+      target: `≤ ${TARGETS.webhookBigOrderRatioMax.toFixed(2)}×`,
+      pass: bigMs.webhook / bigMs.none <= TARGETS.webhookBigOrderRatioMax,
+      note:
+        `baseline: the same order to a server with PROVISIONING_MODE=none, same database, alternated; the application (bench/bare-app.ts) ` +
+        `answers 200 {} at once; CPU per order (median): server ${median(bigOrders.serverCpuMs.webhook).toFixed(0)} ms vs ` +
+        `${median(bigOrders.serverCpuMs.none).toFixed(0)} ms, PostgreSQL ${median(bigOrders.postgresCpuMs.webhook).toFixed(0)} ms vs ` +
+        `${median(bigOrders.postgresCpuMs.none).toFixed(0)} ms, application ${median(bigOrders.appCpuMs).toFixed(0)} ms`,
+    },
+    {
+      name: `sync UC2 orders of 1 licence, ${small.connections} callers, webhook`,
+      unit: "orders/s",
+      value: w.ordersPerSecond,
+      baseline: n.ordersPerSecond,
+      ratio: w.ordersPerSecond / n.ordersPerSecond,
+      target: `≥ ${TARGETS.webhookSmallOrdersRatioMin.toFixed(2)}×`,
+      pass: w.ordersPerSecond / n.ordersPerSecond >= TARGETS.webhookSmallOrdersRatioMin,
+      note:
+        `median of ${small.rounds} rounds of ${small.seconds} s (webhook ${smallOrders.rounds.filter((r) => r.side === "webhook").map((r) => r.ordersPerSecond.toFixed(0)).join(", ")}; ` +
+        `none ${smallOrders.rounds.filter((r) => r.side === "none").map((r) => r.ordersPerSecond.toFixed(0)).join(", ")} orders/s), autocannon, each order a new customer; ` +
+        `p50 ${w.p50} ms vs ${n.p50} ms, p99 ${w.p99} ms vs ${n.p99} ms; CPU per order: server ${w.serverCpuUsPerOrder.toFixed(0)} µs vs ` +
+        `${n.serverCpuUsPerOrder.toFixed(0)} µs, PostgreSQL ${w.postgresCpuUsPerOrder.toFixed(0)} µs vs ${n.postgresCpuUsPerOrder.toFixed(0)} µs; ` +
+        `${smallCommands} commands received by the application`,
+    },
+  );
+  Object.assign(raw, { webhook: { bigOrders, bigCommands, smallOrders, smallCommands } });
 }
 
 function workerConcurrency(): number {

@@ -205,7 +205,9 @@ describe("an application that answers later (202)", () => {
       return c.state === "done" ? c : undefined;
     }, 15_000);
     expect(command).toMatchObject({ endedBy: "application", attempts: 1 });
-    expect(partner.resultCalls.at(-1)).toMatchObject({ commandId: command.id, status: 200 });
+    // The server commits before its answer reaches the application: wait for the application to read it.
+    const call = await waitFor("the result call's answer", () => (partner.resultCalls.at(-1)?.status !== undefined ? partner.resultCalls.at(-1) : undefined));
+    expect(call).toMatchObject({ commandId: command.id, status: 200 });
 
     const retry = await t.call("POST", ORDER_URL, body);
     expect(retry.status).toBe(201);

@@ -49,18 +49,32 @@ export async function lockLanes(tx: Tx, lanes: string[]): Promise<void> {
       FROM unnest(${[...lanes].sort()}::text[]) AS l ORDER BY l`);
 }
 
-export async function insertCommand(
-  tx: Tx,
-  c: { id: string; kind: RequestKind; requestId: string; lanes: string[] },
-): Promise<void> {
-  await tx.execute(sql`
-    INSERT INTO provisioning_command (id, request_kind, request_id, lanes)
-    VALUES (${c.id}, ${c.kind}, ${c.requestId}, ${c.lanes}::text[])`);
-}
-
 const COLUMNS = sql`id, seq, request_kind, request_id, type, lanes, state::text AS state, attempts, next_attempt_at,
   lease_until, plan, body, result, created_at, prepared_at, finished_at, last_status, last_error, ended_by,
   (state = 'retrying' AND next_attempt_at <= now()) OR (state = 'sending' AND lease_until <= now()) AS due`;
+
+const UNFINISHED_EARLIER = sql`p.state IN ('queued', 'sending', 'waiting', 'retrying')`;
+
+/**
+ * The new command, `queued`, as its row: no other transaction sees it before the commit, so the
+ * inserting one holds it as `lockCommand` would. With `first`: whether its turn has come
+ * (`isFirstInLanes`), read in the same statement, after the caller took the lanes' locks.
+ */
+export async function insertCommand(
+  tx: Tx,
+  c: { id: string; kind: RequestKind; requestId: string; lanes: string[] },
+): Promise<CommandRow & { first: boolean }> {
+  const [row] = await tx.query<CommandRow & { first: boolean }>(sql`
+    WITH c AS (
+      INSERT INTO provisioning_command (id, request_kind, request_id, lanes)
+      VALUES (${c.id}, ${c.kind}, ${c.requestId}, ${c.lanes}::text[])
+      RETURNING ${COLUMNS})
+    SELECT c.*, NOT EXISTS (
+      SELECT 1 FROM provisioning_command p WHERE p.lanes && c.lanes AND p.seq < c.seq AND ${UNFINISHED_EARLIER}
+    ) AS first
+    FROM c`);
+  return row!;
+}
 
 export async function lockCommand(tx: Tx, id: string): Promise<CommandRow | undefined> {
   const [row] = await tx.query<CommandRow>(sql`SELECT ${COLUMNS} FROM provisioning_command WHERE id = ${id} FOR UPDATE`);
@@ -82,8 +96,7 @@ export async function commandOfRequest(q: Queryable, kind: RequestKind, requestI
 export async function isFirstInLanes(q: Queryable, c: { seq: number; lanes: string[] }): Promise<boolean> {
   const rows = await q.query(sql`
     SELECT 1 FROM provisioning_command p
-     WHERE p.lanes && ${c.lanes}::text[] AND p.seq < ${c.seq}
-       AND p.state IN ('queued', 'sending', 'waiting', 'retrying')
+     WHERE p.lanes && ${c.lanes}::text[] AND p.seq < ${c.seq} AND ${UNFINISHED_EARLIER}
      LIMIT 1`);
   return rows.length === 0;
 }
@@ -104,7 +117,10 @@ export async function nextInLanes(
   return rows.filter((r) => !seen.has(r.id) && seen.add(r.id));
 }
 
-/** Starts an attempt: `sending` until the lease, counted; the plan and body are written on the first. */
+/**
+ * Starts an attempt: `sending` until the lease, counted, and its row in the history (one
+ * statement: one round trip per attempt); the plan and body are written on the first.
+ */
 export async function startAttempt(
   tx: Tx,
   id: string,
@@ -112,11 +128,16 @@ export async function startAttempt(
 ): Promise<void> {
   const p = a.prepared;
   await tx.execute(sql`
-    UPDATE provisioning_command SET
-      state = 'sending', attempts = ${a.attempt}, lease_until = now() + ${a.leaseMs}::bigint * interval '1 millisecond',
-      type = COALESCE(${p?.type ?? null}, type), plan = COALESCE(${p ? JSON.stringify(p.plan) : null}::json, plan),
-      body = COALESCE(${p?.body ?? null}, body), prepared_at = COALESCE(prepared_at, CASE WHEN ${p !== undefined} THEN now() END)
-    WHERE id = ${id}`);
+    WITH started AS (
+      UPDATE provisioning_command SET
+        state = 'sending', attempts = ${a.attempt}, lease_until = now() + ${a.leaseMs}::bigint * interval '1 millisecond',
+        type = COALESCE(${p?.type ?? null}, type), plan = COALESCE(${p ? JSON.stringify(p.plan) : null}::json, plan),
+        body = COALESCE(${p?.body ?? null}, body), prepared_at = COALESCE(prepared_at, CASE WHEN ${p !== undefined} THEN now() END)
+      WHERE id = ${id}
+      RETURNING id)
+    INSERT INTO provisioning_attempt (command_id, attempt, started_at)
+    SELECT id, ${a.attempt}, now() FROM started
+    ON CONFLICT (command_id, attempt) DO NOTHING`);
 }
 
 /** Closes the attempts a runner left open (it died or was stopped): they count, as interrupted. */
@@ -126,25 +147,12 @@ export async function closeOpenAttempts(tx: Tx, id: string, error: string): Prom
      WHERE command_id = ${id} AND finished_at IS NULL`);
 }
 
-export async function insertAttempt(tx: Tx, id: string, attempt: number): Promise<void> {
-  await tx.execute(sql`
-    INSERT INTO provisioning_attempt (command_id, attempt, started_at) VALUES (${id}, ${attempt}, now())
-    ON CONFLICT (command_id, attempt) DO NOTHING`);
-}
-
 export interface AttemptResult {
   outcome: string;
   status?: number;
   error?: string;
   responseBody?: string;
   durationMs?: number;
-}
-
-export async function finishAttempt(tx: Tx, id: string, attempt: number, r: AttemptResult): Promise<void> {
-  await tx.execute(sql`
-    UPDATE provisioning_attempt SET finished_at = now(), outcome = ${r.outcome}, status = ${r.status ?? null},
-           error = ${r.error ?? null}, response_body = ${r.responseBody ?? null}, duration_ms = ${r.durationMs ?? null}
-     WHERE command_id = ${id} AND attempt = ${attempt}`);
 }
 
 export interface Settled {
@@ -156,12 +164,19 @@ export interface Settled {
   error?: string;
   responseBody?: string;
   endedBy?: string;
+  /** The attempt this settles, finished in the same statement (one round trip). */
+  finishing?: { attempt: number } & AttemptResult;
 }
 
-/** Writes where the command now stands (and when it finished, for a final state). */
+/** Writes where the command now stands (and when it finished, for a final state), and finishes the attempt it settles. */
 export async function settleCommand(tx: Tx, id: string, s: Settled): Promise<void> {
   const final = !UNFINISHED.includes(s.state);
+  const f = s.finishing;
   await tx.execute(sql`
+    WITH finished AS (
+      UPDATE provisioning_attempt SET finished_at = now(), outcome = ${f?.outcome ?? null}, status = ${f?.status ?? null}::int,
+             error = ${f?.error ?? null}, response_body = ${f?.responseBody ?? null}, duration_ms = ${f?.durationMs ?? null}::int
+       WHERE ${f !== undefined} AND command_id = ${id} AND attempt = ${f?.attempt ?? null}::int)
     UPDATE provisioning_command SET
       state = ${s.state}::"CommandState",
       next_attempt_at = COALESCE(${s.nextAttemptAt ?? null}::timestamptz, next_attempt_at),

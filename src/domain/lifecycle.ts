@@ -363,14 +363,19 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   type Step = { kind: "call"; call: ProvisioningCall; attempt: number } | { kind: "finished" } | { kind: "idle" };
   const IDLE: Step = { kind: "idle" };
 
-  /** Ends the request with `outcome` as its answer mode says: the stored answer (sync, auto) or an event (async). */
-  async function conclude(tx: Tx, request: { request: JsonValue; answerMode: AnswerMode }, outcome: O, cmd: C | undefined): Promise<void> {
+  /**
+   * Ends the request with `outcome` as its answer mode says: the stored answer (sync, auto), which
+   * it returns, or an event (async).
+   */
+  async function conclude(tx: Tx, request: { request: JsonValue; answerMode: AnswerMode }, outcome: O, cmd: C | undefined): Promise<JsonValue | undefined> {
     if (request.answerMode === "async") {
       await finish(tx, outcome, null);
       await announce(tx, request.request, outcome, cmd);
-    } else {
-      await finish(tx, outcome, codec.answer(request.request, outcome));
+      return undefined;
     }
+    const response = codec.answer(request.request, outcome);
+    await finish(tx, outcome, response);
+    return response;
   }
 
   /** A finished command hands its lanes on: the next command of each gets its job. */
@@ -384,16 +389,21 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * before the call) once its turn has come, or the next one when due. A plan the rules refuse
    * ends the request here, without a call.
    */
-  async function prepare(tx: Tx, row: CommandRow, known?: C): Promise<Step> {
+  async function prepare(
+    tx: Tx,
+    row: CommandRow,
+    known?: { cmd: C; request: { request: JsonValue; answerMode: AnswerMode }; first: boolean },
+  ): Promise<Step> {
     if (row.state === "queued") {
-      if (!(await commands.isFirstInLanes(tx, row))) return IDLE;
-      const request = await requests.lockAcknowledged(tx, kind, row.request_id);
+      if (!(known?.first ?? (await commands.isFirstInLanes(tx, row)))) return IDLE;
+      // Claimed in this very transaction (Orange's call), the request is locked and acknowledged already.
+      const request = known?.request ?? (await requests.lockAcknowledged(tx, kind, row.request_id));
       if (!request) {
         await commands.settleCommand(tx, row.id, { state: "refused", error: "its request had already ended" });
         await wakeNext(tx, row);
         return { kind: "finished" };
       }
-      const cmd = known ?? codec.decode(request.request);
+      const cmd = known?.cmd ?? codec.decode(request.request);
       const planned = await handler.plan(tx, row.request_id, cmd);
       if ("refusal" in planned) {
         await conclude(tx, request, planned.refusal, cmd);
@@ -404,14 +414,12 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       const { type, data } = handler.command(row.request_id, cmd, planned.plan);
       const body = JSON.stringify({ type, timestamp: clock.now().toISOString(), data });
       await commands.startAttempt(tx, row.id, { attempt: 1, leaseMs, prepared: { type, plan: planned.plan as JsonValue, body } });
-      await commands.insertAttempt(tx, row.id, 1);
       return { kind: "call", call: { id: row.id, type, body }, attempt: 1 };
     }
     if (row.due && row.body !== null && row.type !== null) {
       const attempt = row.attempts + 1;
       await commands.closeOpenAttempts(tx, row.id, "interrupted: the runner stopped or died during the attempt");
       await commands.startAttempt(tx, row.id, { attempt, leaseMs });
-      await commands.insertAttempt(tx, row.id, attempt);
       return { kind: "call", call: { id: row.id, type: row.type, body: row.body }, attempt };
     }
     return IDLE;
@@ -427,70 +435,75 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   }
 
   /** Parks the command and ends its request failed: the application did not carry it out within the bounds. */
-  async function park(tx: Tx, row: CommandRow, request: { request: JsonValue; answerMode: AnswerMode }, detail: string): Promise<void> {
+  async function park(
+    tx: Tx,
+    row: CommandRow,
+    request: { request: JsonValue; answerMode: AnswerMode },
+    detail: string,
+    finishing?: commands.Settled["finishing"],
+  ): Promise<JsonValue | undefined> {
     const cmd = codec.decode(request.request);
     const reason = `the partner's application did not carry out the ${kind}: ${detail}`;
     const outcome = row.plan === null ? handler.failure(row.request_id, cmd, reason, clock.now()) : handler.refused(row.request_id, cmd, row.plan as P, reason, clock.now());
-    await conclude(tx, request, outcome, cmd);
-    await commands.settleCommand(tx, row.id, { state: "parked", error: detail });
+    const answer = await conclude(tx, request, outcome, cmd);
+    await commands.settleCommand(tx, row.id, { state: "parked", error: detail, ...(finishing ? { finishing } : {}) });
     await wakeNext(tx, row);
+    return answer;
   }
 
   /**
    * Records what the application answered to attempt `attempt` and acts on it, in one
    * transaction; nothing when that attempt is no longer the command's current one (its lease
-   * passed and another runner sent it again: that runner settles it).
+   * passed and another runner sent it again: that runner settles it). When it ended a request
+   * answered sync (or auto), the answer it stored: the caller waiting for it need not read it back.
    */
-  async function settle(commandId: string, attempt: number, answer: ProvisioningAnswer & { responseBody?: string; durationMs: number }) {
+  async function settle(
+    commandId: string,
+    attempt: number,
+    answer: ProvisioningAnswer & { responseBody?: string; durationMs: number },
+  ): Promise<JsonValue | undefined> {
     const bounds = stage!.retry;
-    return db.transaction(async (tx) => {
+    return db.transaction(async (tx): Promise<JsonValue | undefined> => {
       const row = await commands.lockCommand(tx, commandId);
       if (!row || row.state !== "sending" || row.attempts !== attempt) return;
       const status = "status" in answer ? answer.status : undefined;
       const error = "error" in answer ? answer.error : answer.outcome === "refused" ? answer.reason : undefined;
-      await commands.finishAttempt(tx, commandId, attempt, {
-        outcome: answer.outcome,
-        status,
-        error,
-        responseBody: answer.responseBody,
-        durationMs: Math.round(answer.durationMs),
-      });
+      // The attempt is finished by the statement that settles the command, whichever it is.
+      const finishing = { attempt, outcome: answer.outcome, status, error, responseBody: answer.responseBody, durationMs: Math.round(answer.durationMs) };
       const request = await requests.lockAcknowledged(tx, kind, row.request_id);
       if (!request) {
         // Ended meanwhile by hand (result route): nothing to decide for the request.
-        await commands.settleCommand(tx, commandId, { state: "done", status, error });
+        await commands.settleCommand(tx, commandId, { state: "done", status, error, finishing });
         await wakeNext(tx, row);
         return;
       }
       const cmd = codec.decode(request.request);
       const plan = row.plan as P;
-      const seen = { status, error, responseBody: answer.responseBody };
+      const seen = { status, error, responseBody: answer.responseBody, finishing };
       switch (answer.outcome) {
         case "done": {
           const outcome = await handler.apply(tx, row.request_id, cmd, plan, answer.licences);
-          await conclude(tx, request, outcome, cmd);
+          const answered = await conclude(tx, request, outcome, cmd);
           await commands.settleCommand(tx, commandId, { state: "done", result: answer.licences as unknown as JsonValue, ...seen });
           await wakeNext(tx, row);
-          return;
+          return answered;
         }
         case "accepted":
           await commands.settleCommand(tx, commandId, { state: "waiting", ...seen });
           return;
         case "refused": {
           const outcome = handler.refused(row.request_id, cmd, plan, `the partner's application refused it: ${answer.reason}`, clock.now());
-          await conclude(tx, request, outcome, cmd);
+          const answered = await conclude(tx, request, outcome, cmd);
           await commands.settleCommand(tx, commandId, { state: "refused", ...seen });
           await wakeNext(tx, row);
-          return;
+          return answered;
         }
         case "rejected":
-          await park(tx, row, request, `it answered ${status ?? "nothing usable"} (${answer.error}) (command ${commandId})`);
-          return;
+          return park(tx, row, request, `it answered ${status ?? "nothing usable"} (${answer.error}) (command ${commandId})`, finishing);
         case "retry": {
           const next = new Date(clock.now().getTime() + retryDelayMs(bounds, attempt, answer.retryAfterMs, random));
           if (attempt >= bounds.maxAttempts || next.getTime() - row.created_at.getTime() > bounds.maxAgeMs) {
-            await park(tx, row, request, `no answer after ${attempt} attempts, the last: ${answer.error} (command ${commandId})`);
-            return;
+            return park(tx, row, request, `no answer after ${attempt} attempts, the last: ${answer.error} (command ${commandId})`, finishing);
           }
           await commands.settleCommand(tx, commandId, { state: "retrying", nextAttemptAt: next, ...seen });
           await jobs.add(tx, provisionJob(kind, commandId, next));
@@ -549,15 +562,14 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       const commandId = ids.next("pc");
       const lanes = await handler.lanes(tx, claimed.id, cmd);
       await commands.lockLanes(tx, lanes);
-      await commands.insertCommand(tx, { id: commandId, kind, requestId: claimed.id, lanes });
+      const row = await commands.insertCommand(tx, { id: commandId, kind, requestId: claimed.id, lanes });
       if (mode === "async") {
         const response = codec.acknowledgement(cmd.request, claimed.id);
         await requests.storeResponse(tx, kind, claimed.id, response);
         await jobs.add(tx, provisionJob(kind, commandId));
         return { reply: { requestId: claimed.id, replayed: false, response } };
       }
-      const row = await commands.lockCommand(tx, commandId);
-      const step = await prepare(tx, row!, cmd);
+      const step = await prepare(tx, row, { cmd, request: { request: cmd.request, answerMode: mode }, first: row.first });
       // Not its turn yet: the worker sends it once the commands before it are finished.
       if (step.kind === "idle") await jobs.add(tx, provisionJob(kind, commandId));
       return { requestId: claimed.id, step, commandId, retried: false };
@@ -566,7 +578,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const { requestId, step } = first;
     if (step.kind === "call") {
       const left = Math.max(1, deadline - clock.now().getTime());
-      await settle(first.commandId, step.attempt, await send(step.call, AbortSignal.timeout(Math.min(left, s.timeoutMs + 1_000))));
+      const answered = await settle(first.commandId, step.attempt, await send(step.call, AbortSignal.timeout(Math.min(left, s.timeoutMs + 1_000))));
+      if (answered !== undefined) return { requestId, replayed: false, response: answered };
     }
     const response = await awaitAnswer(requestId, deadline);
     // A retry that waited for the first call's outcome answers it as a replay.

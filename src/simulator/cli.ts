@@ -1,8 +1,10 @@
 /**
  * `npm run simulate` / `npx orange-simulate`: plays Orange's IT against a partner server.
  *
- *   npm run simulate                                   # our own server, embedded database, sync then async
+ *   npm run simulate                                   # our own server, embedded database: sync, async, then
+ *                                                      # PROVISIONING_MODE=webhook with a mock application
  *   npm run simulate -- --target https://partner.example --auth-bearer "$TOKEN" --ordering async
+ *   npm run simulate -- --target … --provisioning webhook --app-secret whsec_… --app-port 8081 --app-token …
  *   npm run simulate -- --target … --load 8 --duration 30
  *
  * Exit status: 0 when every check passed, 1 when one failed or was skipped, 2 on a usage error.
@@ -13,24 +15,49 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { randomBytes } from "node:crypto";
 import { z } from "zod";
+import { newWebhookSecret, startMockApplication, type MockApplication } from "./application.js";
 import { startMockGateway, type MockGateway } from "./gateway.js";
 import { renderLoadText, runLoad } from "./load.js";
 import { renderHtml, renderJson, renderJunit, renderText } from "./report.js";
-import { runScenarios, type RunReport, type TargetAuth } from "./runner.js";
+import { DEFAULT_SYNC_DEADLINE_MS, runScenarios, type ProvisioningRun, type RunReport, type TargetAuth } from "./runner.js";
 import { loadScenarios } from "./scenario.js";
-import { DEFAULT_CATALOGUE, selfHostedVersion, startSelfHostedServer } from "./self-host.js";
+import { DEFAULT_CATALOGUE, freePort, selfHostedVersion, startSelfHostedServer } from "./self-host.js";
 
 type Mode = "sync" | "async";
 type Modes = { ordering: Mode; update: Mode };
+type Provisioning = ProvisioningRun["mode"];
 
-/** A server to play against: given (`url`, `auth`), or started for the run (`host`) and stopped after. */
+/** What a run plays against, once started. */
+interface Hosted {
+  url: string;
+  auth: TargetAuth;
+  knownVersion?: RunReport["targetVersion"] & { version: string };
+  provisioning?: ProvisioningRun;
+  stop: () => Promise<void>;
+}
+
+/**
+ * A server to play against: given (`url`, `auth`), or started for the run (`host`) and stopped
+ * after; `host` also starts what the run needs beside it (the mock application of a webhook run).
+ */
 interface Target {
   url: string;
   auth: TargetAuth;
   modes: Modes;
-  host?: () => Promise<{ url: string; auth: TargetAuth; knownVersion?: RunReport["targetVersion"] & { version: string }; stop: () => Promise<void> }>;
+  provisioning: Provisioning;
+  host?: () => Promise<Hosted>;
 }
+
+/** The self-hosted server's PROVISIONING_SYNC_DEADLINE_MS: short, so that the late and down scenarios take seconds. */
+export const SELF_HOSTED_SYNC_DEADLINE_MS = 2_000;
+
+/**
+ * The self-hosted server's retries of a command its application did not answer: quick, so that
+ * an application down then back is seen completing within a scenario.
+ */
+const SELF_HOSTED_RETRY = { PROVISIONING_RETRY_BASE_MS: "100", PROVISIONING_RETRY_MAX_MS: "500" };
 
 const BUILTIN_SCENARIOS = fileURLToPath(new URL("../../scenarios/", import.meta.url));
 
@@ -82,7 +109,8 @@ const HELP = `Usage: npm run simulate -- [options]
 
 Plays Orange's IT against a partner server (contract scenarios, events at a mock Orange gateway)
 and reports every check. Without --target, starts this repository's server on its embedded
-database and runs the suite twice: sync answers, then async answers.
+database and runs the suite three times: sync answers, async answers, then with
+PROVISIONING_MODE=webhook and a mock of the partner's application (plus the chain scenarios).
 
 Target
   --target URL              the partner server's base URL (omit: self-hosted)
@@ -93,6 +121,26 @@ Target
   --update sync|async       how the target answers userService/update (default sync)
   --offers CODE,CODE        Orange offer codes in the target's catalogue (default: the codes of this
                             repository's config/catalogue.json, the server's default catalogue)
+
+The partner's application (PROVISIONING_MODE=webhook: the target has its application carry out
+every order and change; the simulator hosts a mock of that application, the reference one of
+examples/partner-app, and plays the chain scenarios: refused, late and down-then-back commands)
+  --provisioning none|webhook  the target's PROVISIONING_MODE. Self-hosted, default both: the runs
+                            with none (sync, then async), then a run with webhook (ordering sync,
+                            update async, unless --ordering/--update). With --target, default none
+  --app-url URL             host no mock application: the target's own application is at URL
+                            (implies webhook; self-hosted, the server sends its commands there,
+                            signed with --app-secret). The scenarios that set the application's
+                            behaviour or read what it received are not played, with a note
+  --app-host HOST           the mock application's interface (default 127.0.0.1)
+  --app-port PORT           its port (default: a free one); commands go to http://HOST:PORT/webhooks/orange
+  --app-secret whsec_…      the secret the target signs its commands with (its PROVISIONING_SECRET):
+                            needed with --target; self-hosted, default a fresh one
+  --app-token TOKEN         the target's APP_TOKEN: the mock application reports a late result (after
+                            its 202) with it. Without it, with --target, the late scenario is not played
+  --sync-deadline MS        the target's PROVISIONING_SYNC_DEADLINE_MS (default 20000, the server's;
+                            self-hosted: ${SELF_HOSTED_SYNC_DEADLINE_MS}, set on the server). Sync answers may take that long:
+                            the request timeout of a webhook run is at least this plus 5 s
 
 Mock Orange gateway (the target sends its events here)
   --gateway-host HOST       interface to listen on (default 127.0.0.1)
@@ -127,23 +175,42 @@ Report
 
 Load mode (instead of the scenarios)
   --load N                  N concurrent virtual Orange users placing orders and updates
-  --duration S              for S seconds (default 10)
+  --duration S              for S seconds (default 10); self-hosted, with provisioning none unless
+                            --provisioning webhook (then through the mock application, answering at once)
 `;
 
 class UsageError extends Error {}
 
-/** Runs `fn` against the target: a given one as is, a self-hosted one started before and stopped after. */
-async function withTarget<T>(
-  target: Target,
-  fn: (url: string, auth: TargetAuth, knownVersion?: { version: string; source: string }) => Promise<T>,
-): Promise<T> {
-  if (!target.host) return fn(target.url, target.auth);
+/** Runs `fn` against the target: a given one as is, a hosted one started before and stopped after. */
+async function withTarget<T>(target: Target, fn: (hosted: Omit<Hosted, "stop">) => Promise<T>): Promise<T> {
+  if (!target.host) return fn({ url: target.url, auth: target.auth });
   const hosted = await target.host();
   try {
-    return await fn(hosted.url, hosted.auth, hosted.knownVersion);
+    return await fn(hosted);
   } finally {
     await hosted.stop();
   }
+}
+
+function provisioningOption(value: string | undefined): Provisioning | undefined {
+  if (value === undefined || value === "none" || value === "webhook") return value;
+  throw new UsageError(`--provisioning must be none or webhook, not "${value}"`);
+}
+
+/** A `whsec_` secret as the server's PROVISIONING_SECRET takes it (one of them). */
+function webhookSecret(value: string): string {
+  const b64 = value.startsWith("whsec_") ? value.slice("whsec_".length) : "";
+  const bytes = Buffer.from(b64, "base64");
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(b64) || bytes.toString("base64") !== b64 || bytes.length < 24 || bytes.length > 64) {
+    throw new UsageError("--app-secret must be whsec_ followed by the standard, padded base64 of 24 to 64 bytes (the target's PROVISIONING_SECRET)");
+  }
+  return value;
+}
+
+function httpUrl(value: string, option: string): string {
+  const url = value.replace(/\/+$/, "");
+  if (!/^https?:\/\/[^/]/.test(url)) throw new UsageError(`--${option} must be an http(s) URL, not "${value}"`);
+  return url;
 }
 
 function parseAuth(values: { "auth-bearer"?: string; "auth-basic"?: string; "auth-header"?: string }): TargetAuth {
@@ -207,6 +274,13 @@ export async function main(argv: string[]): Promise<number> {
       skip: { type: "string" },
       "event-timeout": { type: "string" },
       "request-timeout": { type: "string" },
+      provisioning: { type: "string" },
+      "app-url": { type: "string" },
+      "app-host": { type: "string" },
+      "app-port": { type: "string" },
+      "app-secret": { type: "string" },
+      "app-token": { type: "string" },
+      "sync-deadline": { type: "string" },
       "report-json": { type: "string" },
       "report-html": { type: "string" },
       "report-junit": { type: "string" },
@@ -234,6 +308,15 @@ export async function main(argv: string[]): Promise<number> {
   }
   const eventTimeoutMs = positiveInt(values["event-timeout"], "event-timeout", 10_000);
   const requestTimeoutMs = positiveInt(values["request-timeout"], "request-timeout", 10_000);
+  let provisioning = provisioningOption(values.provisioning);
+  const appUrl = values["app-url"] === undefined ? undefined : httpUrl(values["app-url"], "app-url");
+  if (appUrl !== undefined) {
+    if (provisioning === "none") throw new UsageError("--app-url names the target's application: it goes with --provisioning webhook");
+    provisioning = "webhook";
+  }
+  const appSecret = values["app-secret"] === undefined ? undefined : webhookSecret(values["app-secret"]);
+  const appHost = values["app-host"] ?? "127.0.0.1";
+  const appPort = values["app-port"] === undefined ? undefined : positiveInt(values["app-port"], "app-port", 0);
   const color = !values["no-color"] && process.stdout.isTTY === true;
 
   const gateway = await startMockGateway({
@@ -255,7 +338,31 @@ export async function main(argv: string[]): Promise<number> {
       const url = values.target.replace(/\/+$/, "");
       if (!/^https?:\/\//.test(url)) throw new UsageError(`--target must be an http(s) URL, not "${values.target}"`);
       const modes = { ordering: mode(values.ordering, "ordering"), update: mode(values.update, "update") };
-      targets.push({ url, auth: parseAuth(values), modes });
+      const auth = parseAuth(values);
+      const target: Target = { url, auth, modes, provisioning: provisioning ?? "none" };
+      if (target.provisioning === "webhook") {
+        const syncDeadlineMs = positiveInt(values["sync-deadline"], "sync-deadline", DEFAULT_SYNC_DEADLINE_MS);
+        if (appUrl === undefined && appSecret === undefined) {
+          throw new UsageError(
+            "--provisioning webhook against a --target hosts the mock application the target sends its commands to: give --app-secret " +
+              "(the target's PROVISIONING_SECRET), or --app-url when the target's own application is behind it",
+          );
+        }
+        target.host = async () => {
+          if (appUrl !== undefined) return { url, auth, provisioning: { mode: "webhook", applicationUrl: appUrl, syncDeadlineMs }, stop: async () => {} };
+          const application = await startMockApplication({
+            secret: appSecret!,
+            host: appHost,
+            ...(appPort === undefined ? {} : { port: appPort }),
+            serverUrl: url,
+            ...(values["app-token"] === undefined ? {} : { appToken: values["app-token"] }),
+          });
+          log(`mock application: the target must send its commands to PROVISIONING_URL=${application.webhookUrl}, signed with the --app-secret`);
+          if (!application.reports) log("  no --app-token: the mock application cannot report a late result, the late scenario is not played");
+          return { url, auth, provisioning: { mode: "webhook", application, syncDeadlineMs }, stop: () => application.close() };
+        };
+      }
+      targets.push(target);
       if (modes.ordering === "async" || modes.update === "async") {
         log(
           `  the target must send its events to ORANGE_EVENT_BASE_URL=${gateway.url} with ORANGE_OFFER=${offer}, token URL ${gateway.tokenUrl}, ` +
@@ -268,23 +375,92 @@ export async function main(argv: string[]): Promise<number> {
       await chmod(dataDir, 0o755);
       const knownVersion = await selfHostedVersion();
       const given = values.ordering !== undefined || values.update !== undefined;
+      const givenModes: Modes = { ordering: mode(values.ordering, "ordering"), update: mode(values.update, "update") };
       const modeList: Modes[] = given
-        ? [{ ordering: mode(values.ordering, "ordering"), update: mode(values.update, "update") }]
+        ? [givenModes]
         : [
             { ordering: "sync", update: "sync" },
             { ordering: "async", update: "async" },
           ];
-      for (const modes of modeList) {
-        const dir = dataDir;
+      const dir = dataDir;
+      // The load mode measures the server alone unless asked for the application in between.
+      const provisionings: Provisioning[] = provisioning !== undefined ? [provisioning] : values.load !== undefined ? ["none"] : ["none", "webhook"];
+      if (provisionings.includes("none")) {
+        for (const modes of modeList) {
+          targets.push({
+            url: "",
+            auth: { kind: "none" },
+            modes,
+            provisioning: "none",
+            host: async () => {
+              log(`starting this repository's server (ordering ${modes.ordering}, update ${modes.update}) on its embedded database …`);
+              const server = await startSelfHostedServer({ gateway, modes, dataDir: dir, offer });
+              log(`  ${server.url} ready`);
+              return { url: server.url, auth: { kind: "bearer", token: server.token }, knownVersion, stop: () => server.stop() };
+            },
+          });
+        }
+      }
+      if (provisionings.includes("webhook")) {
+        if (appUrl !== undefined && appSecret === undefined) {
+          throw new UsageError("--app-url: give --app-secret too, the secret the server signs its commands with and your application verifies");
+        }
+        // One run covers both ways of answering Orange through the application: orders wait for it (sync), updates get events (async).
+        const modes: Modes = given ? givenModes : { ordering: "sync", update: "async" };
+        const syncDeadlineMs = positiveInt(values["sync-deadline"], "sync-deadline", SELF_HOSTED_SYNC_DEADLINE_MS);
         targets.push({
           url: "",
           auth: { kind: "none" },
           modes,
+          provisioning: "webhook",
           host: async () => {
-            log(`starting this repository's server (ordering ${modes.ordering}, update ${modes.update}) on its embedded database …`);
-            const server = await startSelfHostedServer({ gateway, modes, dataDir: dir, offer });
-            log(`  ${server.url} ready`);
-            return { url: server.url, auth: { kind: "bearer", token: server.token }, knownVersion, stop: () => server.stop() };
+            const port = await freePort();
+            const serverUrl = `http://127.0.0.1:${port}`;
+            const secret = appSecret ?? newWebhookSecret();
+            const appToken = values["app-token"] ?? randomBytes(18).toString("base64url");
+            let application: MockApplication | undefined;
+            if (appUrl === undefined) {
+              application = await startMockApplication({ secret, host: appHost, ...(appPort === undefined ? {} : { port: appPort }), serverUrl, appToken });
+            }
+            const provisioningUrl = application?.webhookUrl ?? appUrl!;
+            log(
+              `starting this repository's server (ordering ${modes.ordering}, update ${modes.update}, PROVISIONING_MODE=webhook → ` +
+                `${application ? `the mock application ${provisioningUrl}` : `your application ${provisioningUrl}`}) on its embedded database …`,
+            );
+            try {
+              const server = await startSelfHostedServer({
+                gateway,
+                modes,
+                dataDir: dir,
+                offer,
+                port,
+                env: {
+                  PROVISIONING_MODE: "webhook",
+                  PROVISIONING_URL: provisioningUrl,
+                  PROVISIONING_SECRET: secret,
+                  APP_TOKEN: appToken,
+                  PROVISIONING_SYNC_DEADLINE_MS: String(syncDeadlineMs),
+                  ...SELF_HOSTED_RETRY,
+                },
+              });
+              log(`  ${server.url} ready`);
+              if (!application) {
+                log(`  your application reports late results to ${server.url}/admin/v1/provisioning/{webhook-id}/result with the --app-token`);
+              }
+              return {
+                url: server.url,
+                auth: { kind: "bearer", token: server.token },
+                knownVersion,
+                provisioning: application ? { mode: "webhook", application, syncDeadlineMs } : { mode: "webhook", applicationUrl: appUrl!, syncDeadlineMs },
+                stop: async () => {
+                  await server.stop();
+                  await application?.close();
+                },
+              };
+            } catch (err) {
+              await application?.close();
+              throw err;
+            }
           },
         });
       }
@@ -299,8 +475,8 @@ export async function main(argv: string[]): Promise<number> {
       const runs: RunReport[] = [];
       for (const target of targets) {
         runs.push(
-          await withTarget(target, (url, auth, knownVersion) => {
-            log(`\n== ${url} · ordering ${target.modes.ordering} · update ${target.modes.update}`);
+          await withTarget(target, ({ url, auth, knownVersion, provisioning: p }) => {
+            log(`\n== ${url} · ordering ${target.modes.ordering} · update ${target.modes.update}${p?.mode === "webhook" ? " · provisioning webhook" : ""}`);
             return runScenarios({
               target: url,
               auth,
@@ -309,8 +485,10 @@ export async function main(argv: string[]): Promise<number> {
               offers,
               gateway,
               eventTimeoutMs,
-              requestTimeoutMs,
+              // Sync answers of a webhook run may wait for the application up to the target's deadline.
+              requestTimeoutMs: p?.mode === "webhook" ? Math.max(requestTimeoutMs, (p.syncDeadlineMs ?? DEFAULT_SYNC_DEADLINE_MS) + 5_000) : requestTimeoutMs,
               scenarios,
+              ...(p ? { provisioning: p } : {}),
               ...(list(values.only) ? { only: list(values.only) } : {}),
               ...(list(values.skip) ? { skip: list(values.skip) } : {}),
               showSecrets: values["show-secrets"] === true,
@@ -351,7 +529,7 @@ async function loadMode(
   const durationMs = positiveInt(values.duration, "duration", 10) * 1000;
   let failed = false;
   for (const target of targets) {
-    const report = await withTarget(target, (url, auth) => {
+    const report = await withTarget(target, ({ url, auth }) => {
       log(`\n== load: ${concurrency} virtual users for ${durationMs / 1000} s · ordering ${target.modes.ordering} · update ${target.modes.update}`);
       return runLoad({ target: url, auth, concurrency, durationMs, offers, modes: target.modes, gateway, requestTimeoutMs, log });
     });

@@ -31,7 +31,16 @@ const summaryText = (s: Summary): string =>
 const countsText = (s: Summary): string =>
   `${s.checks} check(s): ${s.passed} passed${s.failed ? `, ${s.failed} failed` : ""}${s.skipped ? `, ${s.skipped} skipped` : ""}`;
 
-const runTitle = (r: RunReport): string => `${r.target} · ordering ${r.modes.ordering} · update ${r.modes.update} · offer ${r.offer}`;
+const webhook = (r: RunReport): boolean => r.provisioning?.mode === "webhook";
+
+const runTitle = (r: RunReport): string =>
+  `${r.target} · ordering ${r.modes.ordering} · update ${r.modes.update}${webhook(r) ? " · provisioning webhook" : ""} · offer ${r.offer}`;
+
+/** The lines saying which application the run had, and which scenarios it could not play and why. */
+const provisioningLines = (r: RunReport): string[] => [
+  ...(r.provisioning?.application ? [`application: ${r.provisioning.application}`] : []),
+  ...(r.notPlayed ?? []).map((n) => `not played: ${n.scenario}: ${n.reason}`),
+];
 
 const versionText = (r: RunReport): string =>
   r.targetVersion.version !== undefined ? `${r.targetVersion.version} (${r.targetVersion.source})` : r.targetVersion.source;
@@ -46,7 +55,7 @@ export function renderText(runs: RunReport[], opts: { color: boolean; verbose?: 
   const paint = (color: keyof typeof COLORS, text: string) => (opts.color ? `${COLORS[color]}${text}${COLORS.reset}` : text);
   const lines: string[] = [];
   for (const run of runs) {
-    lines.push(`== ${runTitle(run)}`, `   target version: ${versionText(run)}`);
+    lines.push(`== ${runTitle(run)}`, `   target version: ${versionText(run)}`, ...provisioningLines(run).map((l) => `   ${l}`));
     for (const c of run.checks) {
       if (c.outcome === "pass" && !opts.verbose) continue;
       const ms = c.ms !== undefined ? paint("dim", ` (${c.ms} ms)`) : "";
@@ -118,13 +127,14 @@ export function renderJunit(runs: RunReport[]): string {
   ];
   let suiteId = 0;
   for (const run of runs) {
-    const modes = `ordering ${run.modes.ordering}, update ${run.modes.update}`;
-    const pkg = `orange-simulate.${run.modes.ordering}-${run.modes.update}`;
+    const modes = `ordering ${run.modes.ordering}, update ${run.modes.update}${webhook(run) ? ", provisioning webhook" : ""}`;
+    const pkg = `orange-simulate.${run.modes.ordering}-${run.modes.update}${webhook(run) ? "-webhook" : ""}`;
     const properties = [
       ["target", run.target],
       ["target.version", versionText(run)],
       ["ordering", run.modes.ordering],
       ["update", run.modes.update],
+      ...(webhook(run) ? [["provisioning", "webhook"], ...(run.provisioning.application ? [["application", run.provisioning.application]] : [])] : []),
       ["offer", run.offer],
       ["offers", run.offers.join(",")],
       ...(run.modeHint ? [["hint", run.modeHint]] : []),
@@ -243,6 +253,7 @@ function runSection(run: RunReport): string {
     `<p class="meta">target <b>${escapeHtml(run.target)}</b> · version <b>${escapeHtml(versionText(run))}</b> · ordering ${run.modes.ordering} · update ${run.modes.update} · offer ${escapeHtml(run.offer)} · offer codes ${escapeHtml(run.offers.join(", "))}</p>`,
     `<p class="meta">${escapeHtml(run.startedAt)} → ${escapeHtml(run.finishedAt)} (${run.durationMs} ms)</p>`,
     run.modeHint ? `<p class="hint">${escapeHtml(run.modeHint)}</p>` : "",
+    ...provisioningLines(run).map((l) => `<p class="${l.startsWith("not played") ? "hint" : "meta"}">${escapeHtml(l)}</p>`),
     summaryCards(run.summary),
     ...groupByScenario(run).map(({ scenario, checks }) => scenarioSection(scenario, checks)),
   ].join("\n");

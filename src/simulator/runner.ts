@@ -19,9 +19,10 @@ import {
   UserServiceSchema,
   UserServiceUpdateResponseSchema,
 } from "../orange/schemas.js";
+import { commandRecords, deliveryFailures, type CommandRecord, type MockApplication } from "./application.js";
 import type { MockGateway, ReceivedEvent } from "./gateway.js";
 import { describeValue, findEmptyNodes, matchPath, matchValue, resolvePath, type MatchContext, type MatchResult } from "./match.js";
-import type { Scenario, SchemaName, Step, StepEvent, StepRequest, When } from "./scenario.js";
+import type { Scenario, SchemaName, Step, StepApp, StepApplication, StepEvent, StepRequest, When } from "./scenario.js";
 import { authHeaders, type TargetAuth } from "./target.js";
 import { MissingVariable, template, type TemplateContext } from "./template.js";
 
@@ -45,7 +46,30 @@ export interface RunOptions {
    * server: its package name and version). Otherwise the run asks GET /ping and /health*.
    */
   knownVersion?: { version: string; source: string };
+  /** How the target carries out orders and changes (its PROVISIONING_MODE); default none. */
+  provisioning?: ProvisioningRun;
   log?: (line: string) => void;
+}
+
+/** A run against a target with `PROVISIONING_MODE=webhook` (or not). */
+export interface ProvisioningRun {
+  mode: "none" | "webhook";
+  /** The simulator's mock application, when it hosts one: scenarios set its behaviour and read what it received. */
+  application?: MockApplication;
+  /** The target's own application (--app-url), when the simulator hosts none. */
+  applicationUrl?: string;
+  /** The target's PROVISIONING_SYNC_DEADLINE_MS: how long its sync answers wait for the application. */
+  syncDeadlineMs?: number;
+}
+
+/** The server's PROVISIONING_SYNC_DEADLINE_MS default. */
+export const DEFAULT_SYNC_DEADLINE_MS = 20_000;
+/**
+ * How much later than the target's sync deadline a "late" application reports its result: past
+ * the first call's deadline, well within the deadline of Orange's retry sent at once.
+ */
+export function pastDeadlineMs(syncDeadlineMs: number): number {
+  return syncDeadlineMs + Math.min(1_000, Math.floor(syncDeadlineMs / 2));
 }
 
 export interface CheckResult {
@@ -81,6 +105,8 @@ export interface RunReport {
   /** The target's version, if it says it (or it is known), and where it came from. */
   targetVersion: { version?: string; source: string };
   modes: RunOptions["modes"];
+  /** The target's provisioning, and its application: the simulator's mock (`hosted <url>`) or the target's own. */
+  provisioning: { mode: ProvisioningRun["mode"]; application?: string };
   offer: string;
   offers: string[];
   startedAt: string;
@@ -88,6 +114,8 @@ export interface RunReport {
   durationMs: number;
   /** The scenarios played, in order, with their own counts. */
   scenarios: ScenarioSummary[];
+  /** Scenarios selected for these modes but not played, and why (e.g. no mock application to control). */
+  notPlayed: { scenario: string; reason: string }[];
   checks: CheckResult[];
   summary: Summary;
   observedModes: ObservedModes;
@@ -360,9 +388,38 @@ function selected(scenario: Scenario, only: string[] | undefined, skip: string[]
   return !(skip && skip.some((s) => labels.includes(s)));
 }
 
-function modesMatch(when: When | undefined, modes: RunOptions["modes"]): boolean {
-  return (when?.ordering === undefined || when.ordering === modes.ordering) && (when?.update === undefined || when.update === modes.update);
+function modesMatch(when: When | undefined, modes: RunOptions["modes"], provisioning: ProvisioningRun["mode"]): boolean {
+  return (
+    (when?.ordering === undefined || when.ordering === modes.ordering) &&
+    (when?.update === undefined || when.update === modes.update) &&
+    (when?.provisioning === undefined || when.provisioning === provisioning)
+  );
 }
+
+/**
+ * Why a scenario cannot be played in this run, if it cannot: it sets the behaviour of the mock
+ * application or reads what it received, and the simulator hosts none (the target's own
+ * application is behind it), or its application must report a late result and cannot reach the
+ * target.
+ */
+export function unplayable(scenario: Scenario, provisioning: ProvisioningRun | undefined): string | undefined {
+  const controls = scenario.steps.some((s) => s.app !== undefined);
+  const reads = scenario.steps.some((s) => s.application !== undefined);
+  if (!controls && !reads) return undefined;
+  const app = provisioning?.application;
+  if (app === undefined) {
+    const what = controls ? "sets the behaviour of the simulator's mock application" : "reads what the simulator's mock application received";
+    const where = provisioning?.applicationUrl !== undefined ? `the target's own application is behind --app-url ${provisioning.applicationUrl}` : "no mock application is hosted";
+    return `it ${what}, and ${where}`;
+  }
+  if (!app.reports && scenario.steps.some((s) => s.app?.mode === "later")) {
+    return "its mock application answers 202 and reports the result later through the target's result route: give --app-token (the target's APP_TOKEN)";
+  }
+  return undefined;
+}
+
+/** Selected by --only/--skip and the modes, but not playable: why. */
+type Skipped = { scenario: string; reason: string };
 
 // ---------------------------------------------------------------------------------------------
 // The run
@@ -374,6 +431,13 @@ interface StepRecord {
   headers?: Record<string, string>;
   body?: unknown;
   event?: unknown;
+  application?: CommandRecord;
+}
+
+/** What the run keeps of the mock application's deliveries across scenarios. */
+interface ApplicationCursor {
+  next: number;
+  seen: { webhookIdOf: Map<string, string>; bodyOf: Map<string, string> };
 }
 
 class ScenarioRun {
@@ -392,9 +456,21 @@ class ScenarioRun {
     readonly eventCursor: { next: number },
     readonly observed: ObservedModes,
     readonly versionSeen: (headers: Record<string, string>) => void,
+    readonly appCursor: ApplicationCursor,
   ) {
     this.ctx = { ...base };
     this.eventsFrom = options.gateway.received.length;
+    this.deliveriesFrom = options.provisioning?.application?.deliveries().length ?? 0;
+  }
+
+  readonly deliveriesFrom: number;
+
+  get application(): MockApplication | undefined {
+    return this.options.provisioning?.application;
+  }
+
+  get provisioningMode(): ProvisioningRun["mode"] {
+    return this.options.provisioning?.mode ?? "none";
   }
 
   line(step: Step | string, check: string, outcome: CheckResult["outcome"], expected: string, actual: string, extra: Partial<CheckResult> = {}): void {
@@ -420,20 +496,26 @@ class ScenarioRun {
   }
 
   async run(): Promise<void> {
+    // Every scenario starts with an application that carries commands out: a scenario that
+    // failed half-way must not leave it refusing or down for the next one.
+    this.application?.setBehaviour({ mode: "ok" });
     for (const [name, raw] of Object.entries(this.scenario.vars ?? {})) {
       const value = this.templated("vars", `var ${name}`, raw);
       if (!value.ok) return;
       this.ctx[name] = value.value;
     }
     for (const step of this.scenario.steps) {
-      if (!modesMatch(step.when, this.options.modes)) continue;
+      if (!modesMatch(step.when, this.options.modes, this.provisioningMode)) continue;
       await this.runStep(step);
     }
+    this.application?.setBehaviour({ mode: "ok" });
     this.checkEvents();
+    this.checkDeliveries();
   }
 
   async runStep(step: Step): Promise<void> {
     if (step.waitMs) await delay(step.waitMs);
+    if (step.app && !this.setApp(step, step.app)) return;
     const record: StepRecord = {};
     let failed = false;
     let curl: string | undefined;
@@ -471,6 +553,15 @@ class ScenarioRun {
       const event = await this.checkEvent(step, step.event, eventsFrom, { ...(curl ? { curl } : {}), ...(ms !== undefined ? { ms } : {}) });
       if (event === undefined) failed = true;
       else record.event = event.body;
+    }
+
+    if (step.application) {
+      const command = await this.checkApplication(step, step.application, curl ? { curl } : {});
+      if (command === undefined) failed = true;
+      else {
+        record.application = command;
+        this.ctx[step.id] = { ...(this.ctx[step.id] as StepRecord | undefined), application: command };
+      }
     }
 
     // A failed step saves nothing: the steps that need its values are reported as skipped.
@@ -534,15 +625,16 @@ class ScenarioRun {
 
   /** Waits for the step's event and checks it; undefined when it did not come. */
   async checkEvent(step: Step, raw: StepEvent, from: number, extra: Partial<CheckResult>): Promise<ReceivedEvent | undefined> {
-    const spec = this.templated(step, `event ${raw.type}`, { api: raw.api, type: raw.type, where: raw.where ?? {} }, extra);
+    const spec = this.templated(step, `event ${raw.type}`, { api: raw.api, type: raw.type, where: raw.where ?? {}, timeoutMs: raw.timeoutMs }, extra);
     if (!spec.ok) return undefined;
     const { api, type, where } = spec.value;
+    const timeoutMs = this.timeout(step, `event ${raw.type}`, spec.value.timeoutMs, extra);
+    if (timeoutMs === undefined) return undefined;
     const accept = (e: ReceivedEvent): boolean =>
       !this.consumed.has(e) &&
       e.api === api &&
       resolvePath(e.body, "type").value === type &&
       Object.entries(where).every(([path, matcher]) => matchPath(e.body, path, matcher, this.matchCtx).ok);
-    const timeoutMs = raw.timeoutMs ?? this.options.eventTimeoutMs;
     const started = Date.now();
     const event = await waitForEvent(this.options.gateway, from, accept, timeoutMs);
     const selector = `${api} ${type}${Object.keys(where).length ? ` where ${describeValue(where)}` : ""}`;
@@ -567,6 +659,105 @@ class ScenarioRun {
       if (m.ok) this.result(step, `event json ${path}`, matchPath(event.body, path, m.value, this.matchCtx), content);
     }
     return event;
+  }
+
+  /** A step's `timeoutMs` once templated (default --event-timeout); undefined, with a failed check, when it is no positive integer. */
+  timeout(step: Step, check: string, value: unknown, extra: Partial<CheckResult>): number | undefined {
+    if (value === undefined) return this.options.eventTimeoutMs;
+    if (typeof value === "number" && Number.isInteger(value) && value > 0) return value;
+    this.line(step, `${check} timeoutMs`, "fail", "a positive integer number of milliseconds", describeValue(value), extra);
+    return undefined;
+  }
+
+  /** The `app:` of a step: the mock application's behaviour from now on; false (a failed check) when refused. */
+  setApp(step: Step, raw: StepApp): boolean {
+    const spec = this.templated(step, `app ${raw.mode}`, raw);
+    if (!spec.ok) return false;
+    const { delayMs, ...rest } = spec.value;
+    const behaviour = { ...rest, ...(delayMs === undefined ? {} : { delayMs: typeof delayMs === "string" && /^\d+$/.test(delayMs) ? Number(delayMs) : delayMs }) };
+    try {
+      this.application!.setBehaviour(behaviour as Parameters<MockApplication["setBehaviour"]>[0]);
+      return true;
+    } catch (err) {
+      this.line(step, `app ${raw.mode}`, "fail", `the mock application set to ${describeValue(behaviour)}`, (err as Error).message);
+      return false;
+    }
+  }
+
+  /**
+   * Waits for the mock application's record of a request that `where` (and `type`) select and
+   * whose `json` matchers pass, then checks it: found, every delivery signed, one webhook-id and
+   * one body, and each matcher. Undefined when no such command came within the timeout.
+   */
+  async checkApplication(step: Step, raw: StepApplication, extra: Partial<CheckResult>): Promise<CommandRecord | undefined> {
+    const app = this.application!;
+    const label = `application ${raw.type ?? "command"}`;
+    const spec = this.templated(step, label, { type: raw.type, where: raw.where, json: raw.json ?? {}, timeoutMs: raw.timeoutMs }, extra);
+    if (!spec.ok) return undefined;
+    const { type, where, json } = spec.value;
+    const timeoutMs = this.timeout(step, label, spec.value.timeoutMs, extra);
+    if (timeoutMs === undefined) return undefined;
+    const selects = (r: CommandRecord) => (type === undefined || r.type === type) && Object.entries(where).every(([path, m]) => matchPath(r, path, m, this.matchCtx).ok);
+    const passes = (r: CommandRecord) => Object.entries(json).every(([path, m]) => matchPath(r, path, m, this.matchCtx).ok);
+    const started = Date.now();
+    let record: CommandRecord | undefined;
+    for (;;) {
+      const candidates = app.records().filter(selects);
+      record = candidates.find(passes) ?? candidates[0];
+      if ((record !== undefined && passes(record)) || Date.now() - started >= timeoutMs) break;
+      await delay(50);
+    }
+    const selector = `${type ?? "a command"}${Object.keys(where).length ? ` where ${describeValue(where)}` : ""}`;
+    const waited = { ...extra, ms: Date.now() - started };
+    if (record === undefined) {
+      const seen = commandRecords(app.deliveries().slice(this.deliveriesFrom)).map((r) => `${r.type ?? "?"} of ${r.requestId ?? "?"}`);
+      this.line(step, label, "fail", `${selector} within ${timeoutMs} ms`, seen.length ? `only: ${seen.join(", ")}` : "no command", waited);
+      return undefined;
+    }
+    this.line(step, label, "pass", selector, `${record.type ?? "?"}, webhook-id ${record.webhookId ?? "(none)"}, ${record.deliveries} delivery(ies)`, waited);
+    this.line(
+      step,
+      "application signed",
+      record.signed ? "pass" : "fail",
+      "every delivery signed with the shared secret (Standard Webhooks), verified by the application",
+      record.signed ? `${record.deliveries} delivery(ies) verified` : `refused by the application: answers ${record.statuses.join(", ")}`,
+      extra,
+    );
+    const oneId = record.webhookIds.length === 1 && record.sameBody;
+    this.line(
+      step,
+      "application one webhook-id",
+      oneId ? "pass" : "fail",
+      "one webhook-id for the request, the same body on every delivery",
+      `webhook-id(s) ${record.webhookIds.join(", ") || "(none)"}${record.sameBody ? "" : ", with different bodies"}`,
+      extra,
+    );
+    for (const [path, m] of Object.entries(json)) this.result(step, `application json ${path}`, matchPath(record, path, m, this.matchCtx), extra);
+    return record;
+  }
+
+  /**
+   * Every delivery the mock application received since the previous scenario's check: signed,
+   * and, across the run, one webhook-id per request and one body per webhook-id.
+   */
+  checkDeliveries(): void {
+    const app = this.application;
+    if (app === undefined) return;
+    const all = app.deliveries();
+    const fresh = all.slice(Math.min(this.appCursor.next, all.length));
+    this.appCursor.next = all.length;
+    if (fresh.length === 0) return;
+    const failures = deliveryFailures(fresh, this.appCursor.seen);
+    for (const f of failures) this.line("(application)", f.check, "fail", f.expected, f.actual);
+    if (failures.length === 0) {
+      this.line(
+        "(application)",
+        "every command signed, one webhook-id per request",
+        "pass",
+        "signatures the application verifies; one webhook-id per request and one body per webhook-id, retries included",
+        `${fresh.length} delivery(ies) OK`,
+      );
+    }
   }
 
   /**
@@ -660,6 +851,15 @@ function summarize(checks: CheckResult[], scenarios: number): RunReport["summary
   return { scenarios, checks: checks.length, passed: count("pass"), failed: count("fail"), skipped: count("skip") };
 }
 
+/** `${provisioning.…}` of the templates (FORMAT.md). */
+function provisioningContext(options: RunOptions): Record<string, unknown> {
+  const p = options.provisioning;
+  if (p?.mode !== "webhook") return { mode: "none" };
+  const syncDeadlineMs = p.syncDeadlineMs ?? DEFAULT_SYNC_DEADLINE_MS;
+  const late = pastDeadlineMs(syncDeadlineMs);
+  return { mode: "webhook", syncDeadlineMs, pastDeadlineMs: late, lateTimeoutMs: late + options.eventTimeoutMs };
+}
+
 /** Plays the selected scenarios in order against the target and reports every check. */
 export async function runScenarios(options: RunOptions): Promise<RunReport> {
   const started = new Date();
@@ -681,6 +881,7 @@ export async function runScenarios(options: RunOptions): Promise<RunReport> {
     offer: options.offer,
     offers: options.offers,
     modes: options.modes,
+    provisioning: provisioningContext(options),
   };
   const emit = (check: CheckResult) => {
     checks.push(check);
@@ -688,16 +889,28 @@ export async function runScenarios(options: RunOptions): Promise<RunReport> {
     options.log?.(`${MARK[check.outcome]} ${check.scenario} › ${check.step} › ${check.check}${detail}`);
   };
   let played = 0;
+  const provisioning = options.provisioning?.mode ?? "none";
+  const notPlayed: Skipped[] = [];
+  const appCursor: ApplicationCursor = {
+    next: options.provisioning?.application?.deliveries().length ?? 0,
+    seen: { webhookIdOf: new Map(), bodyOf: new Map() },
+  };
   for (const scenario of options.scenarios) {
     if (!selected(scenario, options.only, options.skip)) continue;
-    if (!modesMatch(scenario.when, options.modes)) {
+    if (!modesMatch(scenario.when, options.modes, provisioning)) {
       options.log?.(`· ${scenario.name}: not for these modes (${describeValue(scenario.when)})`);
+      continue;
+    }
+    const why = unplayable(scenario, options.provisioning);
+    if (why !== undefined) {
+      notPlayed.push({ scenario: scenario.name, reason: why });
+      options.log?.(`· ${scenario.name}: not played: ${why}`);
       continue;
     }
     played++;
     const from = checks.length;
     const scenarioStarted = performance.now();
-    await new ScenarioRun(scenario, options, base, matchCtx, orangeRefs, emit, eventCursor, observed, versionSeen).run();
+    await new ScenarioRun(scenario, options, base, matchCtx, orangeRefs, emit, eventCursor, observed, versionSeen, appCursor).run();
     const own = summarize(checks.slice(from), 1);
     const durationMs = Math.round(performance.now() - scenarioStarted);
     scenarioSummaries.push({ name: scenario.name, ...(scenario.title ? { title: scenario.title } : {}), durationMs, summary: own });
@@ -716,12 +929,21 @@ export async function runScenarios(options: RunOptions): Promise<RunReport> {
       source: `not stated by the target (GET ${PROBE_PATHS.join(", ")} and every answer's headers looked at)`,
     },
     modes: options.modes,
+    provisioning: {
+      mode: provisioning,
+      ...(options.provisioning?.application
+        ? { application: `the simulator's mock application, ${options.provisioning.application.webhookUrl}` }
+        : options.provisioning?.applicationUrl !== undefined
+          ? { application: `the target's own, ${options.provisioning.applicationUrl}` }
+          : {}),
+    },
     offer: options.offer,
     offers: options.offers,
     startedAt: started.toISOString(),
     finishedAt: finished.toISOString(),
     durationMs: finished.getTime() - started.getTime(),
     scenarios: scenarioSummaries,
+    notPlayed,
     checks,
     summary: summarize(checks, played),
     observedModes: observed,

@@ -23,9 +23,13 @@ export type SchemaName = (typeof SCHEMA_NAMES)[number];
 
 const SchemaNameSchema = z.enum(SCHEMA_NAMES);
 const Mode = z.enum(["sync", "async"]);
-const WhenSchema = z.strictObject({ ordering: Mode.optional(), update: Mode.optional() });
+export const PROVISIONING_MODES = ["none", "webhook"] as const;
+const WhenSchema = z.strictObject({ ordering: Mode.optional(), update: Mode.optional(), provisioning: z.enum(PROVISIONING_MODES).optional() });
 /** path → matcher */
 const PathMatchers = z.record(z.string(), z.unknown());
+
+/** Milliseconds, or a template giving them (`"${provisioning.lateTimeoutMs}"`). */
+const TimeoutSchema = z.union([z.number().int().positive(), z.string().min(1)]);
 
 const RequestSchema = z
   .strictObject({
@@ -52,8 +56,28 @@ const EventSchema = z.strictObject({
   api: z.enum(["productordering", "userservice"]),
   type: z.string().min(1),
   where: PathMatchers.optional(),
-  timeoutMs: z.number().int().positive().optional(),
+  timeoutMs: TimeoutSchema.optional(),
   schema: SchemaNameSchema.optional(),
+  json: PathMatchers.optional(),
+});
+
+/**
+ * The behaviour of the simulator's mock application (the reference partner application) from
+ * this step on; numbers may be templates (`"${provisioning.pastDeadlineMs}"`).
+ */
+const AppBehaviourSchema = z.strictObject({
+  mode: z.enum(["ok", "refuse", "later", "down", "slow"]),
+  reason: z.string().min(1).optional(),
+  delayMs: z.union([z.number().int().nonnegative(), z.string().min(1)]).optional(),
+  laterOutcome: z.enum(["completed", "failed"]).optional(),
+  refuseMentioning: z.string().min(1).optional(),
+});
+
+/** What the mock application received for a request: one record per request (see FORMAT.md). */
+const ApplicationSchema = z.strictObject({
+  type: z.string().min(1).optional(),
+  where: PathMatchers,
+  timeoutMs: TimeoutSchema.optional(),
   json: PathMatchers.optional(),
 });
 
@@ -65,11 +89,13 @@ const StepSchema = z
     request: RequestSchema.optional(),
     expect: ExpectSchema.optional(),
     event: EventSchema.optional(),
+    app: AppBehaviourSchema.optional(),
+    application: ApplicationSchema.optional(),
     save: z.record(z.string(), z.string()).optional(),
     waitMs: z.number().int().nonnegative().optional(),
   })
-  .refine((s) => s.request !== undefined || s.event !== undefined || s.waitMs !== undefined, {
-    message: "a step needs a request, an event or a waitMs",
+  .refine((s) => [s.request, s.event, s.waitMs, s.app, s.application].some((v) => v !== undefined), {
+    message: "a step needs a request, an event, an app, an application or a waitMs",
   })
   .refine((s) => s.expect === undefined || s.request !== undefined, { message: "expect needs a request", path: ["expect"] });
 
@@ -98,6 +124,8 @@ export type Step = Scenario["steps"][number];
 export type StepRequest = NonNullable<Step["request"]>;
 export type StepExpect = NonNullable<Step["expect"]>;
 export type StepEvent = NonNullable<Step["event"]>;
+export type StepApp = NonNullable<Step["app"]>;
+export type StepApplication = NonNullable<Step["application"]>;
 export type When = z.infer<typeof WhenSchema>;
 
 const EXTENSIONS = new Set([".yaml", ".yml", ".json"]);

@@ -41,6 +41,10 @@ export interface SelfHostOptions {
   dataDir: string;
   /** Orange offer of the event URLs (mba2 | mba2-beta). */
   offer: string;
+  /** Where the server listens (127.0.0.1); default a free port. */
+  port?: number;
+  /** More settings, e.g. PROVISIONING_* for a webhook run; they win over the ones set here. */
+  env?: Record<string, string>;
   startTimeoutMs?: number;
 }
 
@@ -58,7 +62,7 @@ export function freePort(): Promise<number> {
 }
 
 export async function startSelfHostedServer(options: SelfHostOptions): Promise<SelfHostedServer> {
-  const port = await freePort();
+  const port = options.port ?? (await freePort());
   const token = randomBytes(18).toString("base64url");
   const { gateway } = options;
   const env: NodeJS.ProcessEnv = {
@@ -84,6 +88,9 @@ export async function startSelfHostedServer(options: SelfHostOptions): Promise<S
     CATALOGUE_FILE: DEFAULT_CATALOGUE,
     // Events within tens of milliseconds, not the production poll interval.
     WORKER_POLL_INTERVAL_MS: "100",
+    // A run is a server of its own: none of the caller's PROVISIONING_* unless given below.
+    PROVISIONING_MODE: "none",
+    ...options.env,
   };
   const child = spawn(process.execPath, ["--import", "tsx", ENTRY], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
