@@ -206,7 +206,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     async (request) => {
       const cmd = { changes: request.body.userService.map(toLicenceChangeItem) };
       try {
-        const outcome = await opts.licenceChanges.applyChanges(cmd);
+        const outcome = await opts.licenceChanges.applyChanges(cmd, request.caller ?? ADMIN_ACTOR);
         return {
           userService: outcome.licences.map((l) => renderUserService(l, opts.catalogue)),
           events: outcome.events,
@@ -285,7 +285,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     },
     async (request) => {
       const { state: _dead, ...filter } = request.body;
-      const outcome = await opts.events.resendMatching(filter);
+      const outcome = await opts.events.resendMatching(filter, request.caller ?? ADMIN_ACTOR);
       return compact({ resent: outcome.resent.length, remaining: outcome.remaining, events: outcome.resent }) as never;
     },
   );
@@ -328,7 +328,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
         },
       },
     },
-    async (request) => eventDetailOut(await opts.events.resend(request.params.id)) as never,
+    async (request) => eventDetailOut(await opts.events.resend(request.params.id, request.caller ?? ADMIN_ACTOR)) as never,
   );
 
   app.post(
@@ -353,7 +353,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
       },
     },
     async (request) =>
-      eventDetailOut(await opts.events.discard(request.params.id, ADMIN_ACTOR, request.body.reason)) as never,
+      eventDetailOut(await opts.events.discard(request.params.id, request.caller ?? ADMIN_ACTOR, request.body.reason)) as never,
   );
 
   const commandOf = async (id: string, work: () => Promise<CommandRow>) => {
