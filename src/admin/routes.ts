@@ -10,6 +10,8 @@ import { rejectOtherMethods } from "../orange/error-handler.js";
 import { compact, renderUserService, toLicenceChangeItem } from "../orange/mapping.js";
 import { ErrorBodySchema } from "../orange/schemas.js";
 import type { AdminAuthenticator } from "./auth.js";
+import { recordRoutes } from "./records.js";
+import type { RecordQueries } from "../domain/records.js";
 import {
   CommandDetailSchema,
   CommandListQuerySchema,
@@ -43,6 +45,8 @@ export interface AdminRoutesOptions {
   events: EventOperatorService;
   commands: CommandService;
   catalogue: Catalogue;
+  /** Customers, fleets, licences, orders and updates with their timelines; the search box. */
+  records: RecordQueries;
 }
 
 /**
@@ -468,6 +472,9 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
       return commandDetailOut((await opts.commands.get(id))!) as never;
     },
   );
+
+  // In this plugin's context: behind the same authentication.
+  await app.register(recordRoutes, { records: opts.records });
 
   rejectOtherMethods(app, "/admin/v1/licence-changes", ["POST"]);
   rejectOtherMethods(app, "/admin/v1/provisioning", ["GET"]);

@@ -166,7 +166,7 @@ function timelineOf(s: TimelineSubject): Sql {
     UNION ALL
     SELECT ev.dead_at, 3, ev.seq, 'event.dead', NULL, ev.request_id, NULL, ev.fleet_id, NULL, ev.id, NULL,
            jsonb_build_object('type', ev.type)
-      FROM ev WHERE ev.state = 'dead'
+      FROM ev WHERE ev.dead_at IS NOT NULL
     ${createdOf(s)}`;
 }
 

@@ -423,8 +423,14 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   }
 
   /** A step of a command to the partner's application, for the history. */
-  const commandEntry = (row: Pick<CommandRow, "id" | "request_id">, k: HistoryEntry["kind"], data: Record<string, JsonValue | undefined>, actor?: string): HistoryEntry => ({
-    at: clock.now(),
+  const commandEntry = (
+    row: Pick<CommandRow, "id" | "request_id">,
+    k: HistoryEntry["kind"],
+    data: Record<string, JsonValue | undefined>,
+    actor?: string,
+    at: Date = clock.now(),
+  ): HistoryEntry => ({
+    at,
     kind: k,
     requestId: row.request_id,
     commandId: row.id,
@@ -525,9 +531,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         responseBody: answer.responseBody,
         durationMs: Math.round(answer.durationMs),
       });
-      // The attempt's entry goes with what it led to (one statement with the request's outcome).
+      // The attempt's entry goes with what it led to (one statement with the request's outcome),
+      // at the time the answer is settled, before what follows from it.
+      const settledAt = clock.now();
       const tried = (more: Record<string, JsonValue | undefined> = {}) =>
-        commandEntry(row, "command.attempt", { attempt, outcome: answer.outcome, status, error, durationMs: Math.round(answer.durationMs), ...more });
+        commandEntry(row, "command.attempt", { attempt, outcome: answer.outcome, status, error, durationMs: Math.round(answer.durationMs), ...more }, undefined, settledAt);
       const request = await requests.lockAcknowledged(tx, kind, row.request_id);
       if (!request) {
         // Ended meanwhile by hand (result route): nothing to decide for the request.
