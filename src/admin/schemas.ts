@@ -395,7 +395,7 @@ export const LicenceListQuerySchema = strictNamed("parameter", {
   fleetId: PartnerIdSchema.optional(),
   customerId: PartnerIdSchema.optional(),
   orderId: PartnerIdSchema.optional().describe("the order that created the licences"),
-  endUserEmail: z.string().min(1).max(LIMITS.email).optional().describe("the end user's e-mail, as Orange sent it or in lower case"),
+  endUserEmail: z.string().min(1).max(LIMITS.email).optional().describe("the end user's e-mail, whatever the case"),
   offset,
   limit,
   sort: sortOf(["id"], "-id").describe("id (ids are time-ordered: creation order); - in front for descending (default -id, newest first)"),

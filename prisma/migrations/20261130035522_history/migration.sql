@@ -1,6 +1,10 @@
 -- CreateExtension
 CREATE EXTENSION IF NOT EXISTS "pg_trgm";
 
+-- AlterTable (columns in the order of schema.prisma)
+ALTER TABLE "licence" ADD COLUMN     "end_user_id" TEXT,
+ADD COLUMN     "end_user_email" TEXT;
+
 -- CreateTable
 CREATE TABLE "history_entry" (
     "id" BIGSERIAL NOT NULL,
@@ -58,7 +62,10 @@ CREATE INDEX "licence_state_id_idx" ON "licence"("state", "id");
 CREATE INDEX "licence_offer_code_id_idx" ON "licence"("offer_code", "id");
 
 -- CreateIndex
-CREATE INDEX "licence_end_user_idx" ON "licence" USING GIN ("end_user" jsonb_path_ops);
+CREATE INDEX "licence_end_user_id_idx" ON "licence"("end_user_id");
+
+-- CreateIndex
+CREATE INDEX "licence_end_user_email_idx" ON "licence"("end_user_email");
 
 -- CreateIndex
 CREATE INDEX "product_order_created_at_idx" ON "product_order"("created_at");
@@ -84,3 +91,7 @@ CREATE INDEX "licence_update_licence_ids_idx" ON "licence_update" USING GIN ("li
 -- CreateIndex
 CREATE INDEX "outbox_event_update_id_idx" ON "outbox_event"("update_id");
 
+
+-- Backfill: the end user's id and e-mail of the licences written before these columns.
+UPDATE "licence" SET "end_user_id" = "end_user" ->> 'id', "end_user_email" = lower("end_user" ->> 'email')
+ WHERE "end_user" IS NOT NULL;
