@@ -14,6 +14,10 @@
 //   6. async order (ORDERING_MODE=async, when the configuration has it) → completedStateNotification
 //      received by the mock: p50/p99 latency
 //
+//   7. the operators' admin API (bench/admin.ts): each listing, detail and the search box on a
+//      store of 100,000 licences, 1,000 fleets and 50,000 events, p50 vs a bare SELECT of the page
+//
+// BENCH_ONLY selects steps, comma-separated: api (1–4), events (5–6), admin (7); e.g.
 // BENCH_ONLY=events runs steps 5–6 only. BENCH_SERVER_ENV="WORKER_CONCURRENCY=16 …" adds settings
 // to the servers started here (to try a setting; the figures of record use the defaults).
 //
@@ -48,6 +52,7 @@ import {
   type Figure,
 } from "./support.js";
 import { uc2Request } from "../test/support/examples.js";
+import { ADMIN, adminSteps } from "./admin.js";
 import {
   asyncOrderingAvailable,
   benchAsyncOrderLatency,
@@ -76,7 +81,9 @@ const TARGETS = {
   tokenRequests: 1,
   asyncOrderP50MaxMs: 50,
 };
-const ONLY_EVENTS = process.env.BENCH_ONLY === "events";
+const ONLY = new Set((process.env.BENCH_ONLY ?? "").split(",").map((s) => s.trim()).filter((s) => s !== ""));
+/** Whether a group of steps runs (every one when BENCH_ONLY is unset). */
+const runs = (steps: "api" | "events" | "admin") => ONLY.size === 0 || ONLY.has(steps);
 /** The whole run is abandoned (and everything stopped) past this. */
 const WATCHDOG_MS = 10 * 60_000;
 
@@ -465,8 +472,18 @@ async function main(): Promise<void> {
 
   const figures: Figure[] = [];
   const raw: Record<string, unknown> = {};
-  if (!ONLY_EVENTS) await apiSteps(res.postgres.url, token, figures, raw);
-  await eventSteps(res.postgres.url, token, figures, raw);
+  if (runs("api")) await apiSteps(res.postgres.url, token, figures, raw);
+  if (runs("events")) await eventSteps(res.postgres.url, token, figures, raw);
+  if (runs("admin")) {
+    console.log(`\n7. the operators' admin API: listings, details and search box (${ADMIN.warmups} warm-up + ${ADMIN.requests} requests each) vs a bare SELECT of the page`);
+    const admin = await adminSteps({
+      postgresUrl: res.postgres.url,
+      startServer: (url, settings) => startServer(url, token, settings, "admin server"),
+      track: (child) => (res.server = child),
+    });
+    figures.push(...admin.figures);
+    raw.admin = admin.raw;
+  }
 
   await cleanup();
 
@@ -479,7 +496,7 @@ async function main(): Promise<void> {
   mkdirSync(path.dirname(RESULTS_FILE), { recursive: true });
   const report = {
     machine: m,
-    parameters: { ping: PING, order: ORDER, list: LIST, events: EVENTS, asyncOrder: LATENCY, targets: TARGETS, only: ONLY_EVENTS ? "events" : undefined },
+    parameters: { ping: PING, order: ORDER, list: LIST, events: EVENTS, asyncOrder: LATENCY, targets: TARGETS, admin: ADMIN, only: ONLY.size > 0 ? [...ONLY] : undefined },
     figures,
     raw,
   };
