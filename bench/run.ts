@@ -17,7 +17,10 @@
 //      two servers on one database (bench/provisioning.ts): a UC2 order of 10,000 licences, and
 //      sync UC2 orders of 1 licence from 16 callers at once
 //
-// BENCH_ONLY selects steps, comma-separated: api (1–4), events (5–6), webhook (8–9); e.g.
+//   10. the operators' admin API (bench/admin.ts): each listing, detail and the search box on a
+//      store of 100,000 licences, 1,000 fleets and 50,000 events, p50 vs a bare SELECT of the page
+//
+// BENCH_ONLY selects steps, comma-separated: api (1–4), events (5–6), webhook (8–9), admin (10); e.g.
 // BENCH_ONLY=webhook. BENCH_SERVER_ENV="WORKER_CONCURRENCY=16 …" adds settings
 // to the servers started here (to try a setting; the figures of record use the defaults).
 //
@@ -53,6 +56,7 @@ import {
 } from "./support.js";
 import { uc2Request } from "../test/support/examples.js";
 import { benchBigOrders, benchSmallOrders, WEBHOOK, type Side } from "./provisioning.js";
+import { ADMIN, adminSteps } from "./admin.js";
 import {
   asyncOrderingAvailable,
   benchAsyncOrderLatency,
@@ -83,7 +87,7 @@ const TARGETS = {
   webhookBigOrderRatioMax: 1.5,
   webhookSmallOrdersRatioMin: 0.6,
 };
-const STEP_GROUPS = ["api", "events", "webhook"] as const;
+const STEP_GROUPS = ["api", "events", "webhook", "admin"] as const;
 const ONLY = (process.env.BENCH_ONLY ?? "")
   .split(",")
   .map((s) => s.trim())
@@ -491,6 +495,16 @@ async function main(): Promise<void> {
   if (runs("api")) await apiSteps(res.postgres.url, token, figures, raw);
   if (runs("webhook")) await webhookSteps(res.postgres.url, token, figures, raw);
   if (runs("events")) await eventSteps(res.postgres.url, token, figures, raw);
+  if (runs("admin")) {
+    console.log(`\n10. the operators' admin API: listings, details and search box (${ADMIN.warmups} warm-up + ${ADMIN.requests} requests each) vs a bare SELECT of the page`);
+    const admin = await adminSteps({
+      postgresUrl: res.postgres.url,
+      startServer: (url, settings) => startServer(url, token, settings, "admin server"),
+      track: (child) => (res.server = child),
+    });
+    figures.push(...admin.figures);
+    raw.admin = admin.raw;
+  }
 
   await cleanup();
 
@@ -503,7 +517,7 @@ async function main(): Promise<void> {
   mkdirSync(path.dirname(RESULTS_FILE), { recursive: true });
   const report = {
     machine: m,
-    parameters: { ping: PING, order: ORDER, list: LIST, events: EVENTS, asyncOrder: LATENCY, webhook: WEBHOOK, targets: TARGETS, only: ONLY.length > 0 ? ONLY : undefined },
+    parameters: { ping: PING, order: ORDER, list: LIST, events: EVENTS, asyncOrder: LATENCY, webhook: WEBHOOK, targets: TARGETS, admin: ADMIN, only: ONLY.length > 0 ? ONLY : undefined },
     figures,
     raw,
   };

@@ -175,6 +175,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     events: services.events,
     commands: services.commands,
     catalogue,
+    records: services.records,
   });
 
   return app;

@@ -11,6 +11,7 @@ import { createLicenceChangeService, type LicenceChangeService } from "./domain/
 import { createLicenceQueries, type LicenceQueries } from "./domain/licences.js";
 import { createRequestLifecycle, type ProvisioningStage, type RequestLifecycle } from "./domain/lifecycle.js";
 import { createOrderHandler, type PlaceOrderCommand } from "./domain/orders.js";
+import { createRecordQueries, type RecordQueries } from "./domain/records.js";
 import type { TaskHandler } from "./domain/ports.js";
 import { createRequestSweep, createRequestTasks, type RequestJobsLogger } from "./domain/request-jobs.js";
 import { createUpdateHandler, type UpdateLicencesCommand } from "./domain/updates.js";
@@ -49,6 +50,8 @@ export interface Services {
   events: EventOperatorService;
   /** The commands to the partner's application (PROVISIONING_MODE=webhook). */
   commands: CommandService;
+  /** What operators look up: customers, fleets, licences, orders, updates, their timelines. */
+  records: RecordQueries;
   /** The worker's tasks of the request lifecycle (process_order, process_update). */
   requestTasks: Record<string, TaskHandler>;
   /** The worker's sweep of acknowledged requests without a live job. */
@@ -78,6 +81,7 @@ export function createServices(deps: ServiceDeps): Services {
     licenceChanges: createLicenceChangeService({ db, clock, ids, outbox, notification: licenceChangeNotification }),
     events: createEventOperatorService({ db }),
     commands: createCommandService({ db, lifecycles }),
+    records: createRecordQueries({ db }),
     requestTasks: createRequestTasks({ lifecycles, isTransient, log: deps.log }),
     sweepRequests: createRequestSweep({
       lifecycles,

@@ -16,6 +16,26 @@ export function requestIdFor(req: IncomingMessage, ids: IdGenerator): string {
   return typeof sent === "string" && VALID_REQUEST_ID.test(sent) ? sent : ids.next("req");
 }
 
+/**
+ * The headers by which Orange identifies a call, kept with the request in the history (the one
+ * list to extend): the request id, and the request id of Orange's API gateway.
+ */
+export const TRACE_HEADERS = [REQUEST_ID_HEADER, "x-oapi-request-id"] as const;
+
+/** Longest value kept per header: a correlation id, not a payload. */
+const MAX_TRACE_VALUE = 256;
+
+/** How the call identified itself: its request id, and the trace headers it carried, as sent. */
+export function traceOf(request: FastifyRequest): { requestId: string; headers: Record<string, string> } {
+  const headers: Record<string, string> = {};
+  for (const name of TRACE_HEADERS) {
+    const value = request.headers[name];
+    const first = Array.isArray(value) ? value[0] : value;
+    if (typeof first === "string" && first !== "") headers[name] = first.slice(0, MAX_TRACE_VALUE);
+  }
+  return { requestId: request.id, headers };
+}
+
 /** Ids a request's log lines carry once known (its order, update, fleet, licence…). */
 export type LogIds = Partial<Record<"orderRef" | "orderId" | "updateRef" | "updateId" | "fleetId" | "licenceId", string>>;
 

@@ -192,7 +192,7 @@ describe("delivery of outbox events", () => {
 
     const operator = createEventOperatorService({ db: store() });
     expect((await operator.get(later[0]!.id))?.heldBy).toBe(first.id);
-    await operator.resend(first.id);
+    await operator.resend(first.id, "admin");
     await waitFor(
       "the fleet's deliveries",
       async () => (await db().outboxEvent.count({ where: { orderingKey: fleet, state: "delivered" } })) === 3,
@@ -363,7 +363,7 @@ describe("delivery of outbox events", () => {
                             WHERE id = ${event.id}`;
     const operator = createEventOperatorService({ db: store() });
     gw.scriptEvents(503, 1);
-    await operator.resend(event.id);
+    await operator.resend(event.id, "admin");
     await worker({ retry: policy });
     const row = await waitFor("the re-sent event's delivery", async () => {
       const r = await eventRow(db(), event.id);

@@ -32,6 +32,12 @@ const ADMIN_PATHS = [
   "/admin/v1/provisioning/{id}",
   "/admin/v1/provisioning/{id}/result",
   "/admin/v1/provisioning/{id}/retry",
+  "/admin/v1/search",
+  ...["customers", "fleets", "licences", "orders", "updates"].flatMap((kind) => [
+    `/admin/v1/${kind}`,
+    `/admin/v1/${kind}/{id}`,
+    `/admin/v1/${kind}/{id}/timeline`,
+  ]),
 ];
 
 /** The admin routes the partner's application calls too, with its own token. */

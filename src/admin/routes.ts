@@ -10,6 +10,8 @@ import { rejectOtherMethods } from "../orange/error-handler.js";
 import { compact, renderUserService, toLicenceChangeItem } from "../orange/mapping.js";
 import { ErrorBodySchema } from "../orange/schemas.js";
 import type { AdminAuthenticator } from "./auth.js";
+import { recordRoutes } from "./records.js";
+import type { RecordQueries } from "../domain/records.js";
 import {
   CommandDetailSchema,
   CommandListQuerySchema,
@@ -43,6 +45,8 @@ export interface AdminRoutesOptions {
   events: EventOperatorService;
   commands: CommandService;
   catalogue: Catalogue;
+  /** Customers, fleets, licences, orders and updates with their timelines; the search box. */
+  records: RecordQueries;
 }
 
 /**
@@ -207,7 +211,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     async (request) => {
       const cmd = { changes: request.body.userService.map(toLicenceChangeItem) };
       try {
-        const outcome = await opts.licenceChanges.applyChanges(cmd);
+        const outcome = await opts.licenceChanges.applyChanges(cmd, request.caller ?? ADMIN_ACTOR);
         return {
           userService: outcome.licences.map((l) => renderUserService(l, opts.catalogue)),
           events: outcome.events,
@@ -289,7 +293,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     },
     async (request) => {
       const { state: _dead, ...filter } = request.body;
-      const outcome = await opts.events.resendMatching(filter);
+      const outcome = await opts.events.resendMatching(filter, request.caller ?? ADMIN_ACTOR);
       return compact({ resent: outcome.resent.length, remaining: outcome.remaining, events: outcome.resent }) as never;
     },
   );
@@ -334,7 +338,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
         },
       },
     },
-    async (request) => eventDetailOut(await opts.events.resend(request.params.id)) as never,
+    async (request) => eventDetailOut(await opts.events.resend(request.params.id, request.caller ?? ADMIN_ACTOR)) as never,
   );
 
   app.post(
@@ -360,7 +364,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
       },
     },
     async (request) =>
-      eventDetailOut(await opts.events.discard(request.params.id, ADMIN_ACTOR, request.body.reason)) as never,
+      eventDetailOut(await opts.events.discard(request.params.id, request.caller ?? ADMIN_ACTOR, request.body.reason)) as never,
   );
 
   const commandOf = async (id: string, work: () => Promise<CommandRow>) => {
@@ -479,6 +483,9 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
       return commandDetailOut((await opts.commands.get(id))!) as never;
     },
   );
+
+  // In this plugin's context: behind the same authentication.
+  await app.register(recordRoutes, { records: opts.records });
 
   rejectOtherMethods(app, "/admin/v1/licence-changes", ["POST"]);
   rejectOtherMethods(app, "/admin/v1/provisioning", ["GET"]);

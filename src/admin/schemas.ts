@@ -340,3 +340,293 @@ export const CommandDetailSchema = CommandSchema.extend({
   result: z.unknown().optional().describe("what the application told of the licences"),
   attemptList: z.array(CommandAttemptSchema),
 }).meta({ id: "AdminCommandDetail" });
+
+// ---------------------------------------------------------------------------------------------
+// What operators look up: customers, fleets, licences, orders, updates, their timelines, search
+
+/**
+ * `sort`: one field of `fields`, `-` in front for descending; an unknown field is refused with a
+ * 400 naming it and the known ones.
+ */
+function sortOf<const F extends string>(fields: readonly F[], byDefault: `${"" | "-"}${NoInfer<F>}`) {
+  return z
+    .string()
+    .max(LIMITS.name)
+    .default(byDefault)
+    .transform((value, ctx) => {
+      const descending = value.startsWith("-");
+      const field = value.replace(/^[-+]/, "");
+      if (!(fields as readonly string[]).includes(field)) {
+        ctx.addIssue({
+          code: "custom",
+          message: `has unknown field ${JSON.stringify(field)}: sort by one of ${fields.join(", ")}, - in front for descending`,
+        });
+        return z.NEVER;
+      }
+      return { field: field as F, descending };
+    })
+    .describe(`one of ${fields.join(", ")}; - in front for descending (default ${byDefault})`);
+}
+
+const Ref = z.string().min(1).max(LIMITS.orangeRef);
+const Code = z.string().min(1).max(LIMITS.offerCode);
+const RequestStateSchema = z.enum(["acknowledged", "completed", "failed"]);
+
+export const CustomerListQuerySchema = strictNamed("parameter", {
+  orangeRef: Ref.optional().describe("Orange's customer reference, exactly"),
+  name: z.string().min(1).max(LIMITS.name).optional().describe("a part of the trading name or of the name, whatever the case"),
+  organizationCode: z.string().min(1).max(LIMITS.name).optional().describe("the registration code (SIREN/SIRET), exactly"),
+  offset,
+  limit,
+  sort: sortOf(["createdAt", "orangeRef", "tradingName"], "-createdAt"),
+});
+
+export const FleetListQuerySchema = strictNamed("parameter", {
+  customerId: PartnerIdSchema.optional(),
+  offerCode: Code.optional().describe("the offer the fleet was first ordered with"),
+  offset,
+  limit,
+  sort: sortOf(["createdAt"], "-createdAt"),
+});
+
+export const LicenceListQuerySchema = strictNamed("parameter", {
+  state: z.enum(["active", "inactive", "terminated"]).optional(),
+  offerCode: Code.optional(),
+  fleetId: PartnerIdSchema.optional(),
+  customerId: PartnerIdSchema.optional(),
+  orderId: PartnerIdSchema.optional().describe("the order that created the licences"),
+  endUserEmail: z.string().min(1).max(LIMITS.email).optional().describe("the end user's e-mail, whatever the case"),
+  offset,
+  limit,
+  sort: sortOf(["id"], "-id").describe("id (ids are time-ordered: creation order); - in front for descending (default -id, newest first)"),
+});
+
+/** A date range of reception: from (included) to (excluded). */
+const receivedBetween = (what: string) => ({
+  from: DateTimeSchema.optional().describe(`${what} received at or after this instant`),
+  to: DateTimeSchema.optional().describe(`${what} received before this instant`),
+});
+const rangeInOrder: [(q: { from?: string; to?: string }) => boolean, { message: string; path: string[] }] = [
+  (q) => q.from === undefined || q.to === undefined || Date.parse(q.from) <= Date.parse(q.to),
+  { message: "must not be earlier than from", path: ["to"] },
+];
+
+export const OrderListQuerySchema = strictNamed("parameter", {
+  state: RequestStateSchema.optional(),
+  useCase: z.enum(["UC1", "UC2", "UC3"]).optional(),
+  orangeRef: Ref.optional().describe("Orange's order reference, exactly"),
+  customerId: PartnerIdSchema.optional(),
+  fleetId: PartnerIdSchema.optional(),
+  ...receivedBetween("orders"),
+  offset,
+  limit,
+  sort: sortOf(["createdAt"], "-createdAt"),
+}).refine(...rangeInOrder);
+
+export const UpdateListQuerySchema = strictNamed("parameter", {
+  state: RequestStateSchema.optional(),
+  orangeRef: Ref.optional().describe("Orange's update reference, exactly"),
+  licenceId: PartnerIdSchema.optional().describe("the updates that named this licence"),
+  ...receivedBetween("updates"),
+  offset,
+  limit,
+  sort: sortOf(["createdAt"], "-createdAt"),
+}).refine(...rangeInOrder);
+
+export const TimelineQuerySchema = strictNamed("parameter", {
+  offset,
+  limit,
+  sort: sortOf(["at"], "at").describe("at (oldest first, the default) or -at (newest first)"),
+});
+
+export const SearchQuerySchema = strictNamed("parameter", {
+  q: z.string().trim().min(1).max(LIMITS.orangeRef).describe("a partner id (po_, upd_, cu_, ct_, fl_, us_, eu_, ev_, pc_) or an Orange reference"),
+  offset,
+  limit,
+});
+
+export const RecordParamsSchema = z.object({ id: PartnerIdSchema });
+
+const TimelineEntrySchema = z
+  .object({
+    at: DateTimeSchema,
+    kind: z
+      .string()
+      .describe(
+        "request.received, request.replayed, request.answered, request.completed, request.failed, request.run-failed, " +
+          "licence.created, licence.changed, licences.changed, command.prepared, command.attempt, command.parked, command.ended, " +
+          "command.retried, event.written, event.attempt, event.dead, event.resent, event.discarded",
+      ),
+    summary: z.string().describe("the entry in words"),
+    actor: z.string().optional().describe("who acted: orange, or the admin API's credential (admin, application)"),
+    requestId: z.string().optional().describe("the order (po_…) or update (upd_…)"),
+    customerId: z.string().optional(),
+    fleetId: z.string().optional(),
+    licenceId: z.string().optional(),
+    eventId: z.string().optional(),
+    commandId: z.string().optional(),
+    data: z.record(z.string(), z.unknown()).optional().describe("what the entry recorded (a licence's before and after…)"),
+  })
+  .meta({ id: "AdminTimelineEntry" });
+
+export const TimelineSchema = z.array(TimelineEntrySchema);
+
+/** A detail's timeline: the latest entries, oldest first; the timeline route pages through all of them. */
+const timelineFields = {
+  timeline: TimelineSchema.optional().describe(`the latest entries (at most 100), oldest first`),
+  timelineTotal: z.number().int().describe("entries in the whole timeline: GET …/timeline pages through them"),
+};
+
+const CustomerSchema = z
+  .object({
+    id: z.string(),
+    orangeRef: z.string(),
+    tradingName: z.string().optional(),
+    name: z.string().optional(),
+    organizationCode: z.string().optional(),
+    fleets: z.number().int(),
+    createdAt: DateTimeSchema,
+    updatedAt: DateTimeSchema,
+  })
+  .meta({ id: "AdminCustomer" });
+
+export const CustomerListSchema = z.array(CustomerSchema);
+
+export const CustomerDetailSchema = CustomerSchema.extend({
+  postalAddress: z.unknown().optional(),
+  characteristic: z.unknown().optional(),
+  contacts: z
+    .array(
+      z.object({
+        id: z.string(),
+        orangeRef: z.string().optional(),
+        role: z.string().optional(),
+        title: z.string().optional(),
+        givenName: z.string().optional(),
+        familyName: z.string().optional(),
+        email: z.string().optional(),
+      }),
+    )
+    .optional(),
+  fleetList: z.array(z.object({ id: z.string(), offerCode: z.string(), createdAt: DateTimeSchema, licences: z.number().int() })).optional(),
+  ...timelineFields,
+}).meta({ id: "AdminCustomerDetail" });
+
+const FleetSchema = z
+  .object({
+    id: z.string(),
+    customerId: z.string(),
+    customerOrangeRef: z.string(),
+    customerTradingName: z.string().optional(),
+    offerCode: z.string(),
+    licences: z.number().int(),
+    createdAt: DateTimeSchema,
+    updatedAt: DateTimeSchema,
+  })
+  .meta({ id: "AdminFleet" });
+
+export const FleetListSchema = z.array(FleetSchema);
+
+export const FleetDetailSchema = FleetSchema.extend({
+  characteristic: z.unknown().optional(),
+  licencesByState: z.record(z.string(), z.number().int()).optional(),
+  ...timelineFields,
+}).meta({ id: "AdminFleetDetail" });
+
+const LicenceSchema = z
+  .object({
+    id: z.string(),
+    fleetId: z.string(),
+    customerId: z.string(),
+    orderId: z.string().describe("the order that created it"),
+    state: z.enum(["active", "inactive", "terminated"]),
+    externalState: z.string().optional().describe("the last state Orange asked for"),
+    offerCode: z.string(),
+    endUser: z.record(z.string(), z.unknown()).optional(),
+    realizingResource: z.record(z.string(), z.unknown()).optional(),
+    login: z.record(z.string(), z.unknown()).optional(),
+    serviceCharacteristic: z.array(z.unknown()).optional(),
+    createdAt: DateTimeSchema,
+    updatedAt: DateTimeSchema,
+    terminatedAt: DateTimeSchema.optional(),
+  })
+  .meta({ id: "AdminLicence" });
+
+export const LicenceListSchema = z.array(LicenceSchema);
+
+export const LicenceDetailSchema = LicenceSchema.extend({
+  history: TimelineSchema.optional().describe(
+    "the licence over time: licence.created (its order, what it held) then licence.changed (before and after: state, offer, end user, login, technical resource), oldest first",
+  ),
+  historyTotal: z.number().int().describe("entries in the whole history: GET …/timeline pages through them"),
+}).meta({ id: "AdminLicenceDetail" });
+
+const RequestSchemaFields = {
+  id: z.string(),
+  orangeRef: z.string().optional(),
+  idempotencyKey: z.string().optional().describe("when it is not Orange's reference: the Idempotency-Key header"),
+  state: RequestStateSchema,
+  answerMode: z.string().optional().describe("sync, async or auto: how Orange hears the outcome"),
+  failureReason: z.string().optional().describe("failed: why, as Orange was told"),
+  attempts: z.number().int().describe("failed runs of the asynchronous job"),
+  lastError: z.string().optional().describe("the last technical error of a run (operators only)"),
+  createdAt: DateTimeSchema,
+  completedAt: DateTimeSchema.optional(),
+};
+
+const OrderSchema = z
+  .object({
+    ...RequestSchemaFields,
+    useCase: z.enum(["UC1", "UC2", "UC3"]),
+    customerId: z.string().optional(),
+    fleetId: z.string().optional(),
+    quantity: z.number().int().optional(),
+  })
+  .meta({ id: "AdminOrder" });
+
+const UpdateSchema = z
+  .object({ ...RequestSchemaFields, licences: z.number().int().describe("licences named by the update") })
+  .meta({ id: "AdminUpdate" });
+
+export const OrderListSchema = z.array(OrderSchema);
+export const UpdateListSchema = z.array(UpdateSchema);
+
+const RequestEventSchema = z.object({
+  id: z.string(),
+  type: z.string(),
+  state: OutboxStateSchema,
+  fleetId: z.string().optional(),
+  attempts: z.number().int(),
+  lastStatus: z.number().int().optional(),
+  lastError: z.string().optional(),
+  createdAt: DateTimeSchema,
+  deliveredAt: DateTimeSchema.optional(),
+  deadAt: DateTimeSchema.optional(),
+});
+
+const requestDetailFields = {
+  request: z.unknown().describe("the request as Orange sent it"),
+  answer: z.unknown().optional().describe("what Orange was answered (the final state, or acknowledged)"),
+  command: CommandSchema.optional().describe("PROVISIONING_MODE=webhook: the command to the partner's application"),
+  events: z.array(RequestEventSchema).optional().describe("the events that told Orange, in the order written"),
+  ...timelineFields,
+};
+
+export const OrderDetailSchema = OrderSchema.extend(requestDetailFields).meta({ id: "AdminOrderDetail" });
+export const UpdateDetailSchema = UpdateSchema.extend({
+  ...requestDetailFields,
+  licenceIds: z.array(z.string()).optional(),
+}).meta({ id: "AdminUpdateDetail" });
+
+export const SearchResultSchema = z
+  .array(
+    z
+      .object({
+        kind: z.enum(["order", "update", "customer", "contact", "fleet", "licence", "event", "command"]),
+        id: z.string(),
+        label: z.string(),
+        href: z.string().describe("where to read it in this API"),
+      })
+      .meta({ id: "AdminSearchResult" }),
+  )
+  .meta({ id: "AdminSearchResults" });

@@ -1,7 +1,9 @@
 import type { Db, Tx } from "../db/sql.js";
 import type { Clock } from "../lib/clock.js";
 import type { IdGenerator } from "../lib/ids.js";
-import type { JsonObject, JsonValue } from "../lib/json.js";
+import { prune, type JsonObject, type JsonValue } from "../lib/json.js";
+import * as history from "./history.dal.js";
+import { licenceChangeEntries, type HistoryEntry } from "./history.js";
 import * as licences from "./licences.dal.js";
 import type { LicenceRecord } from "./licences.dal.js";
 import type { Outbox } from "./ports.js";
@@ -225,8 +227,11 @@ export function createLicenceChangeService(deps: LicenceChangeServiceDeps) {
     return { next, applied };
   }
 
-  /** Applies every change or none, together with the event(s) that tell Orange. */
-  async function applyChanges(cmd: LicenceChangesCommand): Promise<LicenceChangesOutcome> {
+  /**
+   * Applies every change or none, together with the event(s) that tell Orange and the history:
+   * one entry per fleet (who asked: `by`, the credential), one per licence (before and after).
+   */
+  async function applyChanges(cmd: LicenceChangesCommand, by?: string): Promise<LicenceChangesOutcome> {
     const licenceIds = cmd.changes.map((c) => c.licenceId);
     return db.transaction(async (tx) => {
       const found = new Map((await licences.lockLicencesOfCompletedOrders(tx, licenceIds)).map((l) => [l.id, l]));
@@ -253,6 +258,37 @@ export function createLicenceChangeService(deps: LicenceChangeServiceDeps) {
         });
         events.push({ id, fleetId });
       }
+      const eventOf = new Map(events.map((e) => [e.fleetId, e.id]));
+      const perFleet: HistoryEntry[] = events.map((e) => ({
+        at: now,
+        kind: "licences.changed",
+        customerId: found.get(byFleet.get(e.fleetId)![0]!.licenceId)?.customerId,
+        fleetId: e.fleetId,
+        eventId: e.id,
+        actor: by,
+        data: { licences: byFleet.get(e.fleetId)!.map((c) => c.licenceId) },
+      }));
+      const perLicence = licenceChangeEntries(
+        after.map((a) => ({ before: found.get(a.id)!, after: a })),
+        now,
+        {
+          eventIds: eventOf,
+          operations: new Map(
+            cmd.changes.map((c) => [
+              c.licenceId,
+              prune({
+                endUser: c.endUser?.action,
+                realizingResource: c.realizingResource?.action,
+                right: c.right?.action,
+                serviceCharacteristic: c.serviceCharacteristic?.action,
+              }) as JsonObject,
+            ]),
+          ),
+          actor: by,
+          source: "licence-change",
+        },
+      );
+      await history.insertEntries(tx, [...perFleet, ...perLicence]);
       return { licences: after, events };
     });
   }

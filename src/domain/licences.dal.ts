@@ -131,11 +131,12 @@ export async function insertLicences(tx: Tx, l: NewLicences, now: Date): Promise
     // The application's word wins over Orange's seed for the technical resource.
     await tx.execute(sql`
       INSERT INTO licence (id, fleet_id, order_id, state, offer_code, end_user, realizing_resource, login,
-                           service_characteristics, created_at, updated_at)
+                           service_characteristics, created_at, updated_at, end_user_id, end_user_email)
       SELECT u.id, ${l.fleetId}, ${l.orderId}, 'active'::"LicenceState", ${l.offerCode},
              NULLIF(s.value -> 'endUser', 'null'::jsonb),
              COALESCE(a.value -> 'realizingResource', NULLIF(s.value -> 'realizingResource', 'null'::jsonb)),
-             a.value -> 'login', a.value -> 'serviceCharacteristic', ${now}, ${now}
+             a.value -> 'login', a.value -> 'serviceCharacteristic', ${now}, ${now},
+             s.value -> 'endUser' ->> 'id', lower(s.value -> 'endUser' ->> 'email')
       FROM unnest(${l.ids}::text[]) WITH ORDINALITY AS u(id, n)
       LEFT JOIN jsonb_array_elements(${JSON.stringify(l.seeds)}::jsonb) WITH ORDINALITY AS s(value, n) USING (n)
       LEFT JOIN jsonb_array_elements(${JSON.stringify(l.app)}::jsonb) AS a(value) ON a.value ->> 'id' = u.id`);
@@ -143,10 +144,10 @@ export async function insertLicences(tx: Tx, l: NewLicences, now: Date): Promise
   }
   await tx.execute(sql`
     INSERT INTO licence (id, fleet_id, order_id, state, offer_code, end_user, realizing_resource,
-                         created_at, updated_at)
+                         created_at, updated_at, end_user_id, end_user_email)
     SELECT u.id, ${l.fleetId}, ${l.orderId}, 'active'::"LicenceState", ${l.offerCode},
            NULLIF(s.value -> 'endUser', 'null'::jsonb), NULLIF(s.value -> 'realizingResource', 'null'::jsonb),
-           ${now}, ${now}
+           ${now}, ${now}, s.value -> 'endUser' ->> 'id', lower(s.value -> 'endUser' ->> 'email')
     FROM unnest(${l.ids}::text[]) WITH ORDINALITY AS u(id, n)
     LEFT JOIN jsonb_array_elements(${JSON.stringify(l.seeds)}::jsonb) WITH ORDINALITY AS s(value, n) USING (n)`);
 }
@@ -191,6 +192,8 @@ export async function updateDetails(tx: Tx, next: LicenceRecord, now: Date): Pro
   const [row] = await tx.query<LicenceRow>(sql`
     UPDATE licence l SET
       end_user = ${json(next.endUser)}::jsonb,
+      end_user_id = ${json(next.endUser)}::jsonb ->> 'id',
+      end_user_email = lower(${json(next.endUser)}::jsonb ->> 'email'),
       realizing_resource = ${json(next.realizingResource)}::jsonb,
       login = ${json(next.login)}::jsonb,
       service_characteristics = ${json(next.serviceCharacteristics)}::jsonb,
@@ -203,6 +206,6 @@ export async function updateDetails(tx: Tx, next: LicenceRecord, now: Date): Pro
 
 /** Whether some licence has this end user (a partner `eu_…` id). */
 export async function endUserExists(tx: Tx, endUserId: string): Promise<boolean> {
-  const rows = await tx.query(sql`SELECT 1 FROM licence l WHERE l.end_user->>'id' = ${endUserId} LIMIT 1`);
+  const rows = await tx.query(sql`SELECT 1 FROM licence l WHERE l.end_user_id = ${endUserId} LIMIT 1`);
   return rows.length > 0;
 }

@@ -48,6 +48,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { OutcomePending } from "../errors.js";
 import * as commands from "./commands.dal.js";
 import type { CommandRow } from "./commands.dal.js";
+import * as history from "./history.dal.js";
+import { answeredEntry, receivedEntry, type HistoryEntry, type RequestTrace } from "./history.js";
 import { replayOrConflict } from "./idempotency.js";
 import type { AppLicenceData, Announcement, Job, JobQueue, Outbox, Provisioner, ProvisioningAnswer, ProvisioningCall, RequestCodec, Telemetry } from "./ports.js";
 import * as requests from "./requests.dal.js";
@@ -65,6 +67,8 @@ export interface RequestCommand {
   requestHash: string;
   /** The request as received, stored and answered from. */
   request: JsonValue;
+  /** How Orange's call identified itself, for the history (not part of the request). */
+  trace?: RequestTrace;
 }
 
 /** The final outcome of a request, whatever its kind. */
@@ -110,6 +114,8 @@ export interface RequestHandler<C extends RequestCommand, P, O extends FinalOutc
   command(requestId: string, cmd: C, plan: P): { type: string; data: JsonObject };
   /** The kind's columns of the finished request. */
   finished(outcome: O): Pick<requests.FinishedRequest, "customerId" | "fleetId">;
+  /** What the history says of an outcome (or of its part about one fleet): its customer, what it did. */
+  summary?(outcome: O): { customerId?: string; data?: JsonObject };
   /**
    * The announcements of an outcome: one per fleet the outcome concerns (events are ordered per
    * fleet), each with the part of the outcome about that fleet; no fleet: one about the request.
@@ -227,8 +233,14 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   const { db, clock, ids, outbox, jobs, codec, handler } = deps;
   const kind = handler.kind;
 
-  async function claim(tx: Tx, cmd: C, mode: AnswerMode): Promise<{ id: string } | { replay: JsonValue; id: string }> {
+  /** Stores the request (or finds the one stored under its key); `received` is its history entry. */
+  async function claim(
+    tx: Tx,
+    cmd: C,
+    mode: AnswerMode,
+  ): Promise<{ id: string; received: HistoryEntry } | { replay: JsonValue; id: string; received: HistoryEntry }> {
     const id = ids.next(ID_PREFIX[kind]);
+    const createdAt = clock.now();
     const inserted = await requests.insertRequest(tx, kind, {
       id,
       answerMode: mode,
@@ -236,12 +248,15 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       orangeRef: cmd.orangeRef,
       requestHash: cmd.requestHash,
       request: cmd.request,
-      createdAt: clock.now(),
+      createdAt,
       ...handler.describe(cmd),
     });
-    if (inserted) return { id };
+    const received = (requestId: string, replayed: boolean) =>
+      receivedEntry({ requestId, orangeRef: cmd.orangeRef, idempotencyKey: cmd.idempotencyKey, trace: cmd.trace, mode }, createdAt, replayed);
+    if (inserted) return { id, received: received(id, false) };
     const stored = await requests.findByIdempotencyKey(tx, kind, cmd.idempotencyKey);
-    return { replay: replayOrConflict(kind, stored, cmd), id: stored!.id };
+    const replay = replayOrConflict(kind, stored, cmd);
+    return { replay, id: stored!.id, received: received(stored!.id, true) };
   }
 
   async function carryOut(tx: Tx, id: string, cmd: C): Promise<O> {
@@ -252,19 +267,46 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     return handler.apply(tx, id, cmd, planned.plan);
   }
 
-  async function finish(tx: Tx, outcome: O, response: JsonValue | null): Promise<void> {
+  /**
+   * Records the outcome, and its history: one entry per part of the outcome (per fleet, as it is
+   * announced), between the entries `around` gives (the request received, the answer), in one
+   * statement.
+   */
+  async function finish(
+    tx: Tx,
+    outcome: O,
+    response: JsonValue | null,
+    cmd: C | undefined,
+    around: { before?: HistoryEntry[]; after?: HistoryEntry[]; actor?: string } = {},
+  ): Promise<void> {
     await requests.finishRequest(
       tx,
       kind,
       { id: outcome.requestId, state: outcome.state, reason: outcome.reason, completedAt: outcome.completedAt, ...handler.finished(outcome) },
       response,
     );
+    const parts = handler.split(outcome, cmd).map((part): HistoryEntry => {
+      const summary = handler.summary?.(part.outcome);
+      return {
+        at: outcome.completedAt,
+        kind: outcome.state === "completed" ? "request.completed" : "request.failed",
+        requestId: outcome.requestId,
+        customerId: summary?.customerId,
+        fleetId: part.fleetId,
+        actor: around.actor,
+        data: { ...(outcome.reason !== undefined ? { reason: outcome.reason } : {}), ...summary?.data },
+      };
+    });
+    await history.insertEntries(tx, [...(around.before ?? []), ...parts, ...(around.after ?? [])]);
     const telemetry = deps.telemetry;
     if (telemetry) {
       const finished = { kind, useCase: outcome.useCase ?? kind, state: outcome.state };
       tx.afterCommit(() => telemetry.requestFinished(finished));
     }
   }
+
+  /** What Orange is answered, for the history. */
+  const answered = (outcome: O) => answeredEntry(outcome.requestId, clock.now(), { state: outcome.state, reason: outcome.reason });
 
   async function announce(tx: Tx, request: JsonValue, outcome: O, cmd: C | undefined): Promise<void> {
     // Fleet order: two requests announcing to the same fleets take their locks in the same order.
@@ -286,16 +328,20 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     if (mode === "auto") mode = "sync";
     return db.transaction(async (tx) => {
       const claimed = await claim(tx, cmd, mode);
-      if ("replay" in claimed) return { requestId: claimed.id, replayed: true, response: claimed.replay };
+      if ("replay" in claimed) {
+        await history.insertEntries(tx, [claimed.received]);
+        return { requestId: claimed.id, replayed: true, response: claimed.replay };
+      }
       if (mode === "async") {
         const response = codec.acknowledgement(cmd.request, claimed.id);
         await requests.storeResponse(tx, kind, claimed.id, response);
         await jobs.add(tx, requestJob(kind, claimed.id));
+        await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
         return { requestId: claimed.id, replayed: false, response };
       }
       const outcome = await carryOut(tx, claimed.id, cmd);
       const response = codec.answer(cmd.request, outcome);
-      await finish(tx, outcome, response);
+      await finish(tx, outcome, response, cmd, { before: [claimed.received], after: [answered(outcome)] });
       return { requestId: claimed.id, replayed: false, response };
     });
   }
@@ -311,7 +357,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       if (!row) return "skipped";
       const cmd = codec.decode(row.request);
       const outcome = await carryOut(tx, id, cmd);
-      await finish(tx, outcome, null);
+      await finish(tx, outcome, null, cmd);
       await announce(tx, row.request, outcome, cmd);
       return "processed";
     });
@@ -329,7 +375,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         // The request itself may be what cannot be read back: announce without it.
       }
       const outcome = handler.failure(id, cmd, reason, clock.now());
-      await finish(tx, outcome, null);
+      await finish(tx, outcome, null, cmd);
       await announce(tx, row.request, outcome, cmd);
       return true;
     });
@@ -343,7 +389,13 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const detail = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
     let attempts: number | undefined;
     try {
-      attempts = await requests.recordFailedAttempt(db, kind, id, detail.slice(0, 2000));
+      attempts = await db.transaction(async (tx) => {
+        const n = await requests.recordFailedAttempt(tx, kind, id, detail.slice(0, 2000));
+        if (n !== undefined) {
+          await history.insertEntries(tx, [{ at: clock.now(), kind: "request.run-failed", requestId: id, data: { run: n, error: detail.slice(0, 2000) } }]);
+        }
+        return n;
+      });
     } catch {
       return true; // the database does not answer: nothing to decide now
     }
@@ -360,6 +412,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   const leaseMs = (stage?.timeoutMs ?? 0) + 5_000;
   const random = stage?.random ?? Math.random;
 
+  /** A request's final state and the answer stored for Orange. */
+  type Answered = { state: string; response: JsonValue };
   type Step = { kind: "call"; call: ProvisioningCall; attempt: number } | { kind: "finished" } | { kind: "idle" };
   const IDLE: Step = { kind: "idle" };
 
@@ -367,16 +421,38 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * Ends the request with `outcome` as its answer mode says: the stored answer (sync, auto), which
    * it returns, or an event (async).
    */
-  async function conclude(tx: Tx, request: { request: JsonValue; answerMode: AnswerMode }, outcome: O, cmd: C | undefined): Promise<JsonValue | undefined> {
+  async function conclude(
+    tx: Tx,
+    request: { request: JsonValue; answerMode: AnswerMode },
+    outcome: O,
+    cmd: C | undefined,
+    around: { before?: HistoryEntry[]; actor?: string } = {},
+  ): Promise<JsonValue | undefined> {
     if (request.answerMode === "async") {
-      await finish(tx, outcome, null);
+      await finish(tx, outcome, null, cmd, around);
       await announce(tx, request.request, outcome, cmd);
       return undefined;
     }
     const response = codec.answer(request.request, outcome);
-    await finish(tx, outcome, response);
+    await finish(tx, outcome, response, cmd, around);
     return response;
   }
+
+  /** A step of a command to the partner's application, for the history. */
+  const commandEntry = (
+    row: Pick<CommandRow, "id" | "request_id">,
+    k: HistoryEntry["kind"],
+    data: Record<string, JsonValue | undefined>,
+    actor?: string,
+    at: Date = clock.now(),
+  ): HistoryEntry => ({
+    at,
+    kind: k,
+    requestId: row.request_id,
+    commandId: row.id,
+    actor,
+    data: Object.fromEntries(Object.entries(data).filter(([, v]) => v !== undefined)) as JsonObject,
+  });
 
   /** A finished command hands its lanes on: the next command of each gets its job. */
   async function wakeNext(tx: Tx, row: CommandRow): Promise<void> {
@@ -414,12 +490,17 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       const { type, data } = handler.command(row.request_id, cmd, planned.plan);
       const body = JSON.stringify({ type, timestamp: clock.now().toISOString(), data });
       await commands.startAttempt(tx, row.id, { attempt: 1, leaseMs, prepared: { type, plan: planned.plan as JsonValue, body } });
+      await history.insertEntries(tx, [commandEntry(row, "command.prepared", { type, lanes: row.lanes })]);
       return { kind: "call", call: { id: row.id, type, body }, attempt: 1 };
     }
     if (row.due && row.body !== null && row.type !== null) {
       const attempt = row.attempts + 1;
       await commands.closeOpenAttempts(tx, row.id, "interrupted: the runner stopped or died during the attempt");
       await commands.startAttempt(tx, row.id, { attempt, leaseMs });
+      if (row.state === "sending") {
+        // Its lease passed: the attempt before never settled (its runner stopped or died).
+        await history.insertEntries(tx, [commandEntry(row, "command.attempt", { attempt: row.attempts, outcome: "interrupted" })]);
+      }
       return { kind: "call", call: { id: row.id, type: row.type, body: row.body }, attempt };
     }
     return IDLE;
@@ -441,14 +522,15 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     request: { request: JsonValue; answerMode: AnswerMode },
     detail: string,
     finishing?: commands.Settled["finishing"],
-  ): Promise<JsonValue | undefined> {
+    before: HistoryEntry[] = [],
+  ): Promise<Answered | undefined> {
     const cmd = codec.decode(request.request);
     const reason = `the partner's application did not carry out the ${kind}: ${detail}`;
     const outcome = row.plan === null ? handler.failure(row.request_id, cmd, reason, clock.now()) : handler.refused(row.request_id, cmd, row.plan as P, reason, clock.now());
-    const answer = await conclude(tx, request, outcome, cmd);
+    const response = await conclude(tx, request, outcome, cmd, { before: [...before, commandEntry(row, "command.parked", { reason: detail })] });
     await commands.settleCommand(tx, row.id, { state: "parked", error: detail, ...(finishing ? { finishing } : {}) });
     await wakeNext(tx, row);
-    return answer;
+    return response === undefined ? undefined : { state: outcome.state, response };
   }
 
   /**
@@ -461,18 +543,24 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     commandId: string,
     attempt: number,
     answer: ProvisioningAnswer & { responseBody?: string; durationMs: number },
-  ): Promise<JsonValue | undefined> {
+  ): Promise<Answered | undefined> {
     const bounds = stage!.retry;
-    return db.transaction(async (tx): Promise<JsonValue | undefined> => {
+    return db.transaction(async (tx): Promise<Answered | undefined> => {
       const row = await commands.lockCommand(tx, commandId);
       if (!row || row.state !== "sending" || row.attempts !== attempt) return;
       const status = "status" in answer ? answer.status : undefined;
       const error = "error" in answer ? answer.error : answer.outcome === "refused" ? answer.reason : undefined;
       // The attempt is finished by the statement that settles the command, whichever it is.
       const finishing = { attempt, outcome: answer.outcome, status, error, responseBody: answer.responseBody, durationMs: Math.round(answer.durationMs) };
+      // The attempt's entry goes with what it led to (one statement with the request's outcome),
+      // at the time the answer is settled, before what follows from it.
+      const settledAt = clock.now();
+      const tried = (more: Record<string, JsonValue | undefined> = {}) =>
+        commandEntry(row, "command.attempt", { attempt, outcome: answer.outcome, status, error, durationMs: Math.round(answer.durationMs), ...more }, undefined, settledAt);
       const request = await requests.lockAcknowledged(tx, kind, row.request_id);
       if (!request) {
         // Ended meanwhile by hand (result route): nothing to decide for the request.
+        await history.insertEntries(tx, [tried()]);
         await commands.settleCommand(tx, commandId, { state: "done", status, error, finishing });
         await wakeNext(tx, row);
         return;
@@ -483,28 +571,30 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       switch (answer.outcome) {
         case "done": {
           const outcome = await handler.apply(tx, row.request_id, cmd, plan, answer.licences);
-          const answered = await conclude(tx, request, outcome, cmd);
+          const response = await conclude(tx, request, outcome, cmd, { before: [tried()] });
           await commands.settleCommand(tx, commandId, { state: "done", result: answer.licences as unknown as JsonValue, ...seen });
           await wakeNext(tx, row);
-          return answered;
+          return response === undefined ? undefined : { state: outcome.state, response };
         }
         case "accepted":
+          await history.insertEntries(tx, [tried()]);
           await commands.settleCommand(tx, commandId, { state: "waiting", ...seen });
           return;
         case "refused": {
           const outcome = handler.refused(row.request_id, cmd, plan, `the partner's application refused it: ${answer.reason}`, clock.now());
-          const answered = await conclude(tx, request, outcome, cmd);
+          const response = await conclude(tx, request, outcome, cmd, { before: [tried()] });
           await commands.settleCommand(tx, commandId, { state: "refused", ...seen });
           await wakeNext(tx, row);
-          return answered;
+          return response === undefined ? undefined : { state: outcome.state, response };
         }
         case "rejected":
-          return park(tx, row, request, `it answered ${status ?? "nothing usable"} (${answer.error}) (command ${commandId})`, finishing);
+          return park(tx, row, request, `it answered ${status ?? "nothing usable"} (${answer.error}) (command ${commandId})`, finishing, [tried()]);
         case "retry": {
           const next = new Date(clock.now().getTime() + retryDelayMs(bounds, attempt, answer.retryAfterMs, random));
           if (attempt >= bounds.maxAttempts || next.getTime() - row.created_at.getTime() > bounds.maxAgeMs) {
-            return park(tx, row, request, `no answer after ${attempt} attempts, the last: ${answer.error} (command ${commandId})`, finishing);
+            return park(tx, row, request, `no answer after ${attempt} attempts, the last: ${answer.error} (command ${commandId})`, finishing, [tried()]);
           }
+          await history.insertEntries(tx, [tried({ nextAttemptAt: next.toISOString() })]);
           await commands.settleCommand(tx, commandId, { state: "retrying", nextAttemptAt: next, ...seen });
           await jobs.add(tx, provisionJob(kind, commandId, next));
           return;
@@ -523,11 +613,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   }
 
   /** Where a request stands, until it ends or the deadline passes; its final answer, or undefined. */
-  async function awaitAnswer(requestId: string, deadline: number): Promise<JsonValue | undefined> {
+  async function awaitAnswer(requestId: string, deadline: number): Promise<Answered | undefined> {
     const pollMs = stage!.pollMs ?? 50;
     for (;;) {
       const now = await requests.answerOf(db, kind, requestId);
-      if (now && now.state !== "acknowledged") return now.response;
+      if (now && now.state !== "acknowledged") return now;
       const left = deadline - clock.now().getTime();
       if (left <= 0) return undefined;
       await sleep(Math.min(pollMs, left));
@@ -537,10 +627,18 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   /** Past the deadline: auto answers `acknowledged` (the outcome goes out as an event), sync a 503 to retry. */
   async function pastDeadline(cmd: C, requestId: string, mode: AnswerMode): Promise<Reply> {
     if (mode === "auto") {
-      const response = await db.transaction((tx) => requests.switchToAsync(tx, kind, requestId, codec.acknowledgement(cmd.request, requestId)));
+      const response = await db.transaction(async (tx) => {
+        const stored = await requests.switchToAsync(tx, kind, requestId, codec.acknowledgement(cmd.request, requestId));
+        // The stored answer is the final one when the request ended meanwhile.
+        const state = (stored as { state?: unknown } | null)?.state;
+        await history.insertEntries(tx, [answeredEntry(requestId, clock.now(), { state: typeof state === "string" ? state : "acknowledged" })]);
+        return stored;
+      });
       return { requestId, replayed: false, response };
     }
     const retryAfter = Math.max(1, Math.ceil(stage!.syncDeadlineMs / 2000));
+    // Orange is told to send it again; no change goes with this entry.
+    await history.insertEntries(db, [answeredEntry(requestId, clock.now(), { state: "pending", status: 503 })]);
     throw new OutcomePending(
       `the partner's application has not confirmed ${kind} ${requestId} yet; send the same request again (same reference) ` +
         `to get its outcome: it is carried out once`,
@@ -554,6 +652,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const first = await db.transaction(async (tx): Promise<First> => {
       const claimed = await claim(tx, cmd, mode);
       if ("replay" in claimed) {
+        await history.insertEntries(tx, [claimed.received]);
         // An answer is stored (final, or the acknowledgement): Orange gets it again. None yet: the
         // first call is still waiting for the application; this one waits too.
         if (claimed.replay !== null) return { reply: { requestId: claimed.id, replayed: true, response: claimed.replay } };
@@ -567,8 +666,10 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         const response = codec.acknowledgement(cmd.request, claimed.id);
         await requests.storeResponse(tx, kind, claimed.id, response);
         await jobs.add(tx, provisionJob(kind, commandId));
+        await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
         return { reply: { requestId: claimed.id, replayed: false, response } };
       }
+      await history.insertEntries(tx, [claimed.received]);
       const step = await prepare(tx, row, { cmd, request: { request: cmd.request, answerMode: mode }, first: row.first });
       // Not its turn yet: the worker sends it once the commands before it are finished.
       if (step.kind === "idle") await jobs.add(tx, provisionJob(kind, commandId));
@@ -578,12 +679,19 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const { requestId, step } = first;
     if (step.kind === "call") {
       const left = Math.max(1, deadline - clock.now().getTime());
-      const answered = await settle(first.commandId, step.attempt, await send(step.call, AbortSignal.timeout(Math.min(left, s.timeoutMs + 1_000))));
-      if (answered !== undefined) return { requestId, replayed: false, response: answered };
+      const settled = await settle(first.commandId, step.attempt, await send(step.call, AbortSignal.timeout(Math.min(left, s.timeoutMs + 1_000))));
+      if (settled !== undefined) {
+        await history.insertEntries(db, [answeredEntry(requestId, clock.now(), { state: settled.state })]);
+        return { requestId, replayed: false, response: settled.response };
+      }
     }
-    const response = await awaitAnswer(requestId, deadline);
-    // A retry that waited for the first call's outcome answers it as a replay.
-    if (response !== undefined) return { requestId, replayed: first.retried, response };
+    const answer = await awaitAnswer(requestId, deadline);
+    if (answer !== undefined) {
+      // Answered outside the transaction that ended the request (the application's answer may have come through the worker).
+      await history.insertEntries(db, [answeredEntry(requestId, clock.now(), { state: answer.state })]);
+      // A retry that waited for the first call's outcome answers it as a replay.
+      return { requestId, replayed: first.retried, response: answer.response };
+    }
     return pastDeadline(cmd, requestId, mode);
   }
 
@@ -601,12 +709,20 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       await commands.closeOpenAttempts(tx, commandId, `ended by hand (${by})`);
       const request = await requests.lockAcknowledged(tx, kind, row.request_id);
       const cmd = request ? codec.decode(request.request) : undefined;
+      const ended = commandEntry(
+        row,
+        "command.ended",
+        { outcome: result.outcome, reason: result.outcome === "failed" ? result.reason : undefined, was: row.state },
+        by,
+      );
       if (request && cmd) {
         const outcome =
           result.outcome === "completed"
             ? await handler.apply(tx, row.request_id, cmd, row.plan as P, result.licences)
             : handler.refused(row.request_id, cmd, row.plan as P, `the partner's application did not carry it out: ${result.reason}`, clock.now());
-        await conclude(tx, request, outcome, cmd);
+        await conclude(tx, request, outcome, cmd, { before: [ended], actor: by });
+      } else {
+        await history.insertEntries(tx, [ended]);
       }
       await commands.settleCommand(tx, commandId, {
         state: result.outcome === "completed" ? "done" : "refused",
@@ -634,6 +750,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       await requests.reopen(tx, kind, row.request_id, codec.acknowledgement(request!, row.request_id));
       await commands.requeue(tx, commandId, by);
       await jobs.add(tx, provisionJob(kind, commandId));
+      await history.insertEntries(tx, [commandEntry(row, "command.retried", { attemptsBefore: row.attempts }, by)]);
     });
     return (await commands.getCommand(db, commandId))!;
   }
@@ -644,7 +761,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     try {
       const row = await commands.getCommand(db, commandId);
       if (!row || !commands.UNFINISHED.includes(row.state)) return false;
-      attempts = await requests.recordFailedAttempt(db, kind, row.request_id, detail.slice(0, 2000));
+      attempts = await db.transaction(async (tx) => {
+        const n = await requests.recordFailedAttempt(tx, kind, row.request_id, detail.slice(0, 2000));
+        if (n !== undefined) await history.insertEntries(tx, [commandEntry(row, "request.run-failed", { run: n, error: detail.slice(0, 2000) })]);
+        return n;
+      });
     } catch {
       return true; // the database does not answer: nothing to decide now
     }
@@ -661,6 +782,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       const request = await requests.lockAcknowledged(tx, kind, row.request_id);
       if (!request) {
         await commands.settleCommand(tx, commandId, { state: "parked", error: "its request had already ended" });
+        await history.insertEntries(tx, [commandEntry(row, "command.parked", { reason: "its request had already ended" })]);
         await wakeNext(tx, row);
         return true;
       }

@@ -291,6 +291,12 @@ export function createOrderHandler(deps: OrderHandlerDeps): RequestHandler<Place
     lanes,
     command,
     finished: (o) => ({ customerId: o.customerId, fleetId: o.fleetId }),
+    // One entry for the order, however many licences it created: a licence's own history starts
+    // with its later changes.
+    summary: (o) => ({
+      customerId: o.customerId,
+      data: prune({ useCase: o.useCase, licences: o.licenceIds.length > 0 ? o.licenceIds.length : undefined }) as JsonObject,
+    }),
     // Ordering key: UC2 the new fleet, UC3 the given fleet (even one that turned out unknown),
     // UC1 and a failed UC2 the order.
     split: (o, cmd) => [{ fleetId: o.fleetId ?? cmd?.item?.fleetId, outcome: o }],

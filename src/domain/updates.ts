@@ -8,6 +8,8 @@ import type { Clock } from "../lib/clock.js";
 import { prune, type JsonObject } from "../lib/json.js";
 import type { Catalogue } from "./catalogue.js";
 import { canSwapOffer, transition, type ExternalState } from "./licence-state.js";
+import * as history from "./history.dal.js";
+import { licenceChangeEntries } from "./history.js";
 import * as licences from "./licences.dal.js";
 import type { LicenceRecord } from "./licences.dal.js";
 import type { FinalOutcome, Planned, RequestCommand, RequestHandler } from "./lifecycle.js";
@@ -117,6 +119,15 @@ export function createUpdateHandler(deps: { catalogue: Catalogue; clock: Clock }
     const ids = new Set(requested(cmd));
     await licences.storeAppData(tx, (app ?? []).filter((l) => ids.has(l.id)), now);
     const after = await licences.updateStatesAndOffers(tx, p.next, now);
+    const before = new Map(p.before.map((l) => [l.id, l]));
+    await history.insertEntries(
+      tx,
+      licenceChangeEntries(
+        orderLike(after, requested(cmd)).map((a) => ({ before: before.get(a.id)!, after: a })),
+        now,
+        { requestId, source: "update" },
+      ),
+    );
     return { requestId, state: "completed", completedAt: now, licences: orderLike(after, requested(cmd)) };
   }
 
@@ -159,6 +170,8 @@ export function createUpdateHandler(deps: { catalogue: Catalogue; clock: Clock }
     lanes,
     command,
     finished: () => ({}),
+    // An update concerns one customer; its entry (one per fleet, like its events) counts the licences.
+    summary: (o) => ({ customerId: o.licences[0]?.customerId, data: { licences: o.licences.length } }),
     // One announcement per fleet of the licences (events are ordered per fleet), each with its
     // fleet's licences; none of the licences found: one about the update itself.
     split: (o) => {

@@ -11,7 +11,8 @@
  */
 import { join, raw, sql, type Db, type Sql, type Tx } from "../db/sql.js";
 import { Conflict, NotFound } from "../errors.js";
-import type { JsonValue } from "../lib/json.js";
+import { recordEventActions } from "../domain/history.dal.js";
+import { prune, type JsonObject, type JsonValue } from "../lib/json.js";
 import { DELIVER_TASK, jobKeyOf } from "./outbox.js";
 
 export type OutboxState = "pending" | "delivered" | "dead" | "discarded";
@@ -227,12 +228,16 @@ export function createEventOperatorService(deps: { db: Db }) {
         FROM released`);
   }
 
-  /** A dead event back to pending, with a fresh retry budget, due now; 409 for any other state. */
-  async function resend(id: string): Promise<EventWithAttempts> {
+  /**
+   * A dead event back to pending, with a fresh retry budget, due now; 409 for any other state.
+   * `by`: the credential that asked, kept in the history.
+   */
+  async function resend(id: string, by: string): Promise<EventWithAttempts> {
     await db.transaction(async (tx) => {
       const head = await lockDead(tx, id, "re-sent");
       await tx.execute(sql`UPDATE outbox_event SET ${RESEND_SET} WHERE id = ${id}`);
       await release(tx, [head]);
+      await recordEventActions(tx, { kind: "event.resent", eventIds: [id], actor: by });
     });
     return (await get(id))!;
   }
@@ -241,7 +246,7 @@ export function createEventOperatorService(deps: { db: Db }) {
    * The dead events matching `filter` back to pending, oldest first, at most
    * RESEND_MAX_PER_CALL of them, with their keys' jobs, in one transaction.
    */
-  async function resendMatching(filter: Omit<EventFilter, "state">): Promise<BulkResendResult> {
+  async function resendMatching(filter: Omit<EventFilter, "state">, by: string): Promise<BulkResendResult> {
     const where = whereOf({ ...filter, state: "dead" });
     return db.transaction(async (tx) => {
       const resent = await tx.query<{ id: string; ordering_key: string; seq: number }>(sql`
@@ -252,6 +257,12 @@ export function createEventOperatorService(deps: { db: Db }) {
           FROM picked WHERE e.id = picked.id
         RETURNING e.id, e.ordering_key, e.seq`);
       await release(tx, resent.map((r) => ({ orderingKey: r.ordering_key, seq: r.seq })));
+      await recordEventActions(tx, {
+        kind: "event.resent",
+        eventIds: resent.map((r) => r.id),
+        actor: by,
+        data: { bulk: prune({ ...filter }) as JsonObject },
+      });
       const [left] = await tx.query<{ n: number }>(sql`SELECT count(*) AS n FROM outbox_event ${where}`);
       // RETURNING does not keep the picking order.
       const bySeq = resent.sort((a, b) => a.seq - b.seq);
@@ -271,6 +282,7 @@ export function createEventOperatorService(deps: { db: Db }) {
            SET state = 'discarded', discarded_at = now(), discarded_by = ${by}, discard_reason = ${reason ?? null}
          WHERE id = ${id}`);
       await release(tx, [head]);
+      await recordEventActions(tx, { kind: "event.discarded", eventIds: [id], actor: by, data: reason === undefined ? undefined : { reason } });
     });
     return (await get(id))!;
   }

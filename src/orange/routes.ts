@@ -6,7 +6,7 @@ import type { RequestLifecycle } from "../domain/lifecycle.js";
 import type { PlaceOrderCommand } from "../domain/orders.js";
 import type { UpdateLicencesCommand } from "../domain/updates.js";
 import { InvalidBodyField, InvalidQuery, NotAcceptable, NotFound } from "../errors.js";
-import { bindLogIds } from "../request-context.js";
+import { bindLogIds, traceOf } from "../request-context.js";
 import type { Authenticator } from "./auth.js";
 import { rejectOtherMethods } from "./error-handler.js";
 import { acceptsJson } from "./ping.js";
@@ -114,7 +114,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
       },
     },
     async (request, reply) => {
-      const cmd = opts.codecs.order.fromWire(request.body, headerValue(request.headers["idempotency-key"]));
+      const cmd = { ...opts.codecs.order.fromWire(request.body, headerValue(request.headers["idempotency-key"])), trace: traceOf(request) };
       bindLogIds(request, { orderRef: cmd.idempotencyKey, fleetId: cmd.item?.fleetId });
       if (cmd.item && cmd.item.quantity > opts.orderMaxQuantity) {
         throw new InvalidBodyField(
@@ -210,7 +210,7 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
       },
     },
     async (request, reply) => {
-      const cmd = opts.codecs.update.fromWire(request.body, headerValue(request.headers["idempotency-key"]));
+      const cmd = { ...opts.codecs.update.fromWire(request.body, headerValue(request.headers["idempotency-key"])), trace: traceOf(request) };
       bindLogIds(request, { updateRef: cmd.idempotencyKey });
       const result = await opts.updates.receive(cmd, opts.updateMode);
       bindLogIds(request, { updateId: result.requestId });
