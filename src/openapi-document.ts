@@ -54,6 +54,16 @@ const eventId = (book: ExampleBook) => book("uc4-completed-event").id;
 /** The contract shows no command (the partner's application is this server's side): an id of their form. */
 const COMMAND_ID = "pc_01m8n2ja8p0000h3k2qv";
 
+const customerId = (book: ExampleBook) => book("uc1-response").customer.id;
+const fleetId = (book: ExampleBook) => book("suspend-response").userService[0].relatedProductRefId;
+const licenceId = (book: ExampleBook) => book("suspend-response").userService[0].id;
+const orderId = (book: ExampleBook) => book("uc2-response").id;
+/** The contract's updates answered sync carry no partner id: one of their form. */
+const UPDATE_ID = "upd_01m8n2j2a40000t7wq5e";
+
+/** A record's detail and timeline: the same id. */
+const record = (id: (book: ExampleBook) => unknown): OperationExamples => ({ parameters: { id }, responses: {} });
+
 /** The worked examples of each operation, by operationId. */
 const OPERATION_EXAMPLES: Record<string, OperationExamples> = {
   ping: { responses: { 200: [ex("ok", "ping-response", "Available")], 401: UNAUTHORIZED } },
@@ -152,6 +162,17 @@ const OPERATION_EXAMPLES: Record<string, OperationExamples> = {
     responses: {},
   },
   getCommand: { parameters: { id: () => COMMAND_ID }, responses: {} },
+  search: { parameters: { q: (book) => book("uc2-request").externalReference.id }, responses: {} },
+  getCustomer: record(customerId),
+  getCustomerTimeline: record(customerId),
+  getFleet: record(fleetId),
+  getFleetTimeline: record(fleetId),
+  getLicence: record(licenceId),
+  getLicenceTimeline: record(licenceId),
+  getOrder: record(orderId),
+  getOrderTimeline: record(orderId),
+  getUpdate: record(() => UPDATE_ID),
+  getUpdateTimeline: record(() => UPDATE_ID),
   retryCommand: { parameters: { id: () => COMMAND_ID }, responses: {} },
   reportCommandResult: {
     parameters: { id: () => COMMAND_ID },

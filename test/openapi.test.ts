@@ -352,6 +352,14 @@ describe("what /docs \"Try it out\" sends by default", () => {
       getCommand: 404,
       reportCommandResult: 404,
       retryCommand: 404,
+      search: 200,
+      ...Object.fromEntries(
+        ["Customer", "Fleet", "Licence", "Order", "Update"].flatMap((r) => [
+          [`list${r}s`, 200],
+          [`get${r}`, 404],
+          [`get${r}Timeline`, 404],
+        ]),
+      ),
     });
   });
 

@@ -529,7 +529,10 @@ export const FleetListSchema = z.array(FleetSchema);
 
 export const FleetDetailSchema = FleetSchema.extend({
   characteristic: z.unknown().optional(),
-  licencesByState: z.record(z.string(), z.number().int()).optional(),
+  licencesByState: z
+    .object({ active: z.number().int().optional(), inactive: z.number().int().optional(), terminated: z.number().int().optional() })
+    .optional()
+    .describe("how many licences the fleet has in each state (a state it has none in is left out)"),
   ...timelineFields,
 }).meta({ id: "AdminFleetDetail" });
 
