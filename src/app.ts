@@ -4,6 +4,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import { jsonSchemaTransform, type ZodTypeProvider } from "fastify-type-provider-zod";
 import type { z } from "zod";
 import { createAdminAuthenticator } from "./admin/auth.js";
+import { createOverviewQueries } from "./admin/overview.js";
 import { adminRoutes } from "./admin/routes.js";
 import type { Services } from "./compose.js";
 import type { Config } from "./config.js";
@@ -176,6 +177,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     commands: services.commands,
     catalogue,
     records: services.records,
+    overview: createOverviewQueries({ db, events: services.events }),
   });
 
   return app;

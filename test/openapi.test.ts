@@ -33,6 +33,7 @@ const ADMIN_PATHS = [
   "/admin/v1/provisioning/{id}/result",
   "/admin/v1/provisioning/{id}/retry",
   "/admin/v1/search",
+  "/admin/v1/overview",
   ...["customers", "fleets", "licences", "orders", "updates"].flatMap((kind) => [
     `/admin/v1/${kind}`,
     `/admin/v1/${kind}/{id}`,
