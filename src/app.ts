@@ -5,6 +5,7 @@ import { jsonSchemaTransform, type ZodTypeProvider } from "fastify-type-provider
 import type { z } from "zod";
 import { createAdminAuthenticator } from "./admin/auth.js";
 import { createOverviewQueries } from "./admin/overview.js";
+import { registerConsoleRoutes } from "./console/routes.js";
 import { adminRoutes } from "./admin/routes.js";
 import type { Services } from "./compose.js";
 import type { Config } from "./config.js";
@@ -179,6 +180,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     records: services.records,
     overview: createOverviewQueries({ db, events: services.events }),
   });
+  // The operators' console (/console): static files over the admin API, ADMIN_TOKEN typed in by the operator.
+  registerConsoleRoutes(app);
 
   return app;
 }
