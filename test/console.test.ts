@@ -150,6 +150,23 @@ describe.skipIf(!RUN)("the console", () => {
     await page.click("text=Refresh");
     await expect.poll(() => page.textContent("#parked h2")).toBe("Parked events (0)");
 
+    // A UC5 change through the licence's form: a login for its end user, told to Orange.
+    await page.goto(`${server.url}/console#/fleets/${scene.parked.fleetId}`);
+    await page.click("main tr:has-text('Paul') a[href^='#/licences/']");
+    await page.waitForSelector("#change");
+    const licenceId = decodeURIComponent(page.url().split("#/licences/")[1]!);
+    await page.selectOption("#change select[name=operation]", "rightOperation");
+    await page.fill("#change input[name=login]", "paul.martin");
+    await page.fill("#change input[name=loginEmail]", "paul@boulangerie-martin.example");
+    await page.click("#change button[type=submit]");
+    await expect.poll(() => page.textContent("#toast")).toContain(`Licence ${licenceId} changed; Orange is told by event ev_`);
+    await page.waitForSelector("#timeline:has-text('licence.changed')");
+    expect(await page.textContent("#timeline")).toContain("login none → paul.martin");
+    const changed = await database.prisma.licence.findUniqueOrThrow({ where: { id: licenceId } });
+    expect(changed.login).toEqual({ key: "login", value: "paul.martin" });
+    const told = await database.prisma.outboxEvent.findFirstOrThrow({ where: { fleetId: scene.parked.fleetId, type: "updateNotification" } });
+    await expect.poll(() => gw.delivered().some((e) => (e.body as { id: string }).id === told.id), { timeout: 20_000 }).toBe(true);
+
     // The token never left the Authorization header: not in the page's address, not in the server's output.
     expect(page.url()).not.toContain(ADMIN_TOKEN);
     expect(server.output()).not.toContain(ADMIN_TOKEN);
