@@ -82,6 +82,9 @@ describe.skipIf(!RUN)("the console", () => {
     const again = await request(`${server.url}/console/console.js`, { headers: { "if-none-match": String(script.headers.etag) } });
     await again.body.text();
     expect(again.statusCode).toBe(304);
+    const slash = await request(`${server.url}/console/`);
+    await slash.body.text();
+    expect([slash.statusCode, slash.headers.location]).toEqual([301, "/console"]);
     const post = await request(`${server.url}/console`, { method: "POST" });
     expect(post.statusCode).toBe(405);
     await post.body.text();
