@@ -354,6 +354,7 @@ describe("what /docs \"Try it out\" sends by default", () => {
       reportCommandResult: 404,
       retryCommand: 404,
       search: 200,
+      getOverview: 200,
       ...Object.fromEntries(
         ["Customer", "Fleet", "Licence", "Order", "Update"].flatMap((r) => [
           [`list${r}s`, 200],
