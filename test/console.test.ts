@@ -177,6 +177,47 @@ describe.skipIf(!RUN)("the console", () => {
     await page.close();
   });
 
+  it("renders every view of the scene without an error: listings, filters, paging, details", { timeout: 60_000 }, async () => {
+    const { page, problems } = await openConsole();
+    await logIn(page, ADMIN_TOKEN);
+    await page.waitForSelector("#parked");
+    const customer = (await database.prisma.productOrder.findUniqueOrThrow({ where: { id: scene.parked.orderId } })).customerId!;
+    const update = await database.prisma.licenceUpdate.findFirstOrThrow();
+    const views: [string, string][] = [
+      ["#/orders", "Orders"],
+      ["#/orders?state=failed", "Orders"],
+      ["#/updates", "Updates"],
+      ["#/customers?name=Martin", "Customers"],
+      ["#/fleets", "Fleets"],
+      ["#/licences?state=active", "Licences"],
+      ["#/events?state=delivered&sort=-createdAt", "Events to Orange"],
+      ["#/provisioning", "Commands to the partner's application"],
+      [`#/customers/${customer}`, "Customer Boulangerie Martin"],
+      [`#/fleets/${scene.delivered.fleetId}`, `Fleet ${scene.delivered.fleetId}`],
+      [`#/updates/${update.id}`, `Update ${update.id}`],
+      [`#/orders/${scene.held.orderId}/timeline`, `Timeline of ${scene.held.orderId}`],
+      ["#/search?q=NO-SUCH-REF", "Search: NO-SUCH-REF"],
+    ];
+    for (const [hash, title] of views) {
+      await page.goto(`${server.url}/console${hash}`);
+      await expect.poll(() => page.textContent("main h1"), { message: hash }).toBe(title);
+      expect(await page.locator("main .error").count(), hash).toBe(0);
+    }
+    // A filter typed in the form becomes the route's query, and the listing follows it.
+    await page.goto(`${server.url}/console#/orders`);
+    await page.waitForSelector("form.filters");
+    await page.selectOption("form.filters select[name=state]", "failed");
+    await page.click("form.filters button[type=submit]");
+    await expect.poll(() => page.url()).toBe(`${server.url}/console#/orders?state=failed`);
+    await expect.poll(() => page.locator("main tbody tr").count()).toBe(1);
+    expect(await page.textContent("main tbody")).toContain("MBA-CAISSE-UNKNOWN");
+    // An unknown id: the admin API's 404, shown as such.
+    await page.goto(`${server.url}/console#/orders/po_01m8n2j25c0000prkhq4`);
+    await expect.poll(() => page.textContent("main .error")).toContain("404");
+    expect(problems.filter((p) => !/status of 404/.test(p))).toEqual([]);
+    await page.close();
+  });
+
   it("shows what Orange sent as text: markup in a customer's name is not interpreted", async () => {
     const name = `<img src=x onerror="document.title='pwned'">Boulangerie <b>Martin</b>`;
     const body = uc2({ quantity: 1 });
