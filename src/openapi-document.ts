@@ -64,6 +64,50 @@ const UPDATE_ID = "upd_01m8n2j2a40000t7wq5e";
 /** A record's detail and timeline: the same id. */
 const record = (id: (book: ExampleBook) => unknown): OperationExamples => ({ parameters: { id }, responses: {} });
 
+/** GET /admin/v1/overview on a server where Orange refused the event of the contract's UC4 order. */
+function overviewExample(book: ExampleBook): Json {
+  const event = book("uc4-completed-event");
+  const order = event.resource;
+  const fleet = order.orderItem[0].productRef.id;
+  const dead = {
+    id: event.id,
+    api: "productordering",
+    type: event.type,
+    state: "dead",
+    orderingKey: fleet,
+    fleetId: fleet,
+    orderId: order.id,
+    attempts: 1,
+    lastError: "HTTP 400",
+    lastStatus: 400,
+    lastRequestId: "oapi-7f3c2a",
+    lastResponseBody: '{"code":24,"message":"Invalid body field","description":"orderItem[0].productRef.characteristic"}',
+    createdAt: "2026-11-30T01:54:30.311Z",
+    deadAt: "2026-11-30T01:54:30.402Z",
+    body: event,
+  };
+  return {
+    at: "2026-11-30T02:10:00.000Z",
+    orders: { acknowledged: 0, completed: 2, failed: 1 },
+    updates: { acknowledged: 0, completed: 4, failed: 0 },
+    events: { pending: 1, delivered: 5, dead: 1, discarded: 0 },
+    commands: { queued: 0, sending: 0, waiting: 0, retrying: 0, done: 0, refused: 0, parked: 0 },
+    parkedEvents: { total: 1, items: [dead] },
+    heldFleets: { total: 1, items: [{ orderingKey: fleet, since: dead.deadAt, waiting: 1, event: dead }] },
+    lastCalls: [
+      {
+        kind: "order",
+        id: order.id,
+        orangeRef: order.externalReference.id,
+        useCase: "UC2",
+        state: "completed",
+        answerMode: "async",
+        receivedAt: "2026-11-30T01:54:29.512Z",
+      },
+    ],
+  };
+}
+
 /** The worked examples of each operation, by operationId. */
 const OPERATION_EXAMPLES: Record<string, OperationExamples> = {
   ping: { responses: { 200: [ex("ok", "ping-response", "Available")], 401: UNAUTHORIZED } },
@@ -143,6 +187,11 @@ const OPERATION_EXAMPLES: Record<string, OperationExamples> = {
   changeLicences: {
     request: [ex("uc5", "uc5-admin-request", "UC5: a new end user on one licence, a password reset on another")],
     responses: {},
+  },
+  getOverview: {
+    responses: {
+      200: [ex("one-parked-event", literal(overviewExample), "One event parked by Orange's 400: its fleet is held, one event waits behind it")],
+    },
   },
   getEvent: { parameters: { id: eventId }, responses: {} },
   resendEvent: { parameters: { id: eventId }, responses: {} },
