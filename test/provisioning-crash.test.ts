@@ -293,4 +293,39 @@ describe("kill -9 of the server before the application carried the command out, 
     await new Promise((r) => setTimeout(r, 500));
     expect(eventsOf(ack.body.id)).toHaveLength(1);
   }, 90_000);
+
+  it("sync, killed after the application's 2xx and before the commit: Orange's retry gets completed, nothing created twice", async () => {
+    partner.setMode({ mode: "ok" });
+    const first = await server("sync", { viaFront: true });
+    killOnAnswer = first;
+    const orderRef = `ORD-${randomBytes(5).toString("hex")}`;
+    const cut = await post(first, uc2(orderRef)).then(
+      () => "answered",
+      () => "cut",
+    );
+    expect(cut).toBe("cut");
+    await until("the first server's death", () => (first.alive() ? undefined : true));
+    expect(first.exit()?.signal).toBe("SIGKILL");
+
+    const second = await server("sync", { viaFront: true });
+    const retry = await until("Orange's retry to get the outcome", async () => {
+      const res = await post(second, uc2(orderRef));
+      return res.status === 201 ? res : undefined;
+    });
+    expect(retry.body).toMatchObject({ state: "completed" });
+
+    const { order, command, licences, received, seats } = await carriedOutOnce(orderRef);
+    expect(retry.body.id).toBe(order.id);
+    expect(order.state).toBe("completed");
+    expect(command.state).toBe("done");
+    expect(licences).toHaveLength(3);
+    expect(seats).toHaveLength(3);
+    expect(await database.prisma.productOrder.count({ where: { orangeRef: orderRef } })).toBe(1);
+    expect(received).toHaveLength(2);
+    expect(new Set(received.map((r) => r.headers["webhook-id"]))).toEqual(new Set([command.id]));
+    expect(received.map((r) => r.replayed)).toEqual([false, true]);
+    expect([...command.attemptRows].sort((a, b) => a.attempt - b.attempt).map((a) => a.outcome)).toEqual(["interrupted", "done"]);
+    // A sync order is answered, not announced.
+    expect(eventsOf(order.id)).toHaveLength(0);
+  }, 90_000);
 });
