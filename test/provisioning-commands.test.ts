@@ -4,7 +4,7 @@ import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js"
 import type { CallResult } from "./support/app.js";
 import { contact, LIST_URL, orange, ORDER_URL, PAUL, PREMIUM, PRO, ref, stateUpdate, uc2, UPDATE_URL } from "./support/fixtures.js";
 import { startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
-import { ADMIN_TOKEN, startProvisioned, type Provisioned } from "./support/provisioned.js";
+import { startProvisioned, type Provisioned } from "./support/provisioned.js";
 
 /**
  * Every command the partner's application can receive, each produced by a real call of Orange's
@@ -191,19 +191,6 @@ describe("each command type, from Orange's calls, signed", () => {
     ]);
     expect(p.partner.store.licences[a]!.state).toBe("inactive");
     expect(p.partner.store.licences[b]!.offer).toBe(PREMIUM);
-  });
-
-  it("UC5 goes the other way: the application's own change sends it no command", async () => {
-    const { ids } = await placeOrder(p, 1);
-    const before = p.front.calls.length;
-    const res = await p.t.call(
-      "POST",
-      "/admin/v1/licence-changes",
-      { userService: [{ id: ids[0]!, endUserOperation: { action: "modify", endUser: { ...PAUL, givenName: "Paula" } } }] },
-      { authorization: `Bearer ${ADMIN_TOKEN}` },
-    );
-    expect(res.status, res.text).toBe(200);
-    expect(p.front.calls.length).toBe(before);
   });
 });
 
