@@ -318,7 +318,8 @@ describe("UPDATE_MODE=auto with the application in between", () => {
     gw = await startMockGateway();
     p = await startProvisioned({
       UPDATE_MODE: "auto",
-      PROVISIONING_SYNC_DEADLINE_MS: "600",
+      // Wide enough for an application that answers at once on a loaded machine.
+      PROVISIONING_SYNC_DEADLINE_MS: "2000",
       ORANGE_CLIENT_ID: gw.clientId,
       ORANGE_CLIENT_SECRET: gw.clientSecret,
     });
@@ -343,7 +344,7 @@ describe("UPDATE_MODE=auto with the application in between", () => {
 
   it("past the deadline answers acknowledged, and the outcome reaches Orange as an event", async () => {
     const { fleetId, ids } = await placeOrder(p, 1);
-    p.partner.setMode({ mode: "slow", delayMs: 1_500 });
+    p.partner.setMode({ mode: "slow", delayMs: 4_000 });
     try {
       const body = stateUpdate("suspended", ids[0]!);
       const res = await p.t.call("POST", UPDATE_URL, body);

@@ -71,6 +71,7 @@ beforeAll(async () => {
   frontPort = (front.address() as AddressInfo).port;
 });
 afterEach(async () => {
+  killOnAnswer = undefined;
   await Promise.all(servers.splice(0).map((s) => s.stop(5_000)));
 });
 afterAll(async () => {
