@@ -231,7 +231,7 @@ describe("kill -9 of the server before the application carried the command out, 
 
     partner.setMode({ mode: "ok" });
     await server("async", { env: { PROVISIONING_MAX_ATTEMPTS: "1000", PROVISIONING_MAX_AGE_MS: "600000" } });
-    const event = await until("the order's event", () => eventsOf(ack.body.id)[0]);
+    const event = await until("the order's event", () => eventsOf(ack.body.id)[0], 60_000); // the second server starts (tsx), then the command's lease may have to pass: on a loaded machine, more than 30 s
     expect(event.body).toMatchObject({ type: "completedStateNotification", resource: { state: "completed" } });
 
     const { order, command, licences, received, seats } = await carriedOutOnce(orderRef);
