@@ -14,4 +14,15 @@ export default tseslint.config(
   { files: ["bench/**", "chaos/**", "scripts/**"], rules: { "no-console": "off" } },
   // Plain JavaScript run by node (TypeScript files get node's globals from @types/node).
   { files: ["bin/**"], languageOptions: { globals: { process: "readonly" } } },
+  // The console's script runs in the browser: the browser's globals it uses.
+  {
+    files: ["src/console/static/**"],
+    languageOptions: {
+      globals: Object.fromEntries(
+        ["document", "window", "location", "sessionStorage", "fetch", "URLSearchParams", "FormData", "Node", "setTimeout", "clearTimeout"].map(
+          (g) => [g, "readonly"],
+        ),
+      ),
+    },
+  },
 );

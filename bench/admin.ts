@@ -177,6 +177,14 @@ function cases(): Case[] {
       bare: `SELECT * FROM licence_update WHERE licence_ids @> ARRAY['${licence}'] ORDER BY created_at DESC, id DESC ${page}`,
     },
     { name: "search?q=<Orange order ref>", path: "/admin/v1/search?q=ORD-0000921", bare: `SELECT * FROM product_order WHERE orange_ref = 'ORD-0000921'` },
+    {
+      // The console's first page: its bare equivalent is the same counts by state, the one statement that reads most.
+      name: "overview (console's first page)",
+      path: "/admin/v1/overview",
+      bare:
+        "SELECT 'orders', state::text, count(*) FROM product_order GROUP BY state UNION ALL SELECT 'updates', state::text, count(*) FROM licence_update GROUP BY state " +
+        "UNION ALL SELECT 'events', state::text, count(*) FROM outbox_event GROUP BY state UNION ALL SELECT 'commands', state::text, count(*) FROM provisioning_command GROUP BY state",
+    },
     { name: "search?q=<licence id>", path: `/admin/v1/search?q=${licence}`, bare: `SELECT * FROM licence WHERE id = '${licence}'` },
     { name: "search?q=<end user id>", path: `/admin/v1/search?q=${endUser}`, bare: `SELECT * FROM licence WHERE end_user_id = '${endUser}'` },
     {

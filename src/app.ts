@@ -4,6 +4,8 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import { jsonSchemaTransform, type ZodTypeProvider } from "fastify-type-provider-zod";
 import type { z } from "zod";
 import { createAdminAuthenticator } from "./admin/auth.js";
+import { createOverviewQueries } from "./admin/overview.js";
+import { registerConsoleRoutes } from "./console/routes.js";
 import { adminRoutes } from "./admin/routes.js";
 import type { Services } from "./compose.js";
 import type { Config } from "./config.js";
@@ -176,7 +178,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     commands: services.commands,
     catalogue,
     records: services.records,
+    overview: createOverviewQueries({ db, events: services.events }),
   });
+  // The operators' console (/console): static files over the admin API, ADMIN_TOKEN typed in by the operator.
+  registerConsoleRoutes(app);
 
   return app;
 }

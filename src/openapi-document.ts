@@ -54,6 +54,60 @@ const eventId = (book: ExampleBook) => book("uc4-completed-event").id;
 /** The contract shows no command (the partner's application is this server's side): an id of their form. */
 const COMMAND_ID = "pc_01m8n2ja8p0000h3k2qv";
 
+const customerId = (book: ExampleBook) => book("uc1-response").customer.id;
+const fleetId = (book: ExampleBook) => book("suspend-response").userService[0].relatedProductRefId;
+const licenceId = (book: ExampleBook) => book("suspend-response").userService[0].id;
+const orderId = (book: ExampleBook) => book("uc2-response").id;
+/** The contract's updates answered sync carry no partner id: one of their form. */
+const UPDATE_ID = "upd_01m8n2j2a40000t7wq5e";
+
+/** A record's detail and timeline: the same id. */
+const record = (id: (book: ExampleBook) => unknown): OperationExamples => ({ parameters: { id }, responses: {} });
+
+/** GET /admin/v1/overview on a server where Orange refused the event of the contract's UC4 order. */
+function overviewExample(book: ExampleBook): Json {
+  const event = book("uc4-completed-event");
+  const order = event.resource;
+  const fleet = order.orderItem[0].productRef.id;
+  const dead = {
+    id: event.id,
+    api: "productordering",
+    type: event.type,
+    state: "dead",
+    orderingKey: fleet,
+    fleetId: fleet,
+    orderId: order.id,
+    attempts: 1,
+    lastError: "HTTP 400",
+    lastStatus: 400,
+    lastRequestId: "oapi-7f3c2a",
+    lastResponseBody: '{"code":24,"message":"Invalid body field","description":"orderItem[0].productRef.characteristic"}',
+    createdAt: "2026-11-30T01:54:30.311Z",
+    deadAt: "2026-11-30T01:54:30.402Z",
+    body: event,
+  };
+  return {
+    at: "2026-11-30T02:10:00.000Z",
+    orders: { acknowledged: 0, completed: 2, failed: 1 },
+    updates: { acknowledged: 0, completed: 4, failed: 0 },
+    events: { pending: 1, delivered: 5, dead: 1, discarded: 0 },
+    commands: { queued: 0, sending: 0, waiting: 0, retrying: 0, done: 0, refused: 0, parked: 0 },
+    parkedEvents: { total: 1, items: [dead] },
+    heldFleets: { total: 1, items: [{ orderingKey: fleet, since: dead.deadAt, waiting: 1, event: dead }] },
+    lastCalls: [
+      {
+        kind: "order",
+        id: order.id,
+        orangeRef: order.externalReference.id,
+        useCase: "UC2",
+        state: "completed",
+        answerMode: "async",
+        receivedAt: "2026-11-30T01:54:29.512Z",
+      },
+    ],
+  };
+}
+
 /** The worked examples of each operation, by operationId. */
 const OPERATION_EXAMPLES: Record<string, OperationExamples> = {
   ping: { responses: { 200: [ex("ok", "ping-response", "Available")], 401: UNAUTHORIZED } },
@@ -134,6 +188,11 @@ const OPERATION_EXAMPLES: Record<string, OperationExamples> = {
     request: [ex("uc5", "uc5-admin-request", "UC5: a new end user on one licence, a password reset on another")],
     responses: {},
   },
+  getOverview: {
+    responses: {
+      200: [ex("one-parked-event", literal(overviewExample), "One event parked by Orange's 400: its fleet is held, one event waits behind it")],
+    },
+  },
   getEvent: { parameters: { id: eventId }, responses: {} },
   resendEvent: { parameters: { id: eventId }, responses: {} },
   discardEvent: {
@@ -152,6 +211,17 @@ const OPERATION_EXAMPLES: Record<string, OperationExamples> = {
     responses: {},
   },
   getCommand: { parameters: { id: () => COMMAND_ID }, responses: {} },
+  search: { parameters: { q: (book) => book("uc2-request").externalReference.id }, responses: {} },
+  getCustomer: record(customerId),
+  getCustomerTimeline: record(customerId),
+  getFleet: record(fleetId),
+  getFleetTimeline: record(fleetId),
+  getLicence: record(licenceId),
+  getLicenceTimeline: record(licenceId),
+  getOrder: record(orderId),
+  getOrderTimeline: record(orderId),
+  getUpdate: record(() => UPDATE_ID),
+  getUpdateTimeline: record(() => UPDATE_ID),
   retryCommand: { parameters: { id: () => COMMAND_ID }, responses: {} },
   reportCommandResult: {
     parameters: { id: () => COMMAND_ID },

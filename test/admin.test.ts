@@ -519,6 +519,9 @@ describe("event routes", () => {
     expect(tooMany.status).toBe(400);
     expect(tooMany.body).toMatchObject({ code: 28 });
     expect(tooMany.body.description).toMatch(/limit must be <= 100/);
+    const notANumber = await admin("GET", `${EVENTS}?limit=abc`);
+    expect(notANumber.status).toBe(400);
+    expect(notANumber.body.description).toBe("limit must be a number (got something that is not a number)");
     const badSort = await admin("GET", `${EVENTS}?sort=-password`);
     expect(badSort.status).toBe(400);
     expect(badSort.body.description).toMatch(/sort must list fields among createdAt/);

@@ -41,6 +41,15 @@ describe("deployment files", () => {
     expect(required(server?.environment?.INBOUND_BEARER_TOKEN)).toBe(true);
   });
 
+  it("passes the partner application's settings to the API and the worker alike (both send its commands)", () => {
+    const { server, worker } = compose.services;
+    for (const key of ["PROVISIONING_MODE", "PROVISIONING_URL", "PROVISIONING_SECRET", "APP_TOKEN"]) {
+      expect(server?.environment?.[key], `server ${key}`).toMatch(new RegExp(`^\\$\\{${key}:-`));
+      expect(worker?.environment?.[key], `worker ${key}`).toBe(server?.environment?.[key]);
+    }
+    expect(server?.environment?.PROVISIONING_MODE).toBe("${PROVISIONING_MODE:-none}");
+  });
+
   it("keeps .env files out of the image, and builds on Node 24", () => {
     const ignored = read(".dockerignore").split("\n").map((l) => l.trim());
     expect(ignored).toContain(".env");

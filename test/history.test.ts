@@ -525,3 +525,44 @@ describe("webhook mode: the commands to the partner's application in the order's
     partner.setMode({ mode: "ok" });
   });
 });
+
+describe("webhook mode, sync: Orange's call waits for the application", () => {
+  let t: TestApp;
+  let partner: PartnerApp;
+  const secret = `whsec_${randomBytes(32).toString("base64")}`;
+
+  beforeAll(async () => {
+    const partnerPort = await freePort();
+    t = await createTestApp({
+      env: {
+        ADMIN_TOKEN,
+        APP_TOKEN,
+        ORDERING_MODE: "sync",
+        PROVISIONING_MODE: "webhook",
+        PROVISIONING_URL: `http://127.0.0.1:${partnerPort}${WEBHOOK_PATH}`,
+        PROVISIONING_SECRET: secret,
+        PROVISIONING_TIMEOUT_MS: "3000",
+      },
+    });
+    await t.app.listen({ port: 0, host: "127.0.0.1" });
+    const { port } = t.app.server.address() as AddressInfo;
+    partner = await startPartnerApp({ secrets: [secret], port: partnerPort, host: "127.0.0.1", serverUrl: `http://127.0.0.1:${port}`, appToken: APP_TOKEN });
+  });
+  afterAll(async () => {
+    await partner?.close();
+    await t?.close();
+  });
+
+  it("records the call, the outcome and the answer Orange got, once each, in that order", async () => {
+    const res = await t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
+    expect(res.status, res.text).toBe(201);
+    expect(res.body.state).toBe("completed");
+    const id = res.body.id as string;
+    const timeline = await t.call("GET", `/admin/v1/orders/${id}/timeline`, undefined, ADMIN);
+    expect(kinds(timeline.body)).toEqual(["request.received", "command.prepared", "command.attempt", "request.completed", "request.answered"]);
+    expect(timeline.body[4]).toMatchObject({ data: { state: "completed" } });
+    // The database: the answer's entry is the one the outcome's transaction wrote, not a second one.
+    const rows = await t.db.historyEntry.findMany({ where: { requestId: id }, orderBy: { id: "asc" } });
+    expect(rows.map((r) => r.kind)).toEqual(["request.received", "command.prepared", "command.attempt", "request.completed", "request.answered"]);
+  });
+});

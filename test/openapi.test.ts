@@ -33,6 +33,7 @@ const ADMIN_PATHS = [
   "/admin/v1/provisioning/{id}/result",
   "/admin/v1/provisioning/{id}/retry",
   "/admin/v1/search",
+  "/admin/v1/overview",
   ...["customers", "fleets", "licences", "orders", "updates"].flatMap((kind) => [
     `/admin/v1/${kind}`,
     `/admin/v1/${kind}/{id}`,
@@ -352,6 +353,15 @@ describe("what /docs \"Try it out\" sends by default", () => {
       getCommand: 404,
       reportCommandResult: 404,
       retryCommand: 404,
+      search: 200,
+      getOverview: 200,
+      ...Object.fromEntries(
+        ["Customer", "Fleet", "Licence", "Order", "Update"].flatMap((r) => [
+          [`list${r}s`, 200],
+          [`get${r}`, 404],
+          [`get${r}Timeline`, 404],
+        ]),
+      ),
     });
   });
 

@@ -50,8 +50,13 @@ describe("process guard", () => {
       const records = server.records();
       const fatal = records.findIndex((r) => r.level === 60);
       expect(records[fatal], server.output()).toMatchObject({ event: fault, err: { message } });
-      // Then the ordinary shutdown, in order, to its end.
-      const after = records.slice(fatal + 1).map((r) => r.msg);
+      // Then the ordinary shutdown, in order, to its end. In the order of the records' times: the
+      // lines of two loggers may reach the pipe in another order than they were written.
+      const after = records
+        .slice(fatal + 1)
+        .map((r, i) => ({ r, i }))
+        .sort((a, b) => (a.r.time as number) - (b.r.time as number) || a.i - b.i)
+        .map(({ r }) => r.msg);
       expect(after).toEqual(expect.arrayContaining(["shutting down", "event worker stopped", "stopped"]));
       expect(after.indexOf("shutting down")).toBeLessThan(after.indexOf("event worker stopped"));
       expect(after.indexOf("event worker stopped")).toBeLessThan(after.indexOf("stopped"));

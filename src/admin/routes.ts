@@ -11,6 +11,7 @@ import { compact, renderUserService, toLicenceChangeItem } from "../orange/mappi
 import { ErrorBodySchema } from "../orange/schemas.js";
 import type { AdminAuthenticator } from "./auth.js";
 import { recordRoutes } from "./records.js";
+import type { Overview, OverviewQueries } from "./overview.js";
 import type { RecordQueries } from "../domain/records.js";
 import {
   CommandDetailSchema,
@@ -29,6 +30,8 @@ import {
   EventParamsSchema,
   HeldKeyListSchema,
   HeldKeysQuerySchema,
+  OverviewQuerySchema,
+  OverviewSchema,
 } from "./schemas.js";
 
 /**
@@ -47,6 +50,8 @@ export interface AdminRoutesOptions {
   catalogue: Catalogue;
   /** Customers, fleets, licences, orders and updates with their timelines; the search box. */
   records: RecordQueries;
+  /** GET /admin/v1/overview: counts by state, parked events, held fleets, last calls. */
+  overview: OverviewQueries;
 }
 
 /**
@@ -169,6 +174,53 @@ function commandDetailOut(c: CommandRow & { attempts_list: AttemptRow[] }) {
   };
 }
 
+const REQUEST_STATES = ["acknowledged", "completed", "failed"] as const;
+const EVENT_STATES = ["pending", "delivered", "dead", "discarded"] as const;
+const COMMAND_STATES = ["queued", "sending", "waiting", "retrying", "done", "refused", "parked"] as const;
+
+function overviewOut(o: Overview) {
+  const counts = (what: Overview["counts"][number]["what"], states: readonly string[]) =>
+    Object.fromEntries(states.map((s) => [s, o.counts.find((c) => c.what === what && c.state === s)?.n ?? 0]));
+  const p = o.oldestPendingEvent;
+  return {
+    at: o.at.toISOString(),
+    orders: counts("orders", REQUEST_STATES),
+    updates: counts("updates", REQUEST_STATES),
+    events: counts("events", EVENT_STATES),
+    commands: counts("commands", COMMAND_STATES),
+    ...compact({
+      oldestPendingEvent: p && {
+        id: p.id,
+        type: p.type,
+        orderingKey: p.ordering_key,
+        fleetId: p.fleet_id,
+        orderId: p.order_id,
+        updateId: p.update_id,
+        attempts: p.attempts,
+        createdAt: p.created_at,
+        nextAttemptAt: p.next_attempt_at,
+        ageSeconds: p.age_seconds,
+        lastStatus: p.last_status,
+        lastError: p.last_error,
+      },
+    }),
+    parkedEvents: { total: o.parkedEvents.total, ...compact({ items: o.parkedEvents.items.map(eventOut) }) },
+    heldFleets: { total: o.heldFleets.total, ...compact({ items: o.heldFleets.items.map(heldKeyOut) }) },
+    ...compact({ lastCalls: o.lastCalls.map((c) =>
+      compact({
+        kind: c.kind,
+        id: c.id,
+        orangeRef: c.orange_ref,
+        useCase: c.use_case,
+        state: c.state,
+        failureReason: c.failure_reason,
+        answerMode: c.answer_mode,
+        receivedAt: c.received_at,
+      }),
+    ) }),
+  };
+}
+
 export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app, opts) => {
   if (!opts.enabled) {
     app.log.warn("ADMIN_TOKEN is not set: the admin API (/admin/v1) is disabled and answers 503");
@@ -183,6 +235,26 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
     }
     done();
   });
+
+  app.get(
+    "/admin/v1/overview",
+    {
+      schema: {
+        operationId: "getOverview",
+        summary: "What an operator on call reads first",
+        description:
+          "Orders, updates, events to Orange and commands to the partner's application counted by state (every state " +
+          "present, 0 when none); the oldest pending event no dead event holds (what delivery is late on); the dead " +
+          "events (last parked first) and the fleets they hold (held longest first), each with its total and its first 10 " +
+          "(the events listings page through the rest); the last 10 orders and updates Orange sent. The console's first page.",
+        tags: ["admin"],
+        security: [{ adminBearer: [] }],
+        querystring: OverviewQuerySchema,
+        response: { 200: OverviewSchema, ...errors },
+      },
+    },
+    async () => overviewOut(await opts.overview.read()) as never,
+  );
 
   app.post(
     "/admin/v1/licence-changes",
@@ -487,6 +559,7 @@ export const adminRoutes: FastifyPluginAsyncZod<AdminRoutesOptions> = async (app
   // In this plugin's context: behind the same authentication.
   await app.register(recordRoutes, { records: opts.records });
 
+  rejectOtherMethods(app, "/admin/v1/overview", ["GET"]);
   rejectOtherMethods(app, "/admin/v1/licence-changes", ["POST"]);
   rejectOtherMethods(app, "/admin/v1/provisioning", ["GET"]);
   rejectOtherMethods(app, "/admin/v1/provisioning/:id", ["GET"]);

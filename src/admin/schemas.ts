@@ -117,7 +117,7 @@ export const OutboxStateSchema = z.enum(["pending", "delivered", "dead", "discar
  * typo such as `?fleetID=` must not silently list, or re-send, every event.
  */
 function strictNamed<T extends z.ZodRawShape>(what: string, shape: T) {
-  const known = Object.keys(shape).join(", ");
+  const known = Object.keys(shape).join(", ") || "none";
   return z.strictObject(shape, {
     error: (iss) =>
       iss.code === "unrecognized_keys"
@@ -529,7 +529,10 @@ export const FleetListSchema = z.array(FleetSchema);
 
 export const FleetDetailSchema = FleetSchema.extend({
   characteristic: z.unknown().optional(),
-  licencesByState: z.record(z.string(), z.number().int()).optional(),
+  licencesByState: z
+    .object({ active: z.number().int().optional(), inactive: z.number().int().optional(), terminated: z.number().int().optional() })
+    .optional()
+    .describe("how many licences the fleet has in each state (a state it has none in is left out)"),
   ...timelineFields,
 }).meta({ id: "AdminFleetDetail" });
 
@@ -630,3 +633,60 @@ export const SearchResultSchema = z
       .meta({ id: "AdminSearchResult" }),
   )
   .meta({ id: "AdminSearchResults" });
+
+// ---------------------------------------------------------------------------------------------
+// The overview: what an operator on call looks at first (the console's first page)
+
+/** Counts by state, every state present (0 when none). */
+const countsOf = <S extends string>(states: readonly S[], what: string) =>
+  z.strictObject(Object.fromEntries(states.map((s) => [s, z.number().int().min(0)])) as Record<S, z.ZodNumber>).describe(`${what} by state`);
+
+export const OverviewQuerySchema = strictNamed("parameter", {});
+
+export const OverviewSchema = z
+  .object({
+    at: DateTimeSchema.describe("when these figures were read"),
+    orders: countsOf(RequestStateSchema.options, "Orange's orders"),
+    updates: countsOf(RequestStateSchema.options, "Orange's updates"),
+    events: countsOf(OutboxStateSchema.options, "events to Orange"),
+    commands: countsOf(CommandStateSchema.options, "commands to the partner's application (PROVISIONING_MODE=webhook)"),
+    oldestPendingEvent: z
+      .object({
+        id: z.string(),
+        type: z.string(),
+        orderingKey: z.string(),
+        fleetId: z.string().optional(),
+        orderId: z.string().optional(),
+        updateId: z.string().optional(),
+        attempts: z.number().int(),
+        createdAt: DateTimeSchema,
+        nextAttemptAt: DateTimeSchema,
+        ageSeconds: z.number().min(0).describe("since it was written"),
+        lastStatus: z.number().int().optional(),
+        lastError: z.string().optional(),
+      })
+      .optional()
+      .describe("the oldest pending event not held behind a dead one (absent when none): what delivery is stuck on"),
+    parkedEvents: z
+      .object({ total: z.number().int().min(0), items: z.array(EventSchema).optional() })
+      .describe("dead events (re-send or discard them), last parked first; items: the first 10 (absent when none)"),
+    heldFleets: z
+      .object({ total: z.number().int().min(0), items: z.array(HeldKeySchema).optional() })
+      .describe("ordering keys a dead event holds, held longest first; items: the first 10 (absent when none)"),
+    lastCalls: z
+      .array(
+        z.object({
+          kind: z.enum(["order", "update"]),
+          id: z.string(),
+          orangeRef: z.string().optional(),
+          useCase: z.string().optional(),
+          state: RequestStateSchema,
+          failureReason: z.string().optional(),
+          answerMode: z.string().optional(),
+          receivedAt: DateTimeSchema,
+        }),
+      )
+      .optional()
+      .describe("the last orders and updates Orange sent, newest first (at most 10; absent when none)"),
+  })
+  .meta({ id: "AdminOverview" });

@@ -426,7 +426,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     request: { request: JsonValue; answerMode: AnswerMode },
     outcome: O,
     cmd: C | undefined,
-    around: { before?: HistoryEntry[]; actor?: string } = {},
+    around: { before?: HistoryEntry[]; actor?: string; answering?: boolean } = {},
   ): Promise<JsonValue | undefined> {
     if (request.answerMode === "async") {
       await finish(tx, outcome, null, cmd, around);
@@ -434,7 +434,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       return undefined;
     }
     const response = codec.answer(request.request, outcome);
-    await finish(tx, outcome, response, cmd, around);
+    // Orange's call waits for this answer: its history entry goes with the outcome, in one statement.
+    await finish(tx, outcome, response, cmd, { ...around, ...(around.answering ? { after: [answered(outcome)] } : {}) });
     return response;
   }
 
@@ -523,11 +524,12 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     detail: string,
     finishing?: commands.Settled["finishing"],
     before: HistoryEntry[] = [],
+    answering = false,
   ): Promise<Answered | undefined> {
     const cmd = codec.decode(request.request);
     const reason = `the partner's application did not carry out the ${kind}: ${detail}`;
     const outcome = row.plan === null ? handler.failure(row.request_id, cmd, reason, clock.now()) : handler.refused(row.request_id, cmd, row.plan as P, reason, clock.now());
-    const response = await conclude(tx, request, outcome, cmd, { before: [...before, commandEntry(row, "command.parked", { reason: detail })] });
+    const response = await conclude(tx, request, outcome, cmd, { before: [...before, commandEntry(row, "command.parked", { reason: detail })], answering });
     await commands.settleCommand(tx, row.id, { state: "parked", error: detail, ...(finishing ? { finishing } : {}) });
     await wakeNext(tx, row);
     return response === undefined ? undefined : { state: outcome.state, response };
@@ -538,11 +540,14 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * transaction; nothing when that attempt is no longer the command's current one (its lease
    * passed and another runner sent it again: that runner settles it). When it ended a request
    * answered sync (or auto), the answer it stored: the caller waiting for it need not read it back.
+   * `answering`: that caller is Orange's call, which gets the answer now (its history entry goes
+   * with the outcome).
    */
   async function settle(
     commandId: string,
     attempt: number,
     answer: ProvisioningAnswer & { responseBody?: string; durationMs: number },
+    answering = false,
   ): Promise<Answered | undefined> {
     const bounds = stage!.retry;
     return db.transaction(async (tx): Promise<Answered | undefined> => {
@@ -571,7 +576,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       switch (answer.outcome) {
         case "done": {
           const outcome = await handler.apply(tx, row.request_id, cmd, plan, answer.licences);
-          const response = await conclude(tx, request, outcome, cmd, { before: [tried()] });
+          const response = await conclude(tx, request, outcome, cmd, { before: [tried()], answering });
           await commands.settleCommand(tx, commandId, { state: "done", result: answer.licences as unknown as JsonValue, ...seen });
           await wakeNext(tx, row);
           return response === undefined ? undefined : { state: outcome.state, response };
@@ -582,17 +587,17 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
           return;
         case "refused": {
           const outcome = handler.refused(row.request_id, cmd, plan, `the partner's application refused it: ${answer.reason}`, clock.now());
-          const response = await conclude(tx, request, outcome, cmd, { before: [tried()] });
+          const response = await conclude(tx, request, outcome, cmd, { before: [tried()], answering });
           await commands.settleCommand(tx, commandId, { state: "refused", ...seen });
           await wakeNext(tx, row);
           return response === undefined ? undefined : { state: outcome.state, response };
         }
         case "rejected":
-          return park(tx, row, request, `it answered ${status ?? "nothing usable"} (${answer.error}) (command ${commandId})`, finishing, [tried()]);
+          return park(tx, row, request, `it answered ${status ?? "nothing usable"} (${answer.error}) (command ${commandId})`, finishing, [tried()], answering);
         case "retry": {
           const next = new Date(clock.now().getTime() + retryDelayMs(bounds, attempt, answer.retryAfterMs, random));
           if (attempt >= bounds.maxAttempts || next.getTime() - row.created_at.getTime() > bounds.maxAgeMs) {
-            return park(tx, row, request, `no answer after ${attempt} attempts, the last: ${answer.error} (command ${commandId})`, finishing, [tried()]);
+            return park(tx, row, request, `no answer after ${attempt} attempts, the last: ${answer.error} (command ${commandId})`, finishing, [tried()], answering);
           }
           await history.insertEntries(tx, [tried({ nextAttemptAt: next.toISOString() })]);
           await commands.settleCommand(tx, commandId, { state: "retrying", nextAttemptAt: next, ...seen });
@@ -679,11 +684,10 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const { requestId, step } = first;
     if (step.kind === "call") {
       const left = Math.max(1, deadline - clock.now().getTime());
-      const settled = await settle(first.commandId, step.attempt, await send(step.call, AbortSignal.timeout(Math.min(left, s.timeoutMs + 1_000))));
-      if (settled !== undefined) {
-        await history.insertEntries(db, [answeredEntry(requestId, clock.now(), { state: settled.state })]);
-        return { requestId, replayed: false, response: settled.response };
-      }
+      const called = await send(step.call, AbortSignal.timeout(Math.min(left, s.timeoutMs + 1_000)));
+      // Settled here, the request's answer is Orange's at once: its history entry is written with it.
+      const settled = await settle(first.commandId, step.attempt, called, true);
+      if (settled !== undefined) return { requestId, replayed: false, response: settled.response };
     }
     const answer = await awaitAnswer(requestId, deadline);
     if (answer !== undefined) {

@@ -323,8 +323,10 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
          RETURNING e.state, e.next_attempt_at, e.last_error
        ),
        closed AS (
+         -- The attempt ends at the instant the event's state changes (its dead_at, its delivered_at): a
+         -- timeline shows the attempt, then what it led to.
          UPDATE event_delivery_attempt
-            SET finished_at = clock_timestamp(), outcome = $2::"DeliveryAttemptOutcome",
+            SET finished_at = (SELECT now FROM t), outcome = $2::"DeliveryAttemptOutcome",
                 status = $6, request_id = $7, response_body = $8, error = $9
           WHERE id = $10
        ),

@@ -33,6 +33,8 @@ export function formatPath(path: readonly PropertyKey[]): string {
 
 function show(value: unknown): string {
   if (value === undefined) return "nothing";
+  // A query parameter coerced to a number: its text is gone, and JSON would say null.
+  if (typeof value === "number" && Number.isNaN(value)) return "something that is not a number";
   let text: string | undefined;
   try {
     text = JSON.stringify(value);
