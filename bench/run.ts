@@ -20,7 +20,12 @@
 //   10. the operators' admin API (bench/admin.ts): each listing, detail and the search box on a
 //      store of 100,000 licences, 1,000 fleets and 50,000 events, p50 vs a bare SELECT of the page
 //
-// BENCH_ONLY selects steps, comma-separated: api (1–4), events (5–6), webhook (8–9), admin (10); e.g.
+//   11–15. under load (bench/load.ts): 16 concurrent callers of the simulator's load mode, sync vs
+//      async (order → event at the mock vs the sync order); sync UC2 orders of 1 licence vs bare
+//      `pg` transactions writing the same rows; a backlog of events from first enqueue vs delivery
+//      alone, and delivery vs bare POSTs
+//
+// BENCH_ONLY selects steps, comma-separated: api (1–4), events (5–6), webhook (8–9), admin (10), load (11–15); e.g.
 // BENCH_ONLY=webhook. BENCH_SERVER_ENV="WORKER_CONCURRENCY=16 …" adds settings
 // to the servers started here (to try a setting; the figures of record use the defaults).
 //
@@ -57,6 +62,7 @@ import {
 import { uc2Request } from "../test/support/examples.js";
 import { benchBigOrders, benchSmallOrders, WEBHOOK, type Side } from "./provisioning.js";
 import { ADMIN, adminSteps } from "./admin.js";
+import { bareTransactions, captureOrderRows, LOAD, LOAD_TARGETS, loadRound, requestsPerSecond, smallOrdersRound } from "./load.js";
 import {
   asyncOrderingAvailable,
   benchAsyncOrderLatency,
@@ -87,7 +93,7 @@ const TARGETS = {
   webhookBigOrderRatioMax: 1.5,
   webhookSmallOrdersRatioMin: 0.6,
 };
-const STEP_GROUPS = ["api", "events", "webhook", "admin"] as const;
+const STEP_GROUPS = ["api", "events", "webhook", "admin", "load"] as const;
 const ONLY = (process.env.BENCH_ONLY ?? "")
   .split(",")
   .map((s) => s.trim())
@@ -505,6 +511,7 @@ async function main(): Promise<void> {
     figures.push(...admin.figures);
     raw.admin = admin.raw;
   }
+  if (runs("load")) await loadSteps(res.postgres.url, token, figures, raw);
 
   await cleanup();
 
@@ -517,7 +524,7 @@ async function main(): Promise<void> {
   mkdirSync(path.dirname(RESULTS_FILE), { recursive: true });
   const report = {
     machine: m,
-    parameters: { ping: PING, order: ORDER, list: LIST, events: EVENTS, asyncOrder: LATENCY, webhook: WEBHOOK, targets: TARGETS, admin: ADMIN, only: ONLY.length > 0 ? ONLY : undefined },
+    parameters: { ping: PING, order: ORDER, list: LIST, events: EVENTS, asyncOrder: LATENCY, webhook: WEBHOOK, targets: TARGETS, admin: ADMIN, load: LOAD, loadTargets: LOAD_TARGETS, only: ONLY.length > 0 ? ONLY : undefined },
     figures,
     raw,
   };
@@ -919,6 +926,174 @@ async function eventSteps(databaseUrl: string, token: string, figures: Figure[],
     events: { burst, bare, rounds, serial, tokenRequests, eventsServerPeakRssMb: Math.round(peakMb) },
     asyncOrder: latency ? { runsMs: latency.runs } : "skipped: async ordering mode not available",
   });
+}
+
+/** Steps 11–15: under load, 16 concurrent callers (bench/load.ts). */
+async function loadSteps(databaseUrl: string, token: string, figures: Figure[], raw: Record<string, unknown>): Promise<void> {
+  res.gateway ??= await TappedGateway.start();
+  const tap = res.gateway;
+  const gw = tap.gw;
+  const c = LOAD.concurrency;
+  const start = async (mode: "sync" | "async") => {
+    const settings = { ROLE: "all", ...orangeEnv(gw), ORDERING_MODE: mode, UPDATE_MODE: mode };
+    console.log(`\nstarting the load server (ROLE=all, ORDERING_MODE=UPDATE_MODE=${mode}, ORANGE_* → mock gateway) …`);
+    const s = await startServer(databaseUrl, token, settings, `load server (${mode})`);
+    res.server = s.child;
+    return s;
+  };
+  const line = (r: Awaited<ReturnType<typeof loadRound>>) =>
+    `orders ${r.orders.perSecond.toFixed(0)}/s (p50 ${r.orders.p50} ms, p99 ${r.orders.p99} ms), updates ${r.updates.perSecond.toFixed(0)}/s, ` +
+    `GETs ${r.gets.perSecond.toFixed(0)}/s, requests ${requestsPerSecond(r).toFixed(0)}/s` +
+    (r.orderToEvent ? `; order → event p50 ${r.orderToEvent.p50} ms, p99 ${r.orderToEvent.p99} ms` : "");
+
+  const sync = await start("sync");
+  const pool = new pg.Pool({ connectionString: databaseUrl, max: 2 });
+  let syncLoad, asyncLoad, small, bareTx, rows;
+  try {
+    console.log(`\n11. load mode, ${c} virtual users, sync modes (${LOAD.warmupSeconds} s warm-up, then ${LOAD.seconds} s)`);
+    await loadRound(sync.base, token, gw, { ordering: "sync", update: "sync" }, LOAD.warmupSeconds);
+    syncLoad = await loadRound(sync.base, token, gw, { ordering: "sync", update: "sync" }, LOAD.seconds);
+    console.log(`  ${line(syncLoad)}`);
+
+    console.log(`\n13. sync UC2 orders of 1 licence, ${c} callers at once vs bare pg transactions writing the same rows (${LOAD.small.seconds} s each)`);
+    rows = await captureOrderRows(sync.base, token, pool);
+    console.log(`  one order writes ${rows.rowCount} rows: ${rows.tables.map((t) => `${t.table} ${(JSON.parse(t.json) as unknown[]).length}`).join(", ")}`);
+    await smallOrdersRound(sync.base, token, sync.child.pid, LOAD.small.warmupSeconds);
+    await bareTransactions(databaseUrl, rows, LOAD.small.warmupSeconds);
+    small = await smallOrdersRound(sync.base, token, sync.child.pid, LOAD.small.seconds);
+    bareTx = await bareTransactions(databaseUrl, rows, LOAD.small.seconds);
+    console.log(
+      `  server ${small.ordersPerSecond.toFixed(0)} orders/s (p50 ${small.p50} ms, p99 ${small.p99} ms; CPU per order server ${small.serverCpuUsPerOrder.toFixed(0)} µs, ` +
+        `PostgreSQL ${small.postgresCpuUsPerOrder.toFixed(0)} µs); bare ${bareTx.perSecond.toFixed(0)} tx/s (p50 ${bareTx.p50.toFixed(1)} ms, p99 ${bareTx.p99.toFixed(1)} ms)`,
+    );
+  } finally {
+    await pool.end();
+    await sync.child.stop();
+    res.server = undefined;
+  }
+
+  const asyncServer = await start("async");
+  res.db = createDb(databaseUrl, { poolMax: EVENTS.transactions + 1 });
+  const rounds: { burst: ThroughputResult; bare: BarePostResult }[] = [];
+  try {
+    console.log(`\n12. load mode, ${c} virtual users, async modes (${LOAD.warmupSeconds} s warm-up, then ${LOAD.seconds} s)`);
+    await loadRound(asyncServer.base, token, gw, { ordering: "async", update: "async" }, LOAD.warmupSeconds);
+    asyncLoad = await loadRound(asyncServer.base, token, gw, { ordering: "async", update: "async" }, LOAD.seconds);
+    console.log(`  ${line(asyncLoad)}`);
+
+    const total = EVENTS.fleets * EVENTS.perFleet;
+    console.log(`\n14–15. ${total} events written at once (${EVENTS.fleets} fleets × ${EVENTS.perFleet}, ${EVENTS.transactions} transactions) → mock gateway, ${EVENTS.rounds} rounds`);
+    for (let round = 1; round <= EVENTS.rounds; round++) {
+      const bare = await barePosts(gw, total, workerConcurrency());
+      const burst = await benchThroughput(res.db, tap, asyncServer.child.pid, {
+        fleets: EVENTS.fleets,
+        perFleet: EVENTS.perFleet,
+        transactions: EVENTS.transactions,
+        timeoutMs: EVENTS.timeoutMs,
+      });
+      console.log(
+        `  round ${round}: first enqueue → last arrival ${burst.eventsPerSecond.toFixed(0)} ev/s (enqueue ${burst.enqueueMs.toFixed(0)} ms, ` +
+          `PostgreSQL ${(burst.postgresEnqueueCpuMs / burst.events).toFixed(3)} ms CPU per event), delivery alone ${burst.deliveryEventsPerSecond.toFixed(0)} ev/s, ` +
+          `bare POSTs ${bare.eventsPerSecond.toFixed(0)} ev/s`,
+      );
+      rounds.push({ burst, bare });
+    }
+  } finally {
+    await res.db.close();
+    res.db = undefined;
+    await asyncServer.child.stop();
+    res.server = undefined;
+  }
+  const pickBy = <T,>(items: T[], key: (t: T) => number) => [...items].sort((a, b) => key(a) - key(b))[Math.floor(items.length / 2)]!;
+  const e2e = pickBy(rounds, (r) => r.burst.eventsPerSecond / r.burst.deliveryEventsPerSecond);
+  const del = pickBy(rounds, (r) => r.burst.deliveryEventsPerSecond / r.bare.eventsPerSecond);
+  const toEvent = asyncLoad.orderToEvent!;
+  const syncRps = requestsPerSecond(syncLoad);
+  const asyncRps = requestsPerSecond(asyncLoad);
+  const loadNote = `simulator load mode (order 1–3 licences, GET by fleet, suspend, reactivate per virtual user), ${c} users, ${LOAD.seconds} s after ${LOAD.warmupSeconds} s warm-up`;
+  figures.push(
+    {
+      name: `sync load, ${c} callers: orders`,
+      unit: "orders/s",
+      value: syncLoad.orders.perSecond,
+      baseline: null,
+      ratio: null,
+      target: "–",
+      pass: true,
+      info: true,
+      note: `${loadNote}; order p50 ${syncLoad.orders.p50} ms, p99 ${syncLoad.orders.p99} ms; requests ${syncRps.toFixed(0)}/s`,
+    },
+    {
+      name: `async load, ${c} callers: order → event p50`,
+      unit: "ms",
+      value: toEvent.p50,
+      baseline: syncLoad.orders.p50,
+      ratio: toEvent.p50 / syncLoad.orders.p50,
+      target: `≤ ${LOAD_TARGETS.eventP50VsSyncP50Max}× sync order p50`,
+      pass: toEvent.p50 <= LOAD_TARGETS.eventP50VsSyncP50Max * syncLoad.orders.p50,
+      note: `POST productOrder (async) → its completedStateNotification at the mock; baseline: the sync order p50 of step 11; async orders ${asyncLoad.orders.perSecond.toFixed(0)}/s, acknowledged p50 ${asyncLoad.orders.p50} ms`,
+    },
+    {
+      name: `async load, ${c} callers: order → event p99`,
+      unit: "ms",
+      value: toEvent.p99,
+      baseline: syncLoad.orders.p99,
+      ratio: toEvent.p99 / syncLoad.orders.p99,
+      target: `≤ ${LOAD_TARGETS.eventP99VsSyncP99Max}× sync order p99`,
+      pass: toEvent.p99 <= LOAD_TARGETS.eventP99VsSyncP99Max * syncLoad.orders.p99,
+      note: `baseline: the sync order p99 of step 11`,
+    },
+    {
+      name: `async load, ${c} callers: requests`,
+      unit: "req/s",
+      value: asyncRps,
+      baseline: syncRps,
+      ratio: asyncRps / syncRps,
+      target: `≥ ${LOAD_TARGETS.asyncRequestsRatioMin.toFixed(2)}×`,
+      pass: asyncRps >= LOAD_TARGETS.asyncRequestsRatioMin * syncRps,
+      note: `orders + GETs + updates per second, async vs sync modes (step 11); async orders ${asyncLoad.orders.perSecond.toFixed(0)}/s vs ${syncLoad.orders.perSecond.toFixed(0)}/s, updates ${asyncLoad.updates.perSecond.toFixed(0)}/s vs ${syncLoad.updates.perSecond.toFixed(0)}/s`,
+    },
+    {
+      name: `sync UC2 orders of 1 licence, ${c} callers`,
+      unit: "orders/s",
+      value: small.ordersPerSecond,
+      baseline: bareTx.perSecond,
+      ratio: small.ordersPerSecond / bareTx.perSecond,
+      target: `≥ ${LOAD_TARGETS.smallOrdersVsBareMin.toFixed(2)}×`,
+      pass: small.ordersPerSecond >= LOAD_TARGETS.smallOrdersVsBareMin * bareTx.perSecond,
+      note:
+        `autocannon, each order a new customer, p50 ${small.p50} ms, p99 ${small.p99} ms; baseline: bare pg transactions at ${c} connections, each writing a copy of the ` +
+        `${rows.rowCount} rows one such order wrote (${rows.tables.map((t) => t.table).join(", ")}; one INSERT per table), p50 ${bareTx.p50.toFixed(1)} ms, p99 ${bareTx.p99.toFixed(1)} ms; ` +
+        `CPU per order: server ${small.serverCpuUsPerOrder.toFixed(0)} µs, PostgreSQL ${small.postgresCpuUsPerOrder.toFixed(0)} µs`,
+    },
+    {
+      name: `events from first enqueue (load)`,
+      unit: "ev/s",
+      value: e2e.burst.eventsPerSecond,
+      baseline: e2e.burst.deliveryEventsPerSecond,
+      ratio: e2e.burst.eventsPerSecond / e2e.burst.deliveryEventsPerSecond,
+      target: `≥ ${LOAD_TARGETS.enqueueVsDeliveryMin.toFixed(2)}×`,
+      pass: e2e.burst.eventsPerSecond >= LOAD_TARGETS.enqueueVsDeliveryMin * e2e.burst.deliveryEventsPerSecond,
+      note:
+        `${EVENTS.fleets} fleets × ${EVENTS.perFleet} in ${EVENTS.transactions} transactions, first enqueue → last arrival vs last commit → last arrival, same round; median round of ` +
+        `${rounds.map((r) => (r.burst.eventsPerSecond / r.burst.deliveryEventsPerSecond).toFixed(2)).join(", ")}; PostgreSQL CPU per event written ` +
+        `${(e2e.burst.postgresEnqueueCpuMs / e2e.burst.events).toFixed(3)} ms`,
+    },
+    {
+      name: `events delivery vs bare POSTs (load)`,
+      unit: "ev/s",
+      value: del.burst.deliveryEventsPerSecond,
+      baseline: del.bare.eventsPerSecond,
+      ratio: del.burst.deliveryEventsPerSecond / del.bare.eventsPerSecond,
+      target: `≥ ${LOAD_TARGETS.deliveryVsBareMin.toFixed(2)}×`,
+      pass: del.burst.deliveryEventsPerSecond >= LOAD_TARGETS.deliveryVsBareMin * del.bare.eventsPerSecond,
+      note:
+        `bare undici POSTs of as many events to the same mock at concurrency ${workerConcurrency()}, same round; median round of ` +
+        `${rounds.map((r) => (r.burst.deliveryEventsPerSecond / r.bare.eventsPerSecond).toFixed(2)).join(", ")}; CPU per event: server ` +
+        `${(del.burst.serverCpuMs / del.burst.events).toFixed(2)} ms, PostgreSQL ${((del.burst.postgresCpuMs - del.burst.postgresEnqueueCpuMs) / del.burst.events).toFixed(2)} ms`,
+    },
+  );
+  raw.load = { syncLoad, asyncLoad, small, bareTx, rows: { rowCount: rows.rowCount, tables: rows.tables.map((t) => t.table) }, eventRounds: rounds };
 }
 
 main()

@@ -4,6 +4,9 @@ import pg from "pg";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { retryDelayMs } from "../src/events/delivery.js";
 import { createEventOperatorService } from "../src/events/operator.js";
+import { createOrangeEventClient } from "../src/events/orange-client.js";
+import { addJob } from "../src/events/queue.js";
+import { createTokenCache } from "../src/events/token-cache.js";
 import { DELIVERY_LOCK_NAMESPACE, enqueueEvent } from "../src/events/outbox.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
@@ -534,6 +537,61 @@ describe("delivery of outbox events", () => {
       expect((await w.worker.sweep()).rescheduledKeys).toEqual([]);
     } finally {
       await admin.end();
+    }
+  });
+});
+
+describe("events of another task's run", () => {
+  it("are delivered by that run at once, with their key's job claimed by it, then completed", async () => {
+    const tokens = createTokenCache({ tokenUrl: gw.tokenUrl, clientId: gw.clientId, clientSecret: gw.clientSecret, timeoutMs: 2_000 });
+    const real = createOrangeEventClient({ baseUrl: gw.url, offer: "mba2", tokens, timeoutMs: 5_000 });
+    const probe = new pg.Client({ connectionString: database.url });
+    await probe.connect();
+    // What the key's job looks like while its event is being sent.
+    const seen: { attempts: number; locked_by: string | null }[][] = [];
+    const client = {
+      async send(...args: Parameters<typeof real.send>) {
+        const { rows } = await probe.query<{ attempts: number; locked_by: string | null }>(
+          "SELECT attempts, locked_by FROM graphile_worker._private_jobs WHERE key = 'deliver:fl_inline'",
+        );
+        seen.push(rows);
+        return real.send(...args);
+      },
+    };
+    try {
+      let eventId = "";
+      // One slot, taken by the task's run: no other run of this worker can claim the key's job first.
+      const w = await worker({
+        client,
+        concurrency: 1,
+        tasks: {
+          announce_inline: async () => {
+            eventId = await store().transaction(
+              async (tx) =>
+                (await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: { fleet: "fl_inline" }, fleetId: "fl_inline" }, clock, ids)).id,
+            );
+          },
+        },
+      });
+      await addJob(store(), { task: "announce_inline", payload: {} });
+      await waitFor("the event to be delivered", async () => (await eventRow(db(), eventId))?.state === "delivered");
+      expect(deliveredIds("fl_inline")).toEqual([eventId]);
+      // graphile's claim counts an attempt (attempts 1); the task's run claimed the job itself.
+      expect(seen).toEqual([[{ attempts: 0, locked_by: w.worker.id }]]);
+      await waitFor("the jobs to be completed", async () => {
+        const { rows } = await probe.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM graphile_worker._private_jobs WHERE key = 'deliver:fl_inline' OR payload->>'orderingKey' = 'fl_inline' OR task_id = (SELECT id FROM graphile_worker._private_tasks WHERE identifier = 'announce_inline')",
+        );
+        return rows[0]!.n === 0;
+      });
+      const row = await eventRow(db(), eventId);
+      expect(row?.deliveryAttempts.map((a) => ({ attempt: a.attempt, outcome: a.outcome, workerId: a.workerId }))).toEqual([
+        { attempt: 1, outcome: "delivered", workerId: w.worker.id },
+      ]);
+    } finally {
+      await probe.end();
+      await real.close();
+      await tokens.close();
     }
   });
 });

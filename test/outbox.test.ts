@@ -63,6 +63,52 @@ describe("enqueueEvent", () => {
     expect(await jobsOf(db, "fl_many")).toBe(1);
   });
 
+  it("schedules each key once per transaction: one job, added once, for many events of several fleets", async () => {
+    const db = database.prisma;
+    await database.db.transaction(async (tx) => {
+      for (let n = 0; n < 5; n++) {
+        for (const fleetId of ["fl_tx_a", "fl_tx_b"]) {
+          await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: { n }, fleetId }, clock, ids);
+        }
+      }
+    });
+    expect(await db.outboxEvent.count({ where: { orderingKey: { in: ["fl_tx_a", "fl_tx_b"] } } })).toBe(10);
+    // revision: graphile's upsert counts every add_job that met the key's job; 0 = added once.
+    const jobs = await db.$queryRaw<{ key: string; revision: number; attempts: number }[]>`
+      SELECT key, revision, attempts FROM graphile_worker._private_jobs
+       WHERE key IN ('deliver:fl_tx_a', 'deliver:fl_tx_b') ORDER BY key`;
+    expect(jobs).toEqual([
+      { key: "deliver:fl_tx_a", revision: 0, attempts: 0 },
+      { key: "deliver:fl_tx_b", revision: 0, attempts: 0 },
+    ]);
+  });
+
+  it("reuses a key's waiting job, held from the worker's claim until the commit", async () => {
+    const db = database.prisma;
+    await enqueue(database.db, { fleetId: "fl_waiting" });
+    const [before] = await db.$queryRaw<{ id: bigint; run_at: Date }[]>`
+      SELECT id, run_at FROM graphile_worker._private_jobs WHERE key = 'deliver:fl_waiting'`;
+    const worker = new pg.Client({ connectionString: database.url });
+    await worker.connect();
+    try {
+      await database.db.transaction(async (tx) => {
+        await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: {}, fleetId: "fl_waiting" }, clock, ids);
+        // graphile's claim (FOR UPDATE SKIP LOCKED) cannot take the job before this event commits.
+        const claimable = await worker.query("SELECT id FROM graphile_worker._private_jobs WHERE key = 'deliver:fl_waiting' FOR UPDATE SKIP LOCKED");
+        expect(claimable.rowCount).toBe(0);
+      });
+      const claimable = await worker.query("SELECT id FROM graphile_worker._private_jobs WHERE key = 'deliver:fl_waiting' FOR UPDATE SKIP LOCKED");
+      expect(claimable.rowCount).toBe(1);
+    } finally {
+      await worker.end();
+    }
+    const jobs = await db.$queryRaw<{ id: bigint; run_at: Date; revision: number }[]>`
+      SELECT id, run_at, revision FROM graphile_worker._private_jobs WHERE payload->>'orderingKey' = 'fl_waiting'`;
+    // The same job, not added to again (no add_job), its run time kept.
+    expect(jobs).toEqual([{ id: before!.id, run_at: before!.run_at, revision: 0 }]);
+    expect(await db.outboxEvent.count({ where: { orderingKey: "fl_waiting" } })).toBe(2);
+  });
+
   it("adds a second job for a key whose job is running (the delivery task keeps them apart)", async () => {
     const db = database.prisma;
     await enqueue(database.db, { fleetId: "fl_running" });

@@ -7,6 +7,7 @@
  * the queue overtakes it), so the job only says "this key has work" and the delivery task
  * (delivery.ts) reads the key's pending events in seq order.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import { sql, type Tx } from "../db/sql.js";
 import type { Announcement, Outbox } from "../domain/ports.js";
 import type { Clock } from "../lib/clock.js";
@@ -36,6 +37,15 @@ export interface EnqueuedEvent {
   body: OrangeEvent;
 }
 
+/**
+ * Set by the worker around a run of another task (worker.ts): the delivery job of each ordering
+ * key that run's transactions scheduled, by key, filled in once the transaction has committed.
+ */
+export const committedDeliveryJobs = new AsyncLocalStorage<Map<string, string>>();
+
+/** The ordering keys each transaction in progress has scheduled (dropped with the transaction). */
+const scheduledKeys = new WeakMap<Tx, Set<string>>();
+
 export function jobKeyOf(orderingKey: string): string {
   return `deliver:${orderingKey}`;
 }
@@ -55,17 +65,31 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
   const id = ids.next("ev");
   const body: OrangeEvent = { id, type: event.type, time: clock.now().toISOString(), resource: event.resource };
 
+  // The key needs scheduling once per transaction: after this transaction's first event of the
+  // key, a job of the key exists that no worker can claim before the commit (the row this
+  // transaction inserted, or the one it locked), and it reads every event of the key then.
+  let scheduled = scheduledKeys.get(tx);
+  if (!scheduled) scheduledKeys.set(tx, (scheduled = new Set()));
+  const schedule = !scheduled.has(orderingKey);
+
   // One statement (one round trip instead of three): the key lock, then the row, whose seq (nextval) is drawn only once the lock is
   // held (the INSERT reads FROM the lock), then the job, added once the row is written.
-  // preserve_run_at: when the key's job is waiting for a retry of an earlier event, the new
-  // event waits behind it instead of pulling the job forward. When the key's job is running,
-  // graphile creates a second one; delivery.ts makes sure the two never deliver at once.
+  // A job of the key waiting to run (not claimed, no failed run) already covers this event: it is
+  // locked FOR UPDATE until the commit (graphile's claim skips locked rows, so it cannot run before
+  // this event is visible), and add_job, the costliest part of the statement (a PL/pgSQL function
+  // of five statements and a NOTIFY), is skipped. Its run time stays as it is, as preserve_run_at
+  // keeps it (a job in graphile's own backoff after a failed run is left to add_job, which resets it).
+  // Otherwise add_job, with preserve_run_at: when the key's job is waiting for a retry of an
+  // earlier event, the new event waits behind it instead of pulling the job forward. When the
+  // key's job is running, graphile creates a second one; delivery.ts makes sure the two never
+  // deliver at once.
   // add_job is called a second time when the first call returned no job: a worker claimed the
   // key's job between add_job's "clear the key of a running job" and its upsert, whose
   // ON CONFLICT then skips the (now running) job and inserts nothing; that run may already have
   // read the key's events, so without a new job this event would wait for the sweep. The second
-  // call finds the job running and creates a new one.
-  const written = await tx.execute(sql`
+  // call finds the job running and creates a new one. (A claim in progress when `waiting` reads
+  // the row makes it wait, then see the row claimed: add_job.)
+  const written = await tx.query<{ job_id: string | number | null }>(sql`
     WITH locked AS (
       SELECT 1 AS ok FROM pg_advisory_xact_lock(${ENQUEUE_LOCK_NAMESPACE}::int, hashtext(${orderingKey}::text))
     ), inserted AS (
@@ -74,8 +98,14 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
              ${event.orderId ?? null}::text, ${event.updateId ?? null}::text, ${JSON.stringify(body)}::json
         FROM locked
       RETURNING ordering_key
+    ), waiting AS MATERIALIZED (
+      SELECT j.id FROM graphile_worker._private_jobs j
+       WHERE ${schedule}::boolean AND j.key = ${jobKeyOf(orderingKey)}::text
+         AND j.locked_at IS NULL AND j.attempts = 0
+         FOR UPDATE OF j
     )
-    SELECT coalesce(
+    SELECT CASE WHEN ${schedule}::boolean THEN coalesce(
+      (SELECT id FROM waiting),
       (graphile_worker.add_job(
         ${DELIVER_TASK}::text,
         json_build_object('orderingKey', inserted.ordering_key),
@@ -88,8 +118,12 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
         job_key => ${jobKeyOf(orderingKey)}::text,
         job_key_mode => 'preserve_run_at'
       )).id
-    ) FROM inserted`);
-  if (written !== 1) throw new Error(`outbox event ${id} was not written (${written} rows)`);
+    ) END AS job_id FROM inserted`);
+  if (written.length !== 1) throw new Error(`outbox event ${id} was not written (${written.length} rows)`);
+  scheduled.add(orderingKey);
+  const jobId = written[0]!.job_id;
+  const runJobs = committedDeliveryJobs.getStore();
+  if (runJobs && jobId !== null) tx.afterCommit(() => runJobs.set(orderingKey, String(jobId)));
   return { id, orderingKey, body };
 }
 

@@ -18,13 +18,13 @@
  *   replaced when its pool fails, once the database answers again (see "Supervision" below).
  */
 import { EventEmitter } from "node:events";
-import { Logger, run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
+import { Logger, run, type JobHelpers, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
 import pg from "pg";
 import { createDeliverEventsTask, schedule, type DeliveryObserver, type RetryPolicy } from "./delivery.js";
 import type { EventLogger } from "./http.js";
 import type { TaskHandler } from "../domain/ports.js";
 import type { OrangeEventClient } from "./orange-client.js";
-import { DELIVER_TASK, jobKeyOf } from "./outbox.js";
+import { committedDeliveryJobs, DELIVER_TASK, jobKeyOf } from "./outbox.js";
 
 export interface WorkerLogger extends EventLogger {
   error(obj: object, msg?: string): void;
@@ -131,8 +131,51 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       ...(options.observer ? { observer: options.observer } : {}),
     });
   }
+  const deliver = taskList[DELIVER_TASK];
   for (const [name, handler] of Object.entries(options.tasks ?? {})) {
-    taskList[name] = (payload, helpers) => handler(payload, { attempt: helpers.job.attempts, signal: helpers.abortSignal });
+    taskList[name] = async (payload, helpers) => {
+      const committed = new Map<string, string>();
+      await committedDeliveryJobs.run(committed, () => handler(payload, { attempt: helpers.job.attempts, signal: helpers.abortSignal }));
+      if (deliver) await deliverNow(deliver, committed, helpers);
+    };
+  }
+
+  /**
+   * The events a task's transactions committed (an async order's outcome) are delivered by the
+   * same run, at once, instead of waiting for a free worker to claim their keys' jobs (under load,
+   * most of an async order's time to its event was that wait). The run claims each key's job as
+   * graphile's claim would (locked by this worker: a crash leaves it to the lease sweep, like any
+   * job), runs the delivery task with it, then completes it (deletes it, as graphile does). A job
+   * already claimed by a worker, or not due (a retry's backoff), is left to graphile. A failed
+   * delivery run releases the job for graphile to run again; the task itself has succeeded.
+   */
+  async function deliverNow(task: NonNullable<TaskList[string]>, committed: Map<string, string>, helpers: JobHelpers): Promise<void> {
+    const id = workerId;
+    if (id === undefined) return;
+    for (const [orderingKey, jobId] of committed) {
+      if (helpers.abortSignal?.aborted) return;
+      try {
+        const claimed = await pool.query(
+          `UPDATE graphile_worker._private_jobs SET locked_at = now(), locked_by = $3
+            WHERE id = $1::bigint AND key = $2 AND locked_at IS NULL AND attempts < max_attempts AND run_at <= now()`,
+          [jobId, jobKeyOf(orderingKey), id],
+        );
+        if (claimed.rowCount !== 1) continue;
+        try {
+          await task({ orderingKey }, { ...helpers, job: { ...helpers.job, id: jobId, key: jobKeyOf(orderingKey) } } as JobHelpers);
+        } catch (err) {
+          await pool.query(
+            "UPDATE graphile_worker._private_jobs SET locked_at = NULL, locked_by = NULL WHERE id = $1::bigint AND locked_by = $2",
+            [jobId, id],
+          );
+          throw err;
+        }
+        await pool.query("DELETE FROM graphile_worker._private_jobs WHERE id = $1::bigint AND locked_by = $2", [jobId, id]);
+      } catch (err) {
+        // The job stays (released, or locked until the lease sweep): the events are not lost.
+        logger?.warn({ orderingKey, err: errorMessage(err) }, "delivering a task's events at once failed; its job delivers them");
+      }
+    }
   }
 
   async function sweep(): Promise<SweepResult> {
