@@ -70,16 +70,65 @@ function toRecord(r: LicenceRow): LicenceRecord {
   };
 }
 
-/** Licences of a fleet in creation order; null when the fleet does not exist. */
-export async function listFleetLicences(q: Queryable, fleetId: string): Promise<LicenceRecord[] | null> {
-  // LEFT JOIN: a fleet without licences gives one row of nulls, told apart from an unknown fleet.
-  const rows = await q.query<LicenceRow>(sql`
-    SELECT ${COLUMNS}
-    FROM fleet f LEFT JOIN licence l ON l.fleet_id = f.id
+/**
+ * A fleet's licence count and, when `page.limit` does not exceed `upTo`, the licences of the page
+ * (id order); null when the fleet does not exist. One statement, hence one snapshot: a page this
+ * small needs no transaction. `licences` is null when the page is larger than `upTo` (then read
+ * with fleetLicencesFrom and fleetLicencesAfter in one snapshot).
+ */
+export async function fleetPageAtOnce(
+  q: Queryable,
+  fleetId: string,
+  page: { offset: number; limit: number | null },
+  upTo: number,
+): Promise<{ total: number; licences: LicenceRecord[] | null } | null> {
+  // LEAST ignores a null limit. LEFT JOIN: a fleet whose page is empty (or too large to read
+  // here) gives one row of nulls beside its count, told apart from an unknown fleet (no row).
+  const rows = await q.query<LicenceRow & { total: number }>(sql`
+    SELECT t.total, l.*
+    FROM fleet f
+    CROSS JOIN LATERAL (SELECT count(*)::int AS total FROM licence c WHERE c.fleet_id = f.id) t
+    LEFT JOIN LATERAL (
+      SELECT ${COLUMNS} FROM licence l
+      WHERE l.fleet_id = f.id AND LEAST(${page.limit}::int, t.total - ${page.offset}::int) <= ${upTo}::int
+      ORDER BY l.id OFFSET ${page.offset}::int LIMIT ${page.limit}::int
+    ) l ON true
     WHERE f.id = ${fleetId}
     ORDER BY l.id`);
   if (rows.length === 0) return null;
-  return rows.filter((r) => r.id !== null).map(toRecord);
+  const total = rows[0]!.total;
+  if (Math.min(page.limit ?? Number.POSITIVE_INFINITY, total - page.offset) > upTo) return { total, licences: null };
+  return { total, licences: rows.filter((r) => r.id !== null).map(toRecord) };
+}
+
+/** How many licences a fleet has; null when the fleet does not exist. */
+export async function countFleetLicences(q: Queryable, fleetId: string): Promise<number | null> {
+  const [row] = await q.query<{ total: number }>(sql`
+    SELECT (SELECT count(*)::int FROM licence l WHERE l.fleet_id = f.id) AS total FROM fleet f WHERE f.id = ${fleetId}`);
+  return row?.total ?? null;
+}
+
+/** At most `limit` licences of a fleet after skipping `offset` of them (id order). */
+export async function fleetLicencesFrom(q: Queryable, fleetId: string, offset: number, limit: number): Promise<LicenceRecord[]> {
+  const rows = await q.query<LicenceRow>(sql`
+    SELECT ${COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
+    WHERE l.fleet_id = ${fleetId}
+    ORDER BY l.fleet_id, l.id OFFSET ${offset}::int LIMIT ${limit}::int`);
+  return rows.map(toRecord);
+}
+
+/**
+ * At most `limit` licences of a fleet whose id comes after `afterId` (id order): the next chunk of
+ * a listing, found in the (fleet_id, id) index whatever has been read before (keyset).
+ */
+export async function fleetLicencesAfter(q: Queryable, fleetId: string, afterId: string, limit: number): Promise<LicenceRecord[]> {
+  // ORDER BY the index's own columns: the planner reads the index in order and stops at `limit`,
+  // even when the statistics of a fleet just created make it think the fleet is small.
+  const rows = await q.query<LicenceRow>(sql`
+    SELECT ${COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
+    WHERE l.fleet_id = ${fleetId} AND l.id > ${afterId}
+    ORDER BY l.fleet_id, l.id LIMIT ${limit}::int`);
+  return rows.map(toRecord);
 }
 
 /** The licences that exist among `ids`, in id order. */

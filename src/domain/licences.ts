@@ -1,18 +1,107 @@
 /**
  * Reading licences as Orange consults them (userService GET): a fleet's, some by id, one.
  */
-import type { Db } from "../db/sql.js";
+import type { Db, Queryable } from "../db/sql.js";
 import * as licences from "./licences.dal.js";
 import type { LicenceRecord } from "./licences.dal.js";
 import { orderLike } from "./updates.js";
 
 export type { LicenceRecord };
 
-export function createLicenceQueries(deps: { db: Db }) {
+/** A page of a fleet listing, in creation order: the licences from `offset` on, at most `limit` (all when absent). */
+export interface FleetPage {
+  offset: number;
+  limit?: number;
+}
+
+/** One consistent read of a fleet's licences (see readFleet). */
+export interface FleetListing {
+  /** Licences in the fleet. */
+  total: number;
+  /** Licences in the page asked for. */
+  count: number;
+  /**
+   * The page's licences in creation order, a chunk per statement, read one chunk ahead of the
+   * consumer: one that stops asking leaves the rest of the page unread.
+   */
+  chunks: AsyncGenerator<LicenceRecord[], void, undefined>;
+}
+
+/**
+ * Licences per statement of a large listing (about 290 kB once rendered). Each chunk is a round
+ * trip (a 10,000-licence listing is 10 of them); larger chunks cost memory when several listings
+ * run at once.
+ */
+export const FLEET_CHUNK_SIZE = 1000;
+
+export function createLicenceQueries(deps: { db: Db; fleetChunkSize?: number }) {
   const { db } = deps;
+  const chunkSize = deps.fleetChunkSize ?? FLEET_CHUNK_SIZE;
+
+  /** The page's licences, `chunkSize` at a time in one snapshot, the next chunk read while one is used. */
+  async function* chunksOf(q: Queryable, fleetId: string, offset: number, count: number): AsyncGenerator<LicenceRecord[], void, undefined> {
+    if (count === 0) return;
+    let left = count;
+    const take = () => Math.min(chunkSize, left);
+    // A chunk read ahead may fail while the consumer is away (connection lost, transaction past
+    // its bound): the failure is handled when the consumer comes back for it, not reported as an
+    // unhandled rejection meanwhile.
+    const ahead = (read: Promise<LicenceRecord[]>) => {
+      read.catch(() => undefined);
+      return read;
+    };
+    let next: Promise<LicenceRecord[]> | undefined = ahead(licences.fleetLicencesFrom(q, fleetId, offset, take()));
+    try {
+      while (next) {
+        const chunk: LicenceRecord[] = await next;
+        left -= chunk.length;
+        next = chunk.length > 0 && left > 0 ? ahead(licences.fleetLicencesAfter(q, fleetId, chunk.at(-1)!.id, take())) : undefined;
+        if (chunk.length > 0) yield chunk;
+      }
+    } finally {
+      // A consumer that stopped early: the chunk read ahead is waited for (and dropped), so that
+      // the transaction ends with no statement running.
+      await next?.catch(() => undefined);
+    }
+  }
+
+  /**
+   * Reads a page of a fleet's licences in creation order (licence id order), with the fleet's
+   * count, from one snapshot: a listing never shows an update half applied nor a licence added
+   * after its count, however long it takes to send. Null when the fleet does not exist (`use` is
+   * not called).
+   *
+   * A page of at most one chunk (most fleets) is read with its count by one statement, one
+   * snapshot by itself. A larger one is read a chunk at a time (keyset on the licence id) in one
+   * read-only REPEATABLE READ transaction, inside which `use` runs: the transaction holds its
+   * pooled connection until `use` settles, at most the database's transaction bound (after which
+   * the next chunk fails). `use` takes the chunks it wants; what it leaves is never read.
+   */
+  async function readFleet<T>(fleetId: string, page: FleetPage, use: (listing: FleetListing) => Promise<T>): Promise<{ value: T } | null> {
+    const pageCount = (total: number) => Math.max(0, Math.min(total - page.offset, page.limit ?? Number.POSITIVE_INFINITY));
+    const atOnce = await licences.fleetPageAtOnce(db, fleetId, { offset: page.offset, limit: page.limit ?? null }, chunkSize);
+    if (atOnce === null) return null;
+    if (atOnce.licences !== null) {
+      const records = atOnce.licences;
+      async function* single(): AsyncGenerator<LicenceRecord[], void, undefined> {
+        if (records.length > 0) yield records;
+      }
+      return { value: await use({ total: atOnce.total, count: records.length, chunks: single() }) };
+    }
+    return db.transaction(
+      async (tx) => {
+        // Counted again in the snapshot the chunks are read from.
+        const total = await licences.countFleetLicences(tx, fleetId);
+        if (total === null) return null;
+        const count = pageCount(total);
+        return { value: await use({ total, count, chunks: chunksOf(tx, fleetId, page.offset, count) }) };
+      },
+      { readOnlySnapshot: true },
+    );
+  }
+
   return {
-    /** Licences of a fleet in creation order; null when the fleet does not exist. */
-    listByFleet: (fleetId: string): Promise<LicenceRecord[] | null> => licences.listFleetLicences(db, fleetId),
+    readFleet,
     /** The licences that exist among `ids`, in the order asked. */
     listByIds: async (ids: string[]): Promise<LicenceRecord[]> => orderLike(await licences.selectLicences(db, ids), ids),
     getById: async (id: string): Promise<LicenceRecord | null> => (await licences.selectLicences(db, [id]))[0] ?? null,
