@@ -108,26 +108,30 @@ export async function countFleetLicences(q: Queryable, fleetId: string): Promise
   return row?.total ?? null;
 }
 
-/** At most `limit` licences of a fleet after skipping `offset` of them (id order). */
-export async function fleetLicencesFrom(q: Queryable, fleetId: string, offset: number, limit: number): Promise<LicenceRecord[]> {
-  const rows = await q.query<LicenceRow>(sql`
-    SELECT ${COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
-    WHERE l.fleet_id = ${fleetId}
-    ORDER BY l.fleet_id, l.id OFFSET ${offset}::int LIMIT ${limit}::int`);
-  return rows.map(toRecord);
-}
+const FLEET_CURSOR = "fleet_listing";
 
 /**
- * At most `limit` licences of a fleet whose id comes after `afterId` (id order): the next chunk of
- * a listing, found in the (fleet_id, id) index whatever has been read before (keyset).
+ * Opens, in the caller's transaction, the cursor FLEET_CURSOR over `limit` licences of a fleet
+ * after skipping `offset` of them (id order), read with fetchFleetCursor.
+ *
+ * A cursor, not a query per chunk (keyset on the id): it is planned once. With the statistics of
+ * a fleet just ordered (autovacuum has not analysed the table yet), PostgreSQL takes a fleet of
+ * 100,000 for one of a few dozen licences and answers each "next 1,000 after this id" by reading
+ * and sorting the rest of the fleet (measured: 125 ms a chunk at half of the fleet, the whole
+ * listing 18 s instead of 2 s).
  */
-export async function fleetLicencesAfter(q: Queryable, fleetId: string, afterId: string, limit: number): Promise<LicenceRecord[]> {
-  // ORDER BY the index's own columns: the planner reads the index in order and stops at `limit`,
-  // even when the statistics of a fleet just created make it think the fleet is small.
-  const rows = await q.query<LicenceRow>(sql`
+export async function openFleetCursor(tx: Tx, fleetId: string, offset: number, limit: number): Promise<void> {
+  await tx.execute(sql`
+    DECLARE ${raw(FLEET_CURSOR)} NO SCROLL CURSOR FOR
     SELECT ${COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
-    WHERE l.fleet_id = ${fleetId} AND l.id > ${afterId}
-    ORDER BY l.fleet_id, l.id LIMIT ${limit}::int`);
+    WHERE l.fleet_id = ${fleetId}
+    ORDER BY l.id OFFSET ${offset}::int LIMIT ${limit}::int`);
+}
+
+/** The next `count` licences of the cursor openFleetCursor opened (fewer at its end). */
+export async function fetchFleetCursor(tx: Tx, count: number): Promise<LicenceRecord[]> {
+  if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`fetchFleetCursor: count must be a positive integer (got ${count})`);
+  const rows = await tx.query<LicenceRow>(sql`FETCH FORWARD ${raw(String(count))} FROM ${raw(FLEET_CURSOR)}`);
   return rows.map(toRecord);
 }
 

@@ -1,7 +1,7 @@
 /**
  * Reading licences as Orange consults them (userService GET): a fleet's, some by id, one.
  */
-import type { Db, Queryable } from "../db/sql.js";
+import type { Db, Tx } from "../db/sql.js";
 import * as licences from "./licences.dal.js";
 import type { LicenceRecord } from "./licences.dal.js";
 import { orderLike } from "./updates.js";
@@ -38,24 +38,25 @@ export function createLicenceQueries(deps: { db: Db; fleetChunkSize?: number }) 
   const { db } = deps;
   const chunkSize = deps.fleetChunkSize ?? FLEET_CHUNK_SIZE;
 
-  /** The page's licences, `chunkSize` at a time in one snapshot, the next chunk read while one is used. */
-  async function* chunksOf(q: Queryable, fleetId: string, offset: number, count: number): AsyncGenerator<LicenceRecord[], void, undefined> {
+  /** The page's licences, `chunkSize` at a time from a cursor, the next chunk read while one is used. */
+  async function* chunksOf(tx: Tx, fleetId: string, offset: number, count: number): AsyncGenerator<LicenceRecord[], void, undefined> {
     if (count === 0) return;
+    await licences.openFleetCursor(tx, fleetId, offset, count);
     let left = count;
-    const take = () => Math.min(chunkSize, left);
     // A chunk read ahead may fail while the consumer is away (connection lost, transaction past
     // its bound): the failure is handled when the consumer comes back for it, not reported as an
     // unhandled rejection meanwhile.
-    const ahead = (read: Promise<LicenceRecord[]>) => {
+    const readAhead = () => {
+      const read = licences.fetchFleetCursor(tx, Math.min(chunkSize, left));
       read.catch(() => undefined);
       return read;
     };
-    let next: Promise<LicenceRecord[]> | undefined = ahead(licences.fleetLicencesFrom(q, fleetId, offset, take()));
+    let next: Promise<LicenceRecord[]> | undefined = readAhead();
     try {
       while (next) {
         const chunk: LicenceRecord[] = await next;
         left -= chunk.length;
-        next = chunk.length > 0 && left > 0 ? ahead(licences.fleetLicencesAfter(q, fleetId, chunk.at(-1)!.id, take())) : undefined;
+        next = chunk.length > 0 && left > 0 ? readAhead() : undefined;
         if (chunk.length > 0) yield chunk;
       }
     } finally {
@@ -72,8 +73,8 @@ export function createLicenceQueries(deps: { db: Db; fleetChunkSize?: number }) 
    * not called).
    *
    * A page of at most one chunk (most fleets) is read with its count by one statement, one
-   * snapshot by itself. A larger one is read a chunk at a time (keyset on the licence id) in one
-   * read-only REPEATABLE READ transaction, inside which `use` runs: the transaction holds its
+   * snapshot by itself. A larger one is read a chunk at a time (a cursor) in one read-only
+   * REPEATABLE READ transaction, inside which `use` runs: the transaction holds its
    * pooled connection until `use` settles, at most the database's transaction bound (after which
    * the next chunk fails). `use` takes the chunks it wants; what it leaves is never read.
    */
