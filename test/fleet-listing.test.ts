@@ -7,7 +7,7 @@ import pg from "pg";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createDb } from "../src/db/sql.js";
-import { FLEET_CHUNK_SIZE } from "../src/domain/licences.js";
+import { FLEET_AT_ONCE_MAX, FLEET_CHUNK_SIZE } from "../src/domain/licences.js";
 import { selectLicences } from "../src/domain/licences.dal.js";
 import { renderUserService } from "../src/orange/mapping.js";
 import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
@@ -35,7 +35,9 @@ const logged: { level: number; msg: string; err?: { message?: string } }[] = [];
 
 beforeAll(async () => {
   const logger = pino({ level: "warn" }, { write: (line: string) => void logged.push(JSON.parse(line)) });
-  t = await createTestApp({ logger });
+  // Pages above one chunk are streamed here (the program streams those above FLEET_AT_ONCE_MAX),
+  // so that fleets of a few thousand licences exercise the streaming.
+  t = await createTestApp({ logger, fleetListing: { atOnceMax: FLEET_CHUNK_SIZE } });
   socketPath = path.join(tmpdir(), `fleet-listing-${randomBytes(6).toString("hex")}.sock`);
   await t.app.listen({ path: socketPath });
 });
@@ -202,6 +204,47 @@ describe("the bytes of a fleet listing", () => {
     const body = await readRest(res);
     expect(body.complete).toBe(true);
     expect(body.text === expected, "the answer differs from the array rendered at once").toBe(true);
+  });
+
+  it("of a fleet of FLEET_AT_ONCE_MAX licences are today's answer in one piece, with the program's limits", async () => {
+    const fleet = await orderFleet(FLEET_AT_ONCE_MAX);
+    const expected = `[${(await renderedAtOnce(fleet)).join(",")}]`;
+    const own = await createTestApp({ database: { url: t.url, db: t.store, prisma: t.db, drop: async () => undefined } });
+    const ownSocket = path.join(tmpdir(), `fleet-listing-${randomBytes(6).toString("hex")}.sock`);
+    await own.app.listen({ path: ownSocket });
+    try {
+      const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
+        const req = http.get({ socketPath: ownSocket, path: listUrl(fleet), headers: { authorization: "Bearer test-orange-token" } });
+        req.on("response", resolve);
+        req.on("error", reject);
+      });
+      expect(res.statusCode).toBe(200);
+      expect(res.headers["transfer-encoding"]).toBeUndefined();
+      expect(res.headers["content-length"]).toBe(String(Buffer.byteLength(expected)));
+      expect(res.headers["x-total-count"]).toBe(String(FLEET_AT_ONCE_MAX));
+      expect(res.headers["x-result-count"]).toBe(String(FLEET_AT_ONCE_MAX));
+      const body = await readRest(res);
+      expect(body.text === expected, "the answer differs from the array rendered at once").toBe(true);
+      // One more licence: streamed.
+      const more = await t.call("POST", "/productordering/v2/productOrder", {
+        externalReference: { type: "orange", id: uniqueRef("ORD") },
+        orderItem: [
+          { id: "1", action: "add", productOffering: { externalReference: { type: "orange", id: PRO } }, productRef: { id: fleet, userServiceQuantity: 1 } },
+        ],
+      });
+      expect(more.body.state, more.text).toBe("completed");
+      const streamed = await new Promise<http.IncomingMessage>((resolve, reject) => {
+        const req = http.get({ socketPath: ownSocket, path: listUrl(fleet), headers: { authorization: "Bearer test-orange-token" } });
+        req.on("response", resolve);
+        req.on("error", reject);
+      });
+      expect(streamed.headers["transfer-encoding"]).toBe("chunked");
+      expect(streamed.headers["x-total-count"]).toBe(String(FLEET_AT_ONCE_MAX + 1));
+      const all = await readRest(streamed);
+      expect(all.text === `[${(await renderedAtOnce(fleet)).join(",")}]`).toBe(true);
+    } finally {
+      await own.close();
+    }
   });
 
   it("of a page are the slice of the whole array, across chunk boundaries", async () => {
@@ -462,7 +505,10 @@ describe("failures", () => {
     const fleetId = await orderFleet(LARGE);
     // The bound of the program's transactions is its Db's (DATABASE_TRANSACTION_TIMEOUT_MS in main.ts).
     const db = createDb(t.url, { poolMax: 2, transactionTimeoutMs: 1000 });
-    const short = await createTestApp({ database: { url: t.url, db, prisma: t.db, drop: () => db.close() } });
+    const short = await createTestApp({
+      database: { url: t.url, db, prisma: t.db, drop: () => db.close() },
+      fleetListing: { atOnceMax: FLEET_CHUNK_SIZE },
+    });
     const shortSocket = path.join(tmpdir(), `fleet-listing-${randomBytes(6).toString("hex")}.sock`);
     await short.app.listen({ path: shortSocket });
     try {

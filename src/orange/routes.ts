@@ -4,7 +4,7 @@ import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from "fastify";
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import type { AnswerMode } from "../config.js";
 import type { Catalogue } from "../domain/catalogue.js";
-import type { FleetPage, LicenceQueries, LicenceRecord } from "../domain/licences.js";
+import type { FleetListing, FleetPage, LicenceQueries, LicenceRecord } from "../domain/licences.js";
 import type { RequestLifecycle } from "../domain/lifecycle.js";
 import type { PlaceOrderCommand } from "../domain/orders.js";
 import type { UpdateLicencesCommand } from "../domain/updates.js";
@@ -161,14 +161,17 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
         // The first chunk is read and rendered before anything is sent: up to there, a failure
         // (database unreachable: 503) still gets its own status and Orange's error body.
         const first = await listing.chunks.next();
-        const pieces = first.done ? [] : render(first.value);
+        const whole = first.done || first.value.length >= listing.count;
+        // A page read at once is rendered as before streaming (one JSON.stringify, one string).
+        const text = whole ? JSON.stringify(first.done ? [] : first.value.map((l) => renderListed(l, request.log))) : undefined;
+        const pieces = whole ? [] : render(first.value!);
         void reply
           .header("x-total-count", String(listing.total))
           .header("x-result-count", String(listing.count))
           .type("application/json; charset=utf-8");
-        if (first.done || first.value.length >= listing.count) {
+        if (text !== undefined) {
           await listing.chunks.return();
-          reply.send(Buffer.from(pieces.length === 0 ? "[]" : `${pieces.join("")}]`));
+          reply.send(text);
           return;
         }
         // At most 4 pieces wait in the stream: the rest stays in the database until the client reads.
@@ -298,7 +301,7 @@ const PIECE_LICENCES = 250;
  */
 async function* jsonArray(
   first: string[],
-  rest: AsyncGenerator<LicenceRecord[], void, undefined>,
+  rest: FleetListing["chunks"],
   render: (records: LicenceRecord[]) => string[],
 ): AsyncGenerator<string> {
   try {
