@@ -150,8 +150,8 @@ export const orangeRoutes: FastifyPluginAsyncZod<OrangeRoutesOptions> = async (a
 
   /**
    * A fleet listing from one consistent read (LicenceQueries.readFleet). Its bytes are those of
-   * the whole array rendered with JSON.stringify; a page that fits in one chunk goes as one
-   * buffer, a larger one is streamed a piece at a time as the client takes them.
+   * the whole array rendered with JSON.stringify; a page read at once goes as one string, a
+   * larger one is streamed a piece at a time as the client takes them.
    */
   async function listFleet(request: FastifyRequest, reply: FastifyReply, fleetId: string, page: FleetPage) {
     const render = (records: LicenceRecord[]) => renderPieces(records, (l) => renderListed(l, request.log));
