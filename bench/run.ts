@@ -13,6 +13,9 @@
 //      and in per-fleet order; the same for one fleet (serial delivery), for information
 //   6. async order (ORDERING_MODE=async, when the configuration has it) → completedStateNotification
 //      received by the mock: p50/p99 latency
+//   7. a fleet of 100,000 licences (one UC2 order): one listing at a time vs a bare SELECT +
+//      JSON.stringify, then 8 listings at once, on a server started for this step: its peak RSS
+//      (bench/listing.ts)
 //   8–9. PROVISIONING_MODE=webhook in front of a loopback application answering at once, vs none,
 //      two servers on one database (bench/provisioning.ts): a UC2 order of 10,000 licences, and
 //      sync UC2 orders of 1 licence from 16 callers at once
@@ -25,7 +28,7 @@
 //      `pg` transactions writing the same rows; a backlog of events from first enqueue vs delivery
 //      alone, and delivery vs bare POSTs
 //
-// BENCH_ONLY selects steps, comma-separated: api (1–4), events (5–6), webhook (8–9), admin (10), load (11–15); e.g.
+// BENCH_ONLY selects steps, comma-separated: api (1–4), events (5–6), listing (7), webhook (8–9), admin (10), load (11–15); e.g.
 // BENCH_ONLY=webhook. BENCH_SERVER_ENV="WORKER_CONCURRENCY=16 …" adds settings
 // to the servers started here (to try a setting; the figures of record use the defaults).
 //
@@ -63,6 +66,7 @@ import { uc2Request } from "../test/support/examples.js";
 import { benchBigOrders, benchSmallOrders, WEBHOOK, type Side } from "./provisioning.js";
 import { ADMIN, adminSteps } from "./admin.js";
 import { bareTransactions, captureOrderRows, LOAD, LOAD_TARGETS, loadRound, requestsPerSecond, smallOrdersRound } from "./load.js";
+import { benchBigListing, BIG_LIST } from "./listing.js";
 import {
   asyncOrderingAvailable,
   benchAsyncOrderLatency,
@@ -92,8 +96,9 @@ const TARGETS = {
   asyncOrderP50MaxMs: 50,
   webhookBigOrderRatioMax: 1.5,
   webhookSmallOrdersRatioMin: 0.6,
+  bigListPeakRssMaxMb: 400,
 };
-const STEP_GROUPS = ["api", "events", "webhook", "admin", "load"] as const;
+const STEP_GROUPS = ["api", "events", "listing", "webhook", "admin", "load"] as const;
 const ONLY = (process.env.BENCH_ONLY ?? "")
   .split(",")
   .map((s) => s.trim())
@@ -113,7 +118,7 @@ const OFFER = "MBA-CAISSE-PRO";
 
 
 
-/** The query of listByFleet (src/domain/licences.ts), for the bare baseline. */
+/** The rows of a fleet listing (readFleet in src/domain/licences.ts) in one query, for the bare baseline. */
 const LIST_SQL = `
   SELECT l.id, f.id AS fleet_id, f.customer_id, l.state, l.external_state, l.offer_code,
          l.end_user, l.realizing_resource, l.login, l.service_characteristics, l.created_at,
@@ -333,10 +338,10 @@ interface OrderRun {
   fleetId: string;
 }
 
-async function postOrder(base: string, token: string, reference: string): Promise<OrderRun> {
+async function postOrder(base: string, token: string, reference: string, licences = ORDER.licences): Promise<OrderRun> {
   const body = uc2Request();
   body.externalReference.id = reference;
-  body.orderItem[0]!.productRef.userServiceQuantity = ORDER.licences;
+  body.orderItem[0]!.productRef.userServiceQuantity = licences;
   const r = await request("POST", `${base}/productordering/v2/productOrder`, {
     headers: { authorization: `Bearer ${token}`, "content-type": "application/json", accept: "application/json" },
     body: JSON.stringify(body),
@@ -499,6 +504,7 @@ async function main(): Promise<void> {
   const figures: Figure[] = [];
   const raw: Record<string, unknown> = {};
   if (runs("api")) await apiSteps(res.postgres.url, token, figures, raw);
+  if (runs("listing")) await bigListingSteps(res.postgres.url, token, figures, raw);
   if (runs("webhook")) await webhookSteps(res.postgres.url, token, figures, raw);
   if (runs("events")) await eventSteps(res.postgres.url, token, figures, raw);
   if (runs("admin")) {
@@ -524,7 +530,7 @@ async function main(): Promise<void> {
   mkdirSync(path.dirname(RESULTS_FILE), { recursive: true });
   const report = {
     machine: m,
-    parameters: { ping: PING, order: ORDER, list: LIST, events: EVENTS, asyncOrder: LATENCY, webhook: WEBHOOK, targets: TARGETS, admin: ADMIN, load: LOAD, loadTargets: LOAD_TARGETS, only: ONLY.length > 0 ? ONLY : undefined },
+    parameters: { ping: PING, order: ORDER, list: LIST, events: EVENTS, asyncOrder: LATENCY, bigList: BIG_LIST, webhook: WEBHOOK, targets: TARGETS, admin: ADMIN, load: LOAD, loadTargets: LOAD_TARGETS, only: ONLY.length > 0 ? ONLY : undefined },
     figures,
     raw,
   };
@@ -736,6 +742,88 @@ async function webhookSteps(databaseUrl: string, token: string, figures: Figure[
     },
   );
   Object.assign(raw, { webhook: { bigOrders, bigCommands, smallOrders, smallCommands } });
+}
+
+/** Step 7: a 100,000-licence fleet, listed alone then 8 times at once, on a server of its own. */
+async function bigListingSteps(databaseUrl: string, token: string, figures: Figure[], raw: Record<string, unknown>): Promise<void> {
+  const n = BIG_LIST.licences;
+  console.log(`\n7. a fleet of ${n} licences: ${BIG_LIST.sequential} listings one at a time, then ${BIG_LIST.concurrency} at once`);
+  // The order is placed through a server of its own: what placing it costs in memory must not
+  // count in the peak of the server that lists.
+  const seeder = await startServer(databaseUrl, token, { ORDER_MAX_QUANTITY: String(n) }, "seeding server");
+  res.server = seeder.child;
+  const order = await postOrder(seeder.base, token, `BENCH-BIG-${randomBytes(4).toString("hex")}`, n);
+  console.log(`  UC2 order of ${n} licences: ${order.ms.toFixed(0)} ms (fleet ${order.fleetId})`);
+  await seeder.child.stop();
+  res.server = undefined;
+
+  const server = await startServer(databaseUrl, token, {}, "listing server");
+  res.server = server.child;
+  const sampler = new RssSampler(server.child.pid, 50);
+  res.sampler = sampler;
+  const idleMb = (sampler.sample()?.rssKb ?? Number.NaN) / 1024;
+  console.log(`  listing server pid ${server.child.pid} ready on ${server.base}, RSS ${idleMb.toFixed(0)} MB`);
+  sampler.phase("sequential");
+  res.pool ??= new pg.Pool({ connectionString: databaseUrl, max: 2 });
+  const big = await benchBigListing(server.base, token, res.pool, order.fleetId, server.child.pid, sampler, LIST_SQL);
+  const peakMb = sampler.peakMb();
+  sampler.stop();
+  res.sampler = undefined;
+  await res.server.stop();
+  res.server = undefined;
+
+  const sorted = [...big.concurrentMs].sort((a, b) => a - b);
+  console.log(
+    `  one at a time: p50 ${big.sequentialP50.toFixed(0)} ms (${big.sequentialMs.map((m) => m.toFixed(0)).join(", ")}), ` +
+      `bare SELECT + JSON.stringify ${big.bareP50.toFixed(0)} ms, server CPU ${big.serverCpuMsPerListing.toFixed(0)} ms/listing, ` +
+      `answer ${(big.answerBytes / 2 ** 20).toFixed(1)} MB; server RSS peak ${big.peakMbAfterSequential.toFixed(0)} MB`,
+  );
+  console.log(
+    `  ${BIG_LIST.concurrency} at once: all done in ${big.concurrentWallMs.toFixed(0)} ms (each ${sorted.map((m) => m.toFixed(0)).join(", ")} ms), ` +
+      `server CPU ${big.concurrentCpuMs.toFixed(0)} ms; server RSS peak ${big.peakMbAfterConcurrent.toFixed(0)} MB, VmHWM/peak ${peakMb.toFixed(0)} MB`,
+  );
+
+  const tenK = figures.find((f) => f.name === `GET by fleet ${ORDER.licences} p50`);
+  figures.push(
+    {
+      name: `GET by fleet ${n}, ${BIG_LIST.concurrency} at once: server peak RSS`,
+      unit: "MB",
+      value: peakMb,
+      baseline: idleMb,
+      ratio: peakMb / idleMb,
+      target: `≤ ${TARGETS.bigListPeakRssMaxMb} MB`,
+      pass: peakMb <= TARGETS.bigListPeakRssMaxMb,
+      note:
+        `VmHWM of /proc/<pid>/status of a server started for this step (baseline: its RSS when ready), over ` +
+        `${BIG_LIST.sequential} listings one at a time (peak ${big.peakMbAfterSequential.toFixed(0)} MB) then ${BIG_LIST.concurrency} at once; ` +
+        `answer ${(big.answerBytes / 2 ** 20).toFixed(1)} MB each`,
+    },
+    {
+      name: `GET by fleet ${n}, one listing (median of ${BIG_LIST.sequential})`,
+      unit: "ms",
+      value: big.sequentialP50,
+      baseline: big.bareP50,
+      ratio: big.sequentialP50 / big.bareP50,
+      target: "–",
+      pass: true,
+      info: true,
+      note:
+        `baseline: the same SELECT with pg + JSON.stringify in the bench process; server CPU ${big.serverCpuMsPerListing.toFixed(0)} ms/listing` +
+        (tenK ? `; per 10,000 licences ${(big.sequentialP50 / (n / ORDER.licences)).toFixed(0)} ms vs the 10,000 p50 of this run ${tenK.value.toFixed(0)} ms` : ""),
+    },
+    {
+      name: `GET by fleet ${n}, ${BIG_LIST.concurrency} at once: all done`,
+      unit: "ms",
+      value: big.concurrentWallMs,
+      baseline: null,
+      ratio: null,
+      target: "–",
+      pass: true,
+      info: true,
+      note: `each listing ${sorted[0]!.toFixed(0)}–${sorted.at(-1)!.toFixed(0)} ms; server CPU ${big.concurrentCpuMs.toFixed(0)} ms for the ${BIG_LIST.concurrency}`,
+    },
+  );
+  raw.bigList = { orderMs: order.ms, serverIdleRssMb: idleMb, peakMb, ...big };
 }
 
 function workerConcurrency(): number {

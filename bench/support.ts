@@ -132,6 +132,61 @@ export function request(
   });
 }
 
+export interface DownloadResult {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  /** Bytes of the body. */
+  bytes: number;
+  /** The body, when asked for (`keep`); otherwise only its first and last bytes are kept. */
+  body?: Buffer;
+  head: string;
+  tail: string;
+  /** From the request being written to the last byte of the answer. */
+  ms: number;
+}
+
+/**
+ * A GET on a connection of its own (concurrent downloads do not queue behind the shared
+ * keep-alive socket) that counts the body instead of keeping it, unless `keep`: eight 28 MB
+ * answers held in this process would compete for memory and CPU with the server being measured.
+ */
+export function download(
+  url: string,
+  opts: { headers?: Record<string, string>; keep?: boolean; timeoutMs?: number } = {},
+): Promise<DownloadResult> {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const req = http.request(url, { method: "GET", headers: opts.headers, agent: false, timeout: opts.timeoutMs ?? 300_000 }, (res) => {
+      const kept: Buffer[] = [];
+      let bytes = 0;
+      let head = "";
+      let last: Buffer = Buffer.alloc(0);
+      res.on("data", (c: Buffer) => {
+        if (head.length < 64) head += c.subarray(0, 64 - head.length).toString("latin1");
+        bytes += c.length;
+        // The last 64 bytes, whatever the size of the last chunks.
+        last = c.length >= 64 ? c.subarray(c.length - 64) : Buffer.concat([last, c]).subarray(-64);
+        if (opts.keep) kept.push(c);
+      });
+      res.on("error", reject);
+      res.on("end", () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          bytes,
+          body: opts.keep ? Buffer.concat(kept) : undefined,
+          head,
+          tail: last.toString("latin1"),
+          ms: performance.now() - started,
+        }),
+      );
+    });
+    req.on("timeout", () => req.destroy(new Error(`GET ${url}: no answer within ${opts.timeoutMs ?? 300_000} ms`)));
+    req.on("error", reject);
+    req.end();
+  });
+}
+
 export function closeHttpClient(): void {
   agent.destroy();
 }

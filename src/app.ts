@@ -10,7 +10,7 @@ import { adminRoutes } from "./admin/routes.js";
 import type { Services } from "./compose.js";
 import type { Config } from "./config.js";
 import { readContractExamples } from "./contract-examples.js";
-import { AppError } from "./errors.js";
+import { ResponseSchemaViolation } from "./errors.js";
 import { createHttpFront } from "./http-server.js";
 import { createIdGenerator } from "./lib/ids.js";
 import { LOG_SERIALIZERS } from "./log.js";
@@ -47,12 +47,6 @@ export const LOG_REDACT = [
 ];
 
 export { LOG_SERIALIZERS };
-
-class ResponseSchemaViolation extends AppError {
-  constructor(readonly details: string) {
-    super(500, 1, "Internal error", "the server built an answer that breaks the contract; it has been logged");
-  }
-}
 
 /**
  * Builds the Fastify instance without listening: main.ts listens, tests call `inject`.
@@ -166,6 +160,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     pingOpen: config.inboundAuth.pingOpen,
     orderingMode: config.orderingMode,
     updateMode: config.updateMode,
+    responseValidation: config.responseValidation,
   });
 
   // The operators' API: its own credential, registered even when disabled (ADMIN_TOKEN unset) so

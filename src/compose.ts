@@ -8,7 +8,7 @@ import { isTransient } from "./db/errors.js";
 import type { Catalogue } from "./domain/catalogue.js";
 import { createCommandService, type CommandService } from "./domain/commands.js";
 import { createLicenceChangeService, type LicenceChangeService } from "./domain/licence-changes.js";
-import { createLicenceQueries, type LicenceQueries } from "./domain/licences.js";
+import { createLicenceQueries, type FleetListingLimits, type LicenceQueries } from "./domain/licences.js";
 import { createRequestLifecycle, type ProvisioningStage, type RequestLifecycle } from "./domain/lifecycle.js";
 import { createOrderHandler, type PlaceOrderCommand } from "./domain/orders.js";
 import { createRecordQueries, type RecordQueries } from "./domain/records.js";
@@ -37,6 +37,8 @@ export interface ServiceDeps {
   log?: RequestJobsLogger;
   /** The process's metrics (main.ts builds them first: the provisioning stage and the worker count into them too). */
   metrics?: Metrics;
+  /** How fleet listings are read (tests make them stream sooner); the defaults otherwise. */
+  fleetListing?: FleetListingLimits;
 }
 
 export interface Services {
@@ -77,7 +79,7 @@ export function createServices(deps: ServiceDeps): Services {
     codecs,
     orders,
     updates,
-    licences: createLicenceQueries({ db }),
+    licences: createLicenceQueries({ db, fleetListing: deps.fleetListing }),
     licenceChanges: createLicenceChangeService({ db, clock, ids, outbox, notification: licenceChangeNotification }),
     events: createEventOperatorService({ db }),
     commands: createCommandService({ db, lifecycles }),

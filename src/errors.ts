@@ -152,6 +152,13 @@ export class InternalError extends AppError {
   }
 }
 
+/** An answer that breaks its own schema (RESPONSE_VALIDATION); the issues go to the log, not to the client. */
+export class ResponseSchemaViolation extends AppError {
+  constructor(readonly details: string) {
+    super(500, 1, "Internal error", "the server built an answer that breaks the contract; it has been logged");
+  }
+}
+
 export class ServiceUnavailable extends AppError {
   constructor(description = "the licence store is unavailable; retry later") {
     super(503, 5, "Service unavailable", description, { "retry-after": "5" });

@@ -139,6 +139,8 @@ const OPERATION_EXAMPLES: Record<string, OperationExamples> = {
   listUserServices: {
     parameters: {
       productRefId: (book) => book("uc2-response").orderItem[0].productRef.id,
+      offset: () => "0",
+      limit: () => "1000",
     },
     responses: {
       200: [
@@ -292,6 +294,7 @@ export function createOpenApiFinisher(examples: () => ReadonlyMap<string, Contra
     dropUnusedSchemas(doc);
     cleanSchemas(doc);
     addExamples(doc, bookOf(examples()));
+    addResponseHeaders(doc);
     return {
       openapi: doc.openapi,
       info: doc.info,
@@ -462,5 +465,35 @@ function addExamples(doc: Json, book: ExampleBook): void {
   }
   for (const [name, hook] of Object.entries(WEBHOOKS)) {
     doc.webhooks[name].post.requestBody.content[JSON_MEDIA].examples = examplesObject(hook.examples, book);
+  }
+}
+
+/** Headers of some answers, by operationId and status (the route schemas describe bodies only). */
+const RESPONSE_HEADERS: Record<string, Record<number, Record<string, Json>>> = {
+  listUserServices: {
+    200: {
+      "X-Total-Count": {
+        description: "Licences in the fleet (with productRefId), whatever the page",
+        schema: { type: "integer", minimum: 0 },
+        example: 2500,
+      },
+      "X-Result-Count": {
+        description: "Licences in this answer (with productRefId): the page offset/limit asked for, or the whole fleet",
+        schema: { type: "integer", minimum: 0 },
+        example: 1000,
+      },
+    },
+  },
+};
+
+function addResponseHeaders(doc: Json): void {
+  for (const item of Object.values<Json>(doc.paths)) {
+    for (const operation of Object.values<Json>(item)) {
+      for (const [status, headers] of Object.entries(RESPONSE_HEADERS[operation.operationId] ?? {})) {
+        const response = operation.responses?.[status];
+        if (!response) throw new Error(`${operation.operationId} has no answer ${status} for its headers`);
+        response.headers = { ...response.headers, ...headers };
+      }
+    }
   }
 }

@@ -297,8 +297,25 @@ export const UserServiceListSchema = z.array(UserServiceSchema);
 /** Licence ids a consultation by ids may list. */
 export const MAX_IDS_PER_QUERY = 1000;
 
+/** The largest page of a fleet listing (`limit`); without offset/limit the whole fleet is answered. */
+export const FLEET_PAGE_MAX_LIMIT = 10_000;
+
+/** A query-string count: digits only (no sign, fraction, exponent or blank), as a number. */
+const QueryCount = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d+$/, `must be an integer >= ${min}`)
+    .transform(Number)
+    .pipe(z.number().min(min).max(max));
+
 export const UserServiceQuerySchema = z.object({
-  productRefId: PartnerIdSchema.optional().describe("fleet id: all licences of the fleet"),
+  productRefId: PartnerIdSchema.optional().describe("fleet id: all licences of the fleet, or the page offset/limit ask for"),
+  offset: QueryCount(0, 2_147_483_647)
+    .optional()
+    .describe("with productRefId: licences to skip, in creation order; an integer >= 0 (default 0)"),
+  limit: QueryCount(1, FLEET_PAGE_MAX_LIMIT)
+    .optional()
+    .describe(`with productRefId: most licences to answer; an integer from 1 to ${FLEET_PAGE_MAX_LIMIT} (default: the whole fleet)`),
   id: z
     .string()
     .min(1)

@@ -12,6 +12,7 @@ import type { WorkerProbe } from "../../src/ops-routes.js";
 import { provisioningStageFrom } from "../../src/provisioning/stage.js";
 import { createTestDatabase } from "./db.js";
 import type { PrismaReader } from "./prisma.js";
+import type { FleetListingLimits } from "../../src/domain/licences.js";
 import { findEmptyNodes } from "../../src/simulator/match.js";
 
 export const TEST_TOKEN = "test-orange-token";
@@ -71,6 +72,8 @@ export interface TestAppOptions {
   metrics?: Metrics;
   /** The worker /health/ready checks, as main.ts hands it in. */
   worker?: () => WorkerProbe | undefined;
+  /** How fleet listings are read (default: the program's). */
+  fleetListing?: FleetListingLimits;
 }
 
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
@@ -94,6 +97,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     clock: opts.clock,
     provisioning: provisioning && { ...provisioning.stage, pollMs: 20 },
     metrics,
+    fleetListing: opts.fleetListing,
   });
   const app = await buildApp({ config, services, logger: opts.logger ?? false, worker: opts.worker });
   await app.ready();
