@@ -133,6 +133,12 @@ describe("sync answers with the application in between", () => {
     expect(list.body[0].login).toEqual(seat.login);
     expect(res.body.orderItem[0].endUserConfiguration[0].realizingResource).toEqual(seat.realizingResource);
     expect(command).toMatchObject({ state: "done", attempts: 1, type: "licences.provision" });
+    // Written prepared with its first attempt in Orange's call, then settled once: one attempt, closed.
+    expect(command.preparedAt).toBeInstanceOf(Date);
+    expect(command.finishedAt).toBeInstanceOf(Date);
+    expect(command.leaseUntil).toBeNull();
+    expect(command.plan).not.toBeNull();
+    expect(command.attemptRows.map((a) => [a.attempt, a.outcome, a.status, a.finishedAt instanceof Date])).toEqual([[1, "done", 200, true]]);
     expect(command.attemptRows).toMatchObject([{ attempt: 1, outcome: "done", status: 200 }]);
   });
 
@@ -179,6 +185,15 @@ describe("sync answers with the application in between", () => {
     const res = await t.call("POST", UPDATE_URL, suspend("us_nowhere"));
     expect(res.body).toMatchObject({ state: "failed", note: { text: expect.stringContaining("us_nowhere") } });
     expect(partner.received.length).toBe(before);
+    // Its command (the latest of an update) is kept, ended without an attempt, with the rules' reason.
+    const command = await t.db.provisioningCommand.findFirstOrThrow({
+      where: { requestKind: "update" },
+      orderBy: { seq: "desc" },
+      include: { attemptRows: true },
+    });
+    expect(command).toMatchObject({ state: "refused", attempts: 0, preparedAt: null, body: null, attemptRows: [] });
+    expect(command.lastError).toContain("us_nowhere");
+    expect(command.finishedAt).toBeInstanceOf(Date);
   });
 });
 
@@ -214,6 +229,24 @@ describe("an application that answers later (202)", () => {
     expect(retry.body).toMatchObject({ id: order.id, state: "completed" });
     expect(partner.received.filter((r) => r.verified)).toHaveLength(1);
     expect(await t.db.licence.count({ where: { orderId: order.id } })).toBe(1);
+  });
+
+  it("queues a sync order behind an unfinished command of its customer: nothing is sent before its turn", async () => {
+    const { t, partner } = s;
+    const customerRef = `CUST-QUEUED-${randomBytes(3).toString("hex")}`;
+    const bodies = [uc2({ quantity: 1, customerRef }), uc2({ quantity: 1, customerRef })];
+    for (const body of bodies) {
+      const res = await t.call("POST", ORDER_URL, body);
+      expect(res.status, res.text).toBe(503);
+    }
+    const [a, b] = await Promise.all(
+      bodies.map(async (body) => (await t.db.productOrder.findFirstOrThrow({ where: { orangeRef: body.externalReference.id } })).id),
+    );
+    const queued = await commandOf(t, b!);
+    expect(queued).toMatchObject({ state: "queued", attempts: 0, preparedAt: null, body: null, attemptRows: [] });
+    expect(queued.lanes).toEqual([`customer:${customerRef}`]);
+    expect((await commandOf(t, a!)).state).toMatch(/^(sending|waiting|done)$/);
+    expect(partner.received.filter((r) => r.headers["webhook-id"] === queued.id)).toHaveLength(0);
   });
 
   it("in auto mode, answers acknowledged past the deadline and sends the outcome as an event", async () => {

@@ -56,24 +56,45 @@ const COLUMNS = sql`id, seq, request_kind, request_id, type, lanes, state::text 
 const UNFINISHED_EARLIER = sql`p.state IN ('queued', 'sending', 'waiting', 'retrying')`;
 
 /**
- * The new command, `queued`, as its row: no other transaction sees it before the commit, so the
- * inserting one holds it as `lockCommand` would. With `first`: whether its turn has come
- * (`isFirstInLanes`), read in the same statement, after the caller took the lanes' locks.
+ * Whether no unfinished command holds one of these lanes. Asked after the caller took the lanes'
+ * locks (`lockLanes`, in an earlier statement: this one's snapshot must follow the lock), every
+ * command it could find is an earlier one: a new command of these lanes may go at once.
+ */
+export async function lanesFree(tx: Tx, lanes: string[]): Promise<boolean> {
+  const rows = await tx.query(sql`
+    SELECT 1 FROM provisioning_command p WHERE p.lanes && ${lanes}::text[] AND ${UNFINISHED_EARLIER} LIMIT 1`);
+  return rows.length === 0;
+}
+
+/** A command written with its first attempt, or ended before any (its plan refused). */
+export type NewCommand =
+  | { state: "queued" }
+  | { state: "sending"; leaseMs: number; type: string; plan: JsonValue; body: string }
+  | { state: "refused"; error?: string };
+
+/**
+ * The new command, in one statement: `queued` (its turn has not come, or a job prepares it),
+ * `sending` with its plan, body and first attempt (its turn came in the inserting transaction:
+ * the row is written once, never updated to be prepared), or `refused` (its plan was refused:
+ * ended without a call). No other transaction sees it before the commit, so the inserting one
+ * holds it as `lockCommand` would.
  */
 export async function insertCommand(
   tx: Tx,
   c: { id: string; kind: RequestKind; requestId: string; lanes: string[] },
-): Promise<CommandRow & { first: boolean }> {
-  const [row] = await tx.query<CommandRow & { first: boolean }>(sql`
+  n: NewCommand = { state: "queued" },
+): Promise<void> {
+  const sending = n.state === "sending" ? n : undefined;
+  await tx.execute(sql`
     WITH c AS (
-      INSERT INTO provisioning_command (id, request_kind, request_id, lanes)
-      VALUES (${c.id}, ${c.kind}, ${c.requestId}, ${c.lanes}::text[])
-      RETURNING ${COLUMNS})
-    SELECT c.*, NOT EXISTS (
-      SELECT 1 FROM provisioning_command p WHERE p.lanes && c.lanes AND p.seq < c.seq AND ${UNFINISHED_EARLIER}
-    ) AS first
-    FROM c`);
-  return row!;
+      INSERT INTO provisioning_command (id, request_kind, request_id, lanes, state, attempts, lease_until, type, plan, body, prepared_at, last_error, finished_at)
+      VALUES (${c.id}, ${c.kind}, ${c.requestId}, ${c.lanes}::text[], ${n.state}::"CommandState", ${sending ? 1 : 0}::int,
+              now() + ${sending?.leaseMs ?? null}::bigint * interval '1 millisecond', ${sending?.type ?? null},
+              ${sending ? JSON.stringify(sending.plan) : null}::json, ${sending?.body ?? null}, CASE WHEN ${sending !== undefined} THEN now() END,
+              ${n.state === "refused" ? (n.error ?? null) : null}, CASE WHEN ${n.state === "refused"} THEN now() END)
+      RETURNING id, attempts)
+    INSERT INTO provisioning_attempt (command_id, attempt, started_at)
+    SELECT id, attempts, now() FROM c WHERE attempts > 0`);
 }
 
 export async function lockCommand(tx: Tx, id: string): Promise<CommandRow | undefined> {
@@ -99,22 +120,6 @@ export async function isFirstInLanes(q: Queryable, c: { seq: number; lanes: stri
      WHERE p.lanes && ${c.lanes}::text[] AND p.seq < ${c.seq} AND ${UNFINISHED_EARLIER}
      LIMIT 1`);
   return rows.length === 0;
-}
-
-/** The first unfinished command of each of these lanes after `afterSeq`: those whose turn may have come. */
-export async function nextInLanes(
-  q: Queryable,
-  lanes: string[],
-  afterSeq: number,
-): Promise<{ id: string; request_kind: RequestKind }[]> {
-  const rows = await q.query<{ id: string; request_kind: RequestKind }>(sql`
-    SELECT DISTINCT ON (l.lane) p.id, p.request_kind
-      FROM unnest(${lanes}::text[]) AS l(lane)
-      JOIN provisioning_command p ON p.lanes @> ARRAY[l.lane] AND p.seq > ${afterSeq}
-       AND p.state IN ('queued', 'sending', 'waiting', 'retrying')
-     ORDER BY l.lane, p.seq`);
-  const seen = new Set<string>();
-  return rows.filter((r) => !seen.has(r.id) && seen.add(r.id));
 }
 
 /**
@@ -168,26 +173,46 @@ export interface Settled {
   finishing?: { attempt: number } & AttemptResult;
 }
 
-/** Writes where the command now stands (and when it finished, for a final state), and finishes the attempt it settles. */
-export async function settleCommand(tx: Tx, id: string, s: Settled): Promise<void> {
+/** A command whose turn may have come, and the kind of request it carries out. */
+export interface NextCommand {
+  id: string;
+  request_kind: RequestKind;
+}
+
+/**
+ * Writes where the command now stands (and when it finished, for a final state), finishes the
+ * attempt it settles, and, for a final state, answers the first unfinished command of each of its
+ * lanes after it, whose turn may have come: one statement, one round trip.
+ */
+export async function settleCommand(tx: Tx, id: string, s: Settled): Promise<NextCommand[]> {
   const final = !UNFINISHED.includes(s.state);
   const f = s.finishing;
-  await tx.execute(sql`
+  const rows = await tx.query<NextCommand>(sql`
     WITH finished AS (
       UPDATE provisioning_attempt SET finished_at = now(), outcome = ${f?.outcome ?? null}, status = ${f?.status ?? null}::int,
              error = ${f?.error ?? null}, response_body = ${f?.responseBody ?? null}, duration_ms = ${f?.durationMs ?? null}::int
-       WHERE ${f !== undefined} AND command_id = ${id} AND attempt = ${f?.attempt ?? null}::int)
-    UPDATE provisioning_command SET
-      state = ${s.state}::"CommandState",
-      next_attempt_at = COALESCE(${s.nextAttemptAt ?? null}::timestamptz, next_attempt_at),
-      lease_until = NULL,
-      result = COALESCE(${s.result === undefined ? null : JSON.stringify(s.result)}::json, result),
-      last_status = COALESCE(${s.status ?? null}::int, last_status),
-      last_error = COALESCE(${s.error ?? null}, last_error),
-      last_response_body = COALESCE(${s.responseBody ?? null}, last_response_body),
-      ended_by = COALESCE(${s.endedBy ?? null}, ended_by),
-      finished_at = CASE WHEN ${final} THEN now() END
-    WHERE id = ${id}`);
+       WHERE ${f !== undefined} AND command_id = ${id} AND attempt = ${f?.attempt ?? null}::int),
+    settled AS (
+      UPDATE provisioning_command SET
+        state = ${s.state}::"CommandState",
+        next_attempt_at = COALESCE(${s.nextAttemptAt ?? null}::timestamptz, next_attempt_at),
+        lease_until = NULL,
+        result = COALESCE(${s.result === undefined ? null : JSON.stringify(s.result)}::json, result),
+        last_status = COALESCE(${s.status ?? null}::int, last_status),
+        last_error = COALESCE(${s.error ?? null}, last_error),
+        last_response_body = COALESCE(${s.responseBody ?? null}, last_response_body),
+        ended_by = COALESCE(${s.endedBy ?? null}, ended_by),
+        finished_at = CASE WHEN ${final} THEN now() END
+      WHERE id = ${id}
+      RETURNING seq, lanes)
+    -- The statement's snapshot precedes the update: the settled row is left out by its seq.
+    SELECT DISTINCT ON (l.lane) p.id, p.request_kind
+      FROM settled CROSS JOIN LATERAL unnest(settled.lanes) AS l(lane)
+      JOIN provisioning_command p ON p.lanes @> ARRAY[l.lane] AND p.seq > settled.seq AND ${UNFINISHED_EARLIER}
+     WHERE ${final}
+     ORDER BY l.lane, p.seq`);
+  const seen = new Set<string>();
+  return rows.filter((r) => !seen.has(r.id) && seen.add(r.id));
 }
 
 /** A parked command sent again by an operator: queued again with a fresh budget, its place kept. */

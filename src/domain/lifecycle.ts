@@ -455,10 +455,13 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     data: Object.fromEntries(Object.entries(data).filter(([, v]) => v !== undefined)) as JsonObject,
   });
 
-  /** A finished command hands its lanes on: the next command of each gets its job. */
-  async function wakeNext(tx: Tx, row: CommandRow): Promise<void> {
+  /**
+   * A finished command hands its lanes on: the next command of each (which `settleCommand`
+   * answers, in the statement that finished it) gets its job.
+   */
+  async function wakeNext(tx: Tx, next: commands.NextCommand[]): Promise<void> {
     // The next command may carry out the other kind of request (an update after an order).
-    for (const next of await commands.nextInLanes(tx, row.lanes, row.seq)) await jobs.add(tx, provisionJob(next.request_kind, next.id));
+    for (const n of next) await jobs.add(tx, provisionJob(n.request_kind, n.id));
   }
 
   /**
@@ -466,26 +469,21 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * before the call) once its turn has come, or the next one when due. A plan the rules refuse
    * ends the request here, without a call.
    */
-  async function prepare(
-    tx: Tx,
-    row: CommandRow,
-    known?: { cmd: C; request: { request: JsonValue; answerMode: AnswerMode }; first: boolean },
-  ): Promise<Step> {
+  async function prepare(tx: Tx, row: CommandRow): Promise<Step> {
     if (row.state === "queued") {
-      if (!(known?.first ?? (await commands.isFirstInLanes(tx, row)))) return IDLE;
-      // Claimed in this very transaction (Orange's call), the request is locked and acknowledged already.
-      const request = known?.request ?? (await requests.lockAcknowledged(tx, kind, row.request_id));
+      if (!(await commands.isFirstInLanes(tx, row))) return IDLE;
+      const request = await requests.lockAcknowledged(tx, kind, row.request_id);
       if (!request) {
-        await commands.settleCommand(tx, row.id, { state: "refused", error: "its request had already ended" });
-        await wakeNext(tx, row);
+        const next = await commands.settleCommand(tx, row.id, { state: "refused", error: "its request had already ended" });
+        await wakeNext(tx, next);
         return { kind: "finished" };
       }
-      const cmd = known?.cmd ?? codec.decode(request.request);
+      const cmd = codec.decode(request.request);
       const planned = await handler.plan(tx, row.request_id, cmd);
       if ("refusal" in planned) {
         await conclude(tx, request, planned.refusal, cmd);
-        await commands.settleCommand(tx, row.id, { state: "refused", error: planned.refusal.reason });
-        await wakeNext(tx, row);
+        const next = await commands.settleCommand(tx, row.id, { state: "refused", error: planned.refusal.reason });
+        await wakeNext(tx, next);
         return { kind: "finished" };
       }
       const { type, data } = handler.command(row.request_id, cmd, planned.plan);
@@ -505,6 +503,42 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       return { kind: "call", call: { id: row.id, type: row.type, body: row.body }, attempt };
     }
     return IDLE;
+  }
+
+  /**
+   * The command of a request claimed in this very transaction (Orange's call waits; the request
+   * is locked and acknowledged already), after its lanes' locks: when no earlier command holds
+   * them, planned and written with its plan, body and first attempt in one statement (the row is
+   * never updated to be prepared); otherwise `queued`, with a job that prepares it once its turn
+   * has come. `received` (the request's history entry) goes with the command's.
+   */
+  async function prepareNew(
+    tx: Tx,
+    command: { id: string; kind: RequestKind; requestId: string; lanes: string[] },
+    cmd: C,
+    request: { request: JsonValue; answerMode: AnswerMode },
+    received: HistoryEntry,
+  ): Promise<Step> {
+    const row = { id: command.id, request_id: command.requestId };
+    if (!(await commands.lanesFree(tx, command.lanes))) {
+      // Not its turn yet: the worker sends it once the commands before it are finished.
+      await commands.insertCommand(tx, command);
+      await jobs.add(tx, provisionJob(kind, command.id));
+      await history.insertEntries(tx, [received]);
+      return IDLE;
+    }
+    const planned = await handler.plan(tx, command.requestId, cmd);
+    if ("refusal" in planned) {
+      // No later command of its lanes can exist (their locks are held): none to wake.
+      await commands.insertCommand(tx, command, { state: "refused", error: planned.refusal.reason });
+      await conclude(tx, request, planned.refusal, cmd, { before: [received] });
+      return { kind: "finished" };
+    }
+    const { type, data } = handler.command(command.requestId, cmd, planned.plan);
+    const body = JSON.stringify({ type, timestamp: clock.now().toISOString(), data });
+    await commands.insertCommand(tx, command, { state: "sending", leaseMs, type, plan: planned.plan as JsonValue, body });
+    await history.insertEntries(tx, [received, commandEntry(row, "command.prepared", { type, lanes: command.lanes })]);
+    return { kind: "call", call: { id: command.id, type, body }, attempt: 1 };
   }
 
   async function send(call: ProvisioningCall, signal?: AbortSignal) {
@@ -530,8 +564,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const reason = `the partner's application did not carry out the ${kind}: ${detail}`;
     const outcome = row.plan === null ? handler.failure(row.request_id, cmd, reason, clock.now()) : handler.refused(row.request_id, cmd, row.plan as P, reason, clock.now());
     const response = await conclude(tx, request, outcome, cmd, { before: [...before, commandEntry(row, "command.parked", { reason: detail })], answering });
-    await commands.settleCommand(tx, row.id, { state: "parked", error: detail, ...(finishing ? { finishing } : {}) });
-    await wakeNext(tx, row);
+    const next = await commands.settleCommand(tx, row.id, { state: "parked", error: detail, ...(finishing ? { finishing } : {}) });
+    await wakeNext(tx, next);
     return response === undefined ? undefined : { state: outcome.state, response };
   }
 
@@ -566,8 +600,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       if (!request) {
         // Ended meanwhile by hand (result route): nothing to decide for the request.
         await history.insertEntries(tx, [tried()]);
-        await commands.settleCommand(tx, commandId, { state: "done", status, error, finishing });
-        await wakeNext(tx, row);
+        const next = await commands.settleCommand(tx, commandId, { state: "done", status, error, finishing });
+        await wakeNext(tx, next);
         return;
       }
       const cmd = codec.decode(request.request);
@@ -577,8 +611,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         case "done": {
           const outcome = await handler.apply(tx, row.request_id, cmd, plan, answer.licences);
           const response = await conclude(tx, request, outcome, cmd, { before: [tried()], answering });
-          await commands.settleCommand(tx, commandId, { state: "done", result: answer.licences as unknown as JsonValue, ...seen });
-          await wakeNext(tx, row);
+          const next = await commands.settleCommand(tx, commandId, { state: "done", result: answer.licences as unknown as JsonValue, ...seen });
+          await wakeNext(tx, next);
           return response === undefined ? undefined : { state: outcome.state, response };
         }
         case "accepted":
@@ -588,8 +622,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         case "refused": {
           const outcome = handler.refused(row.request_id, cmd, plan, `the partner's application refused it: ${answer.reason}`, clock.now());
           const response = await conclude(tx, request, outcome, cmd, { before: [tried()], answering });
-          await commands.settleCommand(tx, commandId, { state: "refused", ...seen });
-          await wakeNext(tx, row);
+          const next = await commands.settleCommand(tx, commandId, { state: "refused", ...seen });
+          await wakeNext(tx, next);
           return response === undefined ? undefined : { state: outcome.state, response };
         }
         case "rejected":
@@ -666,18 +700,16 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       const commandId = ids.next("pc");
       const lanes = await handler.lanes(tx, claimed.id, cmd);
       await commands.lockLanes(tx, lanes);
-      const row = await commands.insertCommand(tx, { id: commandId, kind, requestId: claimed.id, lanes });
+      const command = { id: commandId, kind, requestId: claimed.id, lanes };
       if (mode === "async") {
+        await commands.insertCommand(tx, command);
         const response = codec.acknowledgement(cmd.request, claimed.id);
         await requests.storeResponse(tx, kind, claimed.id, response);
         await jobs.add(tx, provisionJob(kind, commandId));
         await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
         return { reply: { requestId: claimed.id, replayed: false, response } };
       }
-      await history.insertEntries(tx, [claimed.received]);
-      const step = await prepare(tx, row, { cmd, request: { request: cmd.request, answerMode: mode }, first: row.first });
-      // Not its turn yet: the worker sends it once the commands before it are finished.
-      if (step.kind === "idle") await jobs.add(tx, provisionJob(kind, commandId));
+      const step = await prepareNew(tx, command, cmd, { request: cmd.request, answerMode: mode }, claimed.received);
       return { requestId: claimed.id, step, commandId, retried: false };
     });
     if ("reply" in first) return first.reply;
@@ -728,13 +760,13 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       } else {
         await history.insertEntries(tx, [ended]);
       }
-      await commands.settleCommand(tx, commandId, {
+      const next = await commands.settleCommand(tx, commandId, {
         state: result.outcome === "completed" ? "done" : "refused",
         result: result.outcome === "completed" ? ((result.licences ?? []) as unknown as JsonValue) : undefined,
         error: result.outcome === "failed" ? result.reason : undefined,
         endedBy: by,
       });
-      await wakeNext(tx, row);
+      await wakeNext(tx, next);
     });
     return (await commands.getCommand(db, commandId))!;
   }
@@ -785,9 +817,9 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       if (!row || !commands.UNFINISHED.includes(row.state)) return false;
       const request = await requests.lockAcknowledged(tx, kind, row.request_id);
       if (!request) {
-        await commands.settleCommand(tx, commandId, { state: "parked", error: "its request had already ended" });
+        const next = await commands.settleCommand(tx, commandId, { state: "parked", error: "its request had already ended" });
         await history.insertEntries(tx, [commandEntry(row, "command.parked", { reason: "its request had already ended" })]);
-        await wakeNext(tx, row);
+        await wakeNext(tx, next);
         return true;
       }
       await park(
