@@ -86,6 +86,38 @@ async function commandOf(t: TestApp, requestId: string) {
   return t.db.provisioningCommand.findFirstOrThrow({ where: { requestId }, include: { attemptRows: { orderBy: { attempt: "asc" } } } });
 }
 
+describe("a call still under way at Orange's deadline", () => {
+  let s: Setup;
+  beforeAll(async () => {
+    // The application answers after 1 s; Orange's call waits 300 ms; one call may last 3 s.
+    s = await setup({ PROVISIONING_SYNC_DEADLINE_MS: "300" }, { mode: "slow", delayMs: 1_000 });
+  });
+  afterAll(async () => s?.close());
+
+  it("is not cut at the deadline: its answer completes the order, sent once, and Orange's retry gets it", async () => {
+    const { t, partner } = s;
+    const body = uc2({ quantity: 1 });
+    const first = await t.call("POST", ORDER_URL, body);
+    expect(first.status, first.text).toBe(503);
+    const order = await t.db.productOrder.findFirstOrThrow({ where: { orangeRef: body.externalReference.id } });
+
+    // No worker here: only the call Orange's request started can complete it.
+    const command = await waitFor("the call's late answer", async () => {
+      const c = await commandOf(t, order.id);
+      return c.state === "done" ? c : undefined;
+    }, 10_000);
+    expect(command.attempts).toBe(1);
+    expect(command.attemptRows.map((a) => [a.outcome, a.status])).toEqual([["done", 200]]);
+    expect(partner.received.filter((r) => r.verified)).toHaveLength(1);
+    expect(await t.db.licence.count({ where: { orderId: order.id } })).toBe(1);
+
+    const retry = await t.call("POST", ORDER_URL, body);
+    expect(retry.status, retry.text).toBe(201);
+    expect(retry.body).toMatchObject({ id: order.id, state: "completed" });
+    expect(partner.received.filter((r) => r.verified)).toHaveLength(1);
+  });
+});
+
 describe("sync answers with the application in between", () => {
   let s: Setup;
   beforeAll(async () => {

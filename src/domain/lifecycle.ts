@@ -716,10 +716,25 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const { requestId, step } = first;
     if (step.kind === "call") {
       const left = Math.max(1, deadline - clock.now().getTime());
-      const called = await send(step.call, AbortSignal.timeout(Math.min(left, s.timeoutMs + 1_000)));
-      // Settled here, the request's answer is Orange's at once: its history entry is written with it.
-      const settled = await settle(first.commandId, step.attempt, called, true);
-      if (settled !== undefined) return { requestId, replayed: false, response: settled.response };
+      // The call keeps its own bound (PROVISIONING_TIMEOUT_MS), whatever Orange's deadline: cut at
+      // the deadline, it would be sent again while the application may still be carrying it out.
+      const calling = send(step.call, AbortSignal.timeout(s.timeoutMs + 1_000));
+      const waiting = new AbortController();
+      const called = await Promise.race([calling, sleep(left, undefined, { signal: waiting.signal }).catch(() => undefined)]);
+      waiting.abort();
+      if (called !== undefined) {
+        // Settled here, the request's answer is Orange's at once: its history entry is written with it.
+        const settled = await settle(first.commandId, step.attempt, called, true);
+        if (settled !== undefined) return { requestId, replayed: false, response: settled.response };
+      } else {
+        // Past the deadline, the call goes on and its answer is settled when it comes: the outcome
+        // then goes out as an event (auto) or waits for Orange's retry (sync).
+        void calling
+          .then((answer) => settle(first.commandId, step.attempt, answer))
+          .catch(() => {
+            // Not settled (the database away): the command's lease passes and the sweep sends it again.
+          });
+      }
     }
     const answer = await awaitAnswer(requestId, deadline);
     if (answer !== undefined) {
