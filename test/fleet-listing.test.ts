@@ -97,10 +97,12 @@ async function get(url: string): Promise<{ status: number; headers: Record<strin
 const listUrl = (fleetId: string, query = "") => `${LIST}?productRefId=${encodeURIComponent(fleetId)}${query}`;
 
 /** Sessions of this database, other than the asking one, inside a transaction. */
+/** The clients' open transactions (not autovacuum's, which a large fleet just written may start). */
 async function openTransactions(): Promise<number> {
   const [row] = await t.db.$queryRaw<{ n: number }[]>`
     SELECT count(*)::int AS n FROM pg_stat_activity
-    WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL`;
+    WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
+      AND backend_type = 'client backend'`;
   return row!.n;
 }
 
@@ -486,7 +488,8 @@ describe("failures", () => {
     await delay(300);
     const [listing] = await t.db.$queryRaw<{ pid: number }[]>`
       SELECT pid FROM pg_stat_activity
-      WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL`;
+      WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
+      AND backend_type = 'client backend'`;
     expect(listing).toBeDefined();
     await t.db.$queryRaw`SELECT pg_terminate_backend(${listing!.pid}::int)`;
     const body = await readRest(res);
