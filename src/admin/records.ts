@@ -226,7 +226,8 @@ function requestOut(r: RequestRow) {
   });
 }
 
-function commandOut(c: CommandRow) {
+/** A command as the admin API shows it (its listing and detail, and the records that name it). */
+export function commandOut(c: CommandRow) {
   return compact({
     id: c.id,
     requestKind: c.request_kind,

@@ -10,7 +10,7 @@ import { rejectOtherMethods } from "../orange/error-handler.js";
 import { compact, renderUserService, toLicenceChangeItem } from "../orange/mapping.js";
 import { ErrorBodySchema } from "../orange/schemas.js";
 import type { AdminAuthenticator } from "./auth.js";
-import { recordRoutes } from "./records.js";
+import { commandOut, recordRoutes } from "./records.js";
 import type { Overview, OverviewQueries } from "./overview.js";
 import type { RecordQueries } from "../domain/records.js";
 import {
@@ -136,24 +136,6 @@ function eventDetailOut(e: EventWithAttempts) {
   });
 }
 
-function commandOut(c: CommandRow) {
-  return compact({
-    id: c.id,
-    requestKind: c.request_kind,
-    requestId: c.request_id,
-    type: c.type,
-    lanes: c.lanes,
-    state: c.state,
-    attempts: c.attempts,
-    nextAttemptAt: c.state === "retrying" ? c.next_attempt_at : undefined,
-    lastStatus: c.last_status,
-    lastError: c.last_error,
-    endedBy: c.ended_by,
-    createdAt: c.created_at,
-    preparedAt: c.prepared_at,
-    finishedAt: c.finished_at,
-  });
-}
 
 function commandDetailOut(c: CommandRow & { attempts_list: AttemptRow[] }) {
   return {
