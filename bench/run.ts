@@ -507,6 +507,13 @@ async function main(): Promise<void> {
   if (runs("listing")) await bigListingSteps(res.postgres.url, token, figures, raw);
   if (runs("webhook")) await webhookSteps(res.postgres.url, token, figures, raw);
   if (runs("events")) await eventSteps(res.postgres.url, token, figures, raw);
+  // A group may leave its server running for cleanup(): stopped here, before the next group
+  // tracks a server of its own (a server no longer tracked would outlive the run).
+  const stopTracked = async () => {
+    await res.server?.stop();
+    res.server = undefined;
+  };
+  await stopTracked();
   if (runs("admin")) {
     console.log(`\n10. the operators' admin API: listings, details and search box (${ADMIN.warmups} warm-up + ${ADMIN.requests} requests each) vs a bare SELECT of the page`);
     const admin = await adminSteps({
@@ -517,6 +524,7 @@ async function main(): Promise<void> {
     figures.push(...admin.figures);
     raw.admin = admin.raw;
   }
+  await stopTracked();
   if (runs("load")) await loadSteps(res.postgres.url, token, figures, raw);
 
   await cleanup();
