@@ -4,7 +4,7 @@ import type { TaskHandler } from "../src/domain/ports.js";
 import { jobQueue } from "../src/events/queue.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
 import { createTestApp, type TestApp } from "./support/app.js";
-import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { createTestDatabase, failFirstCompletion, type TestDatabase } from "./support/db.js";
 import { startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
 
 /**
@@ -21,16 +21,7 @@ let harness: WorkerHarness | undefined;
 
 beforeAll(async () => {
   [database, gw] = await Promise.all([createTestDatabase(), startMockGateway()]);
-  await database.prisma.$executeRawUnsafe("CREATE SEQUENCE completion_fault");
-  await database.prisma.$executeRawUnsafe(`
-    CREATE FUNCTION fail_first_completion() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-      IF nextval('completion_fault') = 1 THEN RAISE EXCEPTION 'injected: completion not recorded'; END IF;
-      RETURN OLD;
-    END $$`);
-  await database.prisma.$executeRawUnsafe(`
-    CREATE TRIGGER fail_first_completion BEFORE DELETE ON graphile_worker._private_jobs
-      FOR EACH ROW WHEN (OLD.key = 'order:po_fault') EXECUTE FUNCTION fail_first_completion()`);
+  await failFirstCompletion(database, "order:po_fault");
   const shared = { url: database.url, db: database.db, prisma: database.prisma, drop: async () => {} };
   t = await createTestApp({ database: shared, worker: () => harness?.worker });
 });

@@ -60,3 +60,23 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     },
   };
 }
+
+/**
+ * Makes graphile-worker's first completion of the job keyed `jobKey` fail, as it does when the
+ * database goes away while the runner records a job's outcome; later completions pass. A
+ * sequence, because it counts even in the transaction the exception rolls back.
+ */
+export async function failFirstCompletion(database: TestDatabase, jobKey: string): Promise<void> {
+  await database.prisma.$executeRawUnsafe("CREATE SEQUENCE completion_fault");
+  await database.prisma.$executeRawUnsafe(`
+    CREATE FUNCTION fail_first_completion() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF nextval('completion_fault') = 1 THEN RAISE EXCEPTION 'injected: completion not recorded'; END IF;
+      RETURN OLD;
+    END $$`);
+  // DDL takes no parameters: the key goes in as a quoted literal.
+  const key = `'${jobKey.replaceAll("'", "''")}'`;
+  await database.prisma.$executeRawUnsafe(`
+    CREATE TRIGGER fail_first_completion BEFORE DELETE ON graphile_worker._private_jobs
+      FOR EACH ROW WHEN (OLD.key = ${key}) EXECUTE FUNCTION fail_first_completion()`);
+}
