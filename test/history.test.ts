@@ -6,6 +6,7 @@ import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js"
 import { freePort } from "../src/simulator/self-host.js";
 import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
 import { startWorker, waitFor, type WorkerHarness } from "./support/outbox-harness.js";
+import { ADMIN_TOKEN as PROVISIONED_ADMIN_TOKEN, startProvisioned, type Provisioned } from "./support/provisioned.js";
 
 /**
  * Operators see everything (issue 11): the history written with each change, read through the
@@ -16,6 +17,7 @@ import { startWorker, waitFor, type WorkerHarness } from "./support/outbox-harne
 const ADMIN_TOKEN = "admin-token-history-3b8d";
 const APP_TOKEN = "app-token-history-9e41";
 const ADMIN = { authorization: `Bearer ${ADMIN_TOKEN}` };
+const PROVISIONED_ADMIN = { authorization: `Bearer ${PROVISIONED_ADMIN_TOKEN}` };
 const APP = { authorization: `Bearer ${APP_TOKEN}` };
 const ORDER_URL = "/productordering/v2/productOrder";
 const UPDATE_URL = "/userservice/v2/userService/update";
@@ -527,38 +529,19 @@ describe("webhook mode: the commands to the partner's application in the order's
 });
 
 describe("webhook mode, sync: Orange's call waits for the application", () => {
-  let t: TestApp;
-  let partner: PartnerApp;
-  const secret = `whsec_${randomBytes(32).toString("base64")}`;
-
+  let p: Provisioned;
   beforeAll(async () => {
-    const partnerPort = await freePort();
-    t = await createTestApp({
-      env: {
-        ADMIN_TOKEN,
-        APP_TOKEN,
-        ORDERING_MODE: "sync",
-        PROVISIONING_MODE: "webhook",
-        PROVISIONING_URL: `http://127.0.0.1:${partnerPort}${WEBHOOK_PATH}`,
-        PROVISIONING_SECRET: secret,
-        PROVISIONING_TIMEOUT_MS: "3000",
-      },
-    });
-    await t.app.listen({ port: 0, host: "127.0.0.1" });
-    const { port } = t.app.server.address() as AddressInfo;
-    partner = await startPartnerApp({ secrets: [secret], port: partnerPort, host: "127.0.0.1", serverUrl: `http://127.0.0.1:${port}`, appToken: APP_TOKEN });
+    p = await startProvisioned({ ORDERING_MODE: "sync" });
   });
-  afterAll(async () => {
-    await partner?.close();
-    await t?.close();
-  });
+  afterAll(async () => p?.close());
 
   it("records the call, the outcome and the answer Orange got, once each, in that order", async () => {
+    const { t } = p;
     const res = await t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
     expect(res.status, res.text).toBe(201);
     expect(res.body.state).toBe("completed");
     const id = res.body.id as string;
-    const timeline = await t.call("GET", `/admin/v1/orders/${id}/timeline`, undefined, ADMIN);
+    const timeline = await t.call("GET", `/admin/v1/orders/${id}/timeline`, undefined, PROVISIONED_ADMIN);
     expect(kinds(timeline.body)).toEqual(["request.received", "command.prepared", "command.attempt", "request.completed", "request.answered"]);
     expect(timeline.body[4]).toMatchObject({ data: { state: "completed" } });
     // The database: the answer's entry is the one the outcome's transaction wrote, not a second one.

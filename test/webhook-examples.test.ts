@@ -5,15 +5,12 @@
  * times aside. `UPDATE_WEBHOOK_EXAMPLES=1 npx vitest run test/webhook-examples.test.ts` writes
  * the examples again from what the server sent.
  */
-import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { Webhook } from "standardwebhooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startPartnerApp, WEBHOOK_PATH, type PartnerApp } from "../examples/partner-app/app.js";
 import { readContractExamples } from "../src/contract-examples.js";
-import { freePort } from "../src/simulator/self-host.js";
-import { createTestApp, type TestApp } from "./support/app.js";
 import { ORDER_URL, UPDATE_URL } from "./support/fixtures.js";
+import { startProvisioned, type Provisioned } from "./support/provisioned.js";
 
 const README = new URL("../README.md", import.meta.url);
 const TYPES = ["customer.upserted", "licences.provision", "licences.suspend", "licences.reactivate", "licences.change_offer", "licences.terminate"];
@@ -48,25 +45,12 @@ function readmeExamples(text: string): Map<string, { start: number; end: number;
 }
 
 describe("the commands' example bodies in the README", () => {
-  let t: TestApp;
-  let partner: PartnerApp;
-  const secret = `whsec_${randomBytes(32).toString("base64")}`;
+  let p: Provisioned;
   const sent = new Map<string, Json>();
 
   beforeAll(async () => {
-    const port = await freePort();
-    partner = await startPartnerApp({ secrets: [secret], port, host: "127.0.0.1" });
-    t = await createTestApp({
-      env: {
-        ORDERING_MODE: "sync",
-        UPDATE_MODE: "sync",
-        PROVISIONING_MODE: "webhook",
-        PROVISIONING_URL: `http://127.0.0.1:${port}${WEBHOOK_PATH}`,
-        PROVISIONING_SECRET: secret,
-        PROVISIONING_TIMEOUT_MS: "5000",
-      },
-    });
-
+    p = await startProvisioned({ ORDERING_MODE: "sync", UPDATE_MODE: "sync" });
+    const { t } = p;
     const book = readContractExamples();
     const request = (name: string) => structuredClone(book.get(name)!.value) as Json;
     const call = async (url: string, body: Json) => {
@@ -94,18 +78,15 @@ describe("the commands' example bodies in the README", () => {
     await update("swap-request", [licences[2]!]);
     await update("delete-request", [licences[3]!]);
 
-    const wh = new Webhook(secret);
-    for (const received of partner.received) {
+    const wh = new Webhook(p.secret);
+    for (const received of p.partner.received) {
       // Signed as the README says: the application's check passes on the bytes received.
       const body = wh.verify(received.body, received.headers as Record<string, string>) as Json;
       if (!sent.has(body.type as string)) sent.set(body.type as string, body);
     }
   }, 60_000);
 
-  afterAll(async () => {
-    await t?.close();
-    await partner?.close();
-  });
+  afterAll(async () => p?.close());
 
   it("has one example per command type, each the body the server sent, ids and times aside", () => {
     expect([...sent.keys()].sort()).toEqual([...TYPES].sort());
