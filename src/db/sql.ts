@@ -8,18 +8,46 @@
  * (a session advisory lock held by one connection across statements). Prisma stays the schema
  * tool: `prisma/schema.prisma`, its migrations, and the tests' independent reads of the store.
  */
+import { createHash } from "node:crypto";
 import pg from "pg";
 import sqlTag, { type Sql } from "sql-template-tag";
 
 export { empty, join, raw, type Sql } from "sql-template-tag";
 export const sql = sqlTag;
 
+/**
+ * A statement PostgreSQL parses and plans once per connection (a named prepared statement), then
+ * only binds and executes: for the hot statements, where parsing and planning anew cost as much
+ * as running them. Named after its text, so the same text always has the same name (pg refuses
+ * one name for two texts on a connection) and a new text gets its own.
+ */
+export interface Prepared {
+  readonly name: string;
+  readonly text: string;
+  readonly values: unknown[];
+}
+
+export type Statement = Sql | Prepared;
+
+const preparedNames = new Map<string, string>();
+
+/** `statement` as a named prepared statement; only for statements of a fixed text (no text built from data). */
+export function prepared(statement: Sql): Prepared {
+  const text = statement.text;
+  let name = preparedNames.get(text);
+  if (name === undefined) {
+    name = `p_${createHash("sha1").update(text).digest("base64url")}`;
+    preparedNames.set(text, name);
+  }
+  return { name, text, values: statement.values };
+}
+
 /** What every data-access function takes: the pool (one statement) or the caller's transaction. */
 export interface Queryable {
   /** The rows of one statement. */
-  query<T extends object = Record<string, unknown>>(statement: Sql): Promise<T[]>;
+  query<T extends object = Record<string, unknown>>(statement: Statement): Promise<T[]>;
   /** How many rows one statement wrote. */
-  execute(statement: Sql): Promise<number>;
+  execute(statement: Statement): Promise<number>;
 }
 
 /** A transaction in progress: data-access functions join it by taking it as their first argument. */
@@ -102,10 +130,10 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
 
   return {
     pool,
-    async query<T extends object>(statement: Sql) {
+    async query<T extends object>(statement: Statement) {
       return (await pool.query<T & pg.QueryResultRow>(statement)).rows as T[];
     },
-    async execute(statement: Sql) {
+    async execute(statement: Statement) {
       return (await pool.query(statement)).rowCount ?? 0;
     },
     async transaction<T>(work: (tx: Tx) => Promise<T>, txOptions: TransactionOptions = {}): Promise<T> {
@@ -114,16 +142,16 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
       const startedAt = performance.now();
       const committed: (() => void)[] = [];
       let broken = false;
-      const run = async <R extends pg.QueryResultRow>(statement: Sql) => {
+      const run = async <R extends pg.QueryResultRow>(statement: Statement) => {
         if (performance.now() - startedAt > timeoutMs) throw new TransactionTimeout(timeoutMs);
         return client.query<R>(statement);
       };
       const tx: Tx = {
         transaction: true,
-        async query<R extends object>(statement: Sql) {
+        async query<R extends object>(statement: Statement) {
           return (await run<R & pg.QueryResultRow>(statement)).rows as R[];
         },
-        async execute(statement: Sql) {
+        async execute(statement: Statement) {
           return (await run(statement)).rowCount ?? 0;
         },
         afterCommit(effect) {
@@ -171,10 +199,10 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
 /** A pool or a connection held by its caller (the worker's delivery runs), as a Queryable. */
 export function queryable(client: pg.Pool | pg.PoolClient): Queryable {
   return {
-    async query<T extends object>(statement: Sql) {
+    async query<T extends object>(statement: Statement) {
       return (await client.query<T & pg.QueryResultRow>(statement)).rows as T[];
     },
-    async execute(statement: Sql) {
+    async execute(statement: Statement) {
       return (await client.query(statement)).rowCount ?? 0;
     },
   };

@@ -3,9 +3,9 @@
  * `provisioning_attempt` for their history), one statement per function, in the caller's
  * transaction or on the pool.
  */
-import { sql, type Queryable, type Tx } from "../db/sql.js";
+import { empty, join, prepared, raw, sql, type Queryable, type Sql, type Tx } from "../db/sql.js";
 import type { JsonValue } from "../lib/json.js";
-import type { RequestKind } from "./requests.dal.js";
+import { REQUEST_TABLE, type AnswerMode, type RequestKind, type RequestState } from "./requests.dal.js";
 
 export type CommandState = "queued" | "sending" | "waiting" | "retrying" | "done" | "refused" | "parked";
 
@@ -44,14 +44,36 @@ const ADVISORY_NAMESPACE = 0x4f42_0003;
  * and a lane's order is the order of its commits.
  */
 export async function lockLanes(tx: Tx, lanes: string[]): Promise<void> {
-  await tx.query(sql`
-    SELECT pg_advisory_xact_lock(${ADVISORY_NAMESPACE}::int, hashtext(l))
-      FROM unnest(${[...lanes].sort()}::text[]) AS l ORDER BY l`);
+  await tx.query(
+    prepared(sql`
+      SELECT pg_advisory_xact_lock(${ADVISORY_NAMESPACE}::int, hashtext(l))
+        FROM unnest(${[...lanes].sort()}::text[]) AS l ORDER BY l`),
+  );
 }
 
-const COLUMNS = sql`id, seq, request_kind, request_id, type, lanes, state::text AS state, attempts, next_attempt_at,
-  lease_until, plan, body, result, created_at, prepared_at, finished_at, last_status, last_error, ended_by,
-  (state = 'retrying' AND next_attempt_at <= now()) OR (state = 'sending' AND lease_until <= now()) AS due`;
+/** The columns of a CommandRow, of the table (or alias) `t`. */
+const columnsOf = (t: string) =>
+  raw(`${t}.id, ${t}.seq, ${t}.request_kind, ${t}.request_id, ${t}.type, ${t}.lanes, ${t}.state::text AS state, ${t}.attempts,
+  ${t}.next_attempt_at, ${t}.lease_until, ${t}.plan, ${t}.body, ${t}.result, ${t}.created_at, ${t}.prepared_at, ${t}.finished_at,
+  ${t}.last_status, ${t}.last_error, ${t}.ended_by,
+  (${t}.state = 'retrying' AND ${t}.next_attempt_at <= now()) OR (${t}.state = 'sending' AND ${t}.lease_until <= now()) AS due`);
+
+const COLUMNS = columnsOf("provisioning_command");
+
+/**
+ * Statements run within another one, as its first CTEs: the history entries, the request's
+ * outcome, written with the command's change in one round trip (one statement: one parse, one
+ * plan, one exchange). Each must be a plain INSERT or UPDATE (PostgreSQL allows data-modifying
+ * CTEs at the top level only) of a row no other part of the statement writes: all parts run on
+ * one snapshot.
+ */
+function alongside(also: Sql[]): Sql {
+  if (also.length === 0) return empty;
+  return sql`${join(
+    also.map((statement, i) => sql`${raw(`also_${i}`)} AS (${statement})`),
+    ",\n",
+  )},`;
+}
 
 const UNFINISHED_EARLIER = sql`p.state IN ('queued', 'sending', 'waiting', 'retrying')`;
 
@@ -61,8 +83,10 @@ const UNFINISHED_EARLIER = sql`p.state IN ('queued', 'sending', 'waiting', 'retr
  * command it could find is an earlier one: a new command of these lanes may go at once.
  */
 export async function lanesFree(tx: Tx, lanes: string[]): Promise<boolean> {
-  const rows = await tx.query(sql`
-    SELECT 1 FROM provisioning_command p WHERE p.lanes && ${lanes}::text[] AND ${UNFINISHED_EARLIER} LIMIT 1`);
+  const rows = await tx.query(
+    prepared(sql`
+      SELECT 1 FROM provisioning_command p WHERE p.lanes && ${lanes}::text[] AND ${UNFINISHED_EARLIER} LIMIT 1`),
+  );
   return rows.length === 0;
 }
 
@@ -77,16 +101,18 @@ export type NewCommand =
  * `sending` with its plan, body and first attempt (its turn came in the inserting transaction:
  * the row is written once, never updated to be prepared), or `refused` (its plan was refused:
  * ended without a call). No other transaction sees it before the commit, so the inserting one
- * holds it as `lockCommand` would.
+ * holds it as `lockCommand` would. `also`: statements written with it (see `alongside`).
  */
 export async function insertCommand(
   tx: Tx,
   c: { id: string; kind: RequestKind; requestId: string; lanes: string[] },
   n: NewCommand = { state: "queued" },
+  also: Sql[] = [],
 ): Promise<void> {
   const sending = n.state === "sending" ? n : undefined;
-  await tx.execute(sql`
-    WITH c AS (
+  await tx.execute(
+    prepared(sql`
+    WITH ${alongside(also)} c AS (
       INSERT INTO provisioning_command (id, request_kind, request_id, lanes, state, attempts, lease_until, type, plan, body, prepared_at, last_error, finished_at)
       VALUES (${c.id}, ${c.kind}, ${c.requestId}, ${c.lanes}::text[], ${n.state}::"CommandState", ${sending ? 1 : 0}::int,
               now() + ${sending?.leaseMs ?? null}::bigint * interval '1 millisecond', ${sending?.type ?? null},
@@ -94,12 +120,42 @@ export async function insertCommand(
               ${n.state === "refused" ? (n.error ?? null) : null}, CASE WHEN ${n.state === "refused"} THEN now() END)
       RETURNING id, attempts)
     INSERT INTO provisioning_attempt (command_id, attempt, started_at)
-    SELECT id, attempts, now() FROM c WHERE attempts > 0`);
+    SELECT id, attempts, now() FROM c WHERE attempts > 0`),
+  );
 }
 
 export async function lockCommand(tx: Tx, id: string): Promise<CommandRow | undefined> {
   const [row] = await tx.query<CommandRow>(sql`SELECT ${COLUMNS} FROM provisioning_command WHERE id = ${id} FOR UPDATE`);
   return row;
+}
+
+/** The request of a command, as its settling sees it: undefined once it is no longer acknowledged. */
+export interface CommandRequest {
+  request: JsonValue;
+  answerMode: AnswerMode;
+}
+
+/**
+ * The command, locked, with its request (locked too, the command first as everywhere else):
+ * `lockCommand` then `requests.lockAcknowledged` in one round trip, for the settling of an
+ * answer. `request` is undefined when the request is no longer acknowledged.
+ */
+export async function lockWithRequest(
+  tx: Tx,
+  kind: RequestKind,
+  id: string,
+): Promise<{ row: CommandRow; request: CommandRequest | undefined } | undefined> {
+  const [found] = await tx.query<CommandRow & { r_request: JsonValue; r_state: RequestState; r_answer_mode: AnswerMode | null }>(
+    prepared(sql`
+      SELECT ${columnsOf("c")}, r.request AS r_request, r.state::text AS r_state, r.answer_mode AS r_answer_mode
+        FROM provisioning_command c JOIN ${REQUEST_TABLE[kind]} r ON r.id = c.request_id
+       WHERE c.id = ${id} AND c.request_kind = ${kind}
+         FOR UPDATE OF c, r`),
+  );
+  if (!found) return undefined;
+  const { r_request, r_state, r_answer_mode, ...row } = found;
+  // Rows stored before the answer mode was recorded were asynchronous (as in requests.lockAcknowledged).
+  return { row, request: r_state === "acknowledged" ? { request: r_request, answerMode: r_answer_mode ?? "async" } : undefined };
 }
 
 export async function getCommand(q: Queryable, id: string): Promise<CommandRow | undefined> {
@@ -182,13 +238,15 @@ export interface NextCommand {
 /**
  * Writes where the command now stands (and when it finished, for a final state), finishes the
  * attempt it settles, and, for a final state, answers the first unfinished command of each of its
- * lanes after it, whose turn may have come: one statement, one round trip.
+ * lanes after it, whose turn may have come: one statement, one round trip. `also`: statements
+ * written with it (the attempt's history entry, the request's outcome: see `alongside`).
  */
-export async function settleCommand(tx: Tx, id: string, s: Settled): Promise<NextCommand[]> {
+export async function settleCommand(tx: Tx, id: string, s: Settled, also: Sql[] = []): Promise<NextCommand[]> {
   const final = !UNFINISHED.includes(s.state);
   const f = s.finishing;
-  const rows = await tx.query<NextCommand>(sql`
-    WITH finished AS (
+  const rows = await tx.query<NextCommand>(
+    prepared(sql`
+    WITH ${alongside(also)} finished AS (
       UPDATE provisioning_attempt SET finished_at = now(), outcome = ${f?.outcome ?? null}, status = ${f?.status ?? null}::int,
              error = ${f?.error ?? null}, response_body = ${f?.responseBody ?? null}, duration_ms = ${f?.durationMs ?? null}::int
        WHERE ${f !== undefined} AND command_id = ${id} AND attempt = ${f?.attempt ?? null}::int),
@@ -210,7 +268,8 @@ export async function settleCommand(tx: Tx, id: string, s: Settled): Promise<Nex
       FROM settled CROSS JOIN LATERAL unnest(settled.lanes) AS l(lane)
       JOIN provisioning_command p ON p.lanes @> ARRAY[l.lane] AND p.seq > settled.seq AND ${UNFINISHED_EARLIER}
      WHERE ${final}
-     ORDER BY l.lane, p.seq`);
+     ORDER BY l.lane, p.seq`),
+  );
   const seen = new Set<string>();
   return rows.filter((r) => !seen.has(r.id) && seen.add(r.id));
 }

@@ -54,14 +54,23 @@ export interface HistoryEntry {
  */
 export async function insertEntries(q: Queryable, entries: HistoryEntry[]): Promise<void> {
   if (entries.length === 0) return;
+  await q.execute(entriesStatement(entries));
+}
+
+/**
+ * The INSERT of `insertEntries`, for a caller that runs it within another statement (a
+ * data-modifying CTE of commands.dal: the entries go with the change they record in one round
+ * trip). Its text is the same whatever the entries.
+ */
+export function entriesStatement(entries: HistoryEntry[]): Sql {
   const col = <T>(pick: (e: HistoryEntry) => T | undefined) => entries.map((e) => pick(e) ?? null);
-  await q.execute(sql`
+  return sql`
     INSERT INTO history_entry (at, kind, request_id, customer_id, fleet_id, licence_id, event_id, command_id, actor, data)
     SELECT * FROM unnest(
       ${col((e) => e.at)}::timestamptz[], ${col((e) => e.kind)}::text[], ${col((e) => e.requestId)}::text[],
       ${col((e) => e.customerId)}::text[], ${col((e) => e.fleetId)}::text[], ${col((e) => e.licenceId)}::text[],
       ${col((e) => e.eventId)}::text[], ${col((e) => e.commandId)}::text[], ${col((e) => e.actor)}::text[],
-      ${col((e) => (e.data === undefined ? undefined : JSON.stringify(e.data)))}::jsonb[])`);
+      ${col((e) => (e.data === undefined ? undefined : JSON.stringify(e.data)))}::jsonb[])`;
 }
 
 /**

@@ -40,7 +40,7 @@
  *   Past it, sync answers 503 (Orange's retry with the same reference resumes the same command)
  *   and auto answers `acknowledged`, the outcome then going out as an event.
  */
-import type { Db, Tx } from "../db/sql.js";
+import type { Db, Sql, Tx } from "../db/sql.js";
 import type { Clock } from "../lib/clock.js";
 import type { IdGenerator } from "../lib/ids.js";
 import type { JsonObject, JsonValue } from "../lib/json.js";
@@ -270,21 +270,23 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   /**
    * Records the outcome, and its history: one entry per part of the outcome (per fleet, as it is
    * announced), between the entries `around` gives (the request received, the answer), in one
-   * statement.
+   * statement. `around.deferred`: both statements are added to it instead, for the caller to run
+   * within its own next statement (commands.dal's `also`).
    */
   async function finish(
     tx: Tx,
     outcome: O,
     response: JsonValue | null,
     cmd: C | undefined,
-    around: { before?: HistoryEntry[]; after?: HistoryEntry[]; actor?: string } = {},
+    around: { before?: HistoryEntry[]; after?: HistoryEntry[]; actor?: string; deferred?: Sql[] } = {},
   ): Promise<void> {
-    await requests.finishRequest(
-      tx,
+    const finished = requests.finishStatement(
       kind,
       { id: outcome.requestId, state: outcome.state, reason: outcome.reason, completedAt: outcome.completedAt, ...handler.finished(outcome) },
       response,
     );
+    if (around.deferred) around.deferred.push(finished);
+    else await tx.execute(finished);
     const parts = handler.split(outcome, cmd).map((part): HistoryEntry => {
       const summary = handler.summary?.(part.outcome);
       return {
@@ -297,7 +299,9 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         data: { ...(outcome.reason !== undefined ? { reason: outcome.reason } : {}), ...summary?.data },
       };
     });
-    await history.insertEntries(tx, [...(around.before ?? []), ...parts, ...(around.after ?? [])]);
+    const entries = [...(around.before ?? []), ...parts, ...(around.after ?? [])];
+    if (around.deferred) around.deferred.push(history.entriesStatement(entries));
+    else await history.insertEntries(tx, entries);
     const telemetry = deps.telemetry;
     if (telemetry) {
       const finished = { kind, useCase: outcome.useCase ?? kind, state: outcome.state };
@@ -426,7 +430,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     request: { request: JsonValue; answerMode: AnswerMode },
     outcome: O,
     cmd: C | undefined,
-    around: { before?: HistoryEntry[]; actor?: string; answering?: boolean } = {},
+    around: { before?: HistoryEntry[]; actor?: string; answering?: boolean; deferred?: Sql[] } = {},
   ): Promise<JsonValue | undefined> {
     if (request.answerMode === "async") {
       await finish(tx, outcome, null, cmd, around);
@@ -529,15 +533,17 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     }
     const planned = await handler.plan(tx, command.requestId, cmd);
     if ("refusal" in planned) {
+      // The request's outcome and history are written with the command, in one statement.
+      const also: Sql[] = [];
+      await conclude(tx, request, planned.refusal, cmd, { before: [received], deferred: also });
       // No later command of its lanes can exist (their locks are held): none to wake.
-      await commands.insertCommand(tx, command, { state: "refused", error: planned.refusal.reason });
-      await conclude(tx, request, planned.refusal, cmd, { before: [received] });
+      await commands.insertCommand(tx, command, { state: "refused", error: planned.refusal.reason }, also);
       return { kind: "finished" };
     }
     const { type, data } = handler.command(command.requestId, cmd, planned.plan);
     const body = JSON.stringify({ type, timestamp: clock.now().toISOString(), data });
-    await commands.insertCommand(tx, command, { state: "sending", leaseMs, type, plan: planned.plan as JsonValue, body });
-    await history.insertEntries(tx, [received, commandEntry(row, "command.prepared", { type, lanes: command.lanes })]);
+    const entries = history.entriesStatement([received, commandEntry(row, "command.prepared", { type, lanes: command.lanes })]);
+    await commands.insertCommand(tx, command, { state: "sending", leaseMs, type, plan: planned.plan as JsonValue, body }, [entries]);
     return { kind: "call", call: { id: command.id, type, body }, attempt: 1 };
   }
 
@@ -563,8 +569,13 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const cmd = codec.decode(request.request);
     const reason = `the partner's application did not carry out the ${kind}: ${detail}`;
     const outcome = row.plan === null ? handler.failure(row.request_id, cmd, reason, clock.now()) : handler.refused(row.request_id, cmd, row.plan as P, reason, clock.now());
-    const response = await conclude(tx, request, outcome, cmd, { before: [...before, commandEntry(row, "command.parked", { reason: detail })], answering });
-    const next = await commands.settleCommand(tx, row.id, { state: "parked", error: detail, ...(finishing ? { finishing } : {}) });
+    const also: Sql[] = [];
+    const response = await conclude(tx, request, outcome, cmd, {
+      before: [...before, commandEntry(row, "command.parked", { reason: detail })],
+      answering,
+      deferred: also,
+    });
+    const next = await commands.settleCommand(tx, row.id, { state: "parked", error: detail, ...(finishing ? { finishing } : {}) }, also);
     await wakeNext(tx, next);
     return response === undefined ? undefined : { state: outcome.state, response };
   }
@@ -585,8 +596,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   ): Promise<Answered | undefined> {
     const bounds = stage!.retry;
     return db.transaction(async (tx): Promise<Answered | undefined> => {
-      const row = await commands.lockCommand(tx, commandId);
-      if (!row || row.state !== "sending" || row.attempts !== attempt) return;
+      // The request is locked with the command (one round trip), whatever the command's state.
+      const locked = await commands.lockWithRequest(tx, kind, commandId);
+      if (!locked) return;
+      const { row, request } = locked;
+      if (row.state !== "sending" || row.attempts !== attempt) return;
       const status = "status" in answer ? answer.status : undefined;
       const error = "error" in answer ? answer.error : answer.outcome === "refused" ? answer.reason : undefined;
       // The attempt is finished by the statement that settles the command, whichever it is.
@@ -596,11 +610,13 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       const settledAt = clock.now();
       const tried = (more: Record<string, JsonValue | undefined> = {}) =>
         commandEntry(row, "command.attempt", { attempt, outcome: answer.outcome, status, error, durationMs: Math.round(answer.durationMs), ...more }, undefined, settledAt);
-      const request = await requests.lockAcknowledged(tx, kind, row.request_id);
+      // What settling writes besides the command (history, the request's outcome) goes in the
+      // statement that settles it: one round trip.
+      const also: Sql[] = [];
       if (!request) {
         // Ended meanwhile by hand (result route): nothing to decide for the request.
-        await history.insertEntries(tx, [tried()]);
-        const next = await commands.settleCommand(tx, commandId, { state: "done", status, error, finishing });
+        also.push(history.entriesStatement([tried()]));
+        const next = await commands.settleCommand(tx, commandId, { state: "done", status, error, finishing }, also);
         await wakeNext(tx, next);
         return;
       }
@@ -610,19 +626,19 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       switch (answer.outcome) {
         case "done": {
           const outcome = await handler.apply(tx, row.request_id, cmd, plan, answer.licences);
-          const response = await conclude(tx, request, outcome, cmd, { before: [tried()], answering });
-          const next = await commands.settleCommand(tx, commandId, { state: "done", result: answer.licences as unknown as JsonValue, ...seen });
+          const response = await conclude(tx, request, outcome, cmd, { before: [tried()], answering, deferred: also });
+          const next = await commands.settleCommand(tx, commandId, { state: "done", result: answer.licences as unknown as JsonValue, ...seen }, also);
           await wakeNext(tx, next);
           return response === undefined ? undefined : { state: outcome.state, response };
         }
         case "accepted":
-          await history.insertEntries(tx, [tried()]);
-          await commands.settleCommand(tx, commandId, { state: "waiting", ...seen });
+          also.push(history.entriesStatement([tried()]));
+          await commands.settleCommand(tx, commandId, { state: "waiting", ...seen }, also);
           return;
         case "refused": {
           const outcome = handler.refused(row.request_id, cmd, plan, `the partner's application refused it: ${answer.reason}`, clock.now());
-          const response = await conclude(tx, request, outcome, cmd, { before: [tried()], answering });
-          const next = await commands.settleCommand(tx, commandId, { state: "refused", ...seen });
+          const response = await conclude(tx, request, outcome, cmd, { before: [tried()], answering, deferred: also });
+          const next = await commands.settleCommand(tx, commandId, { state: "refused", ...seen }, also);
           await wakeNext(tx, next);
           return response === undefined ? undefined : { state: outcome.state, response };
         }
@@ -633,8 +649,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
           if (attempt >= bounds.maxAttempts || next.getTime() - row.created_at.getTime() > bounds.maxAgeMs) {
             return park(tx, row, request, `no answer after ${attempt} attempts, the last: ${answer.error} (command ${commandId})`, finishing, [tried()], answering);
           }
-          await history.insertEntries(tx, [tried({ nextAttemptAt: next.toISOString() })]);
-          await commands.settleCommand(tx, commandId, { state: "retrying", nextAttemptAt: next, ...seen });
+          also.push(history.entriesStatement([tried({ nextAttemptAt: next.toISOString() })]));
+          await commands.settleCommand(tx, commandId, { state: "retrying", nextAttemptAt: next, ...seen }, also);
           await jobs.add(tx, provisionJob(kind, commandId, next));
           return;
         }

@@ -4,13 +4,16 @@
  * the lifecycle's columns (idempotency key, request, answer, state, failure); the few columns of
  * one kind only are named where they are written.
  */
-import { raw, sql, type Queryable, type Tx } from "../db/sql.js";
+import { raw, sql, type Queryable, type Sql, type Tx } from "../db/sql.js";
 import type { JsonValue } from "../lib/json.js";
 
 export type RequestKind = "order" | "update";
 export type RequestState = "acknowledged" | "completed" | "failed";
 
 const TABLE = { order: raw("product_order"), update: raw("licence_update") } as const;
+
+/** The table of a kind of request, for the statements of commands.dal that lock a command with its request. */
+export const REQUEST_TABLE: Readonly<Record<RequestKind, Sql>> = TABLE;
 
 /** The row a retry under an already used key is answered from. */
 export interface StoredRequest {
@@ -130,15 +133,18 @@ export interface FinishedRequest {
 
 /** Records the outcome; `response` null keeps the stored answer (async: the acknowledgement). */
 export async function finishRequest(tx: Tx, kind: RequestKind, f: FinishedRequest, response: JsonValue | null): Promise<void> {
+  await tx.execute(finishStatement(kind, f, response));
+}
+
+/** The UPDATE of `finishRequest`, for a caller that runs it within another statement (see commands.dal). */
+export function finishStatement(kind: RequestKind, f: FinishedRequest, response: JsonValue | null): Sql {
   const common = sql`state = ${f.state}::"RequestState",
     response = COALESCE(${response === null ? null : JSON.stringify(response)}::json, response),
     failure_reason = ${f.reason ?? null}, completed_at = ${f.completedAt}`;
-  await tx.execute(
-    kind === "order"
-      ? sql`UPDATE product_order SET ${common}, customer_id = ${f.customerId ?? null}, fleet_id = ${f.fleetId ?? null}
-            WHERE id = ${f.id}`
-      : sql`UPDATE licence_update SET ${common} WHERE id = ${f.id}`,
-  );
+  return kind === "order"
+    ? sql`UPDATE product_order SET ${common}, customer_id = ${f.customerId ?? null}, fleet_id = ${f.fleetId ?? null}
+          WHERE id = ${f.id}`
+    : sql`UPDATE licence_update SET ${common} WHERE id = ${f.id}`;
 }
 
 /**

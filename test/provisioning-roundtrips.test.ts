@@ -1,0 +1,85 @@
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ORDER_URL, uc2 } from "./support/fixtures.js";
+import { ADMIN_TOKEN, startProvisioned, type Provisioned } from "./support/provisioned.js";
+
+/**
+ * What a small sync order costs PostgreSQL in webhook mode, counted in statements (round trips),
+ * not in time: each costs a parse, a plan and an exchange on both sides whatever it does, and a
+ * webhook order pays for two transactions (the command durable before it is sent, then settled).
+ * The statements are those the program's pool sent while Orange's call was under way.
+ */
+
+const ADMIN = { authorization: `Bearer ${ADMIN_TOKEN}` };
+
+/** Records the statements sent through `pool`'s connections (its text, or the prepared statement's name and text). */
+function recordStatements(pool: pg.Pool): { texts: string[]; stop(): void } {
+  const clients = new WeakSet<pg.Client>();
+  const onAcquire = (client: pg.PoolClient) => clients.add(client as unknown as pg.Client);
+  pool.on("acquire", onAcquire);
+  const texts: string[] = [];
+  const original = pg.Client.prototype.query;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- pg's query has a dozen overloads; the recorder passes every call through
+  (pg.Client.prototype as any).query = function (this: pg.Client, ...args: any[]) {
+    if (clients.has(this)) {
+      const first = args[0] as string | { text: string };
+      texts.push((typeof first === "string" ? first : first.text).replace(/\s+/g, " ").trim());
+    }
+    return (original as (...a: unknown[]) => unknown).apply(this, args);
+  };
+  return {
+    texts,
+    stop() {
+      pg.Client.prototype.query = original;
+      pool.off("acquire", onAcquire);
+    },
+  };
+}
+
+describe("webhook mode, sync: the round trips of a small order", () => {
+  let p: Provisioned;
+  beforeAll(async () => {
+    p = await startProvisioned({ ORDERING_MODE: "sync" });
+    // A first order opens the pool's connections and warms what is lazily set up.
+    const warm = await p.t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
+    expect(warm.status, warm.text).toBe(201);
+  });
+  afterAll(async () => p?.close());
+
+  it("a UC2 of one licence for a new customer: two transactions of 7 statements each, the history as before", async () => {
+    const { t } = p;
+    const calls = p.front.calls.length;
+    const recorder = recordStatements(t.store.pool);
+    let res;
+    try {
+      res = await t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
+    } finally {
+      recorder.stop();
+    }
+    expect(res.status, res.text).toBe(201);
+    expect(res.body.state).toBe("completed");
+    const id = res.body.id as string;
+    const statements = recorder.texts;
+    // First: BEGIN, the request claimed, the lanes locked then looked at, the plan's one read, the
+    // command inserted prepared with its first attempt and its history entries, COMMIT. Then the
+    // settling: BEGIN, the command and its request locked, the order's three writes (customer,
+    // fleet, licence), the command settled with its attempt, the request's outcome and its
+    // history entries, COMMIT.
+    expect(statements.filter((s) => s.startsWith("BEGIN"))).toHaveLength(2);
+    expect(statements.filter((s) => s === "COMMIT")).toHaveLength(2);
+    expect(statements, statements.join("\n")).toHaveLength(14);
+
+    // The same order as before: the store, the application, the history.
+    const order = await t.db.productOrder.findUniqueOrThrow({ where: { id } });
+    expect(order.state).toBe("completed");
+    expect(await t.db.licence.count({ where: { orderId: id } })).toBe(1);
+    const command = await t.db.provisioningCommand.findFirstOrThrow({ where: { requestId: id }, include: { attemptRows: true } });
+    expect(command.state).toBe("done");
+    expect(command.attemptRows.map((a) => [a.attempt, a.outcome, a.status])).toEqual([[1, "done", 200]]);
+    expect(p.front.calls.slice(calls).map((c) => c.headers["webhook-id"])).toEqual([command.id]);
+    const rows = await t.db.historyEntry.findMany({ where: { requestId: id }, orderBy: { id: "asc" } });
+    expect(rows.map((r) => r.kind)).toEqual(["request.received", "command.prepared", "command.attempt", "request.completed", "request.answered"]);
+    const timeline = await t.call("GET", `/admin/v1/orders/${id}/timeline`, undefined, ADMIN);
+    expect(timeline.body.map((e: { kind: string }) => e.kind)).toEqual(rows.map((r) => r.kind));
+  });
+});
