@@ -25,6 +25,8 @@ export interface Prepared {
   readonly name: string;
   readonly text: string;
   readonly values: unknown[];
+  /** The statement it was made from (see TransactionOptions.beginWithFirst). */
+  readonly source: Sql;
 }
 
 export type Statement = Sql | Prepared;
@@ -39,7 +41,7 @@ export function prepared(statement: Sql): Prepared {
     name = `p_${createHash("sha1").update(text).digest("base64url")}`;
     preparedNames.set(text, name);
   }
-  return { name, text, values: statement.values };
+  return { name, text, values: statement.values, source: statement };
 }
 
 /** What every data-access function takes: the pool (one statement) or the caller's transaction. */
@@ -66,6 +68,14 @@ export interface TransactionOptions {
   timeoutMs?: number;
   /** One consistent snapshot, no writes (listings streamed in several statements). */
   readOnlySnapshot?: boolean;
+  /**
+   * BEGIN is sent with the transaction's first statement, in one round trip (a round trip costs
+   * both sides more than a short statement itself): for the short transactions of the hot path.
+   * That statement then goes as a simple query, its values written in as literals that pg
+   * escapes (so it is parsed and planned anew, even when prepared); one with a value pg cannot
+   * write as text (a Buffer) goes after a BEGIN of its own, as without this option.
+   */
+  beginWithFirst?: boolean;
 }
 
 export interface Db extends Queryable {
@@ -100,6 +110,25 @@ export class TransactionTimeout extends Error {
 }
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+
+// pg's own conversion of a value to the text it sends as a parameter (arrays, dates, JSON).
+const prepareValue = (pg as unknown as { utils: { prepareValue(value: unknown): unknown } }).utils.prepareValue;
+
+/**
+ * `statement` with its values written in as escaped literals, for a simple query; undefined when
+ * a value has no text form. A literal is typed by its context as a parameter is (both reach
+ * PostgreSQL as text of unknown type), so the statement means the same.
+ */
+function inlined(statement: Statement): string | undefined {
+  const source = statement instanceof Object && "source" in statement ? statement.source : (statement as Sql);
+  let text = source.strings[0]!;
+  for (let i = 0; i < source.values.length; i++) {
+    const value = prepareValue(source.values[i]);
+    if (value !== null && typeof value !== "string") return undefined;
+    text += (value === null ? "NULL" : pg.escapeLiteral(value)) + source.strings[i + 1]!;
+  }
+  return text;
+}
 const DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000;
 
 // int8 (counts, sequences) as numbers: every int8 of this schema stays far below 2^53. Set per
@@ -142,8 +171,26 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
       const startedAt = performance.now();
       const committed: (() => void)[] = [];
       let broken = false;
-      const run = async <R extends pg.QueryResultRow>(statement: Statement) => {
+      // One round trip: the bounds are enforced by PostgreSQL too, so a statement or an idle
+      // pause that outlives the transaction's budget cannot hold its locks any longer.
+      const bound = Math.max(1, Math.ceil(timeoutMs));
+      const begin =
+        `${txOptions.readOnlySnapshot ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" : "BEGIN"};` +
+        `SET LOCAL statement_timeout = ${bound};SET LOCAL idle_in_transaction_session_timeout = ${bound}`;
+      /** BEGIN not sent yet: it goes with the first statement (beginWithFirst). */
+      let pendingBegin = txOptions.beginWithFirst === true;
+      const run = async <R extends pg.QueryResultRow>(statement: Statement): Promise<pg.QueryResult<R>> => {
         if (performance.now() - startedAt > timeoutMs) throw new TransactionTimeout(timeoutMs);
+        if (pendingBegin) {
+          pendingBegin = false;
+          const text = inlined(statement);
+          if (text === undefined) await client.query(begin);
+          else {
+            // Several statements in one simple query: one result each, the statement's is the last.
+            const results = (await client.query<R>(`${begin};${text}`)) as unknown as pg.QueryResult<R>[];
+            return results[results.length - 1]!;
+          }
+        }
         return client.query<R>(statement);
       };
       const tx: Tx = {
@@ -159,16 +206,11 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
         },
       };
       try {
-        // One round trip: the bounds are enforced by PostgreSQL too, so a statement or an idle
-        // pause that outlives the transaction's budget cannot hold its locks any longer.
-        const bound = Math.max(1, Math.ceil(timeoutMs));
-        await client.query(
-          `${txOptions.readOnlySnapshot ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" : "BEGIN"};` +
-            `SET LOCAL statement_timeout = ${bound};SET LOCAL idle_in_transaction_session_timeout = ${bound}`,
-        );
+        if (!pendingBegin) await client.query(begin);
         const result = await work(tx);
         if (performance.now() - startedAt > timeoutMs) throw new TransactionTimeout(timeoutMs);
-        await client.query("COMMIT");
+        // No statement, no transaction was begun: nothing to commit.
+        if (!pendingBegin) await client.query("COMMIT");
         for (const effect of committed) {
           try {
             effect();
@@ -179,6 +221,7 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
         return result;
       } catch (error) {
         try {
+          // ROLLBACK outside a transaction (none begun) only warns.
           await client.query("ROLLBACK");
         } catch {
           // The connection is gone or unusable: it must not go back to the pool.

@@ -420,6 +420,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   type Answered = { state: string; response: JsonValue };
   type Step = { kind: "call"; call: ProvisioningCall; attempt: number } | { kind: "finished" } | { kind: "idle" };
   const IDLE: Step = { kind: "idle" };
+  /**
+   * The two transactions of a command sent in Orange's call (written, then settled): each BEGIN
+   * goes with the transaction's first statement, one round trip fewer each.
+   */
+  const HOT = { beginWithFirst: true } as const;
 
   /**
    * Ends the request with `outcome` as its answer mode says: the stored answer (sync, auto), which
@@ -655,7 +660,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
           return;
         }
       }
-    });
+    }, HOT);
   }
 
   async function runCommand(commandId: string, signal?: AbortSignal): Promise<void> {
@@ -727,7 +732,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       }
       const step = await prepareNew(tx, command, cmd, { request: cmd.request, answerMode: mode }, claimed.received);
       return { requestId: claimed.id, step, commandId, retried: false };
-    });
+    }, HOT);
     if ("reply" in first) return first.reply;
     const { requestId, step } = first;
     if (step.kind === "call") {

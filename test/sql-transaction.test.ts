@@ -1,0 +1,96 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { prepared, sql } from "../src/db/sql.js";
+import { createTestDatabase, type TestDatabase } from "./support/db.js";
+
+/**
+ * Db.transaction with `beginWithFirst`: BEGIN goes with the first statement, whose values are
+ * then written in as literals. The statements must mean what they mean as parameters, the
+ * transaction must still be one (rolled back whole), on a real PostgreSQL.
+ */
+describe("a transaction whose BEGIN goes with its first statement", () => {
+  let d: TestDatabase;
+  beforeAll(async () => {
+    d = await createTestDatabase();
+    await d.db.execute(sql`CREATE TABLE sql_tx_probe (id text PRIMARY KEY, n bigint, tags text[], doc jsonb, at timestamptz, ok boolean, bytes bytea)`);
+  });
+  afterAll(async () => d?.drop());
+
+  const awkward = `it's a \\ "quoted" $1 value; DROP TABLE sql_tx_probe; --`;
+  const values = {
+    n: 9_007_199_254_740_991,
+    tags: ["a,b", "c}", 'd"', "e\\f", "", "ünï"],
+    doc: { text: awkward, nested: [1, null, true] },
+    at: new Date("2026-11-30T08:15:30.123Z"),
+  };
+
+  it("writes and reads every kind of value as parameters would, in one round trip for BEGIN and the first statement", async () => {
+    const texts: string[] = [];
+    const rows = await d.db.transaction(
+      async (tx) => {
+        const inserted = await tx.query<{ id: string }>(
+          prepared(sql`INSERT INTO sql_tx_probe (id, n, tags, doc, at, ok, bytes)
+                       VALUES (${awkward}, ${values.n}, ${values.tags}::text[], ${JSON.stringify(values.doc)}::jsonb, ${values.at}, ${true}, NULL)
+                       RETURNING id`),
+        );
+        texts.push(...inserted.map((r) => r.id));
+        return tx.query<{ id: string; n: number; tags: string[]; doc: unknown; at: Date; ok: boolean }>(
+          sql`SELECT id, n, tags, doc, at, ok FROM sql_tx_probe WHERE id = ${awkward}`,
+        );
+      },
+      { beginWithFirst: true },
+    );
+    expect(texts).toEqual([awkward]);
+    expect(rows).toEqual([{ id: awkward, ...values, ok: true }]);
+    // The table is still there, and the row was committed: what another connection sees.
+    expect(await d.prisma.$queryRaw`SELECT count(*)::int AS n FROM sql_tx_probe WHERE id = ${awkward}`).toEqual([{ n: 1 }]);
+  });
+
+  it("rolls the whole transaction back when a later statement fails, and when the first one does", async () => {
+    await expect(
+      d.db.transaction(
+        async (tx) => {
+          await tx.execute(sql`INSERT INTO sql_tx_probe (id) VALUES (${"rolled-back"})`);
+          await tx.execute(sql`INSERT INTO sql_tx_probe (id) VALUES (${"rolled-back"})`);
+        },
+        { beginWithFirst: true },
+      ),
+    ).rejects.toThrow(/duplicate key/);
+    await expect(
+      d.db.transaction(
+        async (tx) => {
+          await tx.execute(sql`INSERT INTO sql_tx_probe (id, n) VALUES (${"bad-first"}, ${"not a number"})`);
+        },
+        { beginWithFirst: true },
+      ),
+    ).rejects.toThrow(/invalid input syntax/);
+    expect(await d.prisma.$queryRaw`SELECT id FROM sql_tx_probe WHERE id IN ('rolled-back', 'bad-first')`).toEqual([]);
+    // The connections went back to the pool usable, out of any transaction.
+    const [state] = await d.db.query<{ open: boolean }>(sql`SELECT now() <> statement_timestamp() AS open`);
+    expect(state).toEqual({ open: false });
+  });
+
+  it("keeps the transaction's bounds, sent with BEGIN", async () => {
+    const [setting] = await d.db.transaction(
+      (tx) => tx.query<{ statement_timeout: string }>(sql`SELECT current_setting(${"statement_timeout"}) AS statement_timeout`),
+      { beginWithFirst: true, timeoutMs: 4321 },
+    );
+    expect(setting).toEqual({ statement_timeout: "4321ms" });
+  });
+
+  it("sends a statement with a value that has no text form (bytes) after a BEGIN of its own", async () => {
+    const bytes = Buffer.from([0, 1, 2, 0x27, 0x5c, 255]);
+    await d.db.transaction(
+      async (tx) => {
+        await tx.execute(sql`INSERT INTO sql_tx_probe (id, bytes) VALUES (${"bytes"}, ${bytes})`);
+        await tx.execute(sql`UPDATE sql_tx_probe SET ok = ${false} WHERE id = ${"bytes"}`);
+      },
+      { beginWithFirst: true },
+    );
+    const [row] = await d.db.query<{ bytes: Buffer; ok: boolean }>(sql`SELECT bytes, ok FROM sql_tx_probe WHERE id = ${"bytes"}`);
+    expect(row).toEqual({ bytes, ok: false });
+  });
+
+  it("a transaction that ran no statement begins and commits nothing", async () => {
+    await expect(d.db.transaction(async () => 42, { beginWithFirst: true })).resolves.toBe(42);
+  });
+});
