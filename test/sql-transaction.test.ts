@@ -1,3 +1,4 @@
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { prepared, sql } from "../src/db/sql.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
@@ -93,4 +94,60 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
   it("a transaction that ran no statement begins and commits nothing", async () => {
     await expect(d.db.transaction(async () => 42, { beginWithFirst: true })).resolves.toBe(42);
   });
+
+  it("sends a statement left for later with COMMIT, and fails the transaction, whole, when it fails", async () => {
+    const seen = await d.db.transaction(
+      async (tx) => {
+        await tx.executeLater(sql`INSERT INTO sql_tx_probe (id, n) VALUES (${"later-1"}, ${1})`);
+        // A statement after it comes after it: it sees its row.
+        const rows = await tx.query<{ n: number }>(sql`SELECT n FROM sql_tx_probe WHERE id = ${"later-1"}`);
+        await tx.executeLater(sql`INSERT INTO sql_tx_probe (id, n) VALUES (${"later-2"}, ${2})`);
+        return rows;
+      },
+      { beginWithFirst: true },
+    );
+    expect(seen).toEqual([{ n: 1 }]);
+    expect(await d.prisma.$queryRaw`SELECT id FROM sql_tx_probe WHERE id LIKE 'later-%' ORDER BY id`).toEqual([{ id: "later-1" }, { id: "later-2" }]);
+
+    await expect(
+      d.db.transaction(async (tx) => {
+        await tx.execute(sql`INSERT INTO sql_tx_probe (id) VALUES (${"later-3"})`);
+        await tx.executeLater(sql`INSERT INTO sql_tx_probe (id) VALUES (${"later-1"})`);
+      }),
+    ).rejects.toThrow(/duplicate key/);
+    expect(await d.prisma.$queryRaw`SELECT id FROM sql_tx_probe WHERE id = 'later-3'`).toEqual([]);
+  });
+
+  it("runs the statements sent in one round trip each on its own snapshot: the second sees what committed while the first waited for a lock", async () => {
+    const other = new pg.Client({ connectionString: d.url });
+    await other.connect();
+    try {
+      const key = 0x5eed;
+      await other.query("BEGIN");
+      await other.query("SELECT pg_advisory_xact_lock($1)", [key]);
+      await other.query("INSERT INTO sql_tx_probe (id) VALUES ('snapshot')");
+      const looking = d.db.transaction(
+        (tx) => tx.queryEach([sql`SELECT pg_advisory_xact_lock(${key}::int)`, sql`SELECT id FROM sql_tx_probe WHERE id = ${"snapshot"}`]),
+        { beginWithFirst: true },
+      );
+      // The first statement waits for the lock; the other transaction commits meanwhile.
+      await waitUntilWaiting(d, key);
+      await other.query("COMMIT");
+      const [locked, found] = await looking;
+      expect(locked).toHaveLength(1);
+      expect(found).toEqual([{ id: "snapshot" }]);
+    } finally {
+      await other.end();
+    }
+  });
 });
+
+/** Until a session waits for the advisory lock `key`. */
+async function waitUntilWaiting(d: TestDatabase, key: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const rows = await d.db.query(sql`SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = ${key}`);
+    if (rows.length > 0) return;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  throw new Error("no session ever waited for the lock");
+}

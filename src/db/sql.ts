@@ -61,6 +61,17 @@ export interface Tx extends Queryable {
    * that throws is ignored.
    */
   afterCommit(effect: () => void): void;
+  /**
+   * The rows of several statements sent in one round trip, each on its own snapshot as separate
+   * statements are (one sees what committed while the one before it waited for a lock): a
+   * simple query, the values written in as literals (see TransactionOptions.beginWithFirst).
+   */
+  queryEach(statements: Statement[]): Promise<object[][]>;
+  /**
+   * A statement whose result the caller does not need, sent with the transaction's next round
+   * trip: its next statement, or COMMIT. Its failure fails the transaction all the same.
+   */
+  executeLater(statement: Statement): Promise<void>;
 }
 
 export interface TransactionOptions {
@@ -178,18 +189,30 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
         `${txOptions.readOnlySnapshot ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" : "BEGIN"};` +
         `SET LOCAL statement_timeout = ${bound};SET LOCAL idle_in_transaction_session_timeout = ${bound}`;
       /** BEGIN not sent yet: it goes with the first statement (beginWithFirst). */
-      let pendingBegin = txOptions.beginWithFirst === true;
-      const run = async <R extends pg.QueryResultRow>(statement: Statement): Promise<pg.QueryResult<R>> => {
+      let beginPending = txOptions.beginWithFirst === true;
+      /** Statements (simple-query text) that go with the next round trip (executeLater). */
+      const later: string[] = [];
+      /** What goes before the next statement, in the same simple query; taken once. */
+      const ahead = (): string[] => {
+        const texts = [...(beginPending ? [begin] : []), ...later];
+        beginPending = false;
+        later.length = 0;
+        return texts;
+      };
+      const checkTime = () => {
         if (performance.now() - startedAt > timeoutMs) throw new TransactionTimeout(timeoutMs);
-        if (pendingBegin) {
-          pendingBegin = false;
+      };
+      /** Several statements in one simple query: one result each (the BEGIN text holds three); the last `n`. */
+      const simple = async (texts: string[], n: number): Promise<pg.QueryResult[]> => {
+        const results = (await client.query(texts.join(";"))) as unknown as pg.QueryResult | pg.QueryResult[];
+        return (Array.isArray(results) ? results : [results]).slice(-n);
+      };
+      const run = async <R extends pg.QueryResultRow>(statement: Statement): Promise<pg.QueryResult<R>> => {
+        checkTime();
+        if (beginPending || later.length > 0) {
           const text = inlined(statement);
-          if (text === undefined) await client.query(begin);
-          else {
-            // Several statements in one simple query: one result each, the statement's is the last.
-            const results = (await client.query<R>(`${begin};${text}`)) as unknown as pg.QueryResult<R>[];
-            return results[results.length - 1]!;
-          }
+          if (text !== undefined) return (await simple([...ahead(), text], 1))[0] as pg.QueryResult<R>;
+          await simple(ahead(), 1);
         }
         return client.query<R>(statement);
       };
@@ -204,13 +227,30 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
         afterCommit(effect) {
           committed.push(effect);
         },
+        async queryEach(statements: Statement[]) {
+          checkTime();
+          const texts = statements.map(inlined);
+          if (texts.every((t): t is string => t !== undefined)) {
+            return (await simple([...ahead(), ...texts], texts.length)).map((r) => r.rows as object[]);
+          }
+          const rows: object[][] = [];
+          for (const statement of statements) rows.push((await run(statement)).rows as object[]);
+          return rows;
+        },
+        async executeLater(statement: Statement) {
+          checkTime();
+          const text = inlined(statement);
+          if (text === undefined) await run(statement);
+          else later.push(text);
+        },
       };
       try {
-        if (!pendingBegin) await client.query(begin);
+        if (!beginPending) await client.query(begin);
         const result = await work(tx);
-        if (performance.now() - startedAt > timeoutMs) throw new TransactionTimeout(timeoutMs);
-        // No statement, no transaction was begun: nothing to commit.
-        if (!pendingBegin) await client.query("COMMIT");
+        checkTime();
+        // Nothing sent nor left to send: no transaction was begun, nothing to commit.
+        if (later.length > 0) await simple([...ahead(), "COMMIT"], 1);
+        else if (!beginPending) await client.query("COMMIT");
         for (const effect of committed) {
           try {
             effect();

@@ -44,12 +44,12 @@ const ADVISORY_NAMESPACE = 0x4f42_0003;
  * and a lane's order is the order of its commits.
  */
 export async function lockLanes(tx: Tx, lanes: string[]): Promise<void> {
-  await tx.query(
-    prepared(sql`
-      SELECT pg_advisory_xact_lock(${ADVISORY_NAMESPACE}::int, hashtext(l))
-        FROM unnest(${[...lanes].sort()}::text[]) AS l ORDER BY l`),
-  );
+  await tx.query(prepared(lockLanesStatement(lanes)));
 }
+
+const lockLanesStatement = (lanes: string[]) => sql`
+  SELECT pg_advisory_xact_lock(${ADVISORY_NAMESPACE}::int, hashtext(l))
+    FROM unnest(${[...lanes].sort()}::text[]) AS l ORDER BY l`;
 
 /** The columns of a CommandRow, of the table (or alias) `t`. */
 const columnsOf = (t: string) =>
@@ -83,11 +83,20 @@ const UNFINISHED_EARLIER = sql`p.state IN ('queued', 'sending', 'waiting', 'retr
  * command it could find is an earlier one: a new command of these lanes may go at once.
  */
 export async function lanesFree(tx: Tx, lanes: string[]): Promise<boolean> {
-  const rows = await tx.query(
-    prepared(sql`
-      SELECT 1 FROM provisioning_command p WHERE p.lanes && ${lanes}::text[] AND ${UNFINISHED_EARLIER} LIMIT 1`),
-  );
+  const rows = await tx.query(prepared(lanesFreeStatement(lanes)));
   return rows.length === 0;
+}
+
+const lanesFreeStatement = (lanes: string[]) => sql`
+  SELECT 1 FROM provisioning_command p WHERE p.lanes && ${lanes}::text[] AND ${UNFINISHED_EARLIER} LIMIT 1`;
+
+/**
+ * `lockLanes` then `lanesFree`, in one round trip: two statements of one simple query, the
+ * second on a snapshot taken once the first has the locks (as two round trips would be).
+ */
+export async function lockLanesAndLook(tx: Tx, lanes: string[]): Promise<boolean> {
+  const [, found] = await tx.queryEach([lockLanesStatement(lanes), lanesFreeStatement(lanes)]);
+  return found!.length === 0;
 }
 
 /** A command written with its first attempt, or ended before any (its plan refused). */
@@ -101,16 +110,19 @@ export type NewCommand =
  * `sending` with its plan, body and first attempt (its turn came in the inserting transaction:
  * the row is written once, never updated to be prepared), or `refused` (its plan was refused:
  * ended without a call). No other transaction sees it before the commit, so the inserting one
- * holds it as `lockCommand` would. `also`: statements written with it (see `alongside`).
+ * holds it as `lockCommand` would. `also`: statements written with it (see `alongside`);
+ * `last`: the caller's transaction runs no other statement after it.
  */
 export async function insertCommand(
   tx: Tx,
   c: { id: string; kind: RequestKind; requestId: string; lanes: string[] },
   n: NewCommand = { state: "queued" },
   also: Sql[] = [],
+  options: { last?: boolean } = {},
 ): Promise<void> {
   const sending = n.state === "sending" ? n : undefined;
-  await tx.execute(
+  // The transaction's last statement goes with its COMMIT (Tx.executeLater): one round trip.
+  await (options.last ? tx.executeLater.bind(tx) : tx.execute.bind(tx))(
     prepared(sql`
     WITH ${alongside(also)} c AS (
       INSERT INTO provisioning_command (id, request_kind, request_id, lanes, state, attempts, lease_until, type, plan, body, prepared_at, last_error, finished_at)

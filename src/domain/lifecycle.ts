@@ -524,12 +524,13 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   async function prepareNew(
     tx: Tx,
     command: { id: string; kind: RequestKind; requestId: string; lanes: string[] },
+    lanesFree: boolean,
     cmd: C,
     request: { request: JsonValue; answerMode: AnswerMode },
     received: HistoryEntry,
   ): Promise<Step> {
     const row = { id: command.id, request_id: command.requestId };
-    if (!(await commands.lanesFree(tx, command.lanes))) {
+    if (!lanesFree) {
       // Not its turn yet: the worker sends it once the commands before it are finished.
       await commands.insertCommand(tx, command);
       await jobs.add(tx, provisionJob(kind, command.id));
@@ -548,7 +549,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const { type, data } = handler.command(command.requestId, cmd, planned.plan);
     const body = JSON.stringify({ type, timestamp: clock.now().toISOString(), data });
     const entries = history.entriesStatement([received, commandEntry(row, "command.prepared", { type, lanes: command.lanes })]);
-    await commands.insertCommand(tx, command, { state: "sending", leaseMs, type, plan: planned.plan as JsonValue, body }, [entries]);
+    // The transaction's last statement: it goes with the COMMIT.
+    await commands.insertCommand(tx, command, { state: "sending", leaseMs, type, plan: planned.plan as JsonValue, body }, [entries], { last: true });
     return { kind: "call", call: { id: command.id, type, body }, attempt: 1 };
   }
 
@@ -720,9 +722,9 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       }
       const commandId = ids.next("pc");
       const lanes = await handler.lanes(tx, claimed.id, cmd);
-      await commands.lockLanes(tx, lanes);
       const command = { id: commandId, kind, requestId: claimed.id, lanes };
       if (mode === "async") {
+        await commands.lockLanes(tx, lanes);
         await commands.insertCommand(tx, command);
         const response = codec.acknowledgement(cmd.request, claimed.id);
         await requests.storeResponse(tx, kind, claimed.id, response);
@@ -730,7 +732,9 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
         return { reply: { requestId: claimed.id, replayed: false, response } };
       }
-      const step = await prepareNew(tx, command, cmd, { request: cmd.request, answerMode: mode }, claimed.received);
+      // Whether an earlier command holds one of its lanes, looked at once their locks are held.
+      const free = await commands.lockLanesAndLook(tx, lanes);
+      const step = await prepareNew(tx, command, free, cmd, { request: cmd.request, answerMode: mode }, claimed.received);
       return { requestId: claimed.id, step, commandId, retried: false };
     }, HOT);
     if ("reply" in first) return first.reply;
