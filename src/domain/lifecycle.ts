@@ -744,9 +744,12 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       // The call keeps its own bound (PROVISIONING_TIMEOUT_MS), whatever Orange's deadline: cut at
       // the deadline, it would be sent again while the application may still be carrying it out.
       const calling = send(step.call, AbortSignal.timeout(s.timeoutMs + 1_000));
-      const waiting = new AbortController();
-      const called = await Promise.race([calling, sleep(left, undefined, { signal: waiting.signal }).catch(() => undefined)]);
-      waiting.abort();
+      // A plain timer, cleared once the call is answered (an aborted sleep would build an
+      // AbortError, with its stack, for every call answered in time).
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const deadlinePassed = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, left, undefined)));
+      const called = await Promise.race([calling, deadlinePassed]);
+      clearTimeout(timer);
       if (called !== undefined) {
         // Settled here, the request's answer is Orange's at once: its history entry is written with it.
         const settled = await settle(first.commandId, step.attempt, called, true);
