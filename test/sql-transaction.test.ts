@@ -91,6 +91,22 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
     expect(row).toEqual({ bytes, ok: false });
   });
 
+  it("sends a long statement (its values past 64 KiB) as parameters, after a BEGIN of its own, left for later or not", async () => {
+    const long = "x'\\".repeat(30_000);
+    await d.db.transaction(
+      async (tx) => {
+        await tx.execute(sql`INSERT INTO sql_tx_probe (id, doc) VALUES (${"long-1"}, ${JSON.stringify({ long })}::jsonb)`);
+        await tx.executeLater(sql`INSERT INTO sql_tx_probe (id, doc) VALUES (${"long-2"}, ${JSON.stringify({ long })}::jsonb)`);
+      },
+      { beginWithFirst: true },
+    );
+    const rows = await d.db.query<{ id: string; doc: { long: string } }>(sql`SELECT id, doc FROM sql_tx_probe WHERE id LIKE 'long-%' ORDER BY id`);
+    expect(rows).toEqual([
+      { id: "long-1", doc: { long } },
+      { id: "long-2", doc: { long } },
+    ]);
+  });
+
   it("a transaction that ran no statement begins and commits nothing", async () => {
     await expect(d.db.transaction(async () => 42, { beginWithFirst: true })).resolves.toBe(42);
   });

@@ -84,7 +84,8 @@ export interface TransactionOptions {
    * both sides more than a short statement itself): for the short transactions of the hot path.
    * That statement then goes as a simple query, its values written in as literals that pg
    * escapes (so it is parsed and planned anew, even when prepared); one with a value pg cannot
-   * write as text (a Buffer) goes after a BEGIN of its own, as without this option.
+   * write as text (a Buffer), or too long a text (64 KiB, e.g. a large order's command), goes
+   * after a BEGIN of its own, as without this option.
    */
   beginWithFirst?: boolean;
 }
@@ -137,9 +138,13 @@ function inlined(statement: Statement): string | undefined {
     const value = prepareValue(source.values[i]);
     if (value !== null && typeof value !== "string") return undefined;
     text += (value === null ? "NULL" : pg.escapeLiteral(value)) + source.strings[i + 1]!;
+    // Escaping is a loop over every character: past this, a round trip costs less than the text.
+    if (text.length > MAX_INLINED_CHARS) return undefined;
   }
   return text;
 }
+
+const MAX_INLINED_CHARS = 64 * 1024;
 const DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000;
 
 // int8 (counts, sequences) as numbers: every int8 of this schema stays far below 2^53. Set per
