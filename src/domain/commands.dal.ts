@@ -91,12 +91,12 @@ const lanesFreeStatement = (lanes: string[]) => sql`
   SELECT 1 FROM provisioning_command p WHERE p.lanes && ${lanes}::text[] AND ${UNFINISHED_EARLIER} LIMIT 1`;
 
 /**
- * `lockLanes` then `lanesFree`, in one round trip: two statements of one simple query, the
- * second on a snapshot taken once the first has the locks (as two round trips would be).
+ * The statements of `lockLanes` then `lanesFree`, for a caller that sends them in one round trip
+ * (Tx.queryEach: the second on a snapshot taken once the first has the locks, as two round trips
+ * would be): the lanes are free when the second finds no row.
  */
-export async function lockLanesAndLook(tx: Tx, lanes: string[]): Promise<boolean> {
-  const [, found] = await tx.queryEach([lockLanesStatement(lanes), lanesFreeStatement(lanes)]);
-  return found!.length === 0;
+export function lockAndLookStatements(lanes: string[]): [Sql, Sql] {
+  return [lockLanesStatement(lanes), lanesFreeStatement(lanes)];
 }
 
 /** A command written with its first attempt, or ended before any (its plan refused). */

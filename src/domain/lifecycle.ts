@@ -708,11 +708,52 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     );
   }
 
+  /** A request claimed; `inLanes`: its command's lanes, locked, and whether they were free. */
+  type Claimed =
+    | { id: string; received: HistoryEntry; inLanes?: { lanes: string[]; free: boolean } }
+    | { replay: JsonValue; id: string; received: HistoryEntry };
+
+  /**
+   * `claim` for a command Orange's call waits for: the request is inserted, its lanes locked and
+   * looked at (whether an earlier command holds one, on a snapshot taken once the locks are held)
+   * in one round trip. The lanes are known first (an update's, from its licences: a read before
+   * the claim); a retry under a used key took the locks for nothing, and let them go at once.
+   */
+  async function claimInLanes(
+    tx: Tx,
+    cmd: C,
+    mode: AnswerMode,
+  ): Promise<Claimed> {
+    const id = ids.next(ID_PREFIX[kind]);
+    const lanes = await handler.lanes(tx, id, cmd);
+    const createdAt = clock.now();
+    const [inserted, , found] = await tx.queryEach([
+      requests.insertRequestStatement(kind, {
+        id,
+        answerMode: mode,
+        idempotencyKey: cmd.idempotencyKey,
+        orangeRef: cmd.orangeRef,
+        requestHash: cmd.requestHash,
+        request: cmd.request,
+        createdAt,
+        ...handler.describe(cmd),
+      }),
+      ...commands.lockAndLookStatements(lanes),
+    ]);
+    const received = (requestId: string, replayed: boolean) =>
+      receivedEntry({ requestId, orangeRef: cmd.orangeRef, idempotencyKey: cmd.idempotencyKey, trace: cmd.trace, mode }, createdAt, replayed);
+    if (inserted!.length > 0) return { id, received: received(id, false), inLanes: { lanes, free: found!.length === 0 } };
+    const stored = await requests.findByIdempotencyKey(tx, kind, cmd.idempotencyKey);
+    const replay = replayOrConflict(kind, stored, cmd);
+    return { replay, id: stored!.id, received: received(stored!.id, true) };
+  }
+
   async function receiveProvisioned(cmd: C, mode: AnswerMode, s: ProvisioningStage): Promise<Reply> {
     const deadline = clock.now().getTime() + s.syncDeadlineMs;
     type First = { reply: Reply } | { requestId: string; step: Step; commandId: string; retried: boolean };
     const first = await db.transaction(async (tx): Promise<First> => {
-      const claimed = await claim(tx, cmd, mode);
+      // Typed as the wider union: assigned from a conditional, it would be narrowed to claim's.
+      const claimed = (mode === "async" ? await claim(tx, cmd, mode) : await claimInLanes(tx, cmd, mode)) as Claimed;
       if ("replay" in claimed) {
         await history.insertEntries(tx, [claimed.received]);
         // An answer is stored (final, or the acknowledgement): Orange gets it again. None yet: the
@@ -721,9 +762,9 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         return { requestId: claimed.id, step: IDLE, commandId: "", retried: true };
       }
       const commandId = ids.next("pc");
-      const lanes = await handler.lanes(tx, claimed.id, cmd);
-      const command = { id: commandId, kind, requestId: claimed.id, lanes };
-      if (mode === "async") {
+      if (!claimed.inLanes) {
+        const lanes = await handler.lanes(tx, claimed.id, cmd);
+        const command = { id: commandId, kind, requestId: claimed.id, lanes };
         await commands.lockLanes(tx, lanes);
         await commands.insertCommand(tx, command);
         const response = codec.acknowledgement(cmd.request, claimed.id);
@@ -732,9 +773,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
         return { reply: { requestId: claimed.id, replayed: false, response } };
       }
-      // Whether an earlier command holds one of its lanes, looked at once their locks are held.
-      const free = await commands.lockLanesAndLook(tx, lanes);
-      const step = await prepareNew(tx, command, free, cmd, { request: cmd.request, answerMode: mode }, claimed.received);
+      const command = { id: commandId, kind, requestId: claimed.id, lanes: claimed.inLanes.lanes };
+      const step = await prepareNew(tx, command, claimed.inLanes.free, cmd, { request: cmd.request, answerMode: mode }, claimed.received);
       return { requestId: claimed.id, step, commandId, retried: false };
     }, HOT);
     if ("reply" in first) return first.reply;

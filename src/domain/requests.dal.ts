@@ -44,23 +44,27 @@ export interface NewRequest {
  * never both go on: the second sees the first's row once it commits.
  */
 export async function insertRequest(tx: Tx, kind: RequestKind, r: NewRequest): Promise<boolean> {
+  const rows = await tx.query(insertRequestStatement(kind, r));
+  return rows.length > 0;
+}
+
+/** The INSERT of `insertRequest` (a row when it inserted), for a caller that sends it with other statements. */
+export function insertRequestStatement(kind: RequestKind, r: NewRequest): Sql {
   const common = sql`${r.id}, ${r.idempotencyKey ?? null}, ${r.orangeRef ?? null}, ${r.requestHash},
                      ${JSON.stringify(r.request)}::json, 'acknowledged'::"RequestState", ${r.createdAt}, ${r.answerMode}`;
-  const rows =
-    kind === "order"
-      ? await tx.query(sql`
-          INSERT INTO product_order (id, idempotency_key, orange_ref, request_hash, request, state, created_at,
-                                     answer_mode, use_case, quantity)
-          VALUES (${common}, ${r.order?.useCase ?? null}, ${r.order?.quantity ?? null})
-          ON CONFLICT (idempotency_key) DO NOTHING
-          RETURNING id`)
-      : await tx.query(sql`
-          INSERT INTO licence_update (id, idempotency_key, orange_ref, request_hash, request, state, created_at,
-                                      answer_mode, licence_ids)
-          VALUES (${common}, ${r.update?.licenceIds ?? []}::text[])
-          ON CONFLICT (idempotency_key) DO NOTHING
-          RETURNING id`);
-  return rows.length > 0;
+  return kind === "order"
+    ? sql`
+        INSERT INTO product_order (id, idempotency_key, orange_ref, request_hash, request, state, created_at,
+                                   answer_mode, use_case, quantity)
+        VALUES (${common}, ${r.order?.useCase ?? null}, ${r.order?.quantity ?? null})
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id`
+    : sql`
+        INSERT INTO licence_update (id, idempotency_key, orange_ref, request_hash, request, state, created_at,
+                                    answer_mode, licence_ids)
+        VALUES (${common}, ${r.update?.licenceIds ?? []}::text[])
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id`;
 }
 
 export async function findByIdempotencyKey(tx: Tx, kind: RequestKind, key: string | undefined): Promise<StoredRequest | undefined> {
