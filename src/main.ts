@@ -245,6 +245,8 @@ async function main(): Promise<void> {
       catalogue,
       partnerName: config.partnerName,
       requestMaxAttempts: config.requestMaxAttempts,
+      // An inline run (no job) is presumed dead after the lease, as a job's run is.
+      inlineGraceMs: config.worker.leaseMs,
       log: log.child({ component: "requests" }),
       provisioning: provisioning?.stage,
       metrics,
@@ -271,6 +273,8 @@ async function main(): Promise<void> {
     }
     const worker = await startWorkerRole(config, databaseUrl, services, log, metrics);
     started.worker = worker;
+    // Acknowledged requests received here are carried out here at once, by this process's worker.
+    if (config.role === "all" && worker) services.runInline(worker.worker.inline);
     metrics.watchPool("worker", () => worker?.worker.pool);
     if (app) {
       await app.listen({ host: config.host, port: config.port });

@@ -3,7 +3,7 @@ import { isTransient } from "../src/db/errors.js";
 import { createRequestLifecycle, type RequestLifecycle } from "../src/domain/lifecycle.js";
 import { createOrderHandler } from "../src/domain/orders.js";
 import type { TaskHandler } from "../src/domain/ports.js";
-import { createRequestTasks } from "../src/domain/request-jobs.js";
+import { createRequestTasks, LOST_RUN } from "../src/domain/request-jobs.js";
 import { createOutbox } from "../src/events/outbox.js";
 import { jobQueue } from "../src/events/queue.js";
 import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
@@ -378,7 +378,7 @@ describe("acknowledged requests that keep failing for a reason nobody foresaw", 
       state: "failed",
       attempts: 2,
       failureReason: expect.stringContaining("technical error"),
-      lastError: "its job was gone or out of attempts",
+      lastError: LOST_RUN,
     });
     const events = await strict.db.outboxEvent.findMany({ where: { updateId: row!.id } });
     expect(events).toHaveLength(1);

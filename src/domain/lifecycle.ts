@@ -51,7 +51,7 @@ import type { CommandRow } from "./commands.dal.js";
 import * as history from "./history.dal.js";
 import { answeredEntry, receivedEntry, type HistoryEntry, type RequestTrace } from "./history.js";
 import { replayOrConflict } from "./idempotency.js";
-import type { AppLicenceData, Announcement, Job, JobQueue, Outbox, Provisioner, ProvisioningAnswer, ProvisioningCall, RequestCodec, Telemetry } from "./ports.js";
+import type { AppLicenceData, Announcement, InlineRunner, Job, JobQueue, Outbox, Provisioner, ProvisioningAnswer, ProvisioningCall, RequestCodec, Telemetry } from "./ports.js";
 import * as requests from "./requests.dal.js";
 import type { NewRequest, RequestKind } from "./requests.dal.js";
 
@@ -137,6 +137,11 @@ export interface LifecycleDeps<C extends RequestCommand, P, O extends FinalOutco
   provisioning?: ProvisioningStage;
   /** Told of every request that reached its final state (metrics); none: nothing is counted. */
   telemetry?: Telemetry;
+  /**
+   * Where an acknowledged request is carried out at once, in this process (set once the worker
+   * runs here); none, or no free slot: it gets a job.
+   */
+  inline?: { current?: InlineRunner };
 }
 
 export interface RetryBounds {
@@ -326,24 +331,41 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     if (stage) return receiveProvisioned(cmd, mode, stage);
     // Without the application, an auto request is always carried out within the deadline.
     if (mode === "auto") mode = "sync";
-    return db.transaction(async (tx) => {
-      const claimed = await claim(tx, cmd, mode);
-      if ("replay" in claimed) {
-        await history.insertEntries(tx, [claimed.received]);
-        return { requestId: claimed.id, replayed: true, response: claimed.replay };
-      }
-      if (mode === "async") {
-        const response = codec.acknowledgement(cmd.request, claimed.id);
-        await requests.storeResponse(tx, kind, claimed.id, response);
-        await jobs.add(tx, requestJob(kind, claimed.id));
-        await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
+    // An acknowledged request is carried out here as soon as it is committed when a slot is free:
+    // no job to add, claim and complete, no wait for a worker (under load, most of an async
+    // order's time to its event was that wait). Its job is the fallback, and the sweep the net.
+    const slot = mode === "async" ? deps.inline?.current?.reserve() : undefined;
+    let started = false;
+    try {
+      return await db.transaction(async (tx) => {
+        const claimed = await claim(tx, cmd, mode);
+        if ("replay" in claimed) {
+          await history.insertEntries(tx, [claimed.received]);
+          return { requestId: claimed.id, replayed: true, response: claimed.replay };
+        }
+        if (mode === "async") {
+          const response = codec.acknowledgement(cmd.request, claimed.id);
+          await requests.storeResponse(tx, kind, claimed.id, response);
+          const job = requestJob(kind, claimed.id);
+          if (slot) {
+            tx.afterCommit(() => {
+              started = true;
+              slot.start(job);
+            });
+          } else {
+            await jobs.add(tx, job);
+          }
+          await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
+          return { requestId: claimed.id, replayed: false, response };
+        }
+        const outcome = await carryOut(tx, claimed.id, cmd);
+        const response = codec.answer(cmd.request, outcome);
+        await finish(tx, outcome, response, cmd, { before: [claimed.received], after: [answered(outcome)] });
         return { requestId: claimed.id, replayed: false, response };
-      }
-      const outcome = await carryOut(tx, claimed.id, cmd);
-      const response = codec.answer(cmd.request, outcome);
-      await finish(tx, outcome, response, cmd, { before: [claimed.received], after: [answered(outcome)] });
-      return { requestId: claimed.id, replayed: false, response };
-    });
+      });
+    } finally {
+      if (slot && !started) slot.release();
+    }
   }
 
   /**

@@ -22,9 +22,11 @@ import { Logger, run, type JobHelpers, type Runner, type TaskList, type WorkerEv
 import pg from "pg";
 import { createDeliverEventsTask, schedule, type DeliveryObserver, type RetryPolicy } from "./delivery.js";
 import type { EventLogger } from "./http.js";
-import type { TaskHandler } from "../domain/ports.js";
+import type { InlineRunner, Job, TaskHandler } from "../domain/ports.js";
+import { queryable } from "../db/sql.js";
+import { addJob } from "./queue.js";
 import type { OrangeEventClient } from "./orange-client.js";
-import { committedDeliveryJobs, DELIVER_TASK, jobKeyOf } from "./outbox.js";
+import { committedDeliveryJobs, DELIVER_TASK, jobKeyOf, type RunDeliveries } from "./outbox.js";
 
 export interface WorkerLogger extends EventLogger {
   error(obj: object, msg?: string): void;
@@ -55,6 +57,8 @@ export interface EventWorkerOptions {
   sweepRequests?: () => Promise<string[]>;
   /** Told of every delivery attempt (metrics). */
   observer?: DeliveryObserver;
+  /** Inline runs at once (default: concurrency), besides graphile's; beyond them, jobs are queued. */
+  inlineSlots?: number;
 }
 
 export interface SweepResult {
@@ -82,6 +86,8 @@ export interface EventWorker {
   readonly id: string | undefined;
   /** The worker's own connections (graphile and the delivery runs), for the pool metrics. */
   readonly pool: pg.Pool;
+  /** Runs a job here as soon as its transaction commits, with no job row (the domain's InlineRunner). */
+  readonly inline: InlineRunner;
   /** The runner's state and a `SELECT 1` on the worker's pool, bounded by `timeoutMs`. */
   health(timeoutMs: number): Promise<WorkerHealth>;
   /** The lease sweep and the missing-job check; also runs on its own every sweepIntervalMs. */
@@ -134,9 +140,9 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   const deliver = taskList[DELIVER_TASK];
   for (const [name, handler] of Object.entries(options.tasks ?? {})) {
     taskList[name] = async (payload, helpers) => {
-      const committed = new Map<string, string>();
-      await committedDeliveryJobs.run(committed, () => handler(payload, { attempt: helpers.job.attempts, signal: helpers.abortSignal }));
-      if (deliver) await deliverNow(deliver, committed, helpers);
+      const run: RunDeliveries = { keys: new Map(), inline: false };
+      await committedDeliveryJobs.run(run, () => handler(payload, { attempt: helpers.job.attempts, signal: helpers.abortSignal }));
+      if (deliver) await deliverNow(deliver, run.keys, helpers);
     };
   }
 
@@ -149,10 +155,14 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
    * already claimed by a worker, or not due (a retry's backoff), is left to graphile. A failed
    * delivery run releases the job for graphile to run again; the task itself has succeeded.
    */
-  async function deliverNow(task: NonNullable<TaskList[string]>, committed: Map<string, string>, helpers: JobHelpers): Promise<void> {
+  async function deliverNow(task: NonNullable<TaskList[string]>, committed: Map<string, string | null>, helpers: JobHelpers): Promise<void> {
     const id = workerId;
-    if (id === undefined) return;
     for (const [orderingKey, jobId] of committed) {
+      if (jobId === null) {
+        await deliverWithoutJob(task, orderingKey, helpers);
+        continue;
+      }
+      if (id === undefined) continue;
       if (helpers.abortSignal?.aborted) return;
       try {
         const claimed = await pool.query(
@@ -175,6 +185,72 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
         // The job stays (released, or locked until the lease sweep): the events are not lost.
         logger?.warn({ orderingKey, err: errorMessage(err) }, "delivering a task's events at once failed; its job delivers them");
       }
+    }
+  }
+
+  /**
+   * The events of an inline run, written without a job: delivered here. The key's lock keeps a
+   * concurrent run of the key out (the task then schedules the key's job itself, as it does for a
+   * retry or when stopping); a run that fails before it could schedule anything schedules the key
+   * here, or, with the database gone, leaves it to the sweep (pending events without a job).
+   */
+  async function deliverWithoutJob(task: NonNullable<TaskList[string]>, orderingKey: string, helpers: JobHelpers): Promise<void> {
+    try {
+      if (helpers.abortSignal?.aborted) throw new Error("the worker is stopping");
+      await task({ orderingKey }, { ...helpers, job: { ...helpers.job, key: jobKeyOf(orderingKey) } } as JobHelpers);
+    } catch (err) {
+      logger?.warn({ orderingKey, err: errorMessage(err) }, "delivering an inline run's events failed; its key gets a job");
+      await schedule(pool, orderingKey, { delayMs: 0 }, "preserve_run_at").catch((e: unknown) =>
+        logger?.warn({ orderingKey, err: errorMessage(e) }, "the key's job could not be added; the sweep adds it"),
+      );
+    }
+  }
+
+  // Inline runs (the domain's InlineRunner): a job carried out here as soon as the transaction
+  // that made it commits, without a job row; `inlineSlots` of them at once, besides graphile's.
+  const inlineSlots = options.inlineSlots ?? options.concurrency;
+  let inlineBusy = 0;
+  const inlineRuns = new Set<Promise<void>>();
+  const inlineAbort = new AbortController();
+  let inlineClosed = false;
+  const inline: InlineRunner = {
+    reserve() {
+      if (inlineClosed || inlineBusy >= inlineSlots) return undefined;
+      inlineBusy++;
+      let freed = false;
+      const free = () => {
+        if (freed) return;
+        freed = true;
+        inlineBusy--;
+      };
+      return {
+        release: free,
+        start(job) {
+          const run = runInline(job).finally(free);
+          inlineRuns.add(run);
+          void run.finally(() => inlineRuns.delete(run));
+        },
+      };
+    },
+  };
+
+  async function runInline(job: Job): Promise<void> {
+    const handler = options.tasks?.[job.task];
+    try {
+      if (!handler) throw new Error(`no task ${job.task} here`);
+      const run: RunDeliveries = { keys: new Map(), inline: deliver !== undefined };
+      // A run whose handler throws asked for another run: its job takes over, with graphile's
+      // backoff from there (the handler has counted the failed attempt).
+      await committedDeliveryJobs.run(run, () => handler(job.payload, { attempt: 1, signal: inlineAbort.signal }));
+      if (deliver && run.keys.size > 0) {
+        const helpers = { abortSignal: inlineAbort.signal, job: { id: `inline:${job.key ?? job.task}`, attempts: 1, key: job.key ?? null } };
+        await deliverNow(deliver, run.keys, helpers as unknown as JobHelpers);
+      }
+    } catch (err) {
+      logger?.warn({ task: job.task, key: job.key, err: errorMessage(err) }, "an inline run failed; its job takes over");
+      await addJob(queryable(pool), { ...job, delayMs: job.runAt ? undefined : INLINE_RETRY_DELAY_MS }).catch((e: unknown) =>
+        logger?.warn({ task: job.task, key: job.key, err: errorMessage(e) }, "the job of a failed inline run could not be added; the sweep adds it"),
+      );
     }
   }
 
@@ -357,11 +433,19 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       return workerId;
     },
     pool,
+    inline,
     health,
     sweep,
     stop() {
       stopping ??= (async () => {
         clearTimeout(sweepTimer);
+        // Inline runs end first (their requests are acknowledged and have no job): within the stop
+        // deadline, then aborted like graphile's; an aborted delivery hands its key to a job.
+        inlineClosed = true;
+        if (!(await settlesWithin(Promise.allSettled([...inlineRuns]), stopTimeoutMs))) {
+          inlineAbort.abort();
+          await settlesWithin(Promise.allSettled([...inlineRuns]), 5_000);
+        }
         stopRequested.abort();
         await restarting;
         const live = current && !current.failed ? current.runner : undefined;
@@ -442,6 +526,8 @@ interface Generation {
 
 const RESTART_BASE_DELAY_MS = 250;
 const POOL_END_TIMEOUT_MS = 5_000;
+/** A failed inline run's job: after a pause, then graphile's own backoff. */
+const INLINE_RETRY_DELAY_MS = 1_000;
 const RESTART_MAX_DELAY_MS = 5_000;
 
 function errorMessage(err: unknown): string {
