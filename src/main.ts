@@ -101,6 +101,7 @@ async function startWorkerRole(
         pollIntervalMs: config.worker.pollIntervalMs,
         stopTimeoutMs: config.worker.stopTimeoutMs,
         sweepIntervalMs: config.worker.sweepIntervalMs,
+        unqueuedGraceMs: config.worker.leaseMs,
         logger: log.child({ component: "worker" }),
         tasks: services.requestTasks,
         sweepRequests: services.sweepRequests,
@@ -151,6 +152,8 @@ async function startWorkerRole(
       pollIntervalMs: config.worker.pollIntervalMs,
       stopTimeoutMs: config.worker.stopTimeoutMs,
       sweepIntervalMs: config.worker.sweepIntervalMs,
+      // Events an inline run writes have no job while it delivers them: left alone for a lease.
+      unqueuedGraceMs: config.worker.leaseMs,
       logger: eventLog,
       // Registered whatever this process's modes: a job left by an API replica in async mode
       // is carried out by any worker.

@@ -59,6 +59,11 @@ export interface EventWorkerOptions {
   observer?: DeliveryObserver;
   /** Inline runs at once (default: concurrency), besides graphile's; beyond them, jobs are queued. */
   inlineSlots?: number;
+  /**
+   * How long pending events may go without a job before the sweep gives their key one (default
+   * 0): an inline run delivers the events it wrote without a job, and may still be at it.
+   */
+  unqueuedGraceMs?: number;
 }
 
 export interface SweepResult {
@@ -226,7 +231,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       return {
         release: free,
         start(job) {
-          const run = runInline(job).finally(free);
+          const run = runInline(job, free).finally(free);
           inlineRuns.add(run);
           void run.finally(() => inlineRuns.delete(run));
         },
@@ -234,7 +239,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     },
   };
 
-  async function runInline(job: Job): Promise<void> {
+  async function runInline(job: Job, freeSlot: () => void): Promise<void> {
     const handler = options.tasks?.[job.task];
     try {
       if (!handler) throw new Error(`no task ${job.task} here`);
@@ -248,9 +253,22 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       }
     } catch (err) {
       logger?.warn({ task: job.task, key: job.key, err: errorMessage(err) }, "an inline run failed; its job takes over");
-      await addJob(queryable(pool), { ...job, delayMs: job.runAt ? undefined : INLINE_RETRY_DELAY_MS }).catch((e: unknown) =>
-        logger?.warn({ task: job.task, key: job.key, err: errorMessage(e) }, "the job of a failed inline run could not be added; the sweep adds it"),
-      );
+      freeSlot();
+      // The database may be away (that is often why the run failed): the job is added once it
+      // answers, unless the worker stops first (then the sweep adds it, after the grace period).
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await addJob(queryable(pool), { ...job, delayMs: INLINE_RETRY_DELAY_MS });
+          return;
+        } catch (e) {
+          if (attempt === 0) logger?.warn({ task: job.task, key: job.key, err: errorMessage(e) }, "the job of a failed inline run cannot be added yet; retrying");
+          const waitMs = Math.min(RESTART_MAX_DELAY_MS, RESTART_BASE_DELAY_MS * 2 ** Math.min(attempt, 10));
+          if (!(await sleep(waitMs * (0.5 + random() * 0.5), inlineAbort.signal))) {
+            logger?.warn({ task: job.task, key: job.key }, "stopping: the job of a failed inline run is left to the sweep");
+            return;
+          }
+        }
+      }
     }
   }
 
@@ -271,6 +289,8 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       `SELECT DISTINCT e.ordering_key
          FROM outbox_event e
         WHERE e.state = 'pending'
+          -- An inline run delivers the events it wrote without a job: it is presumed dead after the grace.
+          AND e.created_at < now() - $2::bigint * interval '1 millisecond'
           AND NOT EXISTS (
             SELECT 1 FROM graphile_worker.jobs j
              WHERE j.key = $1 || e.ordering_key AND j.attempts < j.max_attempts)
@@ -279,7 +299,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
             SELECT 1 FROM outbox_event d
              WHERE d.ordering_key = e.ordering_key AND d.state = 'dead' AND d.seq < e.seq)
         LIMIT 1000`,
-      [jobKeyOf("")],
+      [jobKeyOf(""), options.unqueuedGraceMs ?? 0],
     );
     const rescheduledKeys = orphans.rows.map((r) => r.ordering_key);
     for (const key of rescheduledKeys) await schedule(pool, key, { delayMs: 0 }, "preserve_run_at");
