@@ -205,9 +205,28 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       await task({ orderingKey }, { ...helpers, job: { ...helpers.job, key: jobKeyOf(orderingKey) } } as JobHelpers);
     } catch (err) {
       logger?.warn({ orderingKey, err: errorMessage(err) }, "delivering an inline run's events failed; its key gets a job");
-      await schedule(pool, orderingKey, { delayMs: 0 }, "preserve_run_at").catch((e: unknown) =>
-        logger?.warn({ orderingKey, err: errorMessage(e) }, "the key's job could not be added; the sweep adds it"),
-      );
+      await addOnceAnswered(() => schedule(pool, orderingKey, { delayMs: 0 }, "preserve_run_at"), { orderingKey });
+    }
+  }
+
+  /**
+   * Adds the job of work an inline run could not finish. The database may be away (often why the
+   * run failed): tried again until it answers, unless the worker stops first; the sweep adds the
+   * job then, once past the grace period.
+   */
+  async function addOnceAnswered(add: () => Promise<void>, about: Record<string, unknown>): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await add();
+        return;
+      } catch (err) {
+        if (attempt === 0) logger?.warn({ ...about, err: errorMessage(err) }, "the job of an inline run's unfinished work cannot be added yet; retrying");
+        const waitMs = Math.min(RESTART_MAX_DELAY_MS, RESTART_BASE_DELAY_MS * 2 ** Math.min(attempt, 10));
+        if (!(await sleep(waitMs * (0.5 + random() * 0.5), inlineAbort.signal))) {
+          logger?.warn(about, "stopping: the job of an inline run's unfinished work is left to the sweep");
+          return;
+        }
+      }
     }
   }
 
@@ -254,21 +273,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     } catch (err) {
       logger?.warn({ task: job.task, key: job.key, err: errorMessage(err) }, "an inline run failed; its job takes over");
       freeSlot();
-      // The database may be away (that is often why the run failed): the job is added once it
-      // answers, unless the worker stops first (then the sweep adds it, after the grace period).
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await addJob(queryable(pool), { ...job, delayMs: INLINE_RETRY_DELAY_MS });
-          return;
-        } catch (e) {
-          if (attempt === 0) logger?.warn({ task: job.task, key: job.key, err: errorMessage(e) }, "the job of a failed inline run cannot be added yet; retrying");
-          const waitMs = Math.min(RESTART_MAX_DELAY_MS, RESTART_BASE_DELAY_MS * 2 ** Math.min(attempt, 10));
-          if (!(await sleep(waitMs * (0.5 + random() * 0.5), inlineAbort.signal))) {
-            logger?.warn({ task: job.task, key: job.key }, "stopping: the job of a failed inline run is left to the sweep");
-            return;
-          }
-        }
-      }
+      await addOnceAnswered(() => addJob(queryable(pool), { ...job, delayMs: INLINE_RETRY_DELAY_MS }), { task: job.task, key: job.key });
     }
   }
 
