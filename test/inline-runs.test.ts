@@ -145,6 +145,27 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
     expect(eventsOf(id)).toHaveLength(1);
   }, 60_000);
 
+  it("answers a retry of the same reference from what is stored, and carries the order out once", async () => {
+    const s = await server("all");
+    const orderRef = `ORD-${randomBytes(5).toString("hex")}`;
+    const [a, b] = await Promise.all([post(s, ORDER_URL, uc2(orderRef)), post(s, ORDER_URL, uc2(orderRef))]);
+    expect([a.status, b.status]).toEqual([201, 201]);
+    expect(a.body.id).toBe(b.body.id);
+    const id = a.body.id as string;
+    await until("the order's event", () => (eventsOf(id).length > 0 ? true : undefined));
+    const again = await post(s, ORDER_URL, uc2(orderRef));
+    // Stored: the acknowledgement is what a retry gets, whatever happened since.
+    expect(again.body).toMatchObject({ id, state: "acknowledged" });
+    const changed = await post(s, ORDER_URL, uc2(orderRef, 5));
+    expect(changed.status, JSON.stringify(changed.body)).toBe(409);
+    expect(await database.prisma.productOrder.count({ where: { orangeRef: orderRef } })).toBe(1);
+    expect(await database.prisma.licence.count({ where: { orderId: id } })).toBe(2);
+    const kinds = await historyKinds(id);
+    expect(kinds.filter((k) => k === "request.completed")).toHaveLength(1);
+    expect(kinds.filter((k) => k === "request.replayed" || k === "request.received")).toHaveLength(3);
+    expect(eventsOf(id)).toHaveLength(1);
+  }, 60_000);
+
   it("updates too: a suspension acknowledged, carried out and announced without a job", async () => {
     const s = await server("all");
     const { id } = await order(s, 1);

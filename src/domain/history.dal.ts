@@ -54,14 +54,23 @@ export interface HistoryEntry {
  */
 export async function insertEntries(q: Queryable, entries: HistoryEntry[]): Promise<void> {
   if (entries.length === 0) return;
+  await q.execute(entriesInsert(entries));
+}
+
+/**
+ * The INSERT of `entries`, for a statement that writes them with the change they record (a
+ * data-modifying CTE); `when`: a condition, so that they are written only with that change.
+ */
+export function entriesInsert(entries: HistoryEntry[], when?: Sql): Sql {
   const col = <T>(pick: (e: HistoryEntry) => T | undefined) => entries.map((e) => pick(e) ?? null);
-  await q.execute(sql`
+  return sql`
     INSERT INTO history_entry (at, kind, request_id, customer_id, fleet_id, licence_id, event_id, command_id, actor, data)
     SELECT * FROM unnest(
       ${col((e) => e.at)}::timestamptz[], ${col((e) => e.kind)}::text[], ${col((e) => e.requestId)}::text[],
       ${col((e) => e.customerId)}::text[], ${col((e) => e.fleetId)}::text[], ${col((e) => e.licenceId)}::text[],
       ${col((e) => e.eventId)}::text[], ${col((e) => e.commandId)}::text[], ${col((e) => e.actor)}::text[],
-      ${col((e) => (e.data === undefined ? undefined : JSON.stringify(e.data)))}::jsonb[])`);
+      ${col((e) => (e.data === undefined ? undefined : JSON.stringify(e.data)))}::jsonb[])
+    ${when === undefined ? empty : sql`WHERE ${when}`}`;
 }
 
 /**

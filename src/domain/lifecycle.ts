@@ -51,7 +51,7 @@ import type { CommandRow } from "./commands.dal.js";
 import * as history from "./history.dal.js";
 import { answeredEntry, receivedEntry, type HistoryEntry, type RequestTrace } from "./history.js";
 import { replayOrConflict } from "./idempotency.js";
-import type { AppLicenceData, Announcement, InlineRunner, Job, JobQueue, Outbox, Provisioner, ProvisioningAnswer, ProvisioningCall, RequestCodec, Telemetry } from "./ports.js";
+import type { AppLicenceData, Announcement, InlineRunner, InlineSlot, Job, JobQueue, Outbox, Provisioner, ProvisioningAnswer, ProvisioningCall, RequestCodec, Telemetry } from "./ports.js";
 import * as requests from "./requests.dal.js";
 import type { NewRequest, RequestKind } from "./requests.dal.js";
 
@@ -244,24 +244,43 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     cmd: C,
     mode: AnswerMode,
   ): Promise<{ id: string; received: HistoryEntry } | { replay: JsonValue; id: string; received: HistoryEntry }> {
-    const id = ids.next(ID_PREFIX[kind]);
-    const createdAt = clock.now();
-    const inserted = await requests.insertRequest(tx, kind, {
-      id,
+    const r = newRequest(cmd, mode);
+    const inserted = await requests.insertRequest(tx, kind, r);
+    const received = (requestId: string, replayed: boolean) => receivedOf(cmd, mode, requestId, r.createdAt, replayed);
+    if (inserted) return { id: r.id, received: received(r.id, false) };
+    const stored = await requests.findByIdempotencyKey(tx, kind, cmd.idempotencyKey);
+    const replay = replayOrConflict(kind, stored, cmd);
+    return { replay, id: stored!.id, received: received(stored!.id, true) };
+  }
+
+  function newRequest(cmd: C, mode: AnswerMode): requests.NewRequest {
+    return {
+      id: ids.next(ID_PREFIX[kind]),
       answerMode: mode,
       idempotencyKey: cmd.idempotencyKey,
       orangeRef: cmd.orangeRef,
       requestHash: cmd.requestHash,
       request: cmd.request,
-      createdAt,
+      createdAt: clock.now(),
       ...handler.describe(cmd),
-    });
-    const received = (requestId: string, replayed: boolean) =>
-      receivedEntry({ requestId, orangeRef: cmd.orangeRef, idempotencyKey: cmd.idempotencyKey, trace: cmd.trace, mode }, createdAt, replayed);
-    if (inserted) return { id, received: received(id, false) };
-    const stored = await requests.findByIdempotencyKey(tx, kind, cmd.idempotencyKey);
-    const replay = replayOrConflict(kind, stored, cmd);
-    return { replay, id: stored!.id, received: received(stored!.id, true) };
+    };
+  }
+
+  const receivedOf = (cmd: C, mode: AnswerMode, requestId: string, at: Date, replayed: boolean) =>
+    receivedEntry({ requestId, orangeRef: cmd.orangeRef, idempotencyKey: cmd.idempotencyKey, trace: cmd.trace, mode }, at, replayed);
+
+  /**
+   * An asynchronous request carried out inline: stored with its acknowledgement and its history
+   * in one statement (no transaction of several round trips), then started in `slot`. Undefined
+   * when its key is taken: the transaction of `receive` answers the retry or the conflict.
+   */
+  async function acknowledgeInline(cmd: C, slot: InlineSlot): Promise<Reply | undefined> {
+    const r = newRequest(cmd, "async");
+    const response = codec.acknowledgement(cmd.request, r.id);
+    const entries = [receivedOf(cmd, "async", r.id, r.createdAt, false), answeredEntry(r.id, clock.now(), { state: "acknowledged" })];
+    if (!(await requests.insertAcknowledged(db, kind, r, response, entries))) return undefined;
+    slot.start(requestJob(kind, r.id));
+    return { requestId: r.id, replayed: false, response };
   }
 
   async function carryOut(tx: Tx, id: string, cmd: C): Promise<O> {
@@ -337,6 +356,13 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const slot = mode === "async" ? deps.inline?.current?.reserve() : undefined;
     let started = false;
     try {
+      if (slot) {
+        const acknowledged = await acknowledgeInline(cmd, slot);
+        if (acknowledged) {
+          started = true;
+          return acknowledged;
+        }
+      }
       return await db.transaction(async (tx) => {
         const claimed = await claim(tx, cmd, mode);
         if ("replay" in claimed) {
