@@ -4,6 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { LOST_RUN } from "../src/domain/request-jobs.js";
 import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { parseExposition, valueOf } from "./support/prometheus.js";
 import { gatewayEnv, startServerProcess, type ServerProcess } from "./support/server-process.js";
 
 /**
@@ -20,6 +21,7 @@ import { gatewayEnv, startServerProcess, type ServerProcess } from "./support/se
 const ORDER_URL = "/productordering/v2/productOrder";
 /** ≥ 6 × ORANGE_EVENT_TIMEOUT_MS: a run (inline, or a job's) is presumed dead after it. */
 const LEASE_MS = 3_000;
+const METRICS_TOKEN = "metrics-inline-runs-5c1e";
 
 let database: TestDatabase;
 let gw: MockGateway;
@@ -49,6 +51,7 @@ async function server(role: "all" | "api" | "worker", env: Record<string, string
       WORKER_SWEEP_INTERVAL_MS: "300",
       EVENT_RETRY_BASE_MS: "50",
       EVENT_RETRY_MAX_MS: "200",
+      METRICS_TOKEN,
       ...env,
     },
   });
@@ -110,6 +113,14 @@ async function until<T>(what: string, probe: () => Promise<T | undefined> | T | 
   }
 }
 
+/** partner_requests_acknowledged_total of the server, by run. */
+async function acknowledgedRuns(s: ServerProcess, kind: "order" | "update"): Promise<{ inline: number; queued: number }> {
+  const res = await request(`${s.url}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } });
+  const samples = parseExposition(await res.body.text());
+  const of = (run: string) => valueOf(samples, "partner_requests_acknowledged_total", { kind, run }) ?? NaN;
+  return { inline: of("inline"), queued: of("queued") };
+}
+
 function eventsOf(orderId: unknown): ReceivedEvent[] {
   return gw.delivered().filter((r) => (r.body as { resource: { id?: string } }).resource.id === orderId);
 }
@@ -143,6 +154,7 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
     expect(await jobsFor(`order:${id}`, `deliver:${outboxEvent!.fleetId}`)).toEqual([]);
     expect(await historyKinds(id)).toEqual(["request.received", "request.answered", "request.completed"]);
     expect(eventsOf(id)).toHaveLength(1);
+    expect(await acknowledgedRuns(s, "order")).toEqual({ inline: 1, queued: 0 });
   }, 60_000);
 
   it("answers a retry of the same reference from what is stored, and carries the order out once", async () => {
@@ -266,6 +278,7 @@ describe("an acknowledged request in a process that does not run the worker (ROL
     await server("worker");
     const api = await server("api");
     const { id } = await order(api);
+    expect(await acknowledgedRuns(api, "order")).toEqual({ inline: 0, queued: 1 });
     await until("the order's event", () => (eventsOf(id).length > 0 ? true : undefined));
     expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id } })).toMatchObject({ state: "completed", attempts: 0 });
     expect(await jobsFor(`order:${id}`)).toEqual([{ task: "process_order", key: `order:${id}` }]);

@@ -280,6 +280,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const entries = [receivedOf(cmd, "async", r.id, r.createdAt, false), answeredEntry(r.id, clock.now(), { state: "acknowledged" })];
     if (!(await requests.insertAcknowledged(db, kind, r, response, entries))) return undefined;
     slot.start(requestJob(kind, r.id));
+    deps.telemetry?.requestAcknowledged?.({ kind, run: "inline" });
     return { requestId: r.id, replayed: false, response };
   }
 
@@ -380,6 +381,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
             });
           } else {
             await jobs.add(tx, job);
+            const telemetry = deps.telemetry;
+            if (telemetry?.requestAcknowledged) tx.afterCommit(() => telemetry.requestAcknowledged?.({ kind, run: "queued" }));
           }
           await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
           return { requestId: claimed.id, replayed: false, response };

@@ -77,6 +77,8 @@ export type TaskHandler = (payload: unknown, context: JobContext) => Promise<voi
 export interface Telemetry {
   /** A request reached its final state; `useCase`: UC1, UC2 or UC3 for an order, `update` for an update. */
   requestFinished(finished: { kind: "order" | "update"; useCase: string; state: "completed" | "failed" }): void;
+  /** A request was answered `acknowledged`; `run`: carried out inline (at once, here) or queued as a job. */
+  requestAcknowledged?(acknowledged: { kind: "order" | "update"; run: "inline" | "queued" }): void;
 }
 
 /** Orange's wire for one operation, so that the domain never reads nor writes it itself. */
