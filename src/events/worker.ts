@@ -57,8 +57,10 @@ export interface EventWorkerOptions {
   sweepRequests?: () => Promise<string[]>;
   /** Told of every delivery attempt (metrics). */
   observer?: DeliveryObserver;
-  /** Inline runs at once (default: concurrency), besides graphile's; beyond them, jobs are queued. */
+  /** Inline runs at once (default: concurrency), besides graphile's. */
   inlineSlots?: number;
+  /** Inline runs waiting for a slot, in memory (default 1,000); beyond them, jobs are queued. */
+  inlineBacklog?: number;
   /**
    * How long pending events may go without a job before the sweep gives their key one (default
    * 0): an inline run delivers the events it wrote without a job, and may still be at it.
@@ -231,32 +233,69 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   }
 
   // Inline runs (the domain's InlineRunner): a job carried out here as soon as the transaction
-  // that made it commits, without a job row; `inlineSlots` of them at once, besides graphile's.
+  // that made it commits, without a job row; `inlineSlots` of them at once, besides graphile's,
+  // and up to `inlineBacklog` more waiting for a slot in memory (an acknowledged request is
+  // durable whatever happens to the process: the sweep finds it without a job after the lease).
+  // Beyond that, the request gets a job: the queue is the backpressure.
   const inlineSlots = options.inlineSlots ?? options.concurrency;
-  let inlineBusy = 0;
+  const inlineBacklog = options.inlineBacklog ?? INLINE_BACKLOG;
+  let inlineHeld = 0;
+  let inlineRunning = 0;
+  const inlineWaiting: Job[] = [];
   const inlineRuns = new Set<Promise<void>>();
   const inlineAbort = new AbortController();
   let inlineClosed = false;
+
+  function launchInline(job: Job): void {
+    inlineRunning++;
+    let done = false;
+    const free = () => {
+      if (done) return;
+      done = true;
+      inlineRunning--;
+      inlineHeld--;
+      const next = inlineClosed ? undefined : inlineWaiting.shift();
+      if (next) launchInline(next);
+    };
+    const run = runInline(job, free).finally(free);
+    inlineRuns.add(run);
+    void run.finally(() => inlineRuns.delete(run));
+  }
+
   const inline: InlineRunner = {
     reserve() {
-      if (inlineClosed || inlineBusy >= inlineSlots) return undefined;
-      inlineBusy++;
-      let freed = false;
-      const free = () => {
-        if (freed) return;
-        freed = true;
-        inlineBusy--;
-      };
+      if (inlineClosed || inlineHeld >= inlineSlots + inlineBacklog) return undefined;
+      inlineHeld++;
+      let used = false;
       return {
-        release: free,
+        release() {
+          if (used) return;
+          used = true;
+          inlineHeld--;
+        },
         start(job) {
-          const run = runInline(job, free).finally(free);
-          inlineRuns.add(run);
-          void run.finally(() => inlineRuns.delete(run));
+          if (used) return;
+          used = true;
+          if (inlineRunning < inlineSlots) launchInline(job);
+          else inlineWaiting.push(job);
         },
       };
     },
   };
+
+  /** At stop: the runs still waiting for a slot get their jobs (or, the database away, the sweep finds them). */
+  async function queueWaitingInline(): Promise<void> {
+    const waiting = inlineWaiting.splice(0);
+    inlineHeld -= waiting.length;
+    const q = queryable(pool);
+    await Promise.all(
+      waiting.map((job) =>
+        addJob(q, job).catch((err: unknown) =>
+          logger?.warn({ task: job.task, key: job.key, err: errorMessage(err) }, "stopping: a waiting inline run's job could not be added; the sweep adds it"),
+        ),
+      ),
+    );
+  }
 
   async function runInline(job: Job, freeSlot: () => void): Promise<void> {
     const handler = options.tasks?.[job.task];
@@ -467,6 +506,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
         // Inline runs end first (their requests are acknowledged and have no job): within the stop
         // deadline, then aborted like graphile's; an aborted delivery hands its key to a job.
         inlineClosed = true;
+        await queueWaitingInline();
         if (!(await settlesWithin(Promise.allSettled([...inlineRuns]), stopTimeoutMs))) {
           inlineAbort.abort();
           await settlesWithin(Promise.allSettled([...inlineRuns]), 5_000);
@@ -551,6 +591,8 @@ interface Generation {
 
 const RESTART_BASE_DELAY_MS = 250;
 const POOL_END_TIMEOUT_MS = 5_000;
+/** Inline runs waiting for a slot, at most (a few seconds of work at the rates this server reaches). */
+const INLINE_BACKLOG = 1_000;
 /** A failed inline run's job: after a pause, then graphile's own backoff. */
 const INLINE_RETRY_DELAY_MS = 1_000;
 const RESTART_MAX_DELAY_MS = 5_000;
