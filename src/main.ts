@@ -97,6 +97,7 @@ async function startWorkerRole(
         databaseUrl,
         retry: config.worker.retry,
         concurrency: config.worker.concurrency,
+        inlineSlots: config.worker.inlineConcurrency,
         leaseMs: config.worker.leaseMs,
         pollIntervalMs: config.worker.pollIntervalMs,
         stopTimeoutMs: config.worker.stopTimeoutMs,
@@ -148,6 +149,7 @@ async function startWorkerRole(
       client,
       retry: config.worker.retry,
       concurrency: config.worker.concurrency,
+      inlineSlots: config.worker.inlineConcurrency,
       leaseMs: config.worker.leaseMs,
       pollIntervalMs: config.worker.pollIntervalMs,
       stopTimeoutMs: config.worker.stopTimeoutMs,
@@ -277,7 +279,7 @@ async function main(): Promise<void> {
     const worker = await startWorkerRole(config, databaseUrl, services, log, metrics);
     started.worker = worker;
     // Acknowledged requests received here are carried out here at once, by this process's worker.
-    if (config.role === "all" && worker) services.runInline(worker.worker.inline);
+    if (config.role === "all" && worker && config.worker.inlineConcurrency > 0) services.runInline(worker.worker.inline);
     metrics.watchPool("worker", () => worker?.worker.pool);
     if (app) {
       await app.listen({ host: config.host, port: config.port });
