@@ -110,9 +110,9 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   const random = options.random ?? Math.random;
   const pool = new ReleaseOncePool({
     connectionString: options.databaseUrl,
-    // One held by each running job (its key lock), plus graphile's LISTEN connection and its
-    // claim/complete queries, plus the sweep.
-    max: options.concurrency + 4,
+    // One held by each running job (its key lock) and by each inline run's delivery, plus
+    // graphile's LISTEN connection and its claim/complete queries, plus the sweep.
+    max: options.concurrency + (options.inlineSlots ?? options.concurrency) + 4,
     connectionTimeoutMillis: 10_000,
     application_name: options.applicationName ?? "orange-partner-worker",
   });
