@@ -273,6 +273,51 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
   }, 90_000);
 });
 
+describe("inline runs waiting for a turn", () => {
+  it("are handed to jobs when the server stops (SIGTERM), and carried out once by the next one", async () => {
+    const first = await server("all", { WORKER_INLINE_CONCURRENCY: "1" });
+    // The one slot is held by a run that stalls before its commit; the next orders wait in memory.
+    await database.prisma.$executeRawUnsafe("CREATE SEQUENCE test_run_hold");
+    await database.prisma.$executeRawUnsafe(`
+      CREATE FUNCTION test_hold_first_run() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF NEW.state = 'completed' AND nextval('test_run_hold') = 1 THEN PERFORM pg_sleep(2); END IF;
+        RETURN NEW;
+      END $$`);
+    await database.prisma.$executeRawUnsafe(`
+      CREATE TRIGGER test_hold_first_run BEFORE UPDATE OF state ON product_order
+        FOR EACH ROW EXECUTE FUNCTION test_hold_first_run()`);
+    try {
+      const held = await order(first);
+      await until("the first run to stall in its transaction", async () => {
+        const [n] = await database.prisma.$queryRaw<{ n: number }[]>`
+          SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()`;
+        return n!.n > 0 ? true : undefined;
+      });
+      const waiting = [await order(first), await order(first)];
+      expect(await acknowledgedRuns(first, "order")).toEqual({ inline: 3, queued: 0 });
+      const ended = await first.stop();
+      expect(ended.code).toBe(0);
+      // The run under way finished before the process ended; the waiting ones got their jobs.
+      expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id: held.id } })).toMatchObject({ state: "completed" });
+      for (const w of waiting) {
+        expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id: w.id } })).toMatchObject({ state: "acknowledged" });
+        expect(await jobsFor(`order:${w.id}`)).toEqual([{ task: "process_order", key: `order:${w.id}` }]);
+      }
+
+      await server("all");
+      for (const o of [held, ...waiting]) {
+        await until(`the event of ${o.id}`, () => (eventsOf(o.id).length > 0 ? true : undefined));
+        expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id: o.id } })).toMatchObject({ state: "completed", attempts: 0 });
+        expect(await database.prisma.licence.count({ where: { orderId: o.id } })).toBe(2);
+        expect(eventsOf(o.id)).toHaveLength(1);
+      }
+    } finally {
+      await database.prisma.$executeRawUnsafe("DROP TRIGGER test_hold_first_run ON product_order");
+    }
+  }, 90_000);
+});
+
 describe("an acknowledged request in a process that does not run the worker (ROLE=api)", () => {
   it("gets a job, which a worker process carries out, as before", async () => {
     await server("worker");

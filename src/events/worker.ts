@@ -283,7 +283,10 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     },
   };
 
-  /** At stop: the runs still waiting for a slot get their jobs (or, the database away, the sweep finds them). */
+  /**
+   * At stop, once graphile claims nothing more: the runs still waiting for a slot get their jobs,
+   * for the next worker (or, the database away, the sweep finds them after the lease).
+   */
   async function queueWaitingInline(): Promise<void> {
     const waiting = inlineWaiting.splice(0);
     inlineHeld -= waiting.length;
@@ -506,7 +509,6 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
         // Inline runs end first (their requests are acknowledged and have no job): within the stop
         // deadline, then aborted like graphile's; an aborted delivery hands its key to a job.
         inlineClosed = true;
-        await queueWaitingInline();
         if (!(await settlesWithin(Promise.allSettled([...inlineRuns]), stopTimeoutMs))) {
           inlineAbort.abort();
           await settlesWithin(Promise.allSettled([...inlineRuns]), 5_000);
@@ -525,6 +527,8 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
             await live.kill().catch(() => {});
           }
         }
+        // Once this worker claims nothing more: the runs still waiting are the next worker's.
+        await queueWaitingInline();
         poolClosed = true;
         // end() waits for every connection to be given back: one a failed pool never released
         // must not hold the stop forever.
