@@ -264,7 +264,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
 
   const inline: InlineRunner = {
     reserve() {
-      if (inlineClosed || inlineHeld >= inlineSlots + inlineBacklog) return undefined;
+      if (inlineClosed || inlineSlots === 0 || inlineHeld >= inlineSlots + inlineBacklog) return undefined;
       inlineHeld++;
       let used = false;
       return {
