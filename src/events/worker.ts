@@ -57,7 +57,7 @@ export interface EventWorkerOptions {
   sweepRequests?: () => Promise<string[]>;
   /** Told of every delivery attempt (metrics). */
   observer?: DeliveryObserver;
-  /** Inline runs at once (default: concurrency), besides graphile's. */
+  /** Inline runs at once, besides graphile's (default 0: none, `inline.reserve()` refuses). */
   inlineSlots?: number;
   /** Inline runs waiting for a slot, in memory (default 1,000); beyond them, jobs are queued. */
   inlineBacklog?: number;
@@ -112,7 +112,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     connectionString: options.databaseUrl,
     // One held by each running job (its key lock) and by each inline run's delivery, plus
     // graphile's LISTEN connection and its claim/complete queries, plus the sweep.
-    max: options.concurrency + (options.inlineSlots ?? options.concurrency) + 4,
+    max: options.concurrency + (options.inlineSlots ?? 0) + 4,
     connectionTimeoutMillis: 10_000,
     application_name: options.applicationName ?? "orange-partner-worker",
   });
@@ -237,7 +237,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   // and up to `inlineBacklog` more waiting for a slot in memory (an acknowledged request is
   // durable whatever happens to the process: the sweep finds it without a job after the lease).
   // Beyond that, the request gets a job: the queue is the backpressure.
-  const inlineSlots = options.inlineSlots ?? options.concurrency;
+  const inlineSlots = options.inlineSlots ?? 0;
   const inlineBacklog = options.inlineBacklog ?? INLINE_BACKLOG;
   let inlineHeld = 0;
   let inlineRunning = 0;
