@@ -43,6 +43,28 @@ export const LOAD_TARGETS = {
   deliveryVsBareMin: 0.4,
 };
 
+/** The server's and PostgreSQL's CPU from now on, per request of a load round. */
+export function cpuMeter(pid: number | undefined) {
+  const server = pid === undefined ? Number.NaN : readCpuMs(pid);
+  const postgres = postgresCpuMs();
+  return {
+    perRequest(r: LoadReport): string {
+      const n = requestsPerSecond(r) * (r.durationMs / 1000);
+      const us = (ms: number) => ((ms * 1000) / n).toFixed(0);
+      return `CPU per request: server ${us((pid === undefined ? Number.NaN : readCpuMs(pid)) - server)} µs, PostgreSQL ${us(postgresCpuMs() - postgres)} µs`;
+    },
+  };
+}
+
+/** partner_requests_acknowledged_total of a server, by how the requests were carried out. */
+export async function acknowledgedRuns(base: string, metricsToken: string): Promise<{ inline: number; queued: number }> {
+  const res = await request("GET", `${base}/metrics`, { headers: { authorization: `Bearer ${metricsToken}` } });
+  const text = res.body.toString("utf8");
+  const sum = (run: string) =>
+    [...text.matchAll(new RegExp(`^partner_requests_acknowledged_total\\{[^}]*run="${run}"[^}]*\\} (\\S+)$`, "gm"))].reduce((a, m) => a + Number(m[1]), 0);
+  return { inline: sum("inline"), queued: sum("queued") };
+}
+
 /** Requests of every kind per second (orders, GETs, updates). */
 export function requestsPerSecond(r: LoadReport): number {
   return r.orders.perSecond + r.gets.perSecond + r.updates.perSecond;

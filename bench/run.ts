@@ -65,7 +65,7 @@ import {
 import { uc2Request } from "../test/support/examples.js";
 import { benchBigOrders, benchSmallOrders, WEBHOOK, type Side } from "./provisioning.js";
 import { ADMIN, adminSteps } from "./admin.js";
-import { bareTransactions, captureOrderRows, LOAD, LOAD_TARGETS, loadRound, requestsPerSecond, smallOrdersRound } from "./load.js";
+import { acknowledgedRuns, bareTransactions, captureOrderRows, cpuMeter, LOAD, LOAD_TARGETS, loadRound, requestsPerSecond, smallOrdersRound } from "./load.js";
 import { benchBigListing, BIG_LIST } from "./listing.js";
 import {
   asyncOrderingAvailable,
@@ -1030,8 +1030,9 @@ async function loadSteps(databaseUrl: string, token: string, figures: Figure[], 
   const tap = res.gateway;
   const gw = tap.gw;
   const c = LOAD.concurrency;
+  const metricsToken = randomBytes(12).toString("hex");
   const start = async (mode: "sync" | "async") => {
-    const settings = { ROLE: "all", ...orangeEnv(gw), ORDERING_MODE: mode, UPDATE_MODE: mode };
+    const settings = { ROLE: "all", ...orangeEnv(gw), ORDERING_MODE: mode, UPDATE_MODE: mode, METRICS_TOKEN: metricsToken };
     console.log(`\nstarting the load server (ROLE=all, ORDERING_MODE=UPDATE_MODE=${mode}, ORANGE_* → mock gateway) …`);
     const s = await startServer(databaseUrl, token, settings, `load server (${mode})`);
     res.server = s.child;
@@ -1048,8 +1049,10 @@ async function loadSteps(databaseUrl: string, token: string, figures: Figure[], 
   try {
     console.log(`\n11. load mode, ${c} virtual users, sync modes (${LOAD.warmupSeconds} s warm-up, then ${LOAD.seconds} s)`);
     await loadRound(sync.base, token, gw, { ordering: "sync", update: "sync" }, LOAD.warmupSeconds);
+    const syncCpu = cpuMeter(sync.child.pid);
     syncLoad = await loadRound(sync.base, token, gw, { ordering: "sync", update: "sync" }, LOAD.seconds);
     console.log(`  ${line(syncLoad)}`);
+    console.log(`  ${syncCpu.perRequest(syncLoad)}`);
 
     console.log(`\n13. sync UC2 orders of 1 licence, ${c} callers at once vs bare pg transactions writing the same rows (${LOAD.small.seconds} s each)`);
     rows = await captureOrderRows(sync.base, token, pool);
@@ -1074,8 +1077,15 @@ async function loadSteps(databaseUrl: string, token: string, figures: Figure[], 
   try {
     console.log(`\n12. load mode, ${c} virtual users, async modes (${LOAD.warmupSeconds} s warm-up, then ${LOAD.seconds} s)`);
     await loadRound(asyncServer.base, token, gw, { ordering: "async", update: "async" }, LOAD.warmupSeconds);
+    const asyncCpu = cpuMeter(asyncServer.child.pid);
+    const runsBefore = await acknowledgedRuns(asyncServer.base, metricsToken);
     asyncLoad = await loadRound(asyncServer.base, token, gw, { ordering: "async", update: "async" }, LOAD.seconds);
     console.log(`  ${line(asyncLoad)}`);
+    console.log(`  ${asyncCpu.perRequest(asyncLoad)}`);
+    const runs = await acknowledgedRuns(asyncServer.base, metricsToken);
+    const inline = runs.inline - runsBefore.inline;
+    const queued = runs.queued - runsBefore.queued;
+    console.log(`  acknowledged requests carried out inline ${inline}, queued as jobs ${queued} (${((100 * inline) / Math.max(1, inline + queued)).toFixed(0)} % inline)`);
 
     const total = EVENTS.fleets * EVENTS.perFleet;
     console.log(`\n14–15. ${total} events written at once (${EVENTS.fleets} fleets × ${EVENTS.perFleet}, ${EVENTS.transactions} transactions) → mock gateway, ${EVENTS.rounds} rounds`);

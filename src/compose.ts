@@ -12,7 +12,7 @@ import { createLicenceQueries, type FleetListingLimits, type LicenceQueries } fr
 import { createRequestLifecycle, type ProvisioningStage, type RequestLifecycle } from "./domain/lifecycle.js";
 import { createOrderHandler, type PlaceOrderCommand } from "./domain/orders.js";
 import { createRecordQueries, type RecordQueries } from "./domain/records.js";
-import type { TaskHandler } from "./domain/ports.js";
+import type { InlineRunner, TaskHandler } from "./domain/ports.js";
 import { createRequestSweep, createRequestTasks, type RequestJobsLogger } from "./domain/request-jobs.js";
 import { createUpdateHandler, type UpdateLicencesCommand } from "./domain/updates.js";
 import { createEventOperatorService, type EventOperatorService } from "./events/operator.js";
@@ -39,6 +39,11 @@ export interface ServiceDeps {
   metrics?: Metrics;
   /** How fleet listings are read (tests make them stream sooner); the defaults otherwise. */
   fleetListing?: FleetListingLimits;
+  /**
+   * How long the sweep leaves a request acknowledged without a job alone: one carried out inline
+   * may still be under way in its process (main.ts: the worker's lease, as for a job's run). Default 0.
+   */
+  inlineGraceMs?: number;
 }
 
 export interface Services {
@@ -60,6 +65,11 @@ export interface Services {
   sweepRequests: () => Promise<string[]>;
   /** GET /metrics; the domain counts into it through its Telemetry port. */
   metrics: Metrics;
+  /**
+   * From now on, acknowledged requests are carried out at once by `runner` (the worker of this
+   * process) while it has a free slot, instead of waiting for a worker to claim their job.
+   */
+  runInline(runner: InlineRunner | undefined): void;
 }
 
 export function createServices(deps: ServiceDeps): Services {
@@ -69,7 +79,8 @@ export function createServices(deps: ServiceDeps): Services {
   const outbox = createOutbox({ clock, ids });
   const codecs = createCodecs({ catalogue, partnerName: deps.partnerName });
   const metrics = deps.metrics ?? createMetrics({ db });
-  const common = { db, clock, ids, outbox, jobs: jobQueue, maxAttempts: deps.requestMaxAttempts, provisioning: deps.provisioning, telemetry: metrics.telemetry };
+  const inline: { current?: InlineRunner } = {};
+  const common = { db, clock, ids, outbox, jobs: jobQueue, maxAttempts: deps.requestMaxAttempts, provisioning: deps.provisioning, telemetry: metrics.telemetry, inline };
   const orders = createRequestLifecycle({ ...common, codec: codecs.order, handler: createOrderHandler({ catalogue, clock, ids }) });
   const updates = createRequestLifecycle({ ...common, codec: codecs.update, handler: createUpdateHandler({ catalogue, clock }) });
   const lifecycles = [orders, updates];
@@ -93,7 +104,11 @@ export function createServices(deps: ServiceDeps): Services {
       jobs: jobQueue,
       maxAttempts: deps.requestMaxAttempts,
       commandMaxAgeMs: deps.provisioning?.retry.maxAgeMs,
+      graceMs: deps.inlineGraceMs ?? 0,
     }),
     metrics,
+    runInline(runner) {
+      inline.current = runner;
+    },
   };
 }

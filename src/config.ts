@@ -120,6 +120,7 @@ const EnvSchema = z.object({
   EVENT_MAX_ATTEMPTS: z.coerce.number().int().min(1).default(12),
   EVENT_MAX_AGE_MS: z.coerce.number().int().min(1).default(86_400_000),
   WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(8),
+  WORKER_INLINE_CONCURRENCY: z.coerce.number().int().min(0).max(1000).default(16),
   WORKER_LEASE_MS: z.coerce.number().int().min(1000).default(120_000),
   WORKER_POLL_INTERVAL_MS: z.coerce.number().int().min(10).default(1_000),
   WORKER_STOP_TIMEOUT_MS: z.coerce.number().int().min(0).default(10_000),
@@ -164,6 +165,8 @@ export interface HttpLimits {
 
 export interface WorkerConfig {
   concurrency: number;
+  /** Acknowledged requests carried out at once by the process that acknowledged them (ROLE=all); 0: none, each gets a job. */
+  inlineConcurrency: number;
   leaseMs: number;
   pollIntervalMs: number;
   stopTimeoutMs: number;
@@ -365,6 +368,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     },
     worker: {
       concurrency: e.WORKER_CONCURRENCY,
+      inlineConcurrency: e.WORKER_INLINE_CONCURRENCY,
       leaseMs: e.WORKER_LEASE_MS,
       pollIntervalMs: e.WORKER_POLL_INTERVAL_MS,
       stopTimeoutMs: e.WORKER_STOP_TIMEOUT_MS,

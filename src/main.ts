@@ -97,10 +97,12 @@ async function startWorkerRole(
         databaseUrl,
         retry: config.worker.retry,
         concurrency: config.worker.concurrency,
+        inlineSlots: config.role === "all" ? config.worker.inlineConcurrency : 0,
         leaseMs: config.worker.leaseMs,
         pollIntervalMs: config.worker.pollIntervalMs,
         stopTimeoutMs: config.worker.stopTimeoutMs,
         sweepIntervalMs: config.worker.sweepIntervalMs,
+        unqueuedGraceMs: config.worker.leaseMs,
         logger: log.child({ component: "worker" }),
         tasks: services.requestTasks,
         sweepRequests: services.sweepRequests,
@@ -147,10 +149,13 @@ async function startWorkerRole(
       client,
       retry: config.worker.retry,
       concurrency: config.worker.concurrency,
+      inlineSlots: config.role === "all" ? config.worker.inlineConcurrency : 0,
       leaseMs: config.worker.leaseMs,
       pollIntervalMs: config.worker.pollIntervalMs,
       stopTimeoutMs: config.worker.stopTimeoutMs,
       sweepIntervalMs: config.worker.sweepIntervalMs,
+      // Events an inline run writes have no job while it delivers them: left alone for a lease.
+      unqueuedGraceMs: config.worker.leaseMs,
       logger: eventLog,
       // Registered whatever this process's modes: a job left by an API replica in async mode
       // is carried out by any worker.
@@ -245,6 +250,8 @@ async function main(): Promise<void> {
       catalogue,
       partnerName: config.partnerName,
       requestMaxAttempts: config.requestMaxAttempts,
+      // An inline run (no job) is presumed dead after the lease, as a job's run is.
+      inlineGraceMs: config.worker.leaseMs,
       log: log.child({ component: "requests" }),
       provisioning: provisioning?.stage,
       metrics,
@@ -271,6 +278,8 @@ async function main(): Promise<void> {
     }
     const worker = await startWorkerRole(config, databaseUrl, services, log, metrics);
     started.worker = worker;
+    // Acknowledged requests received here are carried out here at once, by this process's worker.
+    if (config.role === "all" && worker && config.worker.inlineConcurrency > 0) services.runInline(worker.worker.inline);
     metrics.watchPool("worker", () => worker?.worker.pool);
     if (app) {
       await app.listen({ host: config.host, port: config.port });

@@ -124,6 +124,13 @@ export function createMetrics(options: MetricsOptions): Metrics {
     for (const useCase of ["UC1", "UC2", "UC3"]) finished.inc({ kind: "order", use_case: useCase, state }, 0);
     finished.inc({ kind: "update", use_case: "update", state }, 0);
   }
+  const acknowledged = new Counter({
+    name: "partner_requests_acknowledged_total",
+    help: "Orders and updates answered acknowledged (async), by kind and how they are carried out: inline (at once, by this process) or queued (a job, for any worker)",
+    labelNames: ["kind", "run"] as const,
+    registers,
+  });
+  for (const kind of ["order", "update"]) for (const run of ["inline", "queued"]) acknowledged.inc({ kind, run }, 0);
   const deliveries = new Histogram({
     name: "partner_event_delivery_duration_seconds",
     help: "Delivery attempts of events to Orange by outcome (delivered, retry, park), and how long each took (its _count is the number of attempts)",
@@ -286,6 +293,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     render: () => exposed.metrics(),
     telemetry: {
       requestFinished: (f) => finished.inc({ kind: f.kind, use_case: f.useCase, state: f.state }),
+      requestAcknowledged: (a) => acknowledged.inc({ kind: a.kind, run: a.run }),
     },
     httpRequest(method, route, status, seconds) {
       http.observe({ method, route, status_code: String(status) }, seconds);

@@ -68,8 +68,9 @@ describe("the server process", () => {
     expect(valueOf(up, "partner_requests_finished_total", { kind: "order", use_case: "UC2", state: "completed" })).toBe(1);
     expect(valueOf(up, "partner_events", { state: "pending" })).toBe(0);
     expect(valueOf(up, "partner_db_pool_max_connections", { pool: "api" })).toBe(10);
-    // ROLE=all with Orange's credentials: this process runs the worker (WORKER_CONCURRENCY 8, + 4).
-    expect(valueOf(up, "partner_db_pool_max_connections", { pool: "worker" })).toBe(12);
+    // ROLE=all with Orange's credentials: this process runs the worker (WORKER_CONCURRENCY 8, one
+    // for each of the WORKER_INLINE_CONCURRENCY 16 inline runs' deliveries, + 4).
+    expect(valueOf(up, "partner_db_pool_max_connections", { pool: "worker" })).toBe(28);
     const ready = await get(server, "/health/ready");
     expect(ready.status).toBe(200);
     expect(JSON.parse(ready.text)).toEqual({ status: "ok", checks: { database: "ok", worker: "ok" } });
@@ -121,6 +122,7 @@ describe("the server process", () => {
     expect(ready.status).toBe(200);
     expect(JSON.parse(ready.text)).toEqual({ status: "ok", checks: { database: "ok", worker: "ok" } });
     const samples = await scrape(worker);
+    // No inline runs in a worker alone: WORKER_CONCURRENCY 8, + 4.
     expect(valueOf(samples, "partner_db_pool_max_connections", { pool: "worker" })).toBe(12);
     expect(valueOf(samples, "partner_metrics_database_up")).toBe(1);
     expect((await get(worker, "/metrics")).status).toBe(401);

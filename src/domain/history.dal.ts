@@ -59,10 +59,11 @@ export async function insertEntries(q: Queryable, entries: HistoryEntry[]): Prom
 
 /**
  * The INSERT of `insertEntries`, for a caller that runs it within another statement (a
- * data-modifying CTE of commands.dal: the entries go with the change they record in one round
- * trip). Its text is the same whatever the entries.
+ * data-modifying CTE of commands.dal or requests.dal: the entries go with the change they record
+ * in one round trip). Its text is the same whatever the entries; `when`: a condition, so that
+ * they are written only with that change.
  */
-export function entriesStatement(entries: HistoryEntry[]): Sql {
+export function entriesStatement(entries: HistoryEntry[], when?: Sql): Sql {
   const col = <T>(pick: (e: HistoryEntry) => T | undefined) => entries.map((e) => pick(e) ?? null);
   return sql`
     INSERT INTO history_entry (at, kind, request_id, customer_id, fleet_id, licence_id, event_id, command_id, actor, data)
@@ -70,7 +71,8 @@ export function entriesStatement(entries: HistoryEntry[]): Sql {
       ${col((e) => e.at)}::timestamptz[], ${col((e) => e.kind)}::text[], ${col((e) => e.requestId)}::text[],
       ${col((e) => e.customerId)}::text[], ${col((e) => e.fleetId)}::text[], ${col((e) => e.licenceId)}::text[],
       ${col((e) => e.eventId)}::text[], ${col((e) => e.commandId)}::text[], ${col((e) => e.actor)}::text[],
-      ${col((e) => (e.data === undefined ? undefined : JSON.stringify(e.data)))}::jsonb[])`;
+      ${col((e) => (e.data === undefined ? undefined : JSON.stringify(e.data)))}::jsonb[])
+    ${when === undefined ? empty : sql`WHERE ${when}`}`;
 }
 
 /**

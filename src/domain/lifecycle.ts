@@ -51,7 +51,7 @@ import type { CommandRow } from "./commands.dal.js";
 import * as history from "./history.dal.js";
 import { answeredEntry, receivedEntry, type HistoryEntry, type RequestTrace } from "./history.js";
 import { replayOrConflict } from "./idempotency.js";
-import type { AppLicenceData, Announcement, Job, JobQueue, Outbox, Provisioner, ProvisioningAnswer, ProvisioningCall, RequestCodec, Telemetry } from "./ports.js";
+import type { AppLicenceData, Announcement, InlineRunner, InlineSlot, Job, JobQueue, Outbox, Provisioner, ProvisioningAnswer, ProvisioningCall, RequestCodec, Telemetry } from "./ports.js";
 import * as requests from "./requests.dal.js";
 import type { NewRequest, RequestKind } from "./requests.dal.js";
 
@@ -137,6 +137,11 @@ export interface LifecycleDeps<C extends RequestCommand, P, O extends FinalOutco
   provisioning?: ProvisioningStage;
   /** Told of every request that reached its final state (metrics); none: nothing is counted. */
   telemetry?: Telemetry;
+  /**
+   * Where an acknowledged request is carried out at once, in this process (set once the worker
+   * runs here); none, or no free slot: it gets a job.
+   */
+  inline?: { current?: InlineRunner };
 }
 
 export interface RetryBounds {
@@ -239,24 +244,44 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     cmd: C,
     mode: AnswerMode,
   ): Promise<{ id: string; received: HistoryEntry } | { replay: JsonValue; id: string; received: HistoryEntry }> {
-    const id = ids.next(ID_PREFIX[kind]);
-    const createdAt = clock.now();
-    const inserted = await requests.insertRequest(tx, kind, {
-      id,
+    const r = newRequest(cmd, mode);
+    const inserted = await requests.insertRequest(tx, kind, r);
+    const received = (requestId: string, replayed: boolean) => receivedOf(cmd, mode, requestId, r.createdAt, replayed);
+    if (inserted) return { id: r.id, received: received(r.id, false) };
+    const stored = await requests.findByIdempotencyKey(tx, kind, cmd.idempotencyKey);
+    const replay = replayOrConflict(kind, stored, cmd);
+    return { replay, id: stored!.id, received: received(stored!.id, true) };
+  }
+
+  function newRequest(cmd: C, mode: AnswerMode): requests.NewRequest {
+    return {
+      id: ids.next(ID_PREFIX[kind]),
       answerMode: mode,
       idempotencyKey: cmd.idempotencyKey,
       orangeRef: cmd.orangeRef,
       requestHash: cmd.requestHash,
       request: cmd.request,
-      createdAt,
+      createdAt: clock.now(),
       ...handler.describe(cmd),
-    });
-    const received = (requestId: string, replayed: boolean) =>
-      receivedEntry({ requestId, orangeRef: cmd.orangeRef, idempotencyKey: cmd.idempotencyKey, trace: cmd.trace, mode }, createdAt, replayed);
-    if (inserted) return { id, received: received(id, false) };
-    const stored = await requests.findByIdempotencyKey(tx, kind, cmd.idempotencyKey);
-    const replay = replayOrConflict(kind, stored, cmd);
-    return { replay, id: stored!.id, received: received(stored!.id, true) };
+    };
+  }
+
+  const receivedOf = (cmd: C, mode: AnswerMode, requestId: string, at: Date, replayed: boolean) =>
+    receivedEntry({ requestId, orangeRef: cmd.orangeRef, idempotencyKey: cmd.idempotencyKey, trace: cmd.trace, mode }, at, replayed);
+
+  /**
+   * An asynchronous request carried out inline: stored with its acknowledgement and its history
+   * in one statement (no transaction of several round trips), then started in `slot`. Undefined
+   * when its key is taken: the transaction of `receive` answers the retry or the conflict.
+   */
+  async function acknowledgeInline(cmd: C, slot: InlineSlot): Promise<Reply | undefined> {
+    const r = newRequest(cmd, "async");
+    const response = codec.acknowledgement(cmd.request, r.id);
+    const entries = [receivedOf(cmd, "async", r.id, r.createdAt, false), answeredEntry(r.id, clock.now(), { state: "acknowledged" })];
+    if (!(await requests.insertAcknowledged(db, kind, r, response, entries))) return undefined;
+    slot.start(requestJob(kind, r.id));
+    deps.telemetry?.requestAcknowledged?.({ kind, run: "inline" });
+    return { requestId: r.id, replayed: false, response };
   }
 
   async function carryOut(tx: Tx, id: string, cmd: C): Promise<O> {
@@ -330,24 +355,50 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     if (stage) return receiveProvisioned(cmd, mode, stage);
     // Without the application, an auto request is always carried out within the deadline.
     if (mode === "auto") mode = "sync";
-    return db.transaction(async (tx) => {
-      const claimed = await claim(tx, cmd, mode);
-      if ("replay" in claimed) {
-        await history.insertEntries(tx, [claimed.received]);
-        return { requestId: claimed.id, replayed: true, response: claimed.replay };
+    // An acknowledged request is carried out here as soon as it is committed when a slot is free:
+    // no job to add, claim and complete, no wait for a worker (under load, most of an async
+    // order's time to its event was that wait). Its job is the fallback, and the sweep the net.
+    const slot = mode === "async" ? deps.inline?.current?.reserve() : undefined;
+    let started = false;
+    try {
+      if (slot) {
+        const acknowledged = await acknowledgeInline(cmd, slot);
+        if (acknowledged) {
+          started = true;
+          return acknowledged;
+        }
       }
-      if (mode === "async") {
-        const response = codec.acknowledgement(cmd.request, claimed.id);
-        await requests.storeResponse(tx, kind, claimed.id, response);
-        await jobs.add(tx, requestJob(kind, claimed.id));
-        await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
+      return await db.transaction(async (tx) => {
+        const claimed = await claim(tx, cmd, mode);
+        if ("replay" in claimed) {
+          await history.insertEntries(tx, [claimed.received]);
+          return { requestId: claimed.id, replayed: true, response: claimed.replay };
+        }
+        if (mode === "async") {
+          const response = codec.acknowledgement(cmd.request, claimed.id);
+          await requests.storeResponse(tx, kind, claimed.id, response);
+          const job = requestJob(kind, claimed.id);
+          if (slot) {
+            tx.afterCommit(() => {
+              started = true;
+              slot.start(job);
+            });
+          } else {
+            await jobs.add(tx, job);
+            const telemetry = deps.telemetry;
+            if (telemetry?.requestAcknowledged) tx.afterCommit(() => telemetry.requestAcknowledged?.({ kind, run: "queued" }));
+          }
+          await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
+          return { requestId: claimed.id, replayed: false, response };
+        }
+        const outcome = await carryOut(tx, claimed.id, cmd);
+        const response = codec.answer(cmd.request, outcome);
+        await finish(tx, outcome, response, cmd, { before: [claimed.received], after: [answered(outcome)] });
         return { requestId: claimed.id, replayed: false, response };
-      }
-      const outcome = await carryOut(tx, claimed.id, cmd);
-      const response = codec.answer(cmd.request, outcome);
-      await finish(tx, outcome, response, cmd, { before: [claimed.received], after: [answered(outcome)] });
-      return { requestId: claimed.id, replayed: false, response };
-    });
+      });
+    } finally {
+      if (slot && !started) slot.release();
+    }
   }
 
   /**

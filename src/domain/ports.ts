@@ -4,6 +4,8 @@
  *
  * - Outbox: tell Orange about a finished request or a partner-side change (src/events/outbox.ts).
  * - JobQueue: run work later, in the worker (src/events/queue.ts, over graphile-worker).
+ * - InlineRunner: run a job in this process as soon as its transaction commits, without queueing
+ *   it (src/events/worker.ts); optional.
  * - RequestCodec: Orange's wire for one operation (src/orange/codecs.ts): the stored request read
  *   back as a command, an outcome written as the answer, the acknowledgement.
  * - Telemetry: what the operators' metrics count of the domain's work (src/metrics.ts); optional.
@@ -41,6 +43,24 @@ export interface JobQueue {
   withoutLiveJob(q: Queryable, keys: string[]): Promise<string[]>;
 }
 
+/**
+ * Carries out a job in this process right after the transaction that made it commits, instead of
+ * queueing it: no job is stored, claimed and completed, and no worker slot is waited for. What it
+ * runs must be found again without its job: if the process stops before the run ends, the sweep
+ * gives the work a job (acknowledged requests without one, once past a grace period).
+ */
+export interface InlineRunner {
+  /** A slot for one run, or undefined (none free, the runner stopping): queue the job then. */
+  reserve(): InlineSlot | undefined;
+}
+
+export interface InlineSlot {
+  /** Runs the job now, in the background; a run that fails is queued as a job by the runner. */
+  start(job: Job): void;
+  /** Gives the slot back unused (the transaction rolled back). */
+  release(): void;
+}
+
 /** How a job's run is told about its history and the worker's shutdown. */
 export interface JobContext {
   /** This run included. */
@@ -57,6 +77,8 @@ export type TaskHandler = (payload: unknown, context: JobContext) => Promise<voi
 export interface Telemetry {
   /** A request reached its final state; `useCase`: UC1, UC2 or UC3 for an order, `update` for an update. */
   requestFinished(finished: { kind: "order" | "update"; useCase: string; state: "completed" | "failed" }): void;
+  /** A request was answered `acknowledged`; `run`: carried out inline (at once, here) or queued as a job. */
+  requestAcknowledged?(acknowledged: { kind: "order" | "update"; run: "inline" | "queued" }): void;
 }
 
 /** Orange's wire for one operation, so that the domain never reads nor writes it itself. */

@@ -9,6 +9,9 @@ import { PROVISION_TASK, provisionJob, REQUEST_JOBS, requestJob, technicalFailur
 import type { JobQueue, TaskHandler } from "./ports.js";
 import * as requests from "./requests.dal.js";
 
+/** Why the sweep counts a failed run: no run of the request can still happen. */
+export const LOST_RUN = "its run was lost: its job was gone or out of attempts, or its process stopped before carrying it out";
+
 export interface RequestJobsLogger {
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
@@ -74,7 +77,17 @@ export function createRequestTasks(deps: RequestJobsDeps): Record<string, TaskHa
  * `maxAttempts` it ends `failed` instead. The keys of the requests re-armed or given up on.
  */
 export function createRequestSweep(
-  deps: RequestJobsDeps & { db: Queryable; jobs: JobQueue; maxAttempts: number; commandMaxAgeMs?: number },
+  deps: RequestJobsDeps & {
+    db: Queryable;
+    jobs: JobQueue;
+    maxAttempts: number;
+    commandMaxAgeMs?: number;
+    /**
+     * Requests acknowledged more recently than this are left alone: one carried out inline (no
+     * job, see InlineRunner) is still under way in its process. Default 0.
+     */
+    graceMs?: number;
+  },
 ) {
   const byKind = new Map(deps.lifecycles.map((l) => [l.kind as string, l]));
 
@@ -121,12 +134,12 @@ export function createRequestSweep(
     await sweepCommands(touched);
     for (const lifecycle of deps.lifecycles) {
       const kind = lifecycle.kind;
-      const pending = await requests.listAcknowledged(deps.db, kind, 0, 1000);
+      const pending = await requests.listAcknowledged(deps.db, kind, deps.graceMs ?? 0, 1000);
       if (pending.length === 0) continue;
       const byKey = new Map(pending.map((r) => [requestJob(kind, r.id).key!, r.id]));
       for (const key of await deps.jobs.withoutLiveJob(deps.db, [...byKey.keys()])) {
         const id = byKey.get(key)!;
-        const attempts = await requests.recordFailedAttempt(deps.db, kind, id, "its job was gone or out of attempts");
+        const attempts = await requests.recordFailedAttempt(deps.db, kind, id, LOST_RUN);
         if (attempts === undefined) continue; // finished meanwhile
         if (attempts >= deps.maxAttempts) {
           await lifecycle.giveUp(id, technicalFailureReason(kind, id));

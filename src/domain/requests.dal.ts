@@ -6,6 +6,7 @@
  */
 import { raw, sql, type Queryable, type Sql, type Tx } from "../db/sql.js";
 import type { JsonValue } from "../lib/json.js";
+import { entriesStatement, type HistoryEntry } from "./history.dal.js";
 
 export type RequestKind = "order" | "update";
 export type RequestState = "acknowledged" | "completed" | "failed";
@@ -44,24 +45,37 @@ export interface NewRequest {
  * never both go on: the second sees the first's row once it commits.
  */
 export async function insertRequest(tx: Tx, kind: RequestKind, r: NewRequest): Promise<boolean> {
-  const rows = await tx.query(insertRequestStatement(kind, r));
+  return (await tx.query(insertRequestStatement(kind, r))).length > 0;
+}
+
+/**
+ * Stores a request `acknowledged` with its answer (the acknowledgement) and its history entries
+ * in one statement, which is its own transaction: one round trip. False when the key is taken:
+ * nothing is written then (a retry, or a conflict, is for `insertRequest`'s transaction).
+ */
+export async function insertAcknowledged(q: Queryable, kind: RequestKind, r: NewRequest, response: JsonValue, entries: HistoryEntry[]): Promise<boolean> {
+  const rows = await q.query(sql`
+    WITH r AS (${insertRequestStatement(kind, r, response)}),
+         h AS (${entriesStatement(entries, sql`EXISTS (SELECT 1 FROM r)`)})
+    SELECT id FROM r`);
   return rows.length > 0;
 }
 
-/** The INSERT of `insertRequest` (a row when it inserted), for a caller that sends it with other statements. */
-export function insertRequestStatement(kind: RequestKind, r: NewRequest): Sql {
+/** The INSERT of `insertRequest` (a row when it inserted), for a caller that sends it with other statements; `response`: the answer stored with it. */
+export function insertRequestStatement(kind: RequestKind, r: NewRequest, response: JsonValue | null = null): Sql {
   const common = sql`${r.id}, ${r.idempotencyKey ?? null}, ${r.orangeRef ?? null}, ${r.requestHash},
-                     ${JSON.stringify(r.request)}::json, 'acknowledged'::"RequestState", ${r.createdAt}, ${r.answerMode}`;
+                     ${JSON.stringify(r.request)}::json, 'acknowledged'::"RequestState", ${r.createdAt}, ${r.answerMode},
+                     ${response === null ? null : JSON.stringify(response)}::json`;
   return kind === "order"
     ? sql`
         INSERT INTO product_order (id, idempotency_key, orange_ref, request_hash, request, state, created_at,
-                                   answer_mode, use_case, quantity)
+                                   answer_mode, response, use_case, quantity)
         VALUES (${common}, ${r.order?.useCase ?? null}, ${r.order?.quantity ?? null})
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id`
     : sql`
         INSERT INTO licence_update (id, idempotency_key, orange_ref, request_hash, request, state, created_at,
-                                    answer_mode, licence_ids)
+                                    answer_mode, response, licence_ids)
         VALUES (${common}, ${r.update?.licenceIds ?? []}::text[])
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id`;

@@ -38,10 +38,20 @@ export interface EnqueuedEvent {
 }
 
 /**
- * Set by the worker around a run of another task (worker.ts): the delivery job of each ordering
- * key that run's transactions scheduled, by key, filled in once the transaction has committed.
+ * Set by the worker around a run of another task (worker.ts): what that run's transactions
+ * committed for delivery, by ordering key (filled in once the transaction has committed).
  */
-export const committedDeliveryJobs = new AsyncLocalStorage<Map<string, string>>();
+export interface RunDeliveries {
+  /** The key's delivery job; null: none was added, the run delivers the key itself (`inline`). */
+  keys: Map<string, string | null>;
+  /**
+   * The run delivers its events itself, without a job (an inline run, worker.ts): its
+   * transactions add none. If the process stops first, the worker's sweep gives the key a job.
+   */
+  inline: boolean;
+}
+
+export const committedDeliveryJobs = new AsyncLocalStorage<RunDeliveries>();
 
 /** The ordering keys each transaction in progress has scheduled (dropped with the transaction). */
 const scheduledKeys = new WeakMap<Tx, Set<string>>();
@@ -70,7 +80,8 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
   // transaction inserted, or the one it locked), and it reads every event of the key then.
   let scheduled = scheduledKeys.get(tx);
   if (!scheduled) scheduledKeys.set(tx, (scheduled = new Set()));
-  const schedule = !scheduled.has(orderingKey);
+  const run = committedDeliveryJobs.getStore();
+  const schedule = !scheduled.has(orderingKey) && run?.inline !== true;
 
   // One statement (one round trip instead of three): the key lock, then the row, whose seq (nextval) is drawn only once the lock is
   // held (the INSERT reads FROM the lock), then the job, added once the row is written.
@@ -122,8 +133,8 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
   if (written.length !== 1) throw new Error(`outbox event ${id} was not written (${written.length} rows)`);
   scheduled.add(orderingKey);
   const jobId = written[0]!.job_id;
-  const runJobs = committedDeliveryJobs.getStore();
-  if (runJobs && jobId !== null) tx.afterCommit(() => runJobs.set(orderingKey, String(jobId)));
+  if (run?.inline) tx.afterCommit(() => run.keys.set(orderingKey, null));
+  else if (run && jobId !== null) tx.afterCommit(() => run.keys.set(orderingKey, String(jobId)));
   return { id, orderingKey, body };
 }
 

@@ -22,9 +22,11 @@ import { Logger, run, type JobHelpers, type Runner, type TaskList, type WorkerEv
 import pg from "pg";
 import { createDeliverEventsTask, schedule, type DeliveryObserver, type RetryPolicy } from "./delivery.js";
 import type { EventLogger } from "./http.js";
-import type { TaskHandler } from "../domain/ports.js";
+import type { InlineRunner, Job, TaskHandler } from "../domain/ports.js";
+import { queryable } from "../db/sql.js";
+import { addJob } from "./queue.js";
 import type { OrangeEventClient } from "./orange-client.js";
-import { committedDeliveryJobs, DELIVER_TASK, jobKeyOf } from "./outbox.js";
+import { committedDeliveryJobs, DELIVER_TASK, jobKeyOf, type RunDeliveries } from "./outbox.js";
 
 export interface WorkerLogger extends EventLogger {
   error(obj: object, msg?: string): void;
@@ -55,6 +57,15 @@ export interface EventWorkerOptions {
   sweepRequests?: () => Promise<string[]>;
   /** Told of every delivery attempt (metrics). */
   observer?: DeliveryObserver;
+  /** Inline runs at once, besides graphile's (default 0: none, `inline.reserve()` refuses). */
+  inlineSlots?: number;
+  /** Inline runs waiting for a slot, in memory (default 1,000); beyond them, jobs are queued. */
+  inlineBacklog?: number;
+  /**
+   * How long pending events may go without a job before the sweep gives their key one (default
+   * 0): an inline run delivers the events it wrote without a job, and may still be at it.
+   */
+  unqueuedGraceMs?: number;
 }
 
 export interface SweepResult {
@@ -82,6 +93,8 @@ export interface EventWorker {
   readonly id: string | undefined;
   /** The worker's own connections (graphile and the delivery runs), for the pool metrics. */
   readonly pool: pg.Pool;
+  /** Runs a job here as soon as its transaction commits, with no job row (the domain's InlineRunner). */
+  readonly inline: InlineRunner;
   /** The runner's state and a `SELECT 1` on the worker's pool, bounded by `timeoutMs`. */
   health(timeoutMs: number): Promise<WorkerHealth>;
   /** The lease sweep and the missing-job check; also runs on its own every sweepIntervalMs. */
@@ -97,9 +110,9 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   const random = options.random ?? Math.random;
   const pool = new ReleaseOncePool({
     connectionString: options.databaseUrl,
-    // One held by each running job (its key lock), plus graphile's LISTEN connection and its
-    // claim/complete queries, plus the sweep.
-    max: options.concurrency + 4,
+    // One held by each running job (its key lock) and by each inline run's delivery, plus
+    // graphile's LISTEN connection and its claim/complete queries, plus the sweep.
+    max: options.concurrency + (options.inlineSlots ?? 0) + 4,
     connectionTimeoutMillis: 10_000,
     application_name: options.applicationName ?? "orange-partner-worker",
   });
@@ -134,9 +147,9 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   const deliver = taskList[DELIVER_TASK];
   for (const [name, handler] of Object.entries(options.tasks ?? {})) {
     taskList[name] = async (payload, helpers) => {
-      const committed = new Map<string, string>();
-      await committedDeliveryJobs.run(committed, () => handler(payload, { attempt: helpers.job.attempts, signal: helpers.abortSignal }));
-      if (deliver) await deliverNow(deliver, committed, helpers);
+      const run: RunDeliveries = { keys: new Map(), inline: false };
+      await committedDeliveryJobs.run(run, () => handler(payload, { attempt: helpers.job.attempts, signal: helpers.abortSignal }));
+      if (deliver) await deliverNow(deliver, run.keys, helpers);
     };
   }
 
@@ -149,10 +162,14 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
    * already claimed by a worker, or not due (a retry's backoff), is left to graphile. A failed
    * delivery run releases the job for graphile to run again; the task itself has succeeded.
    */
-  async function deliverNow(task: NonNullable<TaskList[string]>, committed: Map<string, string>, helpers: JobHelpers): Promise<void> {
+  async function deliverNow(task: NonNullable<TaskList[string]>, committed: Map<string, string | null>, helpers: JobHelpers): Promise<void> {
     const id = workerId;
-    if (id === undefined) return;
     for (const [orderingKey, jobId] of committed) {
+      if (jobId === null) {
+        await deliverWithoutJob(task, orderingKey, helpers);
+        continue;
+      }
+      if (id === undefined) continue;
       if (helpers.abortSignal?.aborted) return;
       try {
         const claimed = await pool.query(
@@ -178,6 +195,130 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     }
   }
 
+  /**
+   * The events of an inline run, written without a job: delivered here. The key's lock keeps a
+   * concurrent run of the key out (the task then schedules the key's job itself, as it does for a
+   * retry or when stopping); a run that fails before it could schedule anything schedules the key
+   * here, or, with the database gone, leaves it to the sweep (pending events without a job).
+   */
+  async function deliverWithoutJob(task: NonNullable<TaskList[string]>, orderingKey: string, helpers: JobHelpers): Promise<void> {
+    try {
+      if (helpers.abortSignal?.aborted) throw new Error("the worker is stopping");
+      await task({ orderingKey }, { ...helpers, job: { ...helpers.job, key: jobKeyOf(orderingKey) } } as JobHelpers);
+    } catch (err) {
+      logger?.warn({ orderingKey, err: errorMessage(err) }, "delivering an inline run's events failed; its key gets a job");
+      await addOnceAnswered(() => schedule(pool, orderingKey, { delayMs: 0 }, "preserve_run_at"), { orderingKey });
+    }
+  }
+
+  /**
+   * Adds the job of work an inline run could not finish. The database may be away (often why the
+   * run failed): tried again until it answers, unless the worker stops first; the sweep adds the
+   * job then, once past the grace period.
+   */
+  async function addOnceAnswered(add: () => Promise<void>, about: Record<string, unknown>): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await add();
+        return;
+      } catch (err) {
+        if (attempt === 0) logger?.warn({ ...about, err: errorMessage(err) }, "the job of an inline run's unfinished work cannot be added yet; retrying");
+        const waitMs = Math.min(RESTART_MAX_DELAY_MS, RESTART_BASE_DELAY_MS * 2 ** Math.min(attempt, 10));
+        if (!(await sleep(waitMs * (0.5 + random() * 0.5), inlineAbort.signal))) {
+          logger?.warn(about, "stopping: the job of an inline run's unfinished work is left to the sweep");
+          return;
+        }
+      }
+    }
+  }
+
+  // Inline runs (the domain's InlineRunner): a job carried out here as soon as the transaction
+  // that made it commits, without a job row; `inlineSlots` of them at once, besides graphile's,
+  // and up to `inlineBacklog` more waiting for a slot in memory (an acknowledged request is
+  // durable whatever happens to the process: the sweep finds it without a job after the lease).
+  // Beyond that, the request gets a job: the queue is the backpressure.
+  const inlineSlots = options.inlineSlots ?? 0;
+  const inlineBacklog = options.inlineBacklog ?? INLINE_BACKLOG;
+  let inlineHeld = 0;
+  let inlineRunning = 0;
+  const inlineWaiting: Job[] = [];
+  const inlineRuns = new Set<Promise<void>>();
+  const inlineAbort = new AbortController();
+  let inlineClosed = false;
+
+  function launchInline(job: Job): void {
+    inlineRunning++;
+    let done = false;
+    const free = () => {
+      if (done) return;
+      done = true;
+      inlineRunning--;
+      inlineHeld--;
+      const next = inlineClosed ? undefined : inlineWaiting.shift();
+      if (next) launchInline(next);
+    };
+    const run = runInline(job, free).finally(free);
+    inlineRuns.add(run);
+    void run.finally(() => inlineRuns.delete(run));
+  }
+
+  const inline: InlineRunner = {
+    reserve() {
+      if (inlineClosed || inlineSlots === 0 || inlineHeld >= inlineSlots + inlineBacklog) return undefined;
+      inlineHeld++;
+      let used = false;
+      return {
+        release() {
+          if (used) return;
+          used = true;
+          inlineHeld--;
+        },
+        start(job) {
+          if (used) return;
+          used = true;
+          if (inlineRunning < inlineSlots) launchInline(job);
+          else inlineWaiting.push(job);
+        },
+      };
+    },
+  };
+
+  /**
+   * At stop, once graphile claims nothing more: the runs still waiting for a slot get their jobs,
+   * for the next worker (or, the database away, the sweep finds them after the lease).
+   */
+  async function queueWaitingInline(): Promise<void> {
+    const waiting = inlineWaiting.splice(0);
+    inlineHeld -= waiting.length;
+    const q = queryable(pool);
+    await Promise.all(
+      waiting.map((job) =>
+        addJob(q, job).catch((err: unknown) =>
+          logger?.warn({ task: job.task, key: job.key, err: errorMessage(err) }, "stopping: a waiting inline run's job could not be added; the sweep adds it"),
+        ),
+      ),
+    );
+  }
+
+  async function runInline(job: Job, freeSlot: () => void): Promise<void> {
+    const handler = options.tasks?.[job.task];
+    try {
+      if (!handler) throw new Error(`no task ${job.task} here`);
+      const run: RunDeliveries = { keys: new Map(), inline: deliver !== undefined };
+      // A run whose handler throws asked for another run: its job takes over, with graphile's
+      // backoff from there (the handler has counted the failed attempt).
+      await committedDeliveryJobs.run(run, () => handler(job.payload, { attempt: 1, signal: inlineAbort.signal }));
+      if (deliver && run.keys.size > 0) {
+        const helpers = { abortSignal: inlineAbort.signal, job: { id: `inline:${job.key ?? job.task}`, attempts: 1, key: job.key ?? null } };
+        await deliverNow(deliver, run.keys, helpers as unknown as JobHelpers);
+      }
+    } catch (err) {
+      logger?.warn({ task: job.task, key: job.key, err: errorMessage(err) }, "an inline run failed; its job takes over");
+      freeSlot();
+      await addOnceAnswered(() => addJob(queryable(pool), { ...job, delayMs: INLINE_RETRY_DELAY_MS }), { task: job.task, key: job.key });
+    }
+  }
+
   async function sweep(): Promise<SweepResult> {
     const stale = await pool.query<{ locked_by: string }>(
       `SELECT DISTINCT locked_by FROM graphile_worker.jobs
@@ -195,6 +336,8 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       `SELECT DISTINCT e.ordering_key
          FROM outbox_event e
         WHERE e.state = 'pending'
+          -- An inline run delivers the events it wrote without a job: it is presumed dead after the grace.
+          AND e.created_at < now() - $2::bigint * interval '1 millisecond'
           AND NOT EXISTS (
             SELECT 1 FROM graphile_worker.jobs j
              WHERE j.key = $1 || e.ordering_key AND j.attempts < j.max_attempts)
@@ -203,7 +346,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
             SELECT 1 FROM outbox_event d
              WHERE d.ordering_key = e.ordering_key AND d.state = 'dead' AND d.seq < e.seq)
         LIMIT 1000`,
-      [jobKeyOf("")],
+      [jobKeyOf(""), options.unqueuedGraceMs ?? 0],
     );
     const rescheduledKeys = orphans.rows.map((r) => r.ordering_key);
     for (const key of rescheduledKeys) await schedule(pool, key, { delayMs: 0 }, "preserve_run_at");
@@ -357,11 +500,19 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       return workerId;
     },
     pool,
+    inline,
     health,
     sweep,
     stop() {
       stopping ??= (async () => {
         clearTimeout(sweepTimer);
+        // Inline runs end first (their requests are acknowledged and have no job): within the stop
+        // deadline, then aborted like graphile's; an aborted delivery hands its key to a job.
+        inlineClosed = true;
+        if (!(await settlesWithin(Promise.allSettled([...inlineRuns]), stopTimeoutMs))) {
+          inlineAbort.abort();
+          await settlesWithin(Promise.allSettled([...inlineRuns]), 5_000);
+        }
         stopRequested.abort();
         await restarting;
         const live = current && !current.failed ? current.runner : undefined;
@@ -376,6 +527,8 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
             await live.kill().catch(() => {});
           }
         }
+        // Once this worker claims nothing more: the runs still waiting are the next worker's.
+        await queueWaitingInline();
         poolClosed = true;
         // end() waits for every connection to be given back: one a failed pool never released
         // must not hold the stop forever.
@@ -442,6 +595,10 @@ interface Generation {
 
 const RESTART_BASE_DELAY_MS = 250;
 const POOL_END_TIMEOUT_MS = 5_000;
+/** Inline runs waiting for a slot, at most (a few seconds of work at the rates this server reaches). */
+const INLINE_BACKLOG = 1_000;
+/** A failed inline run's job: after a pause, then graphile's own backoff. */
+const INLINE_RETRY_DELAY_MS = 1_000;
 const RESTART_MAX_DELAY_MS = 5_000;
 
 function errorMessage(err: unknown): string {
