@@ -296,14 +296,15 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * Records the outcome, and its history: one entry per part of the outcome (per fleet, as it is
    * announced), between the entries `around` gives (the request received, the answer), in one
    * statement. `around.deferred`: both statements are added to it instead, for the caller to run
-   * within its own next statement (commands.dal's `also`).
+   * within its own next statement (commands.dal's `also`); `around.later`: both go with the
+   * transaction's next round trip (Tx.executeLater).
    */
   async function finish(
     tx: Tx,
     outcome: O,
     response: JsonValue | null,
     cmd: C | undefined,
-    around: { before?: HistoryEntry[]; after?: HistoryEntry[]; actor?: string; deferred?: Sql[] } = {},
+    around: { before?: HistoryEntry[]; after?: HistoryEntry[]; actor?: string; deferred?: Sql[]; later?: boolean } = {},
   ): Promise<void> {
     const finished = requests.finishStatement(
       kind,
@@ -311,6 +312,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       response,
     );
     if (around.deferred) around.deferred.push(finished);
+    else if (around.later) await tx.executeLater(finished);
     else await tx.execute(finished);
     const parts = handler.split(outcome, cmd).map((part): HistoryEntry => {
       const summary = handler.summary?.(part.outcome);
@@ -326,6 +328,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     });
     const entries = [...(around.before ?? []), ...parts, ...(around.after ?? [])];
     if (around.deferred) around.deferred.push(history.entriesStatement(entries));
+    else if (around.later) await tx.executeLater(history.entriesStatement(entries));
     else await history.insertEntries(tx, entries);
     const telemetry = deps.telemetry;
     if (telemetry) {
@@ -407,15 +410,20 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * request is no longer acknowledged (the job ran again after its commit).
    */
   async function process(id: string): Promise<"processed" | "skipped"> {
-    return db.transaction(async (tx) => {
-      const row = await requests.lockAcknowledged(tx, kind, id);
-      if (!row) return "skipped";
-      const cmd = codec.decode(row.request);
-      const outcome = await carryOut(tx, id, cmd);
-      await finish(tx, outcome, null, cmd);
-      await announce(tx, row.request, outcome, cmd);
-      return "processed";
-    });
+    // Round trips saved: BEGIN goes with the lock; the outcome and its history, whose results are
+    // not needed, with the announcement.
+    return db.transaction(
+      async (tx) => {
+        const row = await requests.lockAcknowledged(tx, kind, id);
+        if (!row) return "skipped";
+        const cmd = codec.decode(row.request);
+        const outcome = await carryOut(tx, id, cmd);
+        await finish(tx, outcome, null, cmd, { later: true });
+        await announce(tx, row.request, outcome, cmd);
+        return "processed";
+      },
+      { beginWithFirst: true },
+    );
   }
 
   /** Ends an acknowledged request `failed` without carrying it out (it kept failing); false when it was no longer acknowledged. */
