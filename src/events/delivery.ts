@@ -2,7 +2,8 @@
  * The `deliver_events` task: delivers the pending events of one ordering key (a fleet, else an
  * order), one after the other in seq order.
  *
- * - delivered → marked, next event;
+ * - delivered → next event at once; the delivered attempts are recorded together, several in
+ *   one statement (at most RECORD_MAX_EVENTS, or RECORD_MAX_DELAY_MS after the oldest answer);
  * - park (4xx other than 401/408/429) → dead with Orange's status, request id and body, and the
  *   run stops: the key is held. Its later events wait behind the dead one (they are not even
  *   read) until an operator re-sends it (it keeps its seq, so it goes first) or discards it, and
@@ -18,6 +19,11 @@
  * the very connection that then writes every state change: a run that cannot get it reschedules
  * the key shortly and leaves; a run whose connection died can no longer write anything, and its
  * lock is gone with the connection, so another worker takes over (at-least-once, same event id).
+ *
+ * Crash between a POST and the statement that records it: the event is still pending, so it is
+ * sent again with the same id (at-least-once, as for a crash during the POST). A run's first
+ * attempt is started before its POST (an open attempt row, closed as interrupted by the next
+ * run); the other attempts of an unrecorded batch leave no row, and the re-send records its own.
  */
 import type { JobHelpers, Task } from "graphile-worker";
 import type pg from "pg";
@@ -159,11 +165,12 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
   };
 
   /**
-   * Statements per event: one (its finish starts the next). Per run: the first read, which also
-   * takes the key lock, and, when the run ends with the key drained, nothing more (the last
-   * finish releases the lock). An event committed after the run's job was claimed has its own
-   * job (add_job on a running job's key creates one), so a run need not look again once its
-   * batch was not full.
+   * Statements: the first read, which also takes the key lock and starts the first event's
+   * attempt, then one statement per batch of delivered events (up to RECORD_MAX_EVENTS; the last
+   * one releases the lock when the key is drained), none per event: per event, only its POST. A
+   * failure costs one more (the failed attempt and its retry or park). An event committed after
+   * the run's job was claimed has its own job (add_job on a running job's key creates one), so a
+   * run need not look again once its batch was not full.
    */
   async function deliverKey(conn: pg.PoolClient, orderingKey: string, abortSignal: AbortSignal, lock: KeyLock): Promise<void> {
     const startedAt = performance.now();
