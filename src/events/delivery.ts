@@ -104,7 +104,10 @@ const PREFETCH = 64;
  */
 const RECORD_MAX_EVENTS = 16;
 
-/** A delivered attempt older than this is recorded before the next event is sent. */
+/**
+ * Delivered attempts are recorded once the oldest of them is this old when an answer comes: an
+ * answer is recorded at most this long, plus one POST, after it came.
+ */
 const RECORD_MAX_DELAY_MS = 250;
 
 /** A delivered attempt not yet recorded. */
@@ -296,7 +299,9 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
    * the time elapsed since), its attempt row closed or, when the run did not start one, written
    * whole. When `unlockKey` is set the same statement releases the key lock (the key is drained).
    * Until this statement commits, a crash leaves these events pending: they are sent again, with
-   * the same ids (at-least-once), and the attempts that were not recorded leave no row.
+   * the same ids (at-least-once), and the attempts that were not recorded leave no row. Its commit
+   * does not wait for the disk (synchronous_commit off, for this statement only): a database
+   * crash may lose the last of these records, with the same outcome, never an event.
    */
   async function recordDelivered(conn: pg.PoolClient, orderingKey: string, items: Delivered[], unlockKey: string | undefined): Promise<boolean> {
     const now = performance.now();
@@ -335,8 +340,12 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
        ),
        unlock AS MATERIALIZED (
          SELECT CASE WHEN $10::text IS NOT NULL THEN pg_advisory_unlock($11::int, hashtext($10)) END AS unlocked
-       )
-       SELECT (SELECT count(*) FROM ev)::int AS recorded, (SELECT unlocked FROM unlock) AS unlocked`,
+       ),
+       -- This statement's commit does not wait for its WAL to reach the disk: a database crash may
+       -- lose it, which leaves these events pending, sent again with the same ids (at-least-once,
+       -- as for a worker crash before it), never an event lost.
+       async AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS sc)
+       SELECT (SELECT count(*) FROM ev)::int AS recorded, (SELECT unlocked FROM unlock) AS unlocked, (SELECT sc FROM async) AS sc`,
       values: [
         items.map((d) => d.head.id),
         items.map((d) => d.attemptId),
