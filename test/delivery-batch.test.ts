@@ -6,6 +6,7 @@
  * The task runs here by itself (no graphile runner), on a pool whose connections count their
  * statements, against the loopback mock gateway.
  */
+import { setTimeout as delay } from "node:timers/promises";
 import type { JobHelpers } from "graphile-worker";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -136,6 +137,19 @@ describe("a delivery run's statements", () => {
     expect(pool.statements).toBe(4);
     expect(await db().outboxEvent.count({ where: { orderingKey: "fl_bound", state: "delivered" } })).toBe(40);
     expect(await db().eventDeliveryAttempt.count({ where: { event: { orderingKey: "fl_bound" }, outcome: "delivered" } })).toBe(40);
+  });
+
+  it("records what was delivered once an answer is 250 ms old, when Orange answers slowly", async () => {
+    const events = await eventsOf("fl_slow", 3);
+    const slow: OrangeEventClient["send"] = async (api, event, signal) => {
+      await delay(300);
+      return client.send(api, event, signal);
+    };
+    await run(task(slow), "fl_slow");
+    expect(sentIds("fl_slow")).toEqual(events.map((e) => e.id));
+    // The read; the first two once the second answer came (the first was then 300 ms old); the third.
+    expect(pool.statements).toBe(3);
+    expect(await db().outboxEvent.count({ where: { orderingKey: "fl_slow", state: "delivered" } })).toBe(3);
   });
 
   it("on a failed POST mid-batch records the delivered ones, then the failure with its own attempt, and sends nothing after it", async () => {
