@@ -330,6 +330,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
                 status = i.status, request_id = i.request_id, response_body = i.body, error = NULL
            FROM items i
           WHERE a.id = ANY($2::bigint[]) AND a.id = i.attempt_id AND i.id IN (SELECT id FROM ev)
+         RETURNING 1
        ),
        opened AS (
          INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at, finished_at, outcome, status, request_id, response_body)
@@ -337,9 +338,14 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
                 i.started_at, i.delivered_at, 'delivered', i.status, i.request_id, i.body
            FROM items i
           WHERE i.attempt_id IS NULL AND i.id IN (SELECT id FROM ev)
+         RETURNING 1
        ),
+       -- Released once every write above is done (an unreferenced CTE would run after it): the
+       -- lock is free only for the commit's duration before the records are visible (a next run
+       -- then waits for them on the first event's FOR UPDATE).
        unlock AS MATERIALIZED (
-         SELECT CASE WHEN $10::text IS NOT NULL THEN pg_advisory_unlock($11::int, hashtext($10)) END AS unlocked
+         SELECT CASE WHEN $10::text IS NOT NULL AND (SELECT count(*) FROM ev) + (SELECT count(*) FROM closed) + (SELECT count(*) FROM opened) >= 0
+                     THEN pg_advisory_unlock($11::int, hashtext($10)) END AS unlocked
        ),
        -- This statement's commit does not wait for its WAL to reach the disk: a database crash may
        -- lose it, which leaves these events pending, sent again with the same ids (at-least-once,
