@@ -2,7 +2,8 @@
  * The `deliver_events` task: delivers the pending events of one ordering key (a fleet, else an
  * order), one after the other in seq order.
  *
- * - delivered → marked, next event;
+ * - delivered → next event at once; the delivered attempts are recorded together, several in
+ *   one statement (at most RECORD_MAX_EVENTS, or RECORD_MAX_DELAY_MS after the oldest answer);
  * - park (4xx other than 401/408/429) → dead with Orange's status, request id and body, and the
  *   run stops: the key is held. Its later events wait behind the dead one (they are not even
  *   read) until an operator re-sends it (it keeps its seq, so it goes first) or discards it, and
@@ -18,6 +19,11 @@
  * the very connection that then writes every state change: a run that cannot get it reschedules
  * the key shortly and leaves; a run whose connection died can no longer write anything, and its
  * lock is gone with the connection, so another worker takes over (at-least-once, same event id).
+ *
+ * Crash between a POST and the statement that records it: the event is still pending, so it is
+ * sent again with the same id (at-least-once, as for a crash during the POST). A run's first
+ * attempt is started before its POST (an open attempt row, closed as interrupted by the next
+ * run); the other attempts of an unrecorded batch leave no row, and the re-send records its own.
  */
 import type { JobHelpers, Task } from "graphile-worker";
 import type pg from "pg";
@@ -89,8 +95,32 @@ interface KeyRow {
   held_by: string | null;
 }
 
-/** Pending events of a key read at once; each is still claimed by its own conditional update. */
+/** Pending events of a key read at once. */
 const PREFETCH = 64;
+
+/**
+ * Delivered attempts recorded together, at most: a crash re-sends at most this many events that
+ * were delivered but not yet recorded (and leaves no row of those attempts).
+ */
+const RECORD_MAX_EVENTS = 16;
+
+/**
+ * Delivered attempts are recorded once the oldest of them is this old when an answer comes: an
+ * answer is recorded at most this long, plus one POST, after it came.
+ */
+const RECORD_MAX_DELAY_MS = 250;
+
+/** A delivered attempt not yet recorded. */
+interface Delivered {
+  head: HeadRow;
+  attempt: number;
+  /** Its attempt row, when the run started one (the batch's first event). */
+  attemptId: string | null;
+  /** performance.now() when the POST started, and when its answer came. */
+  sentAt: number;
+  answeredAt: number;
+  result: DeliveryResult;
+}
 
 /** "No dead event in the key": every seq is below it. */
 const MAX_BIGINT = "9223372036854775807";
@@ -138,11 +168,12 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
   };
 
   /**
-   * Statements per event: one (its finish starts the next). Per run: the first read, which also
-   * takes the key lock, and, when the run ends with the key drained, nothing more (the last
-   * finish releases the lock). An event committed after the run's job was claimed has its own
-   * job (add_job on a running job's key creates one), so a run need not look again once its
-   * batch was not full.
+   * Statements: the first read, which also takes the key lock and starts the first event's
+   * attempt, then one statement per batch of delivered events (up to RECORD_MAX_EVENTS; the last
+   * one releases the lock when the key is drained), none per event: per event, only its POST. A
+   * failure costs one more (the failed attempt and its retry or park). An event committed after
+   * the run's job was claimed has its own job (add_job on a running job's key creates one), so a
+   * run need not look again once its batch was not full.
    */
   async function deliverKey(conn: pg.PoolClient, orderingKey: string, abortSignal: AbortSignal, lock: KeyLock): Promise<void> {
     const startedAt = performance.now();
@@ -205,13 +236,19 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
       }
       // undefined: the first event is no longer pending as read (this statement's snapshot predates
       // the lock, so a previous run may have just settled it): read again.
-      let started: { attemptId: string; attempt: number } | undefined =
-        first.attempt_id === null || first.attempt === null ? undefined : { attemptId: first.attempt_id, attempt: first.attempt };
-      // Each event of the batch is sent once its predecessor is delivered or parked; the statement
-      // that finishes an attempt also starts the next event's (one round trip per event).
-      for (let i = 0; started !== undefined; i++) {
+      if (first.attempt_id === null || first.attempt === null) continue;
+      // Each event of the batch is sent once its predecessor is delivered (a 2xx); the delivered
+      // ones are recorded together, several in one statement (see `recordDelivered`), and an
+      // attempt that is not delivered is recorded at once by `finish` and ends the run.
+      const unrecorded: Delivered[] = [];
+      for (let i = 0; ; i++) {
         const head = batch[i]!;
-        const { attemptId, attempt } = started;
+        // The first event's attempt row was started by the read above (so that a crash during its
+        // POST leaves a trace: an open attempt, closed as interrupted by the next run). The others
+        // get theirs when recorded: their predecessor was the key's first pending event, so no
+        // earlier run can have left an open attempt on them (it would have been the head).
+        const attemptId = i === 0 ? first.attempt_id : null;
+        const attempt = i === 0 ? first.attempt : head.attempts + 1;
         let result: DeliveryResult;
         const sentAt = performance.now();
         try {
@@ -219,59 +256,144 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         } catch (err) {
           result = { outcome: "retry", error: `delivery failed: ${err instanceof Error ? err.message : String(err)}` };
         }
-        options.observer?.attempt(result.outcome, performance.now() - sentAt);
-        const aborted = abortSignal.aborted && result.outcome === "retry";
+        const answeredAt = performance.now();
+        options.observer?.attempt(result.outcome, answeredAt - sentAt);
         const following = batch[i + 1];
-        const next = following?.due && !mustStop() ? following : undefined;
-        // The key is drained: release it with this statement and leave.
+        // The key is drained: the statement that records the last event releases it.
         const drained = following === undefined && batch.length < PREFETCH;
-        const done = await finish(conn, head, attempt, attemptId, result, aborted, next, drained ? orderingKey : undefined);
-        if (done.unlocked) lock.held = false;
-        const fields = {
-          eventId: head.id,
-          orderingKey,
-          attempt,
-          outcome: result.outcome,
-          status: result.status,
-          requestId: result.requestId,
-          state: done.state,
-        };
-        if (done.state === "delivered") {
-          logger?.debug(fields, "event delivered");
-        } else if (done.state === "dead") {
-          // The key is held: nothing of it is read or sent until an operator re-sends or discards
-          // this event (the task's finally releases the key lock, if this finish did not).
-          logger?.warn(
-            { ...fields, error: done.error },
-            "event parked as dead; the later events of its key wait until an operator re-sends or discards it",
-          );
-          return;
-        } else {
+        if (result.outcome !== "delivered") {
+          if (unrecorded.length > 0) await recordDelivered(conn, orderingKey, unrecorded.splice(0), undefined);
+          const aborted = abortSignal.aborted && result.outcome === "retry";
+          const done = await finish(conn, head, attempt, attemptId, sentAt, result, aborted, drained ? orderingKey : undefined);
+          if (done.unlocked) lock.held = false;
+          const fields = { eventId: head.id, orderingKey, attempt, outcome: result.outcome, status: result.status, requestId: result.requestId, state: done.state };
+          if (done.state === "dead") {
+            // The key is held: nothing of it is read or sent until an operator re-sends or discards
+            // this event (the task's finally releases the key lock, if this finish did not).
+            logger?.warn(
+              { ...fields, error: done.error },
+              "event parked as dead; the later events of its key wait until an operator re-sends or discards it",
+            );
+            return;
+          }
           logger?.info({ ...fields, error: result.error, nextAttemptAt: done.nextAttemptAt }, "event delivery will be retried");
           await schedule(conn, orderingKey, { at: done.nextAttemptAt });
           return;
         }
+        unrecorded.push({ head, attempt, attemptId, sentAt, answeredAt, result });
+        const next = following?.due && !mustStop() ? following : undefined;
+        if (next === undefined || unrecorded.length >= RECORD_MAX_EVENTS || answeredAt - unrecorded[0]!.answeredAt >= RECORD_MAX_DELAY_MS) {
+          const unlocked = await recordDelivered(conn, orderingKey, unrecorded.splice(0), drained ? orderingKey : undefined);
+          if (unlocked) lock.held = false;
+        }
         if (drained) return;
-        // No next event started (end of batch, not due, budget, or changed under us): read again.
-        started = done.next;
+        // End of batch, next one not due, or budget: read again (the loop's top checks the budget).
+        if (next === undefined) break;
       }
     }
+  }
+
+  /**
+   * Records delivered attempts, in send order, in one statement: each event delivered (its
+   * delivered_at the instant its answer came, on the database's clock: the statement's time less
+   * the time elapsed since), its attempt row closed or, when the run did not start one, written
+   * whole. When `unlockKey` is set the same statement releases the key lock (the key is drained).
+   * Until this statement commits, a crash leaves these events pending: they are sent again, with
+   * the same ids (at-least-once), and the attempts that were not recorded leave no row. Its commit
+   * does not wait for the disk (synchronous_commit off, for this statement only): a database
+   * crash may lose the last of these records, with the same outcome, never an event.
+   */
+  async function recordDelivered(conn: pg.PoolClient, orderingKey: string, items: Delivered[], unlockKey: string | undefined): Promise<boolean> {
+    const now = performance.now();
+    const { rows } = await conn.query<{ recorded: number; unlocked: boolean | null }>({
+      name: "outbox_attempts_delivered",
+      text: `WITH t AS (SELECT clock_timestamp() AS now),
+       items AS (
+         SELECT i.*, t.now - i.answered_ago * interval '1 millisecond' AS delivered_at,
+                t.now - i.started_ago * interval '1 millisecond' AS started_at
+           FROM unnest($1::text[], $2::bigint[], $3::int[], $4::float8[], $5::float8[], $6::int[], $7::text[], $8::text[])
+                  AS i(id, attempt_id, attempt, started_ago, answered_ago, status, request_id, body), t
+       ),
+       ev AS (
+         UPDATE outbox_event e
+            SET state = 'delivered', attempts = i.attempt, delivered_at = i.delivered_at, dead_at = NULL,
+                last_status = i.status, last_request_id = i.request_id, last_response_body = i.body, last_error = NULL
+           FROM items i
+          -- Probes of the primary key only: with \`state = 'pending'\` as an index condition, a generic
+          -- plan ANDs in the state index, whose pending entries (thousands, dead ones included) it reads.
+          WHERE e.id = ANY($1::text[]) AND e.id = i.id AND e.state::text = 'pending'
+         RETURNING e.id
+       ),
+       closed AS (
+         UPDATE event_delivery_attempt a
+            SET finished_at = greatest(a.started_at, i.delivered_at), outcome = 'delivered',
+                status = i.status, request_id = i.request_id, response_body = i.body, error = NULL
+           FROM items i
+          WHERE a.id = ANY($2::bigint[]) AND a.id = i.attempt_id AND i.id IN (SELECT id FROM ev)
+         RETURNING 1
+       ),
+       opened AS (
+         INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at, finished_at, outcome, status, request_id, response_body)
+         SELECT i.id, (SELECT coalesce(max(a.attempt), 0) + 1 FROM event_delivery_attempt a WHERE a.event_id = i.id), $9::text,
+                i.started_at, i.delivered_at, 'delivered', i.status, i.request_id, i.body
+           FROM items i
+          WHERE i.attempt_id IS NULL AND i.id IN (SELECT id FROM ev)
+         RETURNING 1
+       ),
+       -- Released once every write above is done (an unreferenced CTE would run after it): the
+       -- lock is free only for the commit's duration before the records are visible (a next run
+       -- then waits for them on the first event's FOR UPDATE).
+       unlock AS MATERIALIZED (
+         SELECT CASE WHEN $10::text IS NOT NULL AND (SELECT count(*) FROM ev) + (SELECT count(*) FROM closed) + (SELECT count(*) FROM opened) >= 0
+                     THEN pg_advisory_unlock($11::int, hashtext($10)) END AS unlocked
+       ),
+       -- This statement's commit does not wait for its WAL to reach the disk: a database crash may
+       -- lose it, which leaves these events pending, sent again with the same ids (at-least-once,
+       -- as for a worker crash before it), never an event lost.
+       async AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS sc)
+       SELECT (SELECT count(*) FROM ev)::int AS recorded, (SELECT unlocked FROM unlock) AS unlocked, (SELECT sc FROM async) AS sc`,
+      values: [
+        items.map((d) => d.head.id),
+        items.map((d) => d.attemptId),
+        items.map((d) => d.attempt),
+        items.map((d) => now - d.sentAt),
+        items.map((d) => now - d.answeredAt),
+        items.map((d) => d.result.status ?? null),
+        items.map((d) => d.result.requestId ?? null),
+        items.map((d) => d.result.body ?? null),
+        options.workerId?.() ?? null,
+        unlockKey ?? null,
+        DELIVERY_LOCK_NAMESPACE,
+      ],
+    });
+    const row = rows[0]!;
+    if (row.recorded !== items.length) {
+      throw new Error(`${items.length - row.recorded} delivered event(s) of ${orderingKey} left the pending state during their delivery`);
+    }
+    if (logger) {
+      for (const d of items) {
+        logger.debug(
+          { eventId: d.head.id, orderingKey, attempt: d.attempt, outcome: d.result.outcome, status: d.result.status, requestId: d.result.requestId },
+          "event delivered",
+        );
+      }
+    }
+    return row.unlocked === true;
   }
 
   async function finish(
     conn: pg.PoolClient,
     head: HeadRow,
     attempt: number,
-    attemptId: string,
+    attemptId: string | null,
+    sentAt: number,
     result: DeliveryResult,
     aborted: boolean,
-    next: HeadRow | undefined,
     unlockKey: string | undefined,
   ): Promise<{
     state: "delivered" | "dead" | "pending";
     nextAttemptAt: Date;
     error: string | null;
-    next: { attemptId: string; attempt: number } | undefined;
     unlocked: boolean;
   }> {
     const error = aborted ? `aborted: the worker was stopping (${result.error ?? "no answer"})` : (result.error ?? null);
@@ -286,7 +408,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
       next_attempt_at: Date;
       last_error: string | null;
       unlocked: boolean | null;
-    } & Started>({
+    }>({
       name: "outbox_attempt_finish",
       text: `WITH t AS (SELECT clock_timestamp() AS now),
        decided AS (
@@ -294,7 +416,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
                 CASE
                   WHEN $2::text = 'delivered' THEN 'delivered'
                   WHEN $2::text = 'park' THEN 'dead'
-                  WHEN $3::int IS NOT NULL AND $17::int >= $3::int THEN 'dead'
+                  WHEN $3::int IS NOT NULL AND $15::int >= $3::int THEN 'dead'
                   WHEN $5::bigint IS NOT NULL
                    AND t.now + $4::bigint * interval '1 millisecond' > greatest(e.created_at, e.resent_at, e.released_at) + $5::bigint * interval '1 millisecond' THEN 'dead'
                   ELSE 'pending'
@@ -306,7 +428,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
        ev AS (
          UPDATE outbox_event e
             SET state = d.state,
-                attempts = $17::int,
+                attempts = $15::int,
                 delivered_at = CASE WHEN d.state = 'delivered' THEN d.now END,
                 dead_at = CASE WHEN d.state = 'dead' THEN d.now END,
                 next_attempt_at = CASE WHEN d.state = 'pending' THEN d.now + $4::bigint * interval '1 millisecond' ELSE e.next_attempt_at END,
@@ -315,7 +437,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
                 last_response_body = $8,
                 last_error = CASE
                   WHEN d.state = 'dead' AND $2::text = 'retry'
-                    THEN 'gave up after ' || $17::int || ' attempts: ' || coalesce($9, 'no answer')
+                    THEN 'gave up after ' || $15::int || ' attempts: ' || coalesce($9, 'no answer')
                   ELSE $9
                 END
            FROM decided d
@@ -330,13 +452,18 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
                 status = $6, request_id = $7, response_body = $8, error = $9
           WHERE id = $10
        ),
-       -- The next event of the key, only once this one is delivered (a parked one holds the key).
-       ${START_SQL({ id: "$11", attempts: "$12", workerId: "$13", error: "$14", condition: "(SELECT state FROM decided) = 'delivered'" })},
+       -- An attempt the run did not start a row for (not the first of its batch): written whole.
+       opened AS (
+         INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at, finished_at, outcome, status, request_id, response_body, error)
+         SELECT $1, (SELECT coalesce(max(a.attempt), 0) + 1 FROM event_delivery_attempt a WHERE a.event_id = $1), $11::text,
+                least(t.now - $12::float8 * interval '1 millisecond', t.now), t.now, $2::"DeliveryAttemptOutcome", $6, $7, $8, $9
+           FROM t
+          WHERE $10::bigint IS NULL AND EXISTS (SELECT 1 FROM ev)
+       ),
        unlock AS MATERIALIZED (
-         SELECT CASE WHEN $15::text IS NOT NULL THEN pg_advisory_unlock($16::int, hashtext($15)) END AS unlocked
+         SELECT CASE WHEN $13::text IS NOT NULL THEN pg_advisory_unlock($14::int, hashtext($13)) END AS unlocked
        )
-       SELECT state, next_attempt_at, last_error, (SELECT id FROM att) AS attempt_id, (SELECT attempt FROM att) AS attempt,
-              (SELECT unlocked FROM unlock) AS unlocked
+       SELECT state, next_attempt_at, last_error, (SELECT unlocked FROM unlock) AS unlocked
          FROM ev`,
       values: [
         head.id,
@@ -349,10 +476,8 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         result.body ?? null,
         error,
         attemptId,
-        next?.id ?? null,
-        next?.attempts ?? null,
         options.workerId?.() ?? null,
-        INTERRUPTED,
+        performance.now() - sentAt,
         unlockKey ?? null,
         DELIVERY_LOCK_NAMESPACE,
         attempt,
@@ -364,7 +489,6 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
       state: row.state,
       nextAttemptAt: row.next_attempt_at,
       error: row.last_error,
-      next: row.attempt_id === null || row.attempt === null ? undefined : { attemptId: row.attempt_id, attempt: row.attempt },
       unlocked: row.unlocked === true,
     };
   }
