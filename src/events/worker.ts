@@ -276,7 +276,8 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
         start(job) {
           if (used) return;
           used = true;
-          if (inlineRunning < inlineSlots) launchInline(job);
+          // Stopping: not started any more; it waits for its job with the others.
+          if (!inlineClosed && inlineRunning < inlineSlots) launchInline(job);
           else inlineWaiting.push(job);
         },
       };
@@ -513,6 +514,8 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
           inlineAbort.abort();
           await settlesWithin(Promise.allSettled([...inlineRuns]), 5_000);
         }
+        // A failed run still waiting for the database to add its job leaves it to the sweep.
+        inlineAbort.abort();
         stopRequested.abort();
         await restarting;
         const live = current && !current.failed ? current.runner : undefined;
