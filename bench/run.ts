@@ -970,7 +970,7 @@ async function eventSteps(databaseUrl: string, token: string, figures: Figure[],
       note:
         `first enqueue → last event at the mock: ${burst.totalMs.toFixed(0)} ms (enqueue ${burst.enqueueMs.toFixed(0)} ms + delivery ${burst.deliveryMs.toFixed(0)} ms); ` +
         `enqueue CPU per event: bench ${(burst.enqueueCpuMs / burst.events).toFixed(2)} ms, PostgreSQL ${(burst.postgresEnqueueCpuMs / burst.events).toFixed(2)} ms ` +
-        `(graphile add_job for each event, 10 per fleet per transaction here)`,
+        `(each event one prepared statement; graphile add_job once per fleet and transaction)`,
     },
     {
       name: `events throughput 1×${EVENTS.serialEvents} (info)`,

@@ -8,7 +8,7 @@
  * (delivery.ts) reads the key's pending events in seq order.
  */
 import { AsyncLocalStorage } from "node:async_hooks";
-import { sql, type Tx } from "../db/sql.js";
+import { prepared, sql, type Tx } from "../db/sql.js";
 import type { Announcement, Outbox } from "../domain/ports.js";
 import type { Clock } from "../lib/clock.js";
 import type { IdGenerator } from "../lib/ids.js";
@@ -100,7 +100,9 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
   // read the key's events, so without a new job this event would wait for the sweep. The second
   // call finds the job running and creates a new one. (A claim in progress when `waiting` reads
   // the row makes it wait, then see the row claimed: add_job.)
-  const written = await tx.query<{ job_id: string | number | null }>(sql`
+  // Prepared once per connection: parsing and planning this statement anew cost about as much as
+  // running it (a backlog is written one event per statement).
+  const written = await tx.query<{ job_id: string | number | null }>(prepared(sql`
     WITH locked AS (
       SELECT 1 AS ok FROM pg_advisory_xact_lock(${ENQUEUE_LOCK_NAMESPACE}::int, hashtext(${orderingKey}::text))
     ), inserted AS (
@@ -129,7 +131,7 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
         job_key => ${jobKeyOf(orderingKey)}::text,
         job_key_mode => 'preserve_run_at'
       )).id
-    ) END AS job_id FROM inserted`);
+    ) END AS job_id FROM inserted`));
   if (written.length !== 1) throw new Error(`outbox event ${id} was not written (${written.length} rows)`);
   scheduled.add(orderingKey);
   const jobId = written[0]!.job_id;
