@@ -539,6 +539,24 @@ describe("delivery of outbox events", () => {
       await admin.end();
     }
   });
+
+  it("leaves pending events without a job alone while they are younger than the grace (an inline run may be delivering them)", async () => {
+    const admin = new pg.Client({ connectionString: database.url });
+    await admin.connect();
+    try {
+      const event = await enqueue(store(), { fleetId: "fl_young", resource: { fleet: "fl_young" } });
+      await admin.query("SELECT graphile_worker.remove_job('deliver:fl_young')");
+      const w = await worker({ unqueuedGraceMs: 60_000 });
+      expect((await w.worker.sweep()).rescheduledKeys).not.toContain("fl_young");
+      expect(deliveredIds("fl_young")).toEqual([]);
+      // As after its process died a minute ago, past the grace: the sweep gives it a job.
+      await admin.query("UPDATE outbox_event SET created_at = now() - interval '61 seconds' WHERE id = $1", [event.id]);
+      expect((await w.worker.sweep()).rescheduledKeys).toContain("fl_young");
+      await waitFor("delivery", () => deliveredIds("fl_young").includes(event.id));
+    } finally {
+      await admin.end();
+    }
+  });
 });
 
 describe("events of another task's run", () => {

@@ -233,17 +233,18 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
 
   it("cut by kill -9, is carried out once by the next process, once past the lease", async () => {
     const first = await server("all");
-    // The first run stops before its commit, long enough to be killed there.
+    // The first run stops while it writes the licences, before its COMMIT is sent, long enough to
+    // be killed there.
     await database.prisma.$executeRawUnsafe("CREATE SEQUENCE test_run_stall");
     await database.prisma.$executeRawUnsafe(`
       CREATE FUNCTION test_stall_first_run() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN
-        IF NEW.state = 'completed' AND nextval('test_run_stall') = 1 THEN PERFORM pg_sleep(2); END IF;
-        RETURN NEW;
+        IF nextval('test_run_stall') = 1 THEN PERFORM pg_sleep(2); END IF;
+        RETURN NULL;
       END $$`);
     await database.prisma.$executeRawUnsafe(`
-      CREATE TRIGGER test_stall_first_run BEFORE UPDATE OF state ON product_order
-        FOR EACH ROW EXECUTE FUNCTION test_stall_first_run()`);
+      CREATE TRIGGER test_stall_first_run AFTER INSERT ON licence
+        FOR EACH STATEMENT EXECUTE FUNCTION test_stall_first_run()`);
     try {
       const { id } = await order(first);
       await until("the inline run to stall in its transaction", async () => {
@@ -268,7 +269,7 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
       expect(await jobsFor(`order:${id}`)).toEqual([{ task: "process_order", key: `order:${id}` }]);
       expect(eventsOf(id)).toHaveLength(1);
     } finally {
-      await database.prisma.$executeRawUnsafe("DROP TRIGGER test_stall_first_run ON product_order");
+      await database.prisma.$executeRawUnsafe("DROP TRIGGER test_stall_first_run ON licence");
     }
   }, 90_000);
 });

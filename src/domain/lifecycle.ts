@@ -411,15 +411,15 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    */
   async function process(id: string): Promise<"processed" | "skipped"> {
     // Round trips saved: BEGIN goes with the lock; the outcome and its history, whose results are
-    // not needed, with the announcement.
+    // not needed, with the COMMIT (after the announcement, whose statement stays a prepared one).
     return db.transaction(
       async (tx) => {
         const row = await requests.lockAcknowledged(tx, kind, id);
         if (!row) return "skipped";
         const cmd = codec.decode(row.request);
         const outcome = await carryOut(tx, id, cmd);
-        await finish(tx, outcome, null, cmd, { later: true });
         await announce(tx, row.request, outcome, cmd);
+        await finish(tx, outcome, null, cmd, { later: true });
         return "processed";
       },
       { beginWithFirst: true },

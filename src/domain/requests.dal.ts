@@ -4,7 +4,7 @@
  * the lifecycle's columns (idempotency key, request, answer, state, failure); the few columns of
  * one kind only are named where they are written.
  */
-import { raw, sql, type Queryable, type Sql, type Tx } from "../db/sql.js";
+import { prepared, raw, sql, type Queryable, type Sql, type Tx } from "../db/sql.js";
 import type { JsonValue } from "../lib/json.js";
 import { entriesStatement, type HistoryEntry } from "./history.dal.js";
 
@@ -54,10 +54,12 @@ export async function insertRequest(tx: Tx, kind: RequestKind, r: NewRequest): P
  * nothing is written then (a retry, or a conflict, is for `insertRequest`'s transaction).
  */
 export async function insertAcknowledged(q: Queryable, kind: RequestKind, r: NewRequest, response: JsonValue, entries: HistoryEntry[]): Promise<boolean> {
-  const rows = await q.query(sql`
+  const rows = await q.query(
+    prepared(sql`
     WITH r AS (${insertRequestStatement(kind, r, response)}),
          h AS (${entriesStatement(entries, sql`EXISTS (SELECT 1 FROM r)`)})
-    SELECT id FROM r`);
+    SELECT id FROM r`),
+  );
   return rows.length > 0;
 }
 
