@@ -208,9 +208,12 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
             LIMIT ${PREFETCH}
          ),
          first AS (SELECT id, attempts FROM heads WHERE due AND seq = (SELECT min(seq) FROM heads)),
-         ${START_SQL({ id: "(SELECT id FROM first)", attempts: "(SELECT attempts FROM first)", workerId: "$2", error: "$3" })}
+         ${START_SQL({ id: "(SELECT id FROM first)", attempts: "(SELECT attempts FROM first)", workerId: "$2", error: "$3" })},
+         -- Its commit does not wait for the disk either: a database crash may lose the attempt it
+         -- started, and the event, still pending, is sent again with the same id.
+         async AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS sc)
          SELECT l.locked, (SELECT id FROM dead) AS held_by, h.id, h.api, h.json, h.type, h.attempts, h.due, h.next_attempt_at,
-                (SELECT id FROM att) AS attempt_id, (SELECT attempt FROM att) AS attempt
+                (SELECT id FROM att) AS attempt_id, (SELECT attempt FROM att) AS attempt, (SELECT sc FROM async) AS sc
            FROM lock l LEFT JOIN heads h ON true
           ORDER BY h.seq`,
         values: [orderingKey, options.workerId?.() ?? null, INTERRUPTED, DELIVERY_LOCK_NAMESPACE, !lock.held],
