@@ -4,6 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { LOST_RUN } from "../src/domain/request-jobs.js";
 import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { waitFor } from "./support/outbox-harness.js";
 import { parseExposition, valueOf } from "./support/prometheus.js";
 import { gatewayEnv, startServerProcess, type ServerProcess } from "./support/server-process.js";
 
@@ -103,14 +104,34 @@ async function post(s: ServerProcess, path: string, body: unknown): Promise<{ st
   return { status: res.statusCode, body: (await res.body.json()) as Record<string, unknown> };
 }
 
-async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+const until = <T,>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> => waitFor(what, probe, timeoutMs);
+
+/**
+ * A trigger on `table` that does `action` the first time it fires with `when` true (a sequence
+ * counts even in a transaction the action rolls back); the function it returns drops it.
+ */
+async function onFirst(name: string, table: string, timing: string, action: string, when = "TRUE"): Promise<() => Promise<void>> {
+  const row = timing.includes("FOR EACH ROW");
+  await database.prisma.$executeRawUnsafe(`CREATE SEQUENCE ${name}_seq`);
+  await database.prisma.$executeRawUnsafe(`
+    CREATE FUNCTION ${name}() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF ${when} AND nextval('${name}_seq') = 1 THEN ${action}; END IF;
+      RETURN ${row ? "NEW" : "NULL"};
+    END $$`);
+  await database.prisma.$executeRawUnsafe(`CREATE TRIGGER ${name} ${timing.replace(" ON ", ` ON ${table} `)} EXECUTE FUNCTION ${name}()`);
+  return async () => {
+    await database.prisma.$executeRawUnsafe(`DROP TRIGGER ${name} ON ${table}`);
+  };
+}
+
+/** Waits until a run of this test's database sleeps in a trigger (pg_sleep). */
+async function stalled(): Promise<void> {
+  await until("a run to stall in its transaction", async () => {
+    const [n] = await database.prisma.$queryRaw<{ n: number }[]>`
+      SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()`;
+    return n!.n > 0 ? true : undefined;
+  });
 }
 
 /** partner_requests_acknowledged_total of the server, by run. */
@@ -201,20 +222,14 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
 
   it("is handed to a job when its run fails, and ends completed once", async () => {
     const s = await server("all");
-    // The first run's outcome cannot be written (a serialization failure, as under contention):
-    // a sequence counts even in the transaction the exception rolls back.
-    await database.prisma.$executeRawUnsafe("CREATE SEQUENCE test_run_fault");
-    await database.prisma.$executeRawUnsafe(`
-      CREATE FUNCTION test_fail_first_run() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN
-        IF NEW.state = 'completed' AND nextval('test_run_fault') = 1 THEN
-          RAISE EXCEPTION 'injected: could not serialize access' USING ERRCODE = '40001';
-        END IF;
-        RETURN NEW;
-      END $$`);
-    await database.prisma.$executeRawUnsafe(`
-      CREATE TRIGGER test_fail_first_run BEFORE UPDATE OF state ON product_order
-        FOR EACH ROW EXECUTE FUNCTION test_fail_first_run()`);
+    // The first run's outcome cannot be written (a serialization failure, as under contention).
+    const drop = await onFirst(
+      "test_fail_first_run",
+      "product_order",
+      "BEFORE UPDATE OF state ON FOR EACH ROW",
+      "RAISE EXCEPTION 'injected: could not serialize access' USING ERRCODE = '40001'",
+      "NEW.state = 'completed'",
+    );
     try {
       const { id } = await order(s);
       await until("the order's event", () => (eventsOf(id).length > 0 ? true : undefined));
@@ -227,7 +242,7 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
       expect(await historyKinds(id)).toEqual(["request.received", "request.answered", "request.run-failed", "request.completed"]);
       expect(eventsOf(id)).toHaveLength(1);
     } finally {
-      await database.prisma.$executeRawUnsafe("DROP TRIGGER test_fail_first_run ON product_order");
+      await drop();
     }
   }, 60_000);
 
@@ -235,23 +250,10 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
     const first = await server("all");
     // The first run stops while it writes the licences, before its COMMIT is sent, long enough to
     // be killed there.
-    await database.prisma.$executeRawUnsafe("CREATE SEQUENCE test_run_stall");
-    await database.prisma.$executeRawUnsafe(`
-      CREATE FUNCTION test_stall_first_run() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN
-        IF nextval('test_run_stall') = 1 THEN PERFORM pg_sleep(2); END IF;
-        RETURN NULL;
-      END $$`);
-    await database.prisma.$executeRawUnsafe(`
-      CREATE TRIGGER test_stall_first_run AFTER INSERT ON licence
-        FOR EACH STATEMENT EXECUTE FUNCTION test_stall_first_run()`);
+    const drop = await onFirst("test_stall_first_run", "licence", "AFTER INSERT ON FOR EACH STATEMENT", "PERFORM pg_sleep(2)");
     try {
       const { id } = await order(first);
-      await until("the inline run to stall in its transaction", async () => {
-        const [n] = await database.prisma.$queryRaw<{ n: number }[]>`
-          SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()`;
-        return n!.n > 0 ? true : undefined;
-      });
+      await stalled();
       first.child.kill("SIGKILL");
       await until("the first server's death", () => (first.alive() ? undefined : true));
       const killedAt = Date.now();
@@ -269,7 +271,7 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
       expect(await jobsFor(`order:${id}`)).toEqual([{ task: "process_order", key: `order:${id}` }]);
       expect(eventsOf(id)).toHaveLength(1);
     } finally {
-      await database.prisma.$executeRawUnsafe("DROP TRIGGER test_stall_first_run ON licence");
+      await drop();
     }
   }, 90_000);
 });
@@ -278,23 +280,10 @@ describe("inline runs waiting for a turn", () => {
   it("are handed to jobs when the server stops (SIGTERM), and carried out once by the next one", async () => {
     const first = await server("all", { WORKER_INLINE_CONCURRENCY: "1" });
     // The one slot is held by a run that stalls before its commit; the next orders wait in memory.
-    await database.prisma.$executeRawUnsafe("CREATE SEQUENCE test_run_hold");
-    await database.prisma.$executeRawUnsafe(`
-      CREATE FUNCTION test_hold_first_run() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN
-        IF NEW.state = 'completed' AND nextval('test_run_hold') = 1 THEN PERFORM pg_sleep(2); END IF;
-        RETURN NEW;
-      END $$`);
-    await database.prisma.$executeRawUnsafe(`
-      CREATE TRIGGER test_hold_first_run BEFORE UPDATE OF state ON product_order
-        FOR EACH ROW EXECUTE FUNCTION test_hold_first_run()`);
+    const drop = await onFirst("test_hold_first_run", "product_order", "BEFORE UPDATE OF state ON FOR EACH ROW", "PERFORM pg_sleep(2)", "NEW.state = 'completed'");
     try {
       const held = await order(first);
-      await until("the first run to stall in its transaction", async () => {
-        const [n] = await database.prisma.$queryRaw<{ n: number }[]>`
-          SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()`;
-        return n!.n > 0 ? true : undefined;
-      });
+      await stalled();
       const waiting = [await order(first), await order(first)];
       expect(await acknowledgedRuns(first, "order")).toEqual({ inline: 3, queued: 0 });
       const ended = await first.stop();
@@ -314,7 +303,7 @@ describe("inline runs waiting for a turn", () => {
         expect(eventsOf(o.id)).toHaveLength(1);
       }
     } finally {
-      await database.prisma.$executeRawUnsafe("DROP TRIGGER test_hold_first_run ON product_order");
+      await drop();
     }
   }, 90_000);
 });
