@@ -271,14 +271,21 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
 
   /**
    * An asynchronous request carried out inline: stored with its acknowledgement and its history
-   * in one statement (no transaction of several round trips), then started in `slot`. Undefined
-   * when its key is taken: the transaction of `receive` answers the retry or the conflict.
+   * in one statement (no transaction of several round trips), then started in `slot`. Undefined,
+   * the slot given back, when its key is taken: the transaction of `receive` answers the retry or
+   * the conflict.
    */
   async function acknowledgeInline(cmd: C, slot: InlineSlot): Promise<Reply | undefined> {
     const r = newRequest(cmd, "async");
     const response = codec.acknowledgement(cmd.request, r.id);
     const entries = [receivedOf(cmd, "async", r.id, r.createdAt, false), answeredEntry(r.id, clock.now(), { state: "acknowledged" })];
-    if (!(await requests.insertAcknowledged(db, kind, r, response, entries))) return undefined;
+    let stored = false;
+    try {
+      stored = await requests.insertAcknowledged(db, kind, r, response, entries);
+    } finally {
+      if (!stored) slot.release();
+    }
+    if (!stored) return undefined;
     slot.start(requestJob(kind, r.id));
     deps.telemetry?.requestAcknowledged?.({ kind, run: "inline" });
     return { requestId: r.id, replayed: false, response };
@@ -362,46 +369,31 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     // no job to add, claim and complete, no wait for a worker (under load, most of an async
     // order's time to its event was that wait). Its job is the fallback, and the sweep the net.
     const slot = mode === "async" ? deps.inline?.current?.reserve() : undefined;
-    let started = false;
-    try {
-      if (slot) {
-        const acknowledged = await acknowledgeInline(cmd, slot);
-        if (acknowledged) {
-          started = true;
-          return acknowledged;
-        }
-      }
-      return await db.transaction(async (tx) => {
-        const claimed = await claim(tx, cmd, mode);
-        if ("replay" in claimed) {
-          await history.insertEntries(tx, [claimed.received]);
-          return { requestId: claimed.id, replayed: true, response: claimed.replay };
-        }
-        if (mode === "async") {
-          const response = codec.acknowledgement(cmd.request, claimed.id);
-          await requests.storeResponse(tx, kind, claimed.id, response);
-          const job = requestJob(kind, claimed.id);
-          if (slot) {
-            tx.afterCommit(() => {
-              started = true;
-              slot.start(job);
-            });
-          } else {
-            await jobs.add(tx, job);
-            const telemetry = deps.telemetry;
-            if (telemetry?.requestAcknowledged) tx.afterCommit(() => telemetry.requestAcknowledged?.({ kind, run: "queued" }));
-          }
-          await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
-          return { requestId: claimed.id, replayed: false, response };
-        }
-        const outcome = await carryOut(tx, claimed.id, cmd);
-        const response = codec.answer(cmd.request, outcome);
-        await finish(tx, outcome, response, cmd, { before: [claimed.received], after: [answered(outcome)] });
-        return { requestId: claimed.id, replayed: false, response };
-      });
-    } finally {
-      if (slot && !started) slot.release();
+    if (slot) {
+      const acknowledged = await acknowledgeInline(cmd, slot);
+      if (acknowledged) return acknowledged;
     }
+    // Sync, async without a slot, or a key already taken (a retry, a conflict).
+    return db.transaction(async (tx) => {
+      const claimed = await claim(tx, cmd, mode);
+      if ("replay" in claimed) {
+        await history.insertEntries(tx, [claimed.received]);
+        return { requestId: claimed.id, replayed: true, response: claimed.replay };
+      }
+      if (mode === "async") {
+        const response = codec.acknowledgement(cmd.request, claimed.id);
+        await requests.storeResponse(tx, kind, claimed.id, response);
+        await jobs.add(tx, requestJob(kind, claimed.id));
+        const telemetry = deps.telemetry;
+        if (telemetry?.requestAcknowledged) tx.afterCommit(() => telemetry.requestAcknowledged?.({ kind, run: "queued" }));
+        await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
+        return { requestId: claimed.id, replayed: false, response };
+      }
+      const outcome = await carryOut(tx, claimed.id, cmd);
+      const response = codec.answer(cmd.request, outcome);
+      await finish(tx, outcome, response, cmd, { before: [claimed.received], after: [answered(outcome)] });
+      return { requestId: claimed.id, replayed: false, response };
+    });
   }
 
   /**
