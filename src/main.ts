@@ -83,6 +83,25 @@ async function startWorkerRole(
 ): Promise<RunningWorker | undefined> {
   if (config.role === "api") return undefined;
   const { orange } = config;
+  // What every worker of this process runs with, whether or not it delivers events.
+  const common = {
+    databaseUrl,
+    retry: config.worker.retry,
+    concurrency: config.worker.concurrency,
+    // Requests are carried out inline only where they are received too.
+    inlineSlots: config.role === "all" ? config.worker.inlineConcurrency : 0,
+    leaseMs: config.worker.leaseMs,
+    pollIntervalMs: config.worker.pollIntervalMs,
+    stopTimeoutMs: config.worker.stopTimeoutMs,
+    sweepIntervalMs: config.worker.sweepIntervalMs,
+    // Events an inline run writes have no job while it delivers them: left alone for a lease.
+    unqueuedGraceMs: config.worker.leaseMs,
+    // Registered whatever this process's modes: a job left by an API replica in async mode
+    // is carried out by any worker.
+    tasks: services.requestTasks,
+    sweepRequests: services.sweepRequests,
+    observer: metrics.delivery,
+  };
   if (orange.clientId === undefined || orange.clientSecret === undefined) {
     if (config.role === "worker") {
       throw new ConfigError("ROLE=worker needs ORANGE_CLIENT_ID and ORANGE_CLIENT_SECRET to deliver events to Orange");
@@ -93,21 +112,7 @@ async function startWorkerRole(
     );
     if (config.provisioning.mode === "webhook") {
       // The commands to the partner's application still need their retries and their turns.
-      const worker = await startEventWorker({
-        databaseUrl,
-        retry: config.worker.retry,
-        concurrency: config.worker.concurrency,
-        inlineSlots: config.role === "all" ? config.worker.inlineConcurrency : 0,
-        leaseMs: config.worker.leaseMs,
-        pollIntervalMs: config.worker.pollIntervalMs,
-        stopTimeoutMs: config.worker.stopTimeoutMs,
-        sweepIntervalMs: config.worker.sweepIntervalMs,
-        unqueuedGraceMs: config.worker.leaseMs,
-        logger: log.child({ component: "worker" }),
-        tasks: services.requestTasks,
-        sweepRequests: services.sweepRequests,
-        observer: metrics.delivery,
-      });
+      const worker = await startEventWorker({ ...common, logger: log.child({ component: "worker" }) });
       return { worker };
     }
     const asyncApis = [
@@ -144,25 +149,7 @@ async function startWorkerRole(
     logger: eventLog,
   });
   try {
-    const worker = await startEventWorker({
-      databaseUrl,
-      client,
-      retry: config.worker.retry,
-      concurrency: config.worker.concurrency,
-      inlineSlots: config.role === "all" ? config.worker.inlineConcurrency : 0,
-      leaseMs: config.worker.leaseMs,
-      pollIntervalMs: config.worker.pollIntervalMs,
-      stopTimeoutMs: config.worker.stopTimeoutMs,
-      sweepIntervalMs: config.worker.sweepIntervalMs,
-      // Events an inline run writes have no job while it delivers them: left alone for a lease.
-      unqueuedGraceMs: config.worker.leaseMs,
-      logger: eventLog,
-      // Registered whatever this process's modes: a job left by an API replica in async mode
-      // is carried out by any worker.
-      tasks: services.requestTasks,
-      sweepRequests: services.sweepRequests,
-      observer: metrics.delivery,
-    });
+    const worker = await startEventWorker({ ...common, client, logger: eventLog });
     log.info({ eventUrl: client.urlFor("productordering"), offer: orange.offer }, "delivering events to Orange");
     return { worker, client, tokens };
   } catch (err) {
@@ -278,8 +265,9 @@ async function main(): Promise<void> {
     }
     const worker = await startWorkerRole(config, databaseUrl, services, log, metrics);
     started.worker = worker;
-    // Acknowledged requests received here are carried out here at once, by this process's worker.
-    if (config.role === "all" && worker && config.worker.inlineConcurrency > 0) services.runInline(worker.worker.inline);
+    // Acknowledged requests received here are carried out here at once, by this process's worker
+    // (its runner refuses every run unless ROLE=all and WORKER_INLINE_CONCURRENCY > 0).
+    if (worker) services.runInline(worker.worker.inline);
     metrics.watchPool("worker", () => worker?.worker.pool);
     if (app) {
       await app.listen({ host: config.host, port: config.port });
