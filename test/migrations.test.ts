@@ -32,6 +32,13 @@ async function query<T extends pg.QueryResultRow>(url: string, sql: string): Pro
   }
 }
 
+/**
+ * Storage settings of the migrations that prisma/schema.prisma has no words for: applied to the
+ * schema's own SQL before the catalogs are compared (each is also in the comparison: an index
+ * that lost its setting, or a setting no migration made, is a drift).
+ */
+const STORAGE_SETTINGS = [`ALTER INDEX "provisioning_command_lanes_idx" SET (fastupdate = off)`];
+
 /** An empty database of its own (not cloned from the migrated template). */
 async function emptyDatabase(): Promise<string> {
   const name = `mig_${Math.random().toString(36).slice(2, 10)}`;
@@ -116,6 +123,7 @@ describe("migrations", () => {
     await client.connect();
     try {
       await client.query(sql);
+      for (const setting of STORAGE_SETTINGS) await client.query(setting);
     } finally {
       await client.end();
     }
