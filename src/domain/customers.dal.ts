@@ -2,7 +2,7 @@
  * The SQL of customers and their contacts, one statement per function, in the caller's
  * transaction.
  */
-import { sql, type Tx } from "../db/sql.js";
+import { prepared, sql, type Tx } from "../db/sql.js";
 import type { JsonObject, JsonValue } from "../lib/json.js";
 
 export interface CustomerData {
@@ -30,7 +30,7 @@ const json = (value: JsonValue | undefined): string | null => (value === undefin
 
 /** Creates the customer, or updates the fields sent of the one with that Orange reference; its id. */
 export async function upsertCustomer(tx: Tx, id: string, c: CustomerData, now: Date): Promise<string> {
-  const [row] = await tx.query<{ id: string }>(sql`
+  const [row] = await tx.query<{ id: string }>(prepared(sql`
     INSERT INTO customer (id, orange_ref, trading_name, name, organization_code, postal_address,
                           characteristics, created_at, updated_at)
     VALUES (${id}, ${c.orangeRef}, ${c.tradingName ?? null}, ${c.name ?? null},
@@ -43,30 +43,30 @@ export async function upsertCustomer(tx: Tx, id: string, c: CustomerData, now: D
       postal_address    = COALESCE(EXCLUDED.postal_address, customer.postal_address),
       characteristics   = COALESCE(EXCLUDED.characteristics, customer.characteristics),
       updated_at        = EXCLUDED.updated_at
-    RETURNING id`);
+    RETURNING id`));
   return row!.id;
 }
 
 /** The customer's contact with this Orange id, locked. */
 export async function lockContactByOrangeRef(tx: Tx, customerId: string, orangeRef: string): Promise<string | undefined> {
-  const [row] = await tx.query<{ id: string }>(sql`
-    SELECT id FROM contact WHERE customer_id = ${customerId} AND orange_ref = ${orangeRef} FOR UPDATE`);
+  const [row] = await tx.query<{ id: string }>(prepared(sql`
+    SELECT id FROM contact WHERE customer_id = ${customerId} AND orange_ref = ${orangeRef} FOR UPDATE`));
   return row?.id;
 }
 
 /** The customer's oldest contact without Orange id of this role and e-mail (any case), locked. */
 export async function lockContactByEmail(tx: Tx, customerId: string, role: string | undefined, email: string): Promise<string | undefined> {
-  const [row] = await tx.query<{ id: string }>(sql`
+  const [row] = await tx.query<{ id: string }>(prepared(sql`
     SELECT id FROM contact
     WHERE customer_id = ${customerId} AND orange_ref IS NULL
       AND role IS NOT DISTINCT FROM ${role ?? null} AND lower(email) = lower(${email})
-    ORDER BY created_at LIMIT 1 FOR UPDATE`);
+    ORDER BY created_at LIMIT 1 FOR UPDATE`));
   return row?.id;
 }
 
 /** Updates the fields sent; the others keep their value. */
 export async function updateContact(tx: Tx, id: string, c: ContactData, now: Date): Promise<void> {
-  await tx.execute(sql`
+  await tx.execute(prepared(sql`
     UPDATE contact SET
       role = COALESCE(${c.role ?? null}, role),
       title = COALESCE(${c.title ?? null}, title),
@@ -77,7 +77,7 @@ export async function updateContact(tx: Tx, id: string, c: ContactData, now: Dat
       mobile_number = COALESCE(${json(c.mobileNumber)}::jsonb, mobile_number),
       characteristics = COALESCE(${json(c.characteristics)}::jsonb, characteristics),
       updated_at = ${now}
-    WHERE id = ${id}`);
+    WHERE id = ${id}`));
 }
 
 /**
@@ -85,7 +85,7 @@ export async function updateContact(tx: Tx, id: string, c: ContactData, now: Dat
  * contact: the second gets the first's id.
  */
 export async function insertContact(tx: Tx, id: string, customerId: string, c: ContactData, now: Date): Promise<string> {
-  const [row] = await tx.query<{ id: string }>(sql`
+  const [row] = await tx.query<{ id: string }>(prepared(sql`
     INSERT INTO contact (id, customer_id, orange_ref, role, title, given_name, family_name, email,
                          fixed_telephone_number, mobile_number, characteristics, created_at, updated_at)
     VALUES (${id}, ${customerId}, ${c.orangeRef ?? null}, ${c.role ?? null}, ${c.title ?? null},
@@ -93,12 +93,12 @@ export async function insertContact(tx: Tx, id: string, customerId: string, c: C
             ${json(c.fixedTelephoneNumber)}::jsonb, ${json(c.mobileNumber)}::jsonb,
             ${json(c.characteristics)}::jsonb, ${now}, ${now})
     ON CONFLICT (customer_id, orange_ref) DO UPDATE SET updated_at = EXCLUDED.updated_at
-    RETURNING id`);
+    RETURNING id`));
   return row!.id;
 }
 
 /** The customer with this Orange reference, locked. */
 export async function lockCustomerByOrangeRef(tx: Tx, orangeRef: string): Promise<string | undefined> {
-  const [row] = await tx.query<{ id: string }>(sql`SELECT id FROM customer WHERE orange_ref = ${orangeRef} FOR UPDATE`);
+  const [row] = await tx.query<{ id: string }>(prepared(sql`SELECT id FROM customer WHERE orange_ref = ${orangeRef} FOR UPDATE`));
   return row?.id;
 }

@@ -1,5 +1,5 @@
 /** The SQL of fleets (Orange's productRef), one statement per function, in the caller's transaction. */
-import { sql, type Tx } from "../db/sql.js";
+import { prepared, sql, type Tx } from "../db/sql.js";
 import type { JsonValue } from "../lib/json.js";
 
 const json = (value: JsonValue | undefined): string | null => (value === undefined ? null : JSON.stringify(value));
@@ -9,11 +9,11 @@ const json = (value: JsonValue | undefined): string | null => (value === undefin
  * serialise cleanly.
  */
 export async function lockFleet(tx: Tx, id: string): Promise<{ id: string; customer_id: string; orange_ref: string } | undefined> {
-  const [row] = await tx.query<{ id: string; customer_id: string; orange_ref: string }>(sql`
+  const [row] = await tx.query<{ id: string; customer_id: string; orange_ref: string }>(prepared(sql`
     SELECT f.id, f.customer_id, c.orange_ref
     FROM fleet f JOIN customer c ON c.id = f.customer_id
     WHERE f.id = ${id}
-    FOR UPDATE OF f`);
+    FOR UPDATE OF f`));
   return row;
 }
 
@@ -22,9 +22,9 @@ export async function insertFleet(
   f: { id: string; customerId: string; offerCode: string; characteristics?: JsonValue[] },
   now: Date,
 ): Promise<void> {
-  await tx.execute(sql`
+  await tx.execute(prepared(sql`
     INSERT INTO fleet (id, customer_id, offer_code, characteristics, created_at, updated_at)
-    VALUES (${f.id}, ${f.customerId}, ${f.offerCode}, ${json(f.characteristics)}::jsonb, ${now}, ${now})`);
+    VALUES (${f.id}, ${f.customerId}, ${f.offerCode}, ${json(f.characteristics)}::jsonb, ${now}, ${now})`));
 }
 
 export async function setFleetCharacteristics(tx: Tx, id: string, characteristics: JsonValue[], now: Date): Promise<void> {

@@ -4,7 +4,7 @@
  * the change they record; the timelines operators read add, from the outbox itself, the events to
  * Orange and their delivery attempts, which are never copied here.
  */
-import { empty, raw, sql, type Queryable, type Sql } from "../db/sql.js";
+import { empty, prepared, raw, sql, type Queryable, type Sql } from "../db/sql.js";
 import type { JsonObject } from "../lib/json.js";
 
 /** What the history records (the timelines add `event.*` and `licence.created`, read elsewhere). */
@@ -54,7 +54,7 @@ export interface HistoryEntry {
  */
 export async function insertEntries(q: Queryable, entries: HistoryEntry[]): Promise<void> {
   if (entries.length === 0) return;
-  await q.execute(entriesStatement(entries));
+  await q.execute(prepared(entriesStatement(entries)));
 }
 
 /**

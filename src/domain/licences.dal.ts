@@ -3,7 +3,7 @@
  * transaction or on the pool. Every writer locks licences in id order, so that two writers on
  * overlapping lists cannot deadlock.
  */
-import { raw, sql, type Queryable, type Tx } from "../db/sql.js";
+import { prepared, raw, sql, type Queryable, type Tx } from "../db/sql.js";
 import type { JsonObject, JsonValue } from "../lib/json.js";
 import type { ExternalState, LicenceState } from "./licence-state.js";
 import type { AppLicenceData } from "./ports.js";
@@ -137,17 +137,17 @@ export async function fetchFleetCursor(tx: Tx, count: number): Promise<LicenceRe
 
 /** The licences that exist among `ids`, in id order. */
 export async function selectLicences(q: Queryable, ids: string[]): Promise<LicenceRecord[]> {
-  const rows = await q.query<LicenceRow>(sql`
+  const rows = await q.query<LicenceRow>(prepared(sql`
     SELECT ${COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
-    WHERE l.id = ANY(${ids}::text[]) ORDER BY l.id`);
+    WHERE l.id = ANY(${ids}::text[]) ORDER BY l.id`));
   return rows.map(toRecord);
 }
 
 /** The same, locked for a change (id order). */
 export async function lockLicences(tx: Tx, ids: string[]): Promise<LicenceRecord[]> {
-  const rows = await tx.query<LicenceRow>(sql`
+  const rows = await tx.query<LicenceRow>(prepared(sql`
     SELECT ${COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
-    WHERE l.id = ANY(${ids}::text[]) ORDER BY l.id FOR UPDATE OF l`);
+    WHERE l.id = ANY(${ids}::text[]) ORDER BY l.id FOR UPDATE OF l`));
   return rows.map(toRecord);
 }
 
@@ -156,11 +156,11 @@ export async function lockLicences(tx: Tx, ids: string[]): Promise<LicenceRecord
  * that is not completed is unknown to Orange, hence to partner-side changes.
  */
 export async function lockLicencesOfCompletedOrders(tx: Tx, ids: string[]): Promise<LicenceRecord[]> {
-  const rows = await tx.query<LicenceRow>(sql`
+  const rows = await tx.query<LicenceRow>(prepared(sql`
     SELECT ${COLUMNS}
     FROM licence l JOIN fleet f ON f.id = l.fleet_id JOIN product_order o ON o.id = l.order_id
     WHERE l.id = ANY(${ids}::text[]) AND o.state = 'completed'
-    ORDER BY l.id FOR UPDATE OF l`);
+    ORDER BY l.id FOR UPDATE OF l`));
   return rows.map(toRecord);
 }
 
@@ -195,14 +195,17 @@ export async function insertLicences(tx: Tx, l: NewLicences, now: Date): Promise
       LEFT JOIN jsonb_array_elements(${JSON.stringify(l.app)}::jsonb) AS a(value) ON a.value ->> 'id' = u.id`);
     return;
   }
-  await tx.execute(sql`
+  // Prepared: its plan cannot go wrong with the arrays' size (each licence joins the seed of its
+  // position, and there are few seeds). The statement above is not: a generic plan, estimating
+  // 100 licences and 100 answers, could join 10,000 licences to 10,000 answers by nested loop.
+  await tx.execute(prepared(sql`
     INSERT INTO licence (id, fleet_id, order_id, state, offer_code, end_user, realizing_resource,
                          created_at, updated_at, end_user_id, end_user_email)
     SELECT u.id, ${l.fleetId}, ${l.orderId}, 'active'::"LicenceState", ${l.offerCode},
            NULLIF(s.value -> 'endUser', 'null'::jsonb), NULLIF(s.value -> 'realizingResource', 'null'::jsonb),
            ${now}, ${now}, s.value -> 'endUser' ->> 'id', lower(s.value -> 'endUser' ->> 'email')
     FROM unnest(${l.ids}::text[]) WITH ORDINALITY AS u(id, n)
-    LEFT JOIN jsonb_array_elements(${JSON.stringify(l.seeds)}::jsonb) WITH ORDINALITY AS s(value, n) USING (n)`);
+    LEFT JOIN jsonb_array_elements(${JSON.stringify(l.seeds)}::jsonb) WITH ORDINALITY AS s(value, n) USING (n)`));
 }
 
 /**
@@ -223,7 +226,7 @@ export async function storeAppData(tx: Tx, app: AppLicenceData[], now: Date): Pr
 
 /** Writes state, Orange's last asked state and offer of each licence; the licences after. */
 export async function updateStatesAndOffers(tx: Tx, next: LicenceRecord[], now: Date): Promise<LicenceRecord[]> {
-  const rows = await tx.query<LicenceRow>(sql`
+  const rows = await tx.query<LicenceRow>(prepared(sql`
     UPDATE licence l SET
       state = v.state::"LicenceState",
       external_state = v.external_state::"ExternalState",
@@ -234,7 +237,7 @@ export async function updateStatesAndOffers(tx: Tx, next: LicenceRecord[], now: 
                 ${next.map((l) => l.externalState)}::text[], ${next.map((l) => l.offerCode)}::text[])
          AS v(id, state, external_state, offer_code), fleet f
     WHERE l.id = v.id AND f.id = l.fleet_id
-    RETURNING ${COLUMNS}`);
+    RETURNING ${COLUMNS}`));
   return rows.map(toRecord);
 }
 
@@ -242,7 +245,7 @@ const json = (value: JsonValue | null): string | null => (value === null ? null 
 
 /** Writes end user, technical resource, login and characteristics of one licence; the licence after. */
 export async function updateDetails(tx: Tx, next: LicenceRecord, now: Date): Promise<LicenceRecord> {
-  const [row] = await tx.query<LicenceRow>(sql`
+  const [row] = await tx.query<LicenceRow>(prepared(sql`
     UPDATE licence l SET
       end_user = ${json(next.endUser)}::jsonb,
       end_user_id = ${json(next.endUser)}::jsonb ->> 'id',
@@ -253,7 +256,7 @@ export async function updateDetails(tx: Tx, next: LicenceRecord, now: Date): Pro
       updated_at = ${now}
     FROM fleet f
     WHERE l.id = ${next.id} AND f.id = l.fleet_id
-    RETURNING ${COLUMNS}`);
+    RETURNING ${COLUMNS}`));
   return toRecord(row!);
 }
 

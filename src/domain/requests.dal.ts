@@ -45,7 +45,7 @@ export interface NewRequest {
  * never both go on: the second sees the first's row once it commits.
  */
 export async function insertRequest(tx: Tx, kind: RequestKind, r: NewRequest): Promise<boolean> {
-  return (await tx.query(insertRequestStatement(kind, r))).length > 0;
+  return (await tx.query(prepared(insertRequestStatement(kind, r)))).length > 0;
 }
 
 /**
@@ -84,14 +84,14 @@ export function insertRequestStatement(kind: RequestKind, r: NewRequest, respons
 }
 
 export async function findByIdempotencyKey(tx: Tx, kind: RequestKind, key: string | undefined): Promise<StoredRequest | undefined> {
-  const [row] = await tx.query<StoredRequest>(sql`
-    SELECT id, request_hash, response FROM ${TABLE[kind]} WHERE idempotency_key = ${key ?? null}`);
+  const [row] = await tx.query<StoredRequest>(prepared(sql`
+    SELECT id, request_hash, response FROM ${TABLE[kind]} WHERE idempotency_key = ${key ?? null}`));
   return row;
 }
 
 /** The answer a retry of the same reference gets (async: the acknowledgement). */
 export async function storeResponse(tx: Tx, kind: RequestKind, id: string, response: JsonValue): Promise<void> {
-  await tx.execute(sql`UPDATE ${TABLE[kind]} SET response = ${JSON.stringify(response)}::json WHERE id = ${id}`);
+  await tx.execute(prepared(sql`UPDATE ${TABLE[kind]} SET response = ${JSON.stringify(response)}::json WHERE id = ${id}`));
 }
 
 /** The stored request, locked, while it is still to be carried out; undefined once it is not. */
@@ -100,8 +100,8 @@ export async function lockAcknowledged(
   kind: RequestKind,
   id: string,
 ): Promise<{ request: JsonValue; answerMode: AnswerMode } | undefined> {
-  const [row] = await tx.query<{ request: JsonValue; state: RequestState; answer_mode: AnswerMode | null }>(sql`
-    SELECT request, state, answer_mode FROM ${TABLE[kind]} WHERE id = ${id} FOR UPDATE`);
+  const [row] = await tx.query<{ request: JsonValue; state: RequestState; answer_mode: AnswerMode | null }>(prepared(sql`
+    SELECT request, state, answer_mode FROM ${TABLE[kind]} WHERE id = ${id} FOR UPDATE`));
   if (row?.state !== "acknowledged") return undefined;
   // Rows stored before the answer mode was recorded were asynchronous (a sync one never stays acknowledged).
   return { request: row.request, answerMode: row.answer_mode ?? "async" };
@@ -115,8 +115,8 @@ export async function requestOf(q: Queryable, kind: RequestKind, id: string): Pr
 
 /** Where a request stands and what it answers (null while a sync answer is still to come). */
 export async function answerOf(q: Queryable, kind: RequestKind, id: string): Promise<{ state: RequestState; response: JsonValue } | undefined> {
-  const [row] = await q.query<{ state: RequestState; response: JsonValue }>(sql`
-    SELECT state, response FROM ${TABLE[kind]} WHERE id = ${id}`);
+  const [row] = await q.query<{ state: RequestState; response: JsonValue }>(prepared(sql`
+    SELECT state, response FROM ${TABLE[kind]} WHERE id = ${id}`));
   return row;
 }
 
@@ -153,7 +153,7 @@ export interface FinishedRequest {
 
 /** Records the outcome; `response` null keeps the stored answer (async: the acknowledgement). */
 export async function finishRequest(tx: Tx, kind: RequestKind, f: FinishedRequest, response: JsonValue | null): Promise<void> {
-  await tx.execute(finishStatement(kind, f, response));
+  await tx.execute(prepared(finishStatement(kind, f, response)));
 }
 
 /** The UPDATE of `finishRequest`, for a caller that runs it within another statement (see commands.dal). */
