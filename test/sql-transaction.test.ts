@@ -4,9 +4,10 @@ import { prepared, sql } from "../src/db/sql.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 
 /**
- * Db.transaction with `beginWithFirst`: BEGIN goes with the first statement, whose values are
- * then written in as literals. The statements must mean what they mean as parameters, the
- * transaction must still be one (rolled back whole), on a real PostgreSQL.
+ * Db.transaction on a pipelined connection: BEGIN goes out with the first statement, and a
+ * statement left for later goes out at once, not waited for. The transaction must still be one
+ * (rolled back whole, whichever statement fails), its statements in their order, on a real
+ * PostgreSQL.
  */
 describe("a transaction whose BEGIN goes with its first statement", () => {
   let d: TestDatabase;
@@ -38,7 +39,6 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
           sql`SELECT id, n, tags, doc, at, ok FROM sql_tx_probe WHERE id = ${awkward}`,
         );
       },
-      { beginWithFirst: true },
     );
     expect(texts).toEqual([awkward]);
     expect(rows).toEqual([{ id: awkward, ...values, ok: true }]);
@@ -53,7 +53,6 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
           await tx.execute(sql`INSERT INTO sql_tx_probe (id) VALUES (${"rolled-back"})`);
           await tx.execute(sql`INSERT INTO sql_tx_probe (id) VALUES (${"rolled-back"})`);
         },
-        { beginWithFirst: true },
       ),
     ).rejects.toThrow(/duplicate key/);
     await expect(
@@ -61,7 +60,6 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
         async (tx) => {
           await tx.execute(sql`INSERT INTO sql_tx_probe (id, n) VALUES (${"bad-first"}, ${"not a number"})`);
         },
-        { beginWithFirst: true },
       ),
     ).rejects.toThrow(/invalid input syntax/);
     expect(await d.prisma.$queryRaw`SELECT id FROM sql_tx_probe WHERE id IN ('rolled-back', 'bad-first')`).toEqual([]);
@@ -73,32 +71,30 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
   it("keeps the transaction's bounds, sent with BEGIN", async () => {
     const [setting] = await d.db.transaction(
       (tx) => tx.query<{ statement_timeout: string }>(sql`SELECT current_setting(${"statement_timeout"}) AS statement_timeout`),
-      { beginWithFirst: true, timeoutMs: 4321 },
+      { timeoutMs: 4321 },
     );
     expect(setting).toEqual({ statement_timeout: "4321ms" });
   });
 
-  it("sends a statement with a value that has no text form (bytes) after a BEGIN of its own", async () => {
+  it("writes a value that has no text form (bytes) as a parameter", async () => {
     const bytes = Buffer.from([0, 1, 2, 0x27, 0x5c, 255]);
     await d.db.transaction(
       async (tx) => {
         await tx.execute(sql`INSERT INTO sql_tx_probe (id, bytes) VALUES (${"bytes"}, ${bytes})`);
         await tx.execute(sql`UPDATE sql_tx_probe SET ok = ${false} WHERE id = ${"bytes"}`);
       },
-      { beginWithFirst: true },
     );
     const [row] = await d.db.query<{ bytes: Buffer; ok: boolean }>(sql`SELECT bytes, ok FROM sql_tx_probe WHERE id = ${"bytes"}`);
     expect(row).toEqual({ bytes, ok: false });
   });
 
-  it("sends a long statement (its values past 64 KiB) as parameters, after a BEGIN of its own, left for later or not", async () => {
+  it("writes long values (past 64 KiB) as parameters, left for later or not", async () => {
     const long = "x'\\".repeat(30_000);
     await d.db.transaction(
       async (tx) => {
         await tx.execute(sql`INSERT INTO sql_tx_probe (id, doc) VALUES (${"long-1"}, ${JSON.stringify({ long })}::jsonb)`);
         await tx.executeLater(sql`INSERT INTO sql_tx_probe (id, doc) VALUES (${"long-2"}, ${JSON.stringify({ long })}::jsonb)`);
       },
-      { beginWithFirst: true },
     );
     const rows = await d.db.query<{ id: string; doc: { long: string } }>(sql`SELECT id, doc FROM sql_tx_probe WHERE id LIKE 'long-%' ORDER BY id`);
     expect(rows).toEqual([
@@ -108,7 +104,7 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
   });
 
   it("a transaction that ran no statement begins and commits nothing", async () => {
-    await expect(d.db.transaction(async () => 42, { beginWithFirst: true })).resolves.toBe(42);
+    await expect(d.db.transaction(async () => 42)).resolves.toBe(42);
   });
 
   it("sends a statement left for later with COMMIT, and fails the transaction, whole, when it fails", async () => {
@@ -120,7 +116,6 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
         await tx.executeLater(sql`INSERT INTO sql_tx_probe (id, n) VALUES (${"later-2"}, ${2})`);
         return rows;
       },
-      { beginWithFirst: true },
     );
     expect(seen).toEqual([{ n: 1 }]);
     expect(await d.prisma.$queryRaw`SELECT id FROM sql_tx_probe WHERE id LIKE 'later-%' ORDER BY id`).toEqual([{ id: "later-1" }, { id: "later-2" }]);
@@ -134,6 +129,19 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
     expect(await d.prisma.$queryRaw`SELECT id FROM sql_tx_probe WHERE id = 'later-3'`).toEqual([]);
   });
 
+  it("reports the failure of a statement left for later, not that of the statements behind it (the transaction aborted)", async () => {
+    await expect(
+      d.db.transaction(async (tx) => {
+        await tx.executeLater(sql`INSERT INTO sql_tx_probe (id) VALUES (${"later-1"})`);
+        await tx.executeLater(sql`INSERT INTO sql_tx_probe (id) VALUES (${"later-4"})`);
+        await tx.query(sql`SELECT 1`);
+      }),
+    ).rejects.toThrow(/duplicate key value violates unique constraint "sql_tx_probe_pkey"/);
+    expect(await d.prisma.$queryRaw`SELECT id FROM sql_tx_probe WHERE id = 'later-4'`).toEqual([]);
+    const [state] = await d.db.query<{ open: boolean }>(sql`SELECT now() <> statement_timestamp() AS open`);
+    expect(state).toEqual({ open: false });
+  });
+
   it("runs the statements sent in one round trip each on its own snapshot: the second sees what committed while the first waited for a lock", async () => {
     const other = new pg.Client({ connectionString: d.url });
     await other.connect();
@@ -144,7 +152,6 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
       await other.query("INSERT INTO sql_tx_probe (id) VALUES ('snapshot')");
       const looking = d.db.transaction(
         (tx) => tx.queryEach([sql`SELECT pg_advisory_xact_lock(${key}::int)`, sql`SELECT id FROM sql_tx_probe WHERE id = ${"snapshot"}`]),
-        { beginWithFirst: true },
       );
       // The first statement waits for the lock; the other transaction commits meanwhile.
       await waitUntilWaiting(d, key);

@@ -25,8 +25,6 @@ export interface Prepared {
   readonly name: string;
   readonly text: string;
   readonly values: unknown[];
-  /** The statement it was made from (see TransactionOptions.beginWithFirst). */
-  readonly source: Sql;
 }
 
 export type Statement = Sql | Prepared;
@@ -41,7 +39,7 @@ export function prepared(statement: Sql): Prepared {
     name = `p_${createHash("sha1").update(text).digest("base64url")}`;
     preparedNames.set(text, name);
   }
-  return { name, text, values: statement.values, source: statement };
+  return { name, text, values: statement.values };
 }
 
 /** What every data-access function takes: the pool (one statement) or the caller's transaction. */
@@ -62,14 +60,14 @@ export interface Tx extends Queryable {
    */
   afterCommit(effect: () => void): void;
   /**
-   * The rows of several statements sent in one round trip, each on its own snapshot as separate
-   * statements are (one sees what committed while the one before it waited for a lock): a
-   * simple query, the values written in as literals (see TransactionOptions.beginWithFirst).
+   * The rows of several statements sent in one round trip (pipelined), each on its own snapshot
+   * as separate statements are (one sees what committed while the one before it waited for a lock).
    */
   queryEach(statements: Statement[]): Promise<object[][]>;
   /**
-   * A statement whose result the caller does not need, sent with the transaction's next round
-   * trip: its next statement, or COMMIT. Its failure fails the transaction all the same.
+   * A statement whose result the caller does not need: sent at once, not waited for; its answer
+   * comes with the transaction's next round trip (its next statement, or COMMIT), and its failure
+   * fails the transaction all the same.
    */
   executeLater(statement: Statement): Promise<void>;
 }
@@ -79,19 +77,14 @@ export interface TransactionOptions {
   timeoutMs?: number;
   /** One consistent snapshot, no writes (listings streamed in several statements). */
   readOnlySnapshot?: boolean;
-  /**
-   * BEGIN is sent with the transaction's first statement, in one round trip (a round trip costs
-   * both sides more than a short statement itself): for the short transactions of the hot path.
-   * That statement then goes as a simple query, its values written in as literals that pg
-   * escapes (so it is parsed and planned anew, even when prepared); one with a value pg cannot
-   * write as text (a Buffer), or too long a text (64 KiB, e.g. a large order's command), goes
-   * after a BEGIN of its own, as without this option.
-   */
-  beginWithFirst?: boolean;
 }
 
 export interface Db extends Queryable {
-  /** Runs `work` in one transaction: committed when it resolves, rolled back when it throws. */
+  /**
+   * Runs `work` in one transaction: committed when it resolves, rolled back when it throws. Its
+   * BEGIN goes out with its first statement, in one round trip (a round trip costs both sides
+   * more than a short statement itself), and a transaction that sends nothing begins nothing.
+   */
   transaction<T>(work: (tx: Tx) => Promise<T>, options?: TransactionOptions): Promise<T>;
   /** The underlying pool, for the few places that hold a connection themselves (the worker). */
   readonly pool: pg.Pool;
@@ -123,28 +116,6 @@ export class TransactionTimeout extends Error {
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
-// pg's own conversion of a value to the text it sends as a parameter (arrays, dates, JSON).
-const prepareValue = (pg as unknown as { utils: { prepareValue(value: unknown): unknown } }).utils.prepareValue;
-
-/**
- * `statement` with its values written in as escaped literals, for a simple query; undefined when
- * a value has no text form. A literal is typed by its context as a parameter is (both reach
- * PostgreSQL as text of unknown type), so the statement means the same.
- */
-function inlined(statement: Statement): string | undefined {
-  const source = statement instanceof Object && "source" in statement ? statement.source : (statement as Sql);
-  let text = source.strings[0]!;
-  for (let i = 0; i < source.values.length; i++) {
-    const value = prepareValue(source.values[i]);
-    if (value !== null && typeof value !== "string") return undefined;
-    text += (value === null ? "NULL" : pg.escapeLiteral(value)) + source.strings[i + 1]!;
-    // Escaping is a loop over every character: past this, a round trip costs less than the text.
-    if (text.length > MAX_INLINED_CHARS) return undefined;
-  }
-  return text;
-}
-
-const MAX_INLINED_CHARS = 64 * 1024;
 const DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000;
 
 // int8 (counts, sequences) as numbers: every int8 of this schema stays far below 2^53. Set per
@@ -162,6 +133,10 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
     connectionTimeoutMillis: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
     application_name: options.applicationName ?? "orange-partner",
     types,
+    // A statement goes out as soon as it is issued, behind those still unanswered: a transaction
+    // sends its BEGIN with its first statement, and a statement whose result it does not need
+    // with the next one, each of them a prepared statement still (Db.transaction).
+    pipeline: true,
   });
   let closed = false;
   pool.on("error", (error) => {
@@ -187,39 +162,46 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
       const startedAt = performance.now();
       const committed: (() => void)[] = [];
       let broken = false;
-      // One round trip: the bounds are enforced by PostgreSQL too, so a statement or an idle
-      // pause that outlives the transaction's budget cannot hold its locks any longer.
+      // The bounds are enforced by PostgreSQL too, so a statement or an idle pause that outlives
+      // the transaction's budget cannot hold its locks any longer.
       const bound = Math.max(1, Math.ceil(timeoutMs));
       const begin =
         `${txOptions.readOnlySnapshot ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" : "BEGIN"};` +
         `SET LOCAL statement_timeout = ${bound};SET LOCAL idle_in_transaction_session_timeout = ${bound}`;
-      /** BEGIN not sent yet: it goes with the first statement (beginWithFirst). */
-      let beginPending = txOptions.beginWithFirst === true;
-      /** Statements (simple-query text) that go with the next round trip (executeLater). */
-      const later: string[] = [];
-      /** What goes before the next statement, in the same simple query; taken once. */
-      const ahead = (): string[] => {
-        const texts = [...(beginPending ? [begin] : []), ...later];
-        beginPending = false;
-        later.length = 0;
-        return texts;
-      };
+      /** BEGIN not sent yet: it goes out with the first statement, in the same round trip. */
+      let beginPending = true;
+      /**
+       * Statements sent and not waited for (BEGIN, executeLater's): the connection is pipelined,
+       * so the next statement goes out behind them at once, and its answer comes after theirs.
+       */
+      const unawaited: Promise<unknown>[] = [];
       const checkTime = () => {
         if (performance.now() - startedAt > timeoutMs) throw new TransactionTimeout(timeoutMs);
       };
-      /** Several statements in one simple query: one result each (the BEGIN text holds three); the last `n`. */
-      const simple = async (texts: string[], n: number): Promise<pg.QueryResult[]> => {
-        const results = (await client.query(texts.join(";"))) as unknown as pg.QueryResult | pg.QueryResult[];
-        return (Array.isArray(results) ? results : [results]).slice(-n);
-      };
-      const run = async <R extends pg.QueryResultRow>(statement: Statement): Promise<pg.QueryResult<R>> => {
-        checkTime();
-        if (beginPending || later.length > 0) {
-          const text = inlined(statement);
-          if (text !== undefined) return (await simple([...ahead(), text], 1))[0] as pg.QueryResult<R>;
-          await simple(ahead(), 1);
+      /** Sends a statement now; its failure is the caller's to see (through `settle` or its own await). */
+      const send = <R extends pg.QueryResultRow>(statement: Statement | string): Promise<pg.QueryResult<R>> => {
+        if (beginPending) {
+          beginPending = false;
+          unawaited.push(send(begin));
         }
-        return client.query<R>(statement);
+        const result = client.query<R>(statement as pg.QueryConfig);
+        // Seen by `settle` or by the caller; never an unhandled rejection meanwhile.
+        result.catch(() => {});
+        return result;
+      };
+      /**
+       * The answers of the statements sent before, then `result`'s: the first failure in the
+       * order they were sent (a statement after a failed one fails only because the transaction
+       * is aborted).
+       */
+      const settle = async <R>(result: Promise<R>): Promise<R> => {
+        const before = unawaited.splice(0);
+        await Promise.all(before);
+        return result;
+      };
+      const run = <R extends pg.QueryResultRow>(statement: Statement): Promise<pg.QueryResult<R>> => {
+        checkTime();
+        return settle(send<R>(statement));
       };
       const tx: Tx = {
         transaction: true,
@@ -234,28 +216,19 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
         },
         async queryEach(statements: Statement[]) {
           checkTime();
-          const texts = statements.map(inlined);
-          if (texts.every((t): t is string => t !== undefined)) {
-            return (await simple([...ahead(), ...texts], texts.length)).map((r) => r.rows as object[]);
-          }
-          const rows: object[][] = [];
-          for (const statement of statements) rows.push((await run(statement)).rows as object[]);
-          return rows;
+          const results = statements.map((statement) => send(statement));
+          return (await settle(Promise.all(results))).map((r) => r.rows as object[]);
         },
         async executeLater(statement: Statement) {
           checkTime();
-          const text = inlined(statement);
-          if (text === undefined) await run(statement);
-          else later.push(text);
+          unawaited.push(send(statement));
         },
       };
       try {
-        if (!beginPending) await client.query(begin);
         const result = await work(tx);
         checkTime();
-        // Nothing sent nor left to send: no transaction was begun, nothing to commit.
-        if (later.length > 0) await simple([...ahead(), "COMMIT"], 1);
-        else if (!beginPending) await client.query("COMMIT");
+        // Nothing sent: no transaction was begun, nothing to commit.
+        if (!beginPending) await settle(send("COMMIT"));
         for (const effect of committed) {
           try {
             effect();
@@ -266,7 +239,7 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
         return result;
       } catch (error) {
         try {
-          // ROLLBACK outside a transaction (none begun) only warns.
+          // Behind whatever is still in flight. ROLLBACK outside a transaction (none begun) only warns.
           await client.query("ROLLBACK");
         } catch {
           // The connection is gone or unusable: it must not go back to the pool.

@@ -40,7 +40,7 @@
  *   Past it, sync answers 503 (Orange's retry with the same reference resumes the same command)
  *   and auto answers `acknowledged`, the outcome then going out as an event.
  */
-import type { Db, Sql, Tx } from "../db/sql.js";
+import { prepared, type Db, type Sql, type Tx } from "../db/sql.js";
 import type { Clock } from "../lib/clock.js";
 import type { IdGenerator } from "../lib/ids.js";
 import type { JsonObject, JsonValue } from "../lib/json.js";
@@ -319,8 +319,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       response,
     );
     if (around.deferred) around.deferred.push(finished);
-    else if (around.later) await tx.executeLater(finished);
-    else await tx.execute(finished);
+    else if (around.later) await tx.executeLater(prepared(finished));
+    else await tx.execute(prepared(finished));
     const parts = handler.split(outcome, cmd).map((part): HistoryEntry => {
       const summary = handler.summary?.(part.outcome);
       return {
@@ -335,7 +335,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     });
     const entries = [...(around.before ?? []), ...parts, ...(around.after ?? [])];
     if (around.deferred) around.deferred.push(history.entriesStatement(entries));
-    else if (around.later) await tx.executeLater(history.entriesStatement(entries));
+    else if (around.later) await tx.executeLater(prepared(history.entriesStatement(entries)));
     else await history.insertEntries(tx, entries);
     const telemetry = deps.telemetry;
     if (telemetry) {
@@ -402,8 +402,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * request is no longer acknowledged (the job ran again after its commit).
    */
   async function process(id: string): Promise<"processed" | "skipped"> {
-    // Round trips saved: BEGIN goes with the lock; the outcome and its history, whose results are
-    // not needed, with the COMMIT (after the announcement, whose statement stays a prepared one).
+    // The outcome and its history, whose results are not needed, go out without waiting: answered
+    // with the COMMIT.
     return db.transaction(
       async (tx) => {
         const row = await requests.lockAcknowledged(tx, kind, id);
@@ -414,7 +414,6 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         await finish(tx, outcome, null, cmd, { later: true });
         return "processed";
       },
-      { beginWithFirst: true },
     );
   }
 
@@ -471,12 +470,6 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   type Answered = { state: string; response: JsonValue };
   type Step = { kind: "call"; call: ProvisioningCall; attempt: number } | { kind: "finished" } | { kind: "idle" };
   const IDLE: Step = { kind: "idle" };
-  /**
-   * The two transactions of a command sent in Orange's call (written, then settled): each BEGIN
-   * goes with the transaction's first statement, one round trip fewer each.
-   */
-  const HOT = { beginWithFirst: true } as const;
-
   /**
    * Ends the request with `outcome` as its answer mode says: the stored answer (sync, auto), which
    * it returns, or an event (async).
@@ -713,7 +706,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
           return;
         }
       }
-    }, HOT);
+    });
   }
 
   async function runCommand(commandId: string, signal?: AbortSignal): Promise<void> {
@@ -779,7 +772,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const lanes = await handler.lanes(tx, id, cmd);
     const createdAt = clock.now();
     const [inserted, , found] = await tx.queryEach([
-      requests.insertRequestStatement(kind, {
+      prepared(requests.insertRequestStatement(kind, {
         id,
         answerMode: mode,
         idempotencyKey: cmd.idempotencyKey,
@@ -788,8 +781,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         request: cmd.request,
         createdAt,
         ...handler.describe(cmd),
-      }),
-      ...commands.lockAndLookStatements(lanes),
+      })),
+      ...commands.lockAndLookStatements(lanes).map(prepared),
     ]);
     const received = (requestId: string, replayed: boolean) =>
       receivedEntry({ requestId, orangeRef: cmd.orangeRef, idempotencyKey: cmd.idempotencyKey, trace: cmd.trace, mode }, createdAt, replayed);
@@ -827,7 +820,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       const command = { id: commandId, kind, requestId: claimed.id, lanes: claimed.inLanes.lanes };
       const step = await prepareNew(tx, command, claimed.inLanes.free, cmd, { request: cmd.request, answerMode: mode }, claimed.received);
       return { requestId: claimed.id, step, commandId, retried: false };
-    }, HOT);
+    });
     if ("reply" in first) return first.reply;
     const { requestId, step } = first;
     if (step.kind === "call") {
