@@ -75,6 +75,11 @@ function alongside(also: Sql[]): Sql {
   )},`;
 }
 
+/**
+ * An unfinished command: written as the predicate of the index of unfinished commands' lanes
+ * (provisioning_command_unfinished_lanes_idx), word for word, so that PostgreSQL sees that a
+ * question about lanes with this condition can be answered by that index alone.
+ */
 const UNFINISHED_EARLIER = sql`p.state IN ('queued', 'sending', 'waiting', 'retrying')`;
 
 /**
