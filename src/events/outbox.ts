@@ -102,7 +102,7 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
   // the row makes it wait, then see the row claimed: add_job.)
   // Prepared once per connection: parsing and planning this statement anew cost about as much as
   // running it (a backlog is written one event per statement).
-  const written = await tx.query<{ job_id: string | number | null }>(prepared(sql`
+  const statement = prepared(sql`
     WITH locked AS (
       SELECT 1 AS ok FROM pg_advisory_xact_lock(${ENQUEUE_LOCK_NAMESPACE}::int, hashtext(${orderingKey}::text))
     ), inserted AS (
@@ -131,12 +131,20 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
         job_key => ${jobKeyOf(orderingKey)}::text,
         job_key_mode => 'preserve_run_at'
       )).id
-    ) END AS job_id FROM inserted`));
-  if (written.length !== 1) throw new Error(`outbox event ${id} was not written (${written.length} rows)`);
+    ) END AS job_id FROM inserted`);
   scheduled.add(orderingKey);
+  if (run?.inline) {
+    // A run that delivers its own events needs no job, hence nothing of the answer: the statement
+    // goes out without being waited for (answered with the transaction's next statement or its
+    // COMMIT, whose failure it fails).
+    await tx.executeLater(statement);
+    tx.afterCommit(() => run.keys.set(orderingKey, null));
+    return { id, orderingKey, body };
+  }
+  const written = await tx.query<{ job_id: string | number | null }>(statement);
+  if (written.length !== 1) throw new Error(`outbox event ${id} was not written (${written.length} rows)`);
   const jobId = written[0]!.job_id;
-  if (run?.inline) tx.afterCommit(() => run.keys.set(orderingKey, null));
-  else if (run && jobId !== null) tx.afterCommit(() => run.keys.set(orderingKey, String(jobId)));
+  if (run && jobId !== null) tx.afterCommit(() => run.keys.set(orderingKey, String(jobId)));
   return { id, orderingKey, body };
 }
 
