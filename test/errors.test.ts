@@ -1,3 +1,4 @@
+import pg from "pg";
 import { createServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createDb } from "../src/db/sql.js";
@@ -6,6 +7,8 @@ import { AUTH, createTestApp, type CallResult, type TestApp } from "./support/ap
 import { z } from "zod";
 import { describeIssues } from "../src/orange/validation.js";
 import { uc2Request } from "./support/examples.js";
+import { createTestDatabase } from "./support/db.js";
+import { uc2 as uc2Of, uc3 } from "./support/fixtures.js";
 
 /**
  * Orange's error bodies (contract section 7): every rejection answers `{code, message,
@@ -402,6 +405,55 @@ describe("413 code 64: body larger than BODY_LIMIT_BYTES", () => {
     expect(res.status).toBe(201);
     expect(res.body.state).toBe("completed");
     expect(await t.db.productOrder.count()).toBe(1);
+  });
+});
+
+describe("503 code 5: the database cannot finish the work in time", () => {
+  let t: TestApp;
+  let db: ReturnType<typeof createDb>;
+  beforeAll(async () => {
+    const database = await createTestDatabase();
+    // The program's access with a short bound on each transaction (DATABASE_TRANSACTION_TIMEOUT_MS).
+    db = createDb(database.url, { transactionTimeoutMs: 500 });
+    t = await createTestApp({
+      database: { ...database, db, drop: async () => Promise.all([db.close(), database.drop()]).then(() => {}) },
+    });
+  });
+  afterAll(async () => t.close());
+
+  it("answers an order blocked past the bound with 503 code 5 and Retry-After, keeps nothing, and completes it when Orange retries", async () => {
+    const first = await t.call("POST", ORDER_URL, uc2Of({ quantity: 1 }));
+    expect(first.status, first.text).toBe(201);
+    const fleetId = first.body.orderItem[0].productRef.id as string;
+    const orders = await t.db.productOrder.count();
+    const licences = await t.db.licence.count();
+
+    // Another transaction holds the fleet past the bound: the order's statement times out.
+    const other = new pg.Client({ connectionString: t.url });
+    await other.connect();
+    const body = uc3(fleetId, { quantity: 2 });
+    try {
+      await other.query("BEGIN");
+      await other.query("SELECT 1 FROM fleet WHERE id = $1 FOR UPDATE", [fleetId]);
+      const res = await t.call("POST", ORDER_URL, body);
+      expectOrangeError(res, 503, 5);
+      expect(res.headers["retry-after"]).toBe("5");
+      expect(res.body.description).toMatch(/could not complete the request in time/);
+      expectNoInternals(res.text, ["statement timeout", "canceling", "fleet"]);
+    } finally {
+      await other.query("ROLLBACK");
+      await other.end();
+    }
+    // Rolled back whole: no order, no licence.
+    expect(await t.db.productOrder.count()).toBe(orders);
+    expect(await t.db.licence.count()).toBe(licences);
+
+    // Orange's retry, same reference, once the fleet is free: carried out once.
+    const retried = await t.call("POST", ORDER_URL, body);
+    expect(retried.status, retried.text).toBe(201);
+    expect(retried.body.state).toBe("completed");
+    expect(await t.db.productOrder.count()).toBe(orders + 1);
+    expect(await t.db.licence.count({ where: { fleetId } })).toBe(3);
   });
 });
 

@@ -16,7 +16,7 @@ import {
   UnsupportedMediaType,
   UriTooLong,
 } from "../errors.js";
-import { isDatabaseUnavailable } from "../db/errors.js";
+import { isDatabaseUnavailable, isTransient } from "../db/errors.js";
 import type { ErrorBody } from "./schemas.js";
 
 /**
@@ -145,6 +145,12 @@ export function registerErrorHandling(app: FastifyInstance, bodyLimit: number) {
     else if (isDatabaseUnavailable(error)) {
       request.log.error({ err: error }, "database unavailable");
       appError = new ServiceUnavailable();
+    } else if (isTransient(error)) {
+      // The database answered, but the work could not end in time or collided with another
+      // (a transaction past its bound, a statement timeout, a deadlock, a serialization failure):
+      // rolled back whole, nothing was kept, and the same call may well succeed later.
+      request.log.error({ err: error }, "database work rolled back (timeout or conflict); the caller may retry");
+      appError = new ServiceUnavailable("the licence store could not complete the request in time; retry later");
     } else {
       const mapped = fromFastifyError(error, bodyLimit);
       if (mapped) appError = mapped;
