@@ -95,6 +95,24 @@ export async function loadRound(
   return report;
 }
 
+/**
+ * VACUUM (ANALYZE) of the whole database before a round, as pgbench does before its runs: the
+ * dead rows and statistics left by the steps before (tens of thousands of rows written in bulk)
+ * are not billed to the round, whose CPU figures count every PostgreSQL process, autovacuum's
+ * workers included. What the round writes itself stays its own to clean.
+ */
+export async function settleDatabase(databaseUrl: string): Promise<number> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  const started = performance.now();
+  try {
+    await client.query("VACUUM (ANALYZE)");
+  } finally {
+    await client.end();
+  }
+  return performance.now() - started;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 13. small sync orders vs bare transactions writing the same rows
 

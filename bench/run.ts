@@ -65,7 +65,7 @@ import {
 import { uc2Request } from "../test/support/examples.js";
 import { benchBigOrders, benchSmallOrders, WEBHOOK, type Side } from "./provisioning.js";
 import { ADMIN, adminSteps } from "./admin.js";
-import { acknowledgedRuns, bareTransactions, captureOrderRows, cpuMeter, LOAD, LOAD_TARGETS, loadRound, requestsPerSecond, smallOrdersRound } from "./load.js";
+import { acknowledgedRuns, bareTransactions, captureOrderRows, cpuMeter, LOAD, LOAD_TARGETS, loadRound, requestsPerSecond, settleDatabase, smallOrdersRound } from "./load.js";
 import { benchBigListing, BIG_LIST } from "./listing.js";
 import {
   asyncOrderingAvailable,
@@ -1048,6 +1048,7 @@ async function loadSteps(databaseUrl: string, token: string, figures: Figure[], 
   let syncLoad, asyncLoad, small, bareTx, rows;
   try {
     console.log(`\n11. load mode, ${c} virtual users, sync modes (${LOAD.warmupSeconds} s warm-up, then ${LOAD.seconds} s)`);
+    console.log(`  VACUUM (ANALYZE) of the database first: ${(await settleDatabase(databaseUrl)).toFixed(0)} ms`);
     await loadRound(sync.base, token, gw, { ordering: "sync", update: "sync" }, LOAD.warmupSeconds);
     const syncCpu = cpuMeter(sync.child.pid);
     syncLoad = await loadRound(sync.base, token, gw, { ordering: "sync", update: "sync" }, LOAD.seconds);
@@ -1076,6 +1077,7 @@ async function loadSteps(databaseUrl: string, token: string, figures: Figure[], 
   const rounds: { burst: ThroughputResult; bare: BarePostResult }[] = [];
   try {
     console.log(`\n12. load mode, ${c} virtual users, async modes (${LOAD.warmupSeconds} s warm-up, then ${LOAD.seconds} s)`);
+    console.log(`  VACUUM (ANALYZE) of the database first: ${(await settleDatabase(databaseUrl)).toFixed(0)} ms`);
     await loadRound(asyncServer.base, token, gw, { ordering: "async", update: "async" }, LOAD.warmupSeconds);
     const asyncCpu = cpuMeter(asyncServer.child.pid);
     const runsBefore = await acknowledgedRuns(asyncServer.base, metricsToken);
