@@ -1,0 +1,70 @@
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { HEADS_SQL } from "../src/events/delivery.js";
+import { createTestDatabase, type TestDatabase } from "./support/db.js";
+
+/**
+ * The delivery's read of a key's next events must stay a range of the key's own index entries
+ * whatever PostgreSQL's statistics say. They are gathered whenever autovacuum analyses the
+ * table: analysed while the outbox was quiet (every event delivered), they say almost nothing is
+ * pending, and a burst of events then comes. The plans are read with EXPLAIN, generic (a
+ * prepared statement after its first runs) and custom, on a real PostgreSQL.
+ */
+describe("the delivery's read of a key's next events, after statistics taken on a quiet outbox", () => {
+  let d: TestDatabase;
+  let client: pg.Client;
+  beforeAll(async () => {
+    d = await createTestDatabase();
+    client = new pg.Client({ connectionString: d.url });
+    await client.connect();
+    const body = JSON.stringify({ id: "ev", type: "updateNotification", time: "2026-11-30T00:00:00.000Z", resource: {} });
+    // The past: 20,000 events delivered, 10 for each of 2,000 fleets; analysed then.
+    await client.query(
+      `INSERT INTO outbox_event (id, api, type, ordering_key, body, state, delivered_at)
+       SELECT 'ev_old_' || g, 'userservice', 'updateNotification', 'fl_old_' || (g % 2000), $1::json, 'delivered', now()
+         FROM generate_series(1, 20000) g`,
+      [body],
+    );
+    await client.query("VACUUM ANALYZE outbox_event");
+    // The burst: 2,000 events pending, 10 for each of 200 fleets.
+    await client.query(
+      `INSERT INTO outbox_event (id, api, type, ordering_key, body)
+       SELECT 'ev_new_' || g, 'userservice', 'updateNotification', 'fl_new_' || (g % 200), $1::json
+         FROM generate_series(1, 2000) g`,
+      [body],
+    );
+  });
+  afterAll(async () => {
+    await client?.end();
+    await d?.drop();
+  });
+
+  /** Every index scan of outbox_event in the plan: the index and its condition. */
+  async function indexScans(mode: "force_generic_plan" | "force_custom_plan"): Promise<{ index: string; cond: string }[]> {
+    await client.query(`SET plan_cache_mode = ${mode}`);
+    await client.query("DEALLOCATE ALL");
+    await client.query(`PREPARE heads(text, text, text, int, boolean) AS ${HEADS_SQL}`);
+    // $5 false: no advisory lock is taken; EXPLAIN without ANALYZE runs nothing.
+    const [row] = (await client.query(`EXPLAIN (FORMAT JSON) EXECUTE heads('fl_new_7', NULL, 'x', 1, false)`)).rows as { "QUERY PLAN": unknown }[];
+    const scans: { index: string; cond: string }[] = [];
+    const walk = (node: Record<string, unknown>) => {
+      if (node["Relation Name"] === "outbox_event" && String(node["Node Type"]).includes("Scan")) {
+        scans.push({ index: String(node["Index Name"] ?? node["Node Type"]), cond: String(node["Index Cond"] ?? node["Filter"] ?? "") });
+      }
+      for (const child of (node["Plans"] as Record<string, unknown>[] | undefined) ?? []) walk(child);
+    };
+    walk((row!["QUERY PLAN"] as { Plan: Record<string, unknown> }[])[0]!.Plan);
+    return scans;
+  }
+
+  for (const mode of ["force_generic_plan", "force_custom_plan"] as const) {
+    it(`reads the key's pending and dead events through the key's index entries only (${mode})`, async () => {
+      const scans = await indexScans(mode);
+      // The dead event that holds the key and the pending ones, by the key's index; the first one
+      // claimed and its attempts recounted, by id.
+      const byKey = scans.filter((s) => s.index === "outbox_event_ordering_key_state_seq_idx");
+      expect(byKey.map((s) => s.cond.includes("'dead'") ? "dead" : s.cond.includes("'pending'") ? "pending" : s.cond), JSON.stringify(scans)).toEqual(["dead", "pending"]);
+      expect(scans.filter((s) => s.index !== "outbox_event_ordering_key_state_seq_idx" && s.index !== "outbox_event_pkey"), JSON.stringify(scans)).toEqual([]);
+    });
+  }
+});
