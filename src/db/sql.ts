@@ -115,7 +115,6 @@ export class TransactionTimeout extends Error {
 }
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
-
 const DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000;
 
 // int8 (counts, sequences) as numbers: every int8 of this schema stays far below 2^53. Set per

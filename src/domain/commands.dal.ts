@@ -82,23 +82,15 @@ function alongside(also: Sql[]): Sql {
  */
 const UNFINISHED_EARLIER = sql`p.state IN ('queued', 'sending', 'waiting', 'retrying')`;
 
-/**
- * Whether no unfinished command holds one of these lanes. Asked after the caller took the lanes'
- * locks (`lockLanes`, in an earlier statement: this one's snapshot must follow the lock), every
- * command it could find is an earlier one: a new command of these lanes may go at once.
- */
-export async function lanesFree(tx: Tx, lanes: string[]): Promise<boolean> {
-  const rows = await tx.query(prepared(lanesFreeStatement(lanes)));
-  return rows.length === 0;
-}
-
 const lanesFreeStatement = (lanes: string[]) => sql`
   SELECT 1 FROM provisioning_command p WHERE p.lanes && ${lanes}::text[] AND ${UNFINISHED_EARLIER} LIMIT 1`;
 
 /**
- * The statements of `lockLanes` then `lanesFree`, for a caller that sends them in one round trip
- * (Tx.queryEach: the second on a snapshot taken once the first has the locks, as two round trips
- * would be): the lanes are free when the second finds no row.
+ * The statements of `lockLanes`, then of the look at the lanes: whether an unfinished command
+ * holds one of them. For a caller that sends them in one round trip (Tx.queryEach: the second on
+ * a snapshot taken once the first has the locks, as two round trips would be), so every command
+ * the look can find is an earlier one: the lanes are free, and a new command of them may go at
+ * once, when it finds no row.
  */
 export function lockAndLookStatements(lanes: string[]): [Sql, Sql] {
   return [lockLanesStatement(lanes), lanesFreeStatement(lanes)];

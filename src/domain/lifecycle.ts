@@ -313,14 +313,10 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     cmd: C | undefined,
     around: { before?: HistoryEntry[]; after?: HistoryEntry[]; actor?: string; deferred?: Sql[]; later?: boolean } = {},
   ): Promise<void> {
-    const finished = requests.finishStatement(
-      kind,
-      { id: outcome.requestId, state: outcome.state, reason: outcome.reason, completedAt: outcome.completedAt, ...handler.finished(outcome) },
-      response,
-    );
-    if (around.deferred) around.deferred.push(finished);
-    else if (around.later) await tx.executeLater(prepared(finished));
-    else await tx.execute(prepared(finished));
+    const finished = { id: outcome.requestId, state: outcome.state, reason: outcome.reason, completedAt: outcome.completedAt, ...handler.finished(outcome) };
+    if (around.deferred) around.deferred.push(requests.finishStatement(kind, finished, response));
+    else if (around.later) await tx.executeLater(prepared(requests.finishStatement(kind, finished, response)));
+    else await requests.finishRequest(tx, kind, finished, response);
     const parts = handler.split(outcome, cmd).map((part): HistoryEntry => {
       const summary = handler.summary?.(part.outcome);
       return {
