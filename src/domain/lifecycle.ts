@@ -400,17 +400,15 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   async function process(id: string): Promise<"processed" | "skipped"> {
     // The outcome and its history, whose results are not needed, go out without waiting: answered
     // with the COMMIT.
-    return db.transaction(
-      async (tx) => {
-        const row = await requests.lockAcknowledged(tx, kind, id);
-        if (!row) return "skipped";
-        const cmd = codec.decode(row.request);
-        const outcome = await carryOut(tx, id, cmd);
-        await announce(tx, row.request, outcome, cmd);
-        await finish(tx, outcome, null, cmd, { later: true });
-        return "processed";
-      },
-    );
+    return db.transaction(async (tx) => {
+      const row = await requests.lockAcknowledged(tx, kind, id);
+      if (!row) return "skipped";
+      const cmd = codec.decode(row.request);
+      const outcome = await carryOut(tx, id, cmd);
+      await announce(tx, row.request, outcome, cmd);
+      await finish(tx, outcome, null, cmd, { later: true });
+      return "processed";
+    });
   }
 
   /** Ends an acknowledged request `failed` without carrying it out (it kept failing); false when it was no longer acknowledged. */
@@ -466,6 +464,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   type Answered = { state: string; response: JsonValue };
   type Step = { kind: "call"; call: ProvisioningCall; attempt: number } | { kind: "finished" } | { kind: "idle" };
   const IDLE: Step = { kind: "idle" };
+
   /**
    * Ends the request with `outcome` as its answer mode says: the stored answer (sync, auto), which
    * it returns, or an event (async).
