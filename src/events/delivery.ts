@@ -351,7 +351,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
        ),
        opened AS (
          INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at, finished_at, outcome, status, request_id, response_body)
-         SELECT i.id, (SELECT coalesce(max(a.attempt), 0) + 1 FROM event_delivery_attempt a WHERE a.event_id = i.id), $9::text,
+         SELECT i.id, ${nextAttemptOf("i.id")}, $9::text,
                 i.started_at, i.delivered_at, 'delivered', i.status, i.request_id, i.body
            FROM items i
           WHERE i.attempt_id IS NULL AND i.id IN (SELECT id FROM ev)
@@ -473,7 +473,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
        -- An attempt the run did not start a row for (not the first of its batch): written whole.
        opened AS (
          INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at, finished_at, outcome, status, request_id, response_body, error)
-         SELECT $1, (SELECT coalesce(max(a.attempt), 0) + 1 FROM event_delivery_attempt a WHERE a.event_id = $1), $11::text,
+         SELECT $1, ${nextAttemptOf("$1")}, $11::text,
                 least(t.now - $12::float8 * interval '1 millisecond', t.now), t.now, $2::"DeliveryAttemptOutcome", $6, $7, $8, $9
            FROM t
           WHERE $10::bigint IS NULL AND EXISTS (SELECT 1 FROM ev)
@@ -525,6 +525,11 @@ interface Started {
  * as a retry and counted. Attempt rows are numbered over the event's whole life: an operator's
  * re-send of a dead event restarts the attempts column (a fresh retry budget), not the history.
  */
+/** The number of an event's next attempt row: one more than its last, whoever wrote it. */
+function nextAttemptOf(eventId: string): string {
+  return `(SELECT coalesce(max(a.attempt), 0) + 1 FROM event_delivery_attempt a WHERE a.event_id = ${eventId})`;
+}
+
 function START_SQL(p: { id: string; attempts: string; workerId: string; error: string; condition?: string }): string {
   // FOR UPDATE: the row's latest version is checked, not the statement's snapshot, which may
   // predate the key lock (taken in the same statement) and the commit of a previous run's finish.
@@ -548,7 +553,7 @@ function START_SQL(p: { id: string; attempts: string; workerId: string; error: s
   ),
   att AS (
     INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at)
-    SELECT c.id, (SELECT coalesce(max(a.attempt), 0) + 1 FROM event_delivery_attempt a WHERE a.event_id = c.id),
+    SELECT c.id, ${nextAttemptOf("c.id")},
            ${p.workerId}::text, clock_timestamp()
       FROM claimed c
     RETURNING id, (SELECT attempts + 1 + (SELECT count(*) FROM interrupted) FROM claimed)::int AS attempt
