@@ -9,7 +9,7 @@ import type { Catalogue } from "./domain/catalogue.js";
 import { createCommandService, type CommandService } from "./domain/commands.js";
 import { createLicenceChangeService, type LicenceChangeService } from "./domain/licence-changes.js";
 import { createLicenceQueries, type FleetListingLimits, type LicenceQueries } from "./domain/licences.js";
-import { createRequestLifecycle, type ProvisioningStage, type RequestLifecycle } from "./domain/lifecycle.js";
+import { commandLeaseMs, createRequestLifecycle, type ProvisioningStage, type RequestLifecycle } from "./domain/lifecycle.js";
 import { createOrderHandler, type PlaceOrderCommand } from "./domain/orders.js";
 import { createRecordQueries, type RecordQueries } from "./domain/records.js";
 import type { InlineRunner, TaskHandler } from "./domain/ports.js";
@@ -104,6 +104,7 @@ export function createServices(deps: ServiceDeps): Services {
       jobs: jobQueue,
       maxAttempts: deps.requestMaxAttempts,
       commandMaxAgeMs: deps.provisioning?.retry.maxAgeMs,
+      commandLeaseMs: deps.provisioning ? commandLeaseMs(deps.provisioning.timeoutMs) : undefined,
       graceMs: deps.inlineGraceMs ?? 0,
     }),
     metrics,

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import type { AddressInfo } from "node:net";
 import { Webhook } from "standardwebhooks";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import pg from "pg";
 import { startPartnerApp, WEBHOOK_PATH, type Behaviour, type PartnerApp } from "../examples/partner-app/app.js";
 import { loadConfig } from "../src/config.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
@@ -342,6 +343,49 @@ describe("async answers, retries, parking and order per fleet", () => {
     const ids = new Set(partner.received.filter((r) => r.body.includes(res.body.id)).map((r) => r.headers["webhook-id"]));
     expect([...ids]).toEqual([command.id]);
     expect(await t.db.licence.count({ where: { orderId: res.body.id } })).toBe(2);
+  });
+
+  it("sends again a retrying command whose job a dead worker took, once it is due for longer than a lease (not after the worker's lease)", async () => {
+    const { t, partner } = s;
+    partner.setMode({ mode: "down" });
+    const res = await t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
+    expect(res.body.state).toBe("acknowledged");
+    const { id: commandId } = await commandOf(t, res.body.id);
+    // A worker killed just after it took the command's next job: the job stays locked (until the
+    // worker's lease, 60 s here), the command retrying, due long ago (past its 8 s lease).
+    const probe = new pg.Client({ connectionString: t.url });
+    await probe.connect();
+    try {
+      await waitFor("the command retrying, its job taken by a dead worker", async () => {
+        await probe.query("BEGIN");
+        const { rows } = await probe.query<{ state: string }>("SELECT state::text AS state FROM provisioning_command WHERE id = $1 FOR UPDATE", [commandId]);
+        if (rows[0]?.state !== "retrying") {
+          await probe.query("ROLLBACK");
+          return undefined;
+        }
+        await probe.query("UPDATE provisioning_command SET next_attempt_at = now() - interval '9 seconds' WHERE id = $1", [commandId]);
+        const locked = await probe.query(
+          "UPDATE graphile_worker._private_jobs SET locked_at = now(), locked_by = 'killed-worker' WHERE key = $1 AND locked_at IS NULL",
+          [`provision:${commandId}`],
+        );
+        await probe.query("COMMIT");
+        return locked.rowCount === 1 ? true : undefined;
+      });
+    } finally {
+      await probe.end();
+    }
+    partner.setMode({ mode: "ok" });
+
+    const swept = await worker.worker.sweep();
+    expect(swept.rescheduledRequests).toContain(`provision:${commandId}`);
+    const event = await eventFor(res.body.id);
+    expect((event.body as { type: string }).type).toBe("completedStateNotification");
+    const command = await commandOf(t, res.body.id);
+    expect(command.state).toBe("done");
+    expect(command.attemptRows.at(-1)?.outcome).toBe("done");
+    expect(await t.db.licence.count({ where: { orderId: res.body.id } })).toBe(1);
+    const sent = partner.received.filter((r) => r.headers["webhook-id"] === commandId);
+    expect(sent.filter((r) => r.status === 200)).toHaveLength(1);
   });
 
   it("parks a command the application never carries out, fails the order for Orange, and an operator can send it again", async () => {

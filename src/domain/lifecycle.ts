@@ -182,6 +182,15 @@ export function requestJob(kind: RequestKind, id: string): Job {
 /** The job that runs a command to the partner's application (its next step, when due). */
 export const PROVISION_TASK = "provision_command";
 
+/**
+ * How long a `sending` command belongs to its runner: one call's bound and a margin. Past it,
+ * the runner is presumed dead and the sweep sends the command again (so too a `retrying` one due
+ * longer than this, whose job a dead worker took).
+ */
+export function commandLeaseMs(timeoutMs: number): number {
+  return timeoutMs + 5_000;
+}
+
 export function provisionJob(kind: RequestKind, commandId: string, runAt?: Date): Job {
   return { task: PROVISION_TASK, payload: { commandId, kind }, key: `provision:${commandId}`, ...(runAt ? { runAt } : {}) };
 }
@@ -457,7 +466,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   // The provisioning stage (see the head of this file)
 
   const stage = deps.provisioning;
-  const leaseMs = (stage?.timeoutMs ?? 0) + 5_000;
+  const leaseMs = commandLeaseMs(stage?.timeoutMs ?? 0);
   const random = stage?.random ?? Math.random;
 
   /** A request's final state and the answer stored for Orange. */

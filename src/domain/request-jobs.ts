@@ -82,6 +82,8 @@ export function createRequestSweep(
     jobs: JobQueue;
     maxAttempts: number;
     commandMaxAgeMs?: number;
+    /** A `sending` command's lease (lifecycle.commandLeaseMs); with commandMaxAgeMs. */
+    commandLeaseMs?: number;
     /**
      * Requests acknowledged more recently than this are left alone: one carried out inline (no
      * job, see InlineRunner) is still under way in its process. Default 0.
@@ -96,8 +98,8 @@ export function createRequestSweep(
    * when theirs is gone; those past the age bound (a 202 whose result never came) are parked.
    */
   async function sweepCommands(touched: string[]): Promise<void> {
-    if (deps.commandMaxAgeMs === undefined) return;
-    const stalled = await commands.listStalled(deps.db, deps.commandMaxAgeMs, 1000);
+    if (deps.commandMaxAgeMs === undefined || deps.commandLeaseMs === undefined) return;
+    const stalled = await commands.listStalled(deps.db, { maxAgeMs: deps.commandMaxAgeMs, leaseMs: deps.commandLeaseMs }, 1000);
     if (stalled.length === 0) return;
     const kinds = new Map<string, string>();
     for (const row of stalled) {
@@ -110,12 +112,13 @@ export function createRequestSweep(
         }
         continue;
       }
-      if (row.state === "sending") {
-        // Past its lease, its runner is presumed dead: its job may still look alive (graphile
-        // keeps a dead worker's lock for WORKER_LEASE_MS), so another job takes over at once; the
-        // attempt number keeps a late runner from settling it twice.
+      if (row.state === "sending" || row.overdue) {
+        // Sending past its lease, or retrying and due for as long, its runner is presumed dead:
+        // its job may still look alive (graphile keeps a dead worker's lock for WORKER_LEASE_MS),
+        // so another job takes over at once; the command's row lock and attempt number keep a
+        // late runner from sending or settling it twice.
         await deps.jobs.add(deps.db, provisionJob(lifecycle.kind, row.id));
-        deps.log?.warn({ commandId: row.id }, "command past its lease (its runner died?); sent again");
+        deps.log?.warn({ commandId: row.id, state: row.state }, "command past its lease (its runner died?); sent again");
         touched.push(`provision:${row.id}`);
         continue;
       }
