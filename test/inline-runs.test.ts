@@ -246,6 +246,47 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
     }
   }, 60_000);
 
+  it("keeps Orange's order of the changes of a licence: a reactivation waits for the suspension sent before it, whose run failed", async () => {
+    const s = await server("all");
+    const { id } = await order(s, 1);
+    await until("the order's event", () => (eventsOf(id).length > 0 ? true : undefined));
+    const licence = await database.prisma.licence.findFirstOrThrow({ where: { orderId: id } });
+    // The suspension's first run cannot be written (a serialization failure): its job tries it
+    // again a second later. Orange meanwhile sends the reactivation, acknowledged at once.
+    const drop = await onFirst(
+      "test_fail_first_suspension",
+      "licence",
+      "BEFORE UPDATE OF state ON FOR EACH ROW",
+      "RAISE EXCEPTION 'injected: could not serialize access' USING ERRCODE = '40001'",
+      "NEW.state = 'inactive'",
+    );
+    try {
+      const refs = { suspend: `UPD-${randomBytes(5).toString("hex")}`, reactivate: `UPD-${randomBytes(5).toString("hex")}` };
+      for (const [step, externalState] of [["suspend", "suspended"], ["reactivate", "active"]] as const) {
+        const ack = await post(s, "/userservice/v2/userService/update", {
+          externalReference: { type: "orange", id: refs[step] },
+          userService: [{ id: licence.id, externalState }],
+        });
+        expect(ack.body.state, JSON.stringify(ack.body)).toBe("acknowledged");
+      }
+      const eventOf = (ref: string) =>
+        gw.delivered().findIndex((r) => (r.body as { resource: { externalReference?: { id?: string } } }).resource.externalReference?.id === ref);
+      await until("both updates' events", () => (eventOf(refs.suspend) >= 0 && eventOf(refs.reactivate) >= 0 ? true : undefined));
+      // Announced in Orange's order, and the licence ends as Orange asked last.
+      expect(eventOf(refs.suspend)).toBeLessThan(eventOf(refs.reactivate));
+      expect(await database.prisma.licence.findUniqueOrThrow({ where: { id: licence.id } })).toMatchObject({ state: "active", externalState: "active" });
+      const suspension = await database.prisma.licenceUpdate.findFirstOrThrow({ where: { orangeRef: refs.suspend } });
+      const reactivation = await database.prisma.licenceUpdate.findFirstOrThrow({ where: { orangeRef: refs.reactivate } });
+      expect(suspension).toMatchObject({ state: "completed", attempts: 1 });
+      // Waiting for its turn is not a failed attempt.
+      expect(reactivation).toMatchObject({ state: "completed", attempts: 0 });
+      expect(reactivation.completedAt!.getTime()).toBeGreaterThan(suspension.completedAt!.getTime());
+      expect(await historyKinds(reactivation.id)).toEqual(["request.received", "request.answered", "licence.changed", "request.completed"]);
+    } finally {
+      await drop();
+    }
+  }, 60_000);
+
   it("cut by kill -9, is carried out once by the next process, once past the lease", async () => {
     const first = await server("all");
     // The first run stops while it writes the licences, before its COMMIT is sent, long enough to

@@ -41,6 +41,8 @@ const BEYOND_PRISMA = [
   `CREATE INDEX "provisioning_command_unfinished_lanes_idx" ON "provisioning_command" USING GIN ("lanes")
      WITH (fastupdate = off) WHERE "state" IN ('queued', 'sending', 'waiting', 'retrying')`,
   `ALTER INDEX "provisioning_command_lanes_idx" SET (fastupdate = off)`,
+  `CREATE INDEX "licence_update_acknowledged_licences_idx" ON "licence_update" USING GIN ("licence_ids")
+     WITH (fastupdate = off) WHERE "state" = 'acknowledged'`,
 ];
 
 /** An empty database of its own (not cloned from the migrated template). */

@@ -183,6 +183,13 @@ export function requestJob(kind: RequestKind, id: string): Job {
 export const PROVISION_TASK = "provision_command";
 
 /**
+ * How long an acknowledged update waits for an earlier one of the same licences (which failed
+ * and waits for its retry, or has not started) before it looks again: its job's run time (a
+ * worker sees it at its next poll at the latest).
+ */
+const DEFER_MS = 200;
+
+/**
  * How long a `sending` command belongs to its runner: one call's bound and a margin. Past it,
  * the runner is presumed dead and the sweep sends the command again (so too a `retrying` one due
  * longer than this, whose job a dead worker took).
@@ -210,8 +217,11 @@ export interface RequestLifecycle<C extends RequestCommand = RequestCommand> {
   readonly kind: RequestKind;
   /** Orange's call: answered final (sync) or `acknowledged` with a job to carry it out (async). */
   receive(cmd: C, mode: AnswerMode): Promise<Reply>;
-  /** The job's work on an acknowledged request. */
-  process(id: string): Promise<"processed" | "skipped">;
+  /**
+   * The job's work on an acknowledged request; `deferred` when an earlier request of the same
+   * licences is unfinished (its job runs it again a little later).
+   */
+  process(id: string): Promise<"processed" | "skipped" | "deferred">;
   /** Ends an acknowledged request `failed` without carrying it out; false when it was no longer acknowledged. */
   giveUp(id: string, reason: string): Promise<boolean>;
   /** A run of `process` failed: true when it must be tried again, false when the request ended `failed`. */
@@ -406,12 +416,19 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * and announces its outcome (the answer a sync call would have got). Does nothing once the
    * request is no longer acknowledged (the job ran again after its commit).
    */
-  async function process(id: string): Promise<"processed" | "skipped"> {
+  async function process(id: string): Promise<"processed" | "skipped" | "deferred"> {
     // The outcome and its history, whose results are not needed, go out without waiting: answered
     // with the COMMIT.
     return db.transaction(async (tx) => {
-      const row = await requests.lockAcknowledged(tx, kind, id);
+      const row = await requests.lockAcknowledgedInTurn(tx, kind, id);
       if (!row) return "skipped";
+      if (row.earlier.length > 0) {
+        // Orange sent a change of the same licences first and it is not carried out yet (its run
+        // failed and waits for its retry, or has not started): this one goes after it, its
+        // attempts not counted.
+        await jobs.add(tx, { ...requestJob(kind, id), runAt: new Date(clock.now().getTime() + DEFER_MS) });
+        return "deferred";
+      }
       const cmd = codec.decode(row.request);
       const outcome = await carryOut(tx, id, cmd);
       await announce(tx, row.request, outcome, cmd);

@@ -107,6 +107,44 @@ export async function lockAcknowledged(
   return { request: row.request, answerMode: row.answer_mode ?? "async" };
 }
 
+/**
+ * The unfinished updates acknowledged before update `id` that name one of its licences, locked
+ * (see lockAcknowledgedInTurn). Exported for its plan's test.
+ */
+export function earlierUnfinishedUpdates(id: string): Sql {
+  return sql`
+    SELECT p.id FROM licence_update u JOIN licence_update p ON p.licence_ids && u.licence_ids
+     WHERE u.id = ${id} AND p.state = 'acknowledged' AND (p.created_at, p.id) < (u.created_at, u.id)
+     ORDER BY p.created_at, p.id
+       FOR UPDATE OF p`;
+}
+
+/**
+ * The same, and for an update the updates acknowledged before it (Orange sent them first) that
+ * name one of its licences and are still unfinished, locked, oldest first: empty when it is next
+ * for each of its licences. A run of an earlier one under way is waited for, in the same round
+ * trip; its commit finishes it, and it is not returned. Orders: never any (each creates what it
+ * names). So the changes of a licence are carried out in Orange's order, whatever the order in
+ * which their runs start (two at once, or a failed run tried again later).
+ */
+export async function lockAcknowledgedInTurn(
+  tx: Tx,
+  kind: RequestKind,
+  id: string,
+): Promise<{ request: JsonValue; answerMode: AnswerMode; earlier: string[] } | undefined> {
+  if (kind !== "update") {
+    const row = await lockAcknowledged(tx, kind, id);
+    return row && { ...row, earlier: [] };
+  }
+  const [[row], earlier] = (await tx.queryEach([
+    prepared(sql`SELECT request, state, answer_mode FROM licence_update WHERE id = ${id} FOR UPDATE`),
+    // The partial index of acknowledged updates' licences finds them (a few at most).
+    prepared(earlierUnfinishedUpdates(id)),
+  ])) as [{ request: JsonValue; state: RequestState; answer_mode: AnswerMode | null }[], { id: string }[]];
+  if (row?.state !== "acknowledged") return undefined;
+  return { request: row.request, answerMode: row.answer_mode ?? "async", earlier: earlier.map((e) => e.id) };
+}
+
 /** The request as Orange sent it. */
 export async function requestOf(q: Queryable, kind: RequestKind, id: string): Promise<JsonValue | undefined> {
   const [row] = await q.query<{ request: JsonValue }>(sql`SELECT request FROM ${TABLE[kind]} WHERE id = ${id}`);
