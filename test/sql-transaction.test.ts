@@ -129,6 +129,36 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
     expect(await d.prisma.$queryRaw`SELECT id FROM sql_tx_probe WHERE id = 'later-3'`).toEqual([]);
   });
 
+  it("writes the statements of one round trip to the socket at once: one write for BEGIN, those sent together and those left for later", async () => {
+    // Every write of the transaction's connection to its socket, by what it carried.
+    const writes: string[] = [];
+    const onAcquire = (client: pg.PoolClient) => {
+      const socket = (client as unknown as { connection: { stream: { _writev?: unknown; _write: unknown } } }).connection.stream;
+      const count = (chunks: Buffer[]) => {
+        const text = Buffer.concat(chunks).toString("latin1");
+        writes.push([/BEGIN/.test(text) && "BEGIN", ...(text.match(/sql_tx_probe \(id\) VALUES|SELECT count/g) ?? []), /COMMIT/.test(text) && "COMMIT"].filter(Boolean).join(" + "));
+      };
+      const own = socket as unknown as { _write(chunk: Buffer, enc: string, cb: () => void): void; _writev(chunks: { chunk: Buffer }[], cb: () => void): void };
+      const write = own._write.bind(own);
+      const writev = own._writev.bind(own);
+      own._write = (chunk, enc, cb) => (count([chunk]), write(chunk, enc, cb));
+      own._writev = (chunks, cb) => (count(chunks.map((c) => c.chunk)), writev(chunks, cb));
+    };
+    d.db.pool.once("acquire", onAcquire);
+    const n = await d.db.transaction(async (tx) => {
+      const [, [counted]] = (await tx.queryEach([
+        sql`INSERT INTO sql_tx_probe (id) VALUES (${"gathered-1"})`,
+        sql`SELECT count(*)::int AS n FROM sql_tx_probe WHERE id LIKE 'gathered-%'`,
+      ])) as [unknown[], { n: number }[]];
+      await tx.executeLater(sql`INSERT INTO sql_tx_probe (id) VALUES (${"gathered-2"})`);
+      return counted!.n;
+    });
+    expect(n).toBe(1);
+    // Two round trips, two writes: without gathering, pg writes each statement on its own (five).
+    expect(writes).toEqual(["BEGIN + sql_tx_probe (id) VALUES + SELECT count", "sql_tx_probe (id) VALUES + COMMIT"]);
+    expect(await d.prisma.$queryRaw`SELECT id FROM sql_tx_probe WHERE id LIKE 'gathered-%' ORDER BY id`).toEqual([{ id: "gathered-1" }, { id: "gathered-2" }]);
+  });
+
   it("reports the failure of a statement left for later, not that of the statements behind it (the transaction aborted)", async () => {
     await expect(
       d.db.transaction(async (tx) => {
