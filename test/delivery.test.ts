@@ -613,3 +613,44 @@ describe("events of another task's run", () => {
     }
   });
 });
+
+describe("an inline run that asks to run again (JobContext.runAgain)", () => {
+  it("runs again in the process after the delay, with no job row; a few times at most, then its task queues its job; at stop, its job", async () => {
+    const runs: { at: number; again: boolean | undefined }[] = [];
+    const w = await worker({
+      inlineSlots: 2,
+      stopTimeoutMs: 1_000,
+      tasks: {
+        again_inline: async (_payload, context) => {
+          const ask = runs.length < 7;
+          runs.push({ at: performance.now(), again: ask ? context.runAgain?.(runs.length === 6 ? 60_000 : 30) : undefined });
+        },
+      },
+    });
+    const jobsOfTask = async () =>
+      (
+        await database.prisma.$queryRawUnsafe<{ n: number }[]>(
+          "SELECT count(*)::int AS n FROM graphile_worker._private_jobs WHERE task_id = (SELECT id FROM graphile_worker._private_tasks WHERE identifier = 'again_inline')",
+        )
+      )[0]!.n;
+    const slot = w.worker.inline.reserve();
+    expect(slot).toBeDefined();
+    slot!.start({ task: "again_inline", payload: {}, key: "again:1" });
+    await waitFor("six runs", async () => runs.length >= 6);
+    // Five times again in memory, each after its delay; the sixth ask is refused (its task would
+    // queue its job), and no job row was ever written.
+    expect(runs.slice(0, 6).map((r) => r.again)).toEqual([true, true, true, true, true, false]);
+    for (let i = 1; i < 6; i++) expect(runs[i]!.at - runs[i - 1]!.at).toBeGreaterThanOrEqual(25);
+    expect(await jobsOfTask()).toBe(0);
+
+    // Another job asks to run again in a minute; the worker stops meanwhile: its job is queued for the next worker.
+    const second = w.worker.inline.reserve();
+    second!.start({ task: "again_inline", payload: {}, key: "again:2" });
+    await waitFor("the seventh run", async () => runs.length >= 7);
+    expect(runs[6]!.again).toBe(true);
+    await w.stop();
+    const [job] = await database.prisma.$queryRawUnsafe<{ key: string }[]>("SELECT key FROM graphile_worker._private_jobs WHERE key = 'again:2'");
+    expect(job).toEqual({ key: "again:2" });
+    expect(runs).toHaveLength(7);
+  });
+});

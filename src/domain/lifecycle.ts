@@ -188,6 +188,8 @@ export const PROVISION_TASK = "provision_command";
  * worker sees it at its next poll at the latest).
  */
 const DEFER_MS = 200;
+/** The same, for a run in the process that acknowledged the update (no job): most often, the earlier one's run is just starting. */
+const DEFER_INLINE_MS = 25;
 
 /**
  * How long a `sending` command belongs to its runner: one call's bound and a margin. Past it,
@@ -221,7 +223,7 @@ export interface RequestLifecycle<C extends RequestCommand = RequestCommand> {
    * The job's work on an acknowledged request; `deferred` when an earlier request of the same
    * licences is unfinished (its job runs it again a little later).
    */
-  process(id: string): Promise<"processed" | "skipped" | "deferred">;
+  process(id: string, runAgain?: (delayMs: number) => boolean): Promise<"processed" | "skipped" | "deferred">;
   /** Ends an acknowledged request `failed` without carrying it out; false when it was no longer acknowledged. */
   giveUp(id: string, reason: string): Promise<boolean>;
   /** A run of `process` failed: true when it must be tried again, false when the request ended `failed`. */
@@ -416,7 +418,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * and announces its outcome (the answer a sync call would have got). Does nothing once the
    * request is no longer acknowledged (the job ran again after its commit).
    */
-  async function process(id: string): Promise<"processed" | "skipped" | "deferred"> {
+  async function process(id: string, runAgain?: (delayMs: number) => boolean): Promise<"processed" | "skipped" | "deferred"> {
     // The outcome and its history, whose results are not needed, go out without waiting: answered
     // with the COMMIT.
     return db.transaction(async (tx) => {
@@ -424,9 +426,10 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       if (!row) return "skipped";
       if (row.earlier.length > 0) {
         // Orange sent a change of the same licences first and it is not carried out yet (its run
-        // failed and waits for its retry, or has not started): this one goes after it, its
-        // attempts not counted.
-        await jobs.add(tx, { ...requestJob(kind, id), runAt: new Date(clock.now().getTime() + DEFER_MS) });
+        // is about to start, or failed and waits for its retry): this one goes after it, its
+        // attempts not counted. Run inline, it looks again in a moment in this process; else,
+        // or after a few such looks, its job does.
+        if (!runAgain?.(DEFER_INLINE_MS)) await jobs.add(tx, { ...requestJob(kind, id), runAt: new Date(clock.now().getTime() + DEFER_MS) });
         return "deferred";
       }
       const cmd = codec.decode(row.request);

@@ -66,6 +66,12 @@ export interface JobContext {
   /** This run included. */
   attempt: number;
   signal: AbortSignal;
+  /**
+   * Inline runs only: runs this job again in this process after `delayMs`, without a job row;
+   * false when it cannot (the runner stopping or full, or the job already run again this way a
+   * few times): then the task queues its job.
+   */
+  runAgain?(delayMs: number): boolean;
 }
 
 export type TaskHandler = (payload: unknown, context: JobContext) => Promise<void>;

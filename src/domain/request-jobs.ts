@@ -49,14 +49,14 @@ export function createRequestTasks(deps: RequestJobsDeps): Record<string, TaskHa
   };
   for (const lifecycle of deps.lifecycles) {
     const { task, payloadKey } = REQUEST_JOBS[lifecycle.kind];
-    tasks[task] = async (payload) => {
+    tasks[task] = async (payload, context) => {
       const id = (payload as Record<string, unknown> | null)?.[payloadKey];
       if (typeof id !== "string" || id.length === 0) {
         deps.log?.warn({ task, payload }, `job without ${payloadKey}; dropped`);
         return;
       }
       try {
-        await lifecycle.process(id);
+        await lifecycle.process(id, context?.runAgain);
       } catch (error) {
         const transient = deps.isTransient(error);
         const again = await lifecycle.failedRun(id, error, transient);

@@ -246,6 +246,25 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   const inlineAbort = new AbortController();
   let inlineClosed = false;
 
+  /** Inline runs asked to run again (JobContext.runAgain), by their timers; and how often each job was. */
+  const inlineLater = new Map<NodeJS.Timeout, Job>();
+  const ranAgain = new WeakMap<Job, number>();
+
+  function runInlineLater(job: Job, delayMs: number): boolean {
+    const again = (ranAgain.get(job) ?? 0) + 1;
+    if (inlineClosed || again > INLINE_RUN_AGAIN_MAX || inlineHeld >= inlineSlots + inlineBacklog) return false;
+    ranAgain.set(job, again);
+    // It holds a place again until it has run (or, the runner stopping, got its job).
+    inlineHeld++;
+    const timer = setTimeout(() => {
+      inlineLater.delete(timer);
+      if (!inlineClosed && inlineRunning < inlineSlots) launchInline(job);
+      else inlineWaiting.push(job);
+    }, delayMs);
+    inlineLater.set(timer, job);
+    return true;
+  }
+
   function launchInline(job: Job): void {
     inlineRunning++;
     let done = false;
@@ -308,7 +327,8 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       const run: RunDeliveries = { keys: new Map(), inline: deliver !== undefined };
       // A run whose handler throws asked for another run: its job takes over, with graphile's
       // backoff from there (the handler has counted the failed attempt).
-      await committedDeliveryJobs.run(run, () => handler(job.payload, { attempt: 1, signal: inlineAbort.signal }));
+      const context = { attempt: 1, signal: inlineAbort.signal, runAgain: (delayMs: number) => runInlineLater(job, delayMs) };
+      await committedDeliveryJobs.run(run, () => handler(job.payload, context));
       if (deliver && run.keys.size > 0) {
         const helpers = { abortSignal: inlineAbort.signal, job: { id: `inline:${job.key ?? job.task}`, attempts: 1, key: job.key ?? null } };
         await deliverNow(deliver, run.keys, helpers as unknown as JobHelpers);
@@ -510,6 +530,12 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
         // Inline runs end first (their requests are acknowledged and have no job): within the stop
         // deadline, then aborted like graphile's; an aborted delivery hands its key to a job.
         inlineClosed = true;
+        // Those due to run again wait with the others: they get their jobs below.
+        for (const [timer, job] of inlineLater) {
+          clearTimeout(timer);
+          inlineWaiting.push(job);
+        }
+        inlineLater.clear();
         if (!(await settlesWithin(Promise.allSettled([...inlineRuns]), stopTimeoutMs))) {
           inlineAbort.abort();
           await settlesWithin(Promise.allSettled([...inlineRuns]), 5_000);
@@ -600,6 +626,8 @@ const RESTART_BASE_DELAY_MS = 250;
 const POOL_END_TIMEOUT_MS = 5_000;
 /** Inline runs waiting for a slot, at most (a few seconds of work at the rates this server reaches). */
 const INLINE_BACKLOG = 1_000;
+/** Times an inline run may ask to run again in memory (JobContext.runAgain) before its job takes over. */
+const INLINE_RUN_AGAIN_MAX = 5;
 /** A failed inline run's job: after a pause, then graphile's own backoff. */
 const INLINE_RETRY_DELAY_MS = 1_000;
 const RESTART_MAX_DELAY_MS = 5_000;
