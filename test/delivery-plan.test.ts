@@ -1,7 +1,7 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { HEADS_SQL } from "../src/events/delivery.js";
-import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { createTestDatabaseWithClient } from "./support/db.js";
 
 /**
  * The delivery's read of a key's next events must stay a range of the key's own index entries
@@ -11,12 +11,11 @@ import { createTestDatabase, type TestDatabase } from "./support/db.js";
  * prepared statement after its first runs) and custom, on a real PostgreSQL.
  */
 describe("the delivery's read of a key's next events, after statistics taken on a quiet outbox", () => {
-  let d: TestDatabase;
+  let session: Awaited<ReturnType<typeof createTestDatabaseWithClient>> | undefined;
   let client: pg.Client;
   beforeAll(async () => {
-    d = await createTestDatabase();
-    client = new pg.Client({ connectionString: d.url });
-    await client.connect();
+    session = await createTestDatabaseWithClient();
+    client = session.client;
     const body = JSON.stringify({ id: "ev", type: "updateNotification", time: "2026-11-30T00:00:00.000Z", resource: {} });
     // The past: 20,000 events delivered, 10 for each of 2,000 fleets; analysed then.
     await client.query(
@@ -34,10 +33,7 @@ describe("the delivery's read of a key's next events, after statistics taken on 
       [body],
     );
   });
-  afterAll(async () => {
-    await client?.end();
-    await d?.drop();
-  });
+  afterAll(async () => session?.close());
 
   /** Every index scan of outbox_event in the plan: the index and its condition. */
   async function indexScans(mode: "force_generic_plan" | "force_custom_plan"): Promise<{ index: string; cond: string }[]> {

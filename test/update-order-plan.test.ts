@@ -1,7 +1,7 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { earlierUnfinishedUpdates } from "../src/domain/requests.dal.js";
-import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { createTestDatabaseWithClient } from "./support/db.js";
 
 /**
  * Every run of an acknowledged update first asks which updates of the same licences, sent before
@@ -10,12 +10,11 @@ import { createTestDatabase, type TestDatabase } from "./support/db.js";
  * history: checked with EXPLAIN, generic and custom plans, on a real PostgreSQL.
  */
 describe("the run's look for earlier unfinished updates of the same licences", () => {
-  let d: TestDatabase;
+  let session: Awaited<ReturnType<typeof createTestDatabaseWithClient>> | undefined;
   let client: pg.Client;
   beforeAll(async () => {
-    d = await createTestDatabase();
-    client = new pg.Client({ connectionString: d.url });
-    await client.connect();
+    session = await createTestDatabaseWithClient();
+    client = session.client;
     // 20,000 updates of 5,000 licences, one in a hundred still acknowledged.
     await client.query(`
       INSERT INTO licence_update (id, request_hash, request, state, created_at, licence_ids)
@@ -24,10 +23,7 @@ describe("the run's look for earlier unfinished updates of the same licences", (
         FROM generate_series(1, 20000) g`);
     await client.query("VACUUM ANALYZE licence_update");
   });
-  afterAll(async () => {
-    await client?.end();
-    await d?.drop();
-  });
+  afterAll(async () => session?.close());
 
   for (const mode of ["force_generic_plan", "force_custom_plan"] as const) {
     it(`finds them through the acknowledged updates' index (${mode})`, async () => {

@@ -62,6 +62,25 @@ export async function createTestDatabase(): Promise<TestDatabase> {
 }
 
 /**
+ * A fresh database and one plain connection to it, for tests that set a session up (plan cache
+ * mode, prepared statements) and read plans with EXPLAIN; `close` ends the connection and drops
+ * the database.
+ */
+export async function createTestDatabaseWithClient(): Promise<{ database: TestDatabase; client: pg.Client; close(): Promise<void> }> {
+  const database = await createTestDatabase();
+  const client = new pg.Client({ connectionString: database.url });
+  await client.connect();
+  return {
+    database,
+    client,
+    async close() {
+      await client.end();
+      await database.drop();
+    },
+  };
+}
+
+/**
  * Makes graphile-worker's first completion of the job keyed `jobKey` fail, as it does when the
  * database goes away while the runner records a job's outcome; later completions pass. A
  * sequence, because it counts even in the transaction the exception rolls back.
