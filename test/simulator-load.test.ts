@@ -1,5 +1,5 @@
 import type { AddressInfo } from "node:net";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { startMockGateway } from "../src/simulator/gateway.js";
 import { renderLoadText, runLoad, type LatencyStats, type LoadOptions } from "../src/simulator/load.js";
 import { createTestApp, TEST_TOKEN, type TestApp } from "./support/app.js";
@@ -103,6 +103,22 @@ describe("simulator load mode", () => {
     expect(report.orders.errors).toBeGreaterThan(0);
     expect(Object.keys(report.errors.byStatus)).toHaveLength(1);
     expect(report.errors.sample[0]).toMatch(/^POST productOrder → /);
+  });
+
+  it("runs and reports the duration asked for on the monotonic clock, whatever the wall clock does (an NTP step)", async () => {
+    const wall = Date.now.bind(Date);
+    let step = 0;
+    const spy = vi.spyOn(Date, "now").mockImplementation(() => wall() + step);
+    try {
+      const stepped = setTimeout(() => (step = 60_000), 30);
+      const report = await runLoad(options({ target: "http://127.0.0.1:1", concurrency: 1, durationMs: 300, requestTimeoutMs: 1_000 }));
+      clearTimeout(stepped);
+      expect(step).toBe(60_000);
+      expect(report.durationMs).toBeGreaterThanOrEqual(300);
+      expect(report.orders.errors).toBeGreaterThan(0);
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it("refuses async ordering without a gateway to watch", async () => {

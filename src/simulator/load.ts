@@ -371,8 +371,11 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
 
   const runId = randomBytes(4).toString("hex");
   const started = performance.now();
-  const deadline = Date.now() + options.durationMs;
-  const inTime = () => Date.now() < deadline;
+  // One clock, the monotonic one, for the deadline and the measured length: on the wall clock the
+  // run ended early when the clock was stepped (NTP) and, its whole milliseconds against the
+  // measure's fractions, could be reported a millisecond short of its duration.
+  const deadline = started + options.durationMs;
+  const inTime = () => performance.now() < deadline;
 
   /** One scenario; returns "transport" when the target could not be reached. */
   async function iteration(vu: number, n: number): Promise<"ok" | "failed" | "transport"> {
