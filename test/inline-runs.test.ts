@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { request } from "undici";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { deferralDelayMs } from "../src/domain/lifecycle.js";
 import { LOST_RUN } from "../src/domain/request-jobs.js";
 import { startMockGateway, type MockGateway, type ReceivedEvent } from "../src/simulator/gateway.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
@@ -360,4 +361,10 @@ describe("an acknowledged request in a process that does not run the worker (ROL
     expect(await jobsFor(`order:${id}`)).toEqual([{ task: "process_order", key: `order:${id}` }]);
     expect(eventsOf(id)).toHaveLength(1);
   }, 60_000);
+});
+
+describe("an update waiting for an earlier one of its licences, through its job", () => {
+  it("looks again after a quarter of the time the earliest has waited, from 200 ms to 30 s", () => {
+    expect([0, 400, 800, 4_000, 60_000, 120_000, 3_600_000].map(deferralDelayMs)).toEqual([200, 200, 200, 1_000, 15_000, 30_000, 30_000]);
+  });
 });

@@ -183,11 +183,15 @@ export function requestJob(kind: RequestKind, id: string): Job {
 export const PROVISION_TASK = "provision_command";
 
 /**
- * How long an acknowledged update waits for an earlier one of the same licences (which failed
- * and waits for its retry, or has not started) before it looks again: its job's run time (a
- * worker sees it at its next poll at the latest).
+ * When an acknowledged update looks again, through its job, for the earlier unfinished update of
+ * the same licences it waits for (one whose run failed and waits for its retry, or has not
+ * started): a quarter of the time the earliest has waited so far, from 200 ms to 30 s, so that a
+ * run failing again and again is not polled ever more often (a worker sees the job at its next
+ * poll at the latest).
  */
-const DEFER_MS = 200;
+export function deferralDelayMs(earliestWaitedMs: number): number {
+  return Math.min(30_000, Math.max(200, Math.round(earliestWaitedMs / 4)));
+}
 /** The same, for a run in the process that acknowledged the update (no job): most often, the earlier one's run is just starting. */
 const DEFER_INLINE_MS = 25;
 
@@ -429,7 +433,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         // is about to start, or failed and waits for its retry): this one goes after it, its
         // attempts not counted. Run inline, it looks again in a moment in this process; else,
         // or after a few such looks, its job does.
-        if (!runAgain?.(DEFER_INLINE_MS)) await jobs.add(tx, { ...requestJob(kind, id), runAt: new Date(clock.now().getTime() + DEFER_MS) });
+        if (!runAgain?.(DEFER_INLINE_MS)) {
+          const now = clock.now().getTime();
+          const delayMs = deferralDelayMs(now - row.earlier[0]!.createdAt.getTime());
+          await jobs.add(tx, { ...requestJob(kind, id), runAt: new Date(now + delayMs) });
+        }
         return "deferred";
       }
       const cmd = codec.decode(row.request);

@@ -113,7 +113,7 @@ export async function lockAcknowledged(
  */
 export function earlierUnfinishedUpdates(id: string): Sql {
   return sql`
-    SELECT p.id FROM licence_update u JOIN licence_update p ON p.licence_ids && u.licence_ids
+    SELECT p.id, p.created_at FROM licence_update u JOIN licence_update p ON p.licence_ids && u.licence_ids
      WHERE u.id = ${id} AND p.state = 'acknowledged' AND (p.created_at, p.id) < (u.created_at, u.id)
      ORDER BY p.created_at, p.id
        FOR UPDATE OF p`;
@@ -131,7 +131,7 @@ export async function lockAcknowledgedInTurn(
   tx: Tx,
   kind: RequestKind,
   id: string,
-): Promise<{ request: JsonValue; answerMode: AnswerMode; earlier: string[] } | undefined> {
+): Promise<{ request: JsonValue; answerMode: AnswerMode; earlier: { id: string; createdAt: Date }[] } | undefined> {
   if (kind !== "update") {
     const row = await lockAcknowledged(tx, kind, id);
     return row && { ...row, earlier: [] };
@@ -140,9 +140,9 @@ export async function lockAcknowledgedInTurn(
     prepared(sql`SELECT request, state, answer_mode FROM licence_update WHERE id = ${id} FOR UPDATE`),
     // The partial index of acknowledged updates' licences finds them (a few at most).
     prepared(earlierUnfinishedUpdates(id)),
-  ])) as [{ request: JsonValue; state: RequestState; answer_mode: AnswerMode | null }[], { id: string }[]];
+  ])) as [{ request: JsonValue; state: RequestState; answer_mode: AnswerMode | null }[], { id: string; created_at: Date }[]];
   if (row?.state !== "acknowledged") return undefined;
-  return { request: row.request, answerMode: row.answer_mode ?? "async", earlier: earlier.map((e) => e.id) };
+  return { request: row.request, answerMode: row.answer_mode ?? "async", earlier: earlier.map((e) => ({ id: e.id, createdAt: e.created_at })) };
 }
 
 /** The request as Orange sent it. */
