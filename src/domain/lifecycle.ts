@@ -225,7 +225,8 @@ export interface RequestLifecycle<C extends RequestCommand = RequestCommand> {
   receive(cmd: C, mode: AnswerMode): Promise<Reply>;
   /**
    * The job's work on an acknowledged request; `deferred` when an earlier request of the same
-   * licences is unfinished (its job runs it again a little later).
+   * licences is unfinished: it runs again a little later, through `runAgain` when the caller
+   * offers it (an inline run, in memory) and it accepts, else through its job.
    */
   process(id: string, runAgain?: (delayMs: number) => boolean): Promise<"processed" | "skipped" | "deferred">;
   /** Ends an acknowledged request `failed` without carrying it out; false when it was no longer acknowledged. */
