@@ -411,6 +411,40 @@ describe("async answers, retries, parking and order per fleet", () => {
     expect(await t.db.licence.count({ where: { orderId: res.body.id } })).toBe(1);
   });
 
+  it("sends a queued command whose wake-up was lost (the process died once the one before it had committed): the sweep gives it its job", async () => {
+    const { t, partner } = s;
+    const placed = await t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
+    const fleetId = ((await eventFor(placed.body.id)).body as { resource: { orderItem: { productRef: { id: string } }[] } }).resource.orderItem[0]!.productRef.id;
+    const licence = (await t.call("GET", `${LIST_URL}?productRefId=${fleetId}`)).body[0].id as string;
+    // The application takes the suspension (202) and would report in a minute; the reactivation
+    // queues behind it in the fleet's lane.
+    partner.setMode({ mode: "later", delayMs: 60_000 });
+    const first = await t.call("POST", UPDATE_URL, suspend(licence));
+    const updateOf = async (r: CallResult) => t.db.licenceUpdate.findFirstOrThrow({ where: { orangeRef: r.body.externalReference.id } });
+    const firstCommand = await waitFor("the suspension waiting for the application", async () => {
+      const c = await commandOf(t, (await updateOf(first)).id);
+      return c.state === "waiting" ? c : undefined;
+    });
+    const second = await t.call("POST", UPDATE_URL, stateUpdate("active", licence));
+    const secondCommand = await waitFor("the reactivation queued behind it, its job done with", async () => {
+      const c = await commandOf(t, (await updateOf(second)).id).catch(() => undefined);
+      const jobs = await t.db.$queryRaw<{ n: number }[]>`SELECT count(*)::int AS n FROM graphile_worker._private_jobs WHERE key = ${`provision:${c?.id}`}`;
+      return c?.state === "queued" && jobs[0]!.n === 0 ? c : undefined;
+    });
+    // The suspension ends, and the process dies before it could wake the reactivation.
+    await t.db.$executeRaw`UPDATE provisioning_command SET state = 'done', finished_at = now() WHERE id = ${firstCommand.id}`;
+    await t.db.$executeRaw`UPDATE licence_update SET state = 'completed', completed_at = now() WHERE id = ${firstCommand.requestId}`;
+    partner.setMode({ mode: "ok" });
+
+    const swept = await worker.worker.sweep();
+    expect(swept.rescheduledRequests).toContain(`provision:${secondCommand.id}`);
+    await waitFor("the reactivation's event", () =>
+      gw.delivered().find((r) => (r.body as { resource: { externalReference?: { id?: string } } }).resource.externalReference?.id === second.body.externalReference.id),
+    );
+    expect((await commandOf(t, secondCommand.requestId)).state).toBe("done");
+    expect(partner.received.filter((r) => r.headers["webhook-id"] === secondCommand.id && r.status === 200)).toHaveLength(1);
+  });
+
   it("sends one fleet's commands in Orange's order, and never holds another fleet up", async () => {
     const { t, partner } = s;
     const fleetIdOf = async (orderId: string) =>

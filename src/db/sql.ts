@@ -70,6 +70,12 @@ export interface Tx extends Queryable {
    * fails the transaction all the same.
    */
   executeLater(statement: Statement): Promise<void>;
+  /**
+   * The same for a statement whose rows are wanted once the transaction has committed: sent at
+   * once and not waited for (its answer comes with the next round trip, COMMIT's at the latest);
+   * its failure fails the transaction, and the promise it returns is rejected then.
+   */
+  queryLater<T extends object = Record<string, unknown>>(statement: Statement): Promise<T[]>;
 }
 
 export interface TransactionOptions {
@@ -222,6 +228,15 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
         async executeLater(statement: Statement) {
           checkTime();
           unawaited.push(send(statement));
+        },
+        queryLater<R extends object>(statement: Statement) {
+          checkTime();
+          const sent = send<R & pg.QueryResultRow>(statement);
+          unawaited.push(sent);
+          const rows = sent.then((r) => r.rows as R[]);
+          // Seen by the transaction (through `settle`) whether or not the caller ever reads it.
+          rows.catch(() => {});
+          return rows;
         },
       };
       try {

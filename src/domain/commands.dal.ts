@@ -251,10 +251,28 @@ export interface NextCommand {
  * written with it (the attempt's history entry, the request's outcome: see `alongside`).
  */
 export async function settleCommand(tx: Tx, id: string, s: Settled, also: Sql[] = []): Promise<NextCommand[]> {
+  return distinctNext(await tx.query<NextCommand>(settleStatement(id, s, also)));
+}
+
+/**
+ * The same, sent without waiting for it: its answer comes with the transaction's COMMIT, and the
+ * commands whose turn may have come are known once the transaction has committed.
+ */
+export function settleCommandLater(tx: Tx, id: string, s: Settled, also: Sql[] = []): Promise<NextCommand[]> {
+  const next = tx.queryLater<NextCommand>(settleStatement(id, s, also)).then(distinctNext);
+  next.catch(() => {});
+  return next;
+}
+
+function distinctNext(rows: NextCommand[]): NextCommand[] {
+  const seen = new Set<string>();
+  return rows.filter((r) => !seen.has(r.id) && seen.add(r.id));
+}
+
+function settleStatement(id: string, s: Settled, also: Sql[]) {
   const final = !UNFINISHED.includes(s.state);
   const f = s.finishing;
-  const rows = await tx.query<NextCommand>(
-    prepared(sql`
+  return prepared(sql`
     WITH ${alongside(also)} finished AS (
       UPDATE provisioning_attempt SET finished_at = now(), outcome = ${f?.outcome ?? null}, status = ${f?.status ?? null}::int,
              error = ${f?.error ?? null}, response_body = ${f?.responseBody ?? null}, duration_ms = ${f?.durationMs ?? null}::int
@@ -277,10 +295,7 @@ export async function settleCommand(tx: Tx, id: string, s: Settled, also: Sql[] 
       FROM settled CROSS JOIN LATERAL unnest(settled.lanes) AS l(lane)
       JOIN provisioning_command p ON p.lanes @> ARRAY[l.lane] AND p.seq > settled.seq AND ${UNFINISHED_EARLIER}
      WHERE ${final}
-     ORDER BY l.lane, p.seq`),
-  );
-  const seen = new Set<string>();
-  return rows.filter((r) => !seen.has(r.id) && seen.add(r.id));
+     ORDER BY l.lane, p.seq`);
 }
 
 /** A parked command sent again by an operator: queued again with a fresh budget, its place kept. */

@@ -551,6 +551,19 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   }
 
   /**
+   * The same once the transaction that finished a command has committed (the usual outcomes of an
+   * attempt, whose settling statement goes out with the COMMIT). Should the database fail just
+   * then, or the process die, the sweep gives a queued command without a live job its job.
+   */
+  async function wakeAfterCommit(next: Promise<commands.NextCommand[]>): Promise<void> {
+    try {
+      for (const n of await next) await jobs.add(db, provisionJob(n.request_kind, n.id));
+    } catch {
+      // Left to the sweep (above).
+    }
+  }
+
+  /**
    * The command's next attempt, when it may go: the first (plan, partner ids, body, written
    * before the call) once its turn has come, or the next one when due. A plan the rules refuse
    * ends the request here, without a call.
@@ -679,7 +692,10 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     answering = false,
   ): Promise<Answered | undefined> {
     const bounds = stage!.retry;
-    return db.transaction(async (tx): Promise<Answered | undefined> => {
+    // The commands whose turn may have come, once this transaction has committed: the statement
+    // that settles the command goes out with the COMMIT, and they are woken after it.
+    let woken: Promise<commands.NextCommand[]> | undefined;
+    const answered = await db.transaction(async (tx): Promise<Answered | undefined> => {
       // The request is locked with the command (one round trip), whatever the command's state.
       const locked = await commands.lockWithRequest(tx, kind, commandId);
       if (!locked) return;
@@ -711,19 +727,17 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         case "done": {
           const outcome = await handler.apply(tx, row.request_id, cmd, plan, answer.licences);
           const response = await conclude(tx, request, outcome, cmd, { before: [tried()], answering, deferred: also });
-          const next = await commands.settleCommand(tx, commandId, { state: "done", result: answer.licences as unknown as JsonValue, ...seen }, also);
-          await wakeNext(tx, next);
+          woken = commands.settleCommandLater(tx, commandId, { state: "done", result: answer.licences as unknown as JsonValue, ...seen }, also);
           return response === undefined ? undefined : { state: outcome.state, response };
         }
         case "accepted":
           also.push(history.entriesStatement([tried()]));
-          await commands.settleCommand(tx, commandId, { state: "waiting", ...seen }, also);
+          void commands.settleCommandLater(tx, commandId, { state: "waiting", ...seen }, also);
           return;
         case "refused": {
           const outcome = handler.refused(row.request_id, cmd, plan, `the partner's application refused it: ${answer.reason}`, clock.now());
           const response = await conclude(tx, request, outcome, cmd, { before: [tried()], answering, deferred: also });
-          const next = await commands.settleCommand(tx, commandId, { state: "refused", ...seen }, also);
-          await wakeNext(tx, next);
+          woken = commands.settleCommandLater(tx, commandId, { state: "refused", ...seen }, also);
           return response === undefined ? undefined : { state: outcome.state, response };
         }
         case "rejected":
@@ -734,12 +748,14 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
             return park(tx, row, request, `no answer after ${attempt} attempts, the last: ${answer.error} (command ${commandId})`, finishing, [tried()], answering);
           }
           also.push(history.entriesStatement([tried({ nextAttemptAt: next.toISOString() })]));
-          await commands.settleCommand(tx, commandId, { state: "retrying", nextAttemptAt: next, ...seen }, also);
+          void commands.settleCommandLater(tx, commandId, { state: "retrying", nextAttemptAt: next, ...seen }, also);
           await jobs.add(tx, provisionJob(kind, commandId, next));
           return;
         }
       }
     });
+    if (woken) await wakeAfterCommit(woken);
+    return answered;
   }
 
   async function runCommand(commandId: string, signal?: AbortSignal): Promise<void> {
