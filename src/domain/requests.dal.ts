@@ -94,17 +94,25 @@ export async function storeResponse(tx: Tx, kind: RequestKind, id: string, respo
   await tx.execute(prepared(sql`UPDATE ${TABLE[kind]} SET response = ${JSON.stringify(response)}::json WHERE id = ${id}`));
 }
 
+type LockedRow = { request: JsonValue; state: RequestState; answer_mode: AnswerMode | null };
+
+const lockStatement = (kind: RequestKind, id: string) =>
+  prepared(sql`SELECT request, state, answer_mode FROM ${TABLE[kind]} WHERE id = ${id} FOR UPDATE`);
+
+function acknowledgedOf(row: LockedRow | undefined): { request: JsonValue; answerMode: AnswerMode } | undefined {
+  if (row?.state !== "acknowledged") return undefined;
+  // Rows stored before the answer mode was recorded were asynchronous (a sync one never stays acknowledged).
+  return { request: row.request, answerMode: row.answer_mode ?? "async" };
+}
+
 /** The stored request, locked, while it is still to be carried out; undefined once it is not. */
 export async function lockAcknowledged(
   tx: Tx,
   kind: RequestKind,
   id: string,
 ): Promise<{ request: JsonValue; answerMode: AnswerMode } | undefined> {
-  const [row] = await tx.query<{ request: JsonValue; state: RequestState; answer_mode: AnswerMode | null }>(prepared(sql`
-    SELECT request, state, answer_mode FROM ${TABLE[kind]} WHERE id = ${id} FOR UPDATE`));
-  if (row?.state !== "acknowledged") return undefined;
-  // Rows stored before the answer mode was recorded were asynchronous (a sync one never stays acknowledged).
-  return { request: row.request, answerMode: row.answer_mode ?? "async" };
+  const [row] = await tx.query<LockedRow>(lockStatement(kind, id));
+  return acknowledgedOf(row);
 }
 
 /**
@@ -137,12 +145,12 @@ export async function lockAcknowledgedInTurn(
     return row && { ...row, earlier: [] };
   }
   const [[row], earlier] = (await tx.queryEach([
-    prepared(sql`SELECT request, state, answer_mode FROM licence_update WHERE id = ${id} FOR UPDATE`),
+    lockStatement(kind, id),
     // The partial index of acknowledged updates' licences finds them (a few at most).
     prepared(earlierUnfinishedUpdates(id)),
-  ])) as [{ request: JsonValue; state: RequestState; answer_mode: AnswerMode | null }[], { id: string; created_at: Date }[]];
-  if (row?.state !== "acknowledged") return undefined;
-  return { request: row.request, answerMode: row.answer_mode ?? "async", earlier: earlier.map((e) => ({ id: e.id, createdAt: e.created_at })) };
+  ])) as [LockedRow[], { id: string; created_at: Date }[]];
+  const acknowledged = acknowledgedOf(row);
+  return acknowledged && { ...acknowledged, earlier: earlier.map((e) => ({ id: e.id, createdAt: e.created_at })) };
 }
 
 /** The request as Orange sent it. */
