@@ -40,7 +40,7 @@
  *   Past it, sync answers 503 (Orange's retry with the same reference resumes the same command)
  *   and auto answers `acknowledged`, the outcome then going out as an event.
  */
-import { prepared, type Db, type Sql, type Tx } from "../db/sql.js";
+import { prepared, type Db, type Queryable, type Sql, type Tx } from "../db/sql.js";
 import type { Clock } from "../lib/clock.js";
 import type { IdGenerator } from "../lib/ids.js";
 import type { JsonObject, JsonValue } from "../lib/json.js";
@@ -545,9 +545,9 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * A finished command hands its lanes on: the next command of each (which `settleCommand`
    * answers, in the statement that finished it) gets its job.
    */
-  async function wakeNext(tx: Tx, next: commands.NextCommand[]): Promise<void> {
+  async function wakeNext(q: Queryable, next: commands.NextCommand[]): Promise<void> {
     // The next command may carry out the other kind of request (an update after an order).
-    for (const n of next) await jobs.add(tx, provisionJob(n.request_kind, n.id));
+    for (const n of next) await jobs.add(q, provisionJob(n.request_kind, n.id));
   }
 
   /**
@@ -557,7 +557,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    */
   async function wakeAfterCommit(next: Promise<commands.NextCommand[]>): Promise<void> {
     try {
-      for (const n of await next) await jobs.add(db, provisionJob(n.request_kind, n.id));
+      await wakeNext(db, await next);
     } catch {
       // Left to the sweep (above).
     }

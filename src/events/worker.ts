@@ -258,11 +258,16 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     inlineHeld++;
     const timer = setTimeout(() => {
       inlineLater.delete(timer);
-      if (!inlineClosed && inlineRunning < inlineSlots) launchInline(job);
-      else inlineWaiting.push(job);
+      launchOrWait(job);
     }, delayMs);
     inlineLater.set(timer, job);
     return true;
+  }
+
+  /** A run holding its place: started when a slot is free; else (or stopping: it gets its job with the others) it waits. */
+  function launchOrWait(job: Job): void {
+    if (!inlineClosed && inlineRunning < inlineSlots) launchInline(job);
+    else inlineWaiting.push(job);
   }
 
   function launchInline(job: Job): void {
@@ -295,9 +300,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
         start(job) {
           if (used) return;
           used = true;
-          // Stopping: not started any more; it waits for its job with the others.
-          if (!inlineClosed && inlineRunning < inlineSlots) launchInline(job);
-          else inlineWaiting.push(job);
+          launchOrWait(job);
         },
       };
     },
