@@ -345,14 +345,15 @@ describe("async answers, retries, parking and order per fleet", () => {
     expect(await t.db.licence.count({ where: { orderId: res.body.id } })).toBe(2);
   });
 
-  it("sends again a retrying command whose job a dead worker took, once it is due for longer than a lease (not after the worker's lease)", async () => {
+  it("sends again a retrying command whose job a dead worker took, once that job has been held longer than a command's lease (not after the worker's lease)", async () => {
     const { t, partner } = s;
     partner.setMode({ mode: "down" });
     const res = await t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
     expect(res.body.state).toBe("acknowledged");
     const { id: commandId } = await commandOf(t, res.body.id);
-    // A worker killed just after it took the command's next job: the job stays locked (until the
-    // worker's lease, 60 s here), the command retrying, due long ago (past its 8 s lease).
+    // A worker killed just after it took the command's next job, 9 s ago: the job stays locked
+    // (until the worker's lease, 60 s here), longer than a command's lease (8 s), the command
+    // retrying, due since.
     const probe = new pg.Client({ connectionString: t.url });
     await probe.connect();
     try {
@@ -365,7 +366,7 @@ describe("async answers, retries, parking and order per fleet", () => {
         }
         await probe.query("UPDATE provisioning_command SET next_attempt_at = now() - interval '9 seconds' WHERE id = $1", [commandId]);
         const locked = await probe.query(
-          "UPDATE graphile_worker._private_jobs SET locked_at = now(), locked_by = 'killed-worker' WHERE key = $1 AND locked_at IS NULL",
+          "UPDATE graphile_worker._private_jobs SET locked_at = now() - interval '9 seconds', locked_by = 'killed-worker' WHERE key = $1 AND locked_at IS NULL",
           [`provision:${commandId}`],
         );
         await probe.query("COMMIT");

@@ -316,23 +316,20 @@ export async function hasLaterInLanes(q: Queryable, c: { seq: number; lanes: str
 /**
  * What the sweep looks at: commands that should be moving and may have no runner (queued,
  * retrying and due, sending past their lease), and those past the age bound (waiting for a 202
- * result that never came, say). `overdue`: retrying and due for longer than a lease, so that
- * whoever holds its job is presumed dead.
+ * result that never came, say).
  */
 export async function listStalled(
   q: Queryable,
-  bounds: { maxAgeMs: number; leaseMs: number },
+  maxAgeMs: number,
   limit: number,
-): Promise<{ id: string; request_kind: RequestKind; state: CommandState; expired: boolean; overdue: boolean }[]> {
+): Promise<{ id: string; request_kind: RequestKind; state: CommandState; expired: boolean }[]> {
   return q.query(sql`
-    SELECT id, request_kind, state::text AS state,
-           created_at < now() - ${bounds.maxAgeMs}::bigint * interval '1 millisecond' AS expired,
-           state = 'retrying' AND next_attempt_at <= now() - ${bounds.leaseMs}::bigint * interval '1 millisecond' AS overdue
+    SELECT id, request_kind, state::text AS state, created_at < now() - ${maxAgeMs}::bigint * interval '1 millisecond' AS expired
       FROM provisioning_command
      WHERE state = 'queued'
         OR (state = 'retrying' AND next_attempt_at <= now())
         OR (state = 'sending' AND lease_until <= now())
-        OR (state = 'waiting' AND created_at < now() - ${bounds.maxAgeMs}::bigint * interval '1 millisecond')
+        OR (state = 'waiting' AND created_at < now() - ${maxAgeMs}::bigint * interval '1 millisecond')
      ORDER BY seq
      LIMIT ${limit}`);
 }

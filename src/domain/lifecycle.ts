@@ -197,8 +197,8 @@ const DEFER_INLINE_MS = 25;
 
 /**
  * How long a `sending` command belongs to its runner: one call's bound and a margin. Past it,
- * the runner is presumed dead and the sweep sends the command again (so too a `retrying` one due
- * longer than this, whose job a dead worker took).
+ * the runner is presumed dead and the sweep sends the command again (so too a command whose job
+ * a worker has held longer than this: its worker died, say, just after it took the job).
  */
 export function commandLeaseMs(timeoutMs: number): number {
   return timeoutMs + 5_000;

@@ -39,8 +39,12 @@ export interface Job {
 export interface JobQueue {
   /** Adds the job in the caller's transaction: it exists once the transaction commits. */
   add(q: Queryable, job: Job): Promise<void>;
-  /** The keys, among these, that have no job left that can still run (gone, or out of attempts). */
-  withoutLiveJob(q: Queryable, keys: string[]): Promise<string[]>;
+  /**
+   * The keys, among these, that have no job left that can still run (gone, or out of attempts;
+   * with `heldLongerThanMs`, also one a worker has held longer than that: its worker is presumed
+   * dead, though the queue keeps its lock for its own, longer, lease).
+   */
+  withoutLiveJob(q: Queryable, keys: string[], heldLongerThanMs?: number): Promise<string[]>;
 }
 
 /**

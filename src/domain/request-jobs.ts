@@ -99,7 +99,7 @@ export function createRequestSweep(
    */
   async function sweepCommands(touched: string[]): Promise<void> {
     if (deps.commandMaxAgeMs === undefined || deps.commandLeaseMs === undefined) return;
-    const stalled = await commands.listStalled(deps.db, { maxAgeMs: deps.commandMaxAgeMs, leaseMs: deps.commandLeaseMs }, 1000);
+    const stalled = await commands.listStalled(deps.db, deps.commandMaxAgeMs, 1000);
     if (stalled.length === 0) return;
     const kinds = new Map<string, string>();
     for (const row of stalled) {
@@ -112,11 +112,10 @@ export function createRequestSweep(
         }
         continue;
       }
-      if (row.state === "sending" || row.overdue) {
-        // Sending past its lease, or retrying and due for as long, its runner is presumed dead:
-        // its job may still look alive (graphile keeps a dead worker's lock for WORKER_LEASE_MS),
-        // so another job takes over at once; the command's row lock and attempt number keep a
-        // late runner from sending or settling it twice.
+      if (row.state === "sending") {
+        // Past its lease, its runner is presumed dead: its job may still look alive (graphile
+        // keeps a dead worker's lock for WORKER_LEASE_MS), so another job takes over at once; the
+        // command's row lock and attempt number keep a late runner from sending or settling it twice.
         await deps.jobs.add(deps.db, provisionJob(lifecycle.kind, row.id));
         deps.log?.warn({ commandId: row.id, state: row.state }, "command past its lease (its runner died?); sent again");
         touched.push(`provision:${row.id}`);
@@ -124,7 +123,10 @@ export function createRequestSweep(
       }
       kinds.set(provisionJob(lifecycle.kind, row.id).key!, row.request_kind);
     }
-    for (const key of await deps.jobs.withoutLiveJob(deps.db, [...kinds.keys()])) {
+    // A job held longer than a command's lease is no runner's any more (a run lasts one call at
+    // most): its worker died, say just after it took the job of a command queued or due for its
+    // retry, and graphile would keep the lock for WORKER_LEASE_MS.
+    for (const key of await deps.jobs.withoutLiveJob(deps.db, [...kinds.keys()], deps.commandLeaseMs)) {
       const id = key.slice("provision:".length);
       await deps.jobs.add(deps.db, provisionJob(byKind.get(kinds.get(key)!)!.kind, id));
       deps.log?.warn({ commandId: id }, "command without a live job; rescheduled");

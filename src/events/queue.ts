@@ -29,12 +29,15 @@ export async function addJob(q: Queryable, job: QueuedJob): Promise<void> {
 
 export const jobQueue: JobQueue = {
   add: (q, job) => addJob(q, job),
-  async withoutLiveJob(q, keys) {
+  async withoutLiveJob(q, keys, heldLongerThanMs) {
     if (keys.length === 0) return [];
     const rows = await q.query<{ key: string }>(sql`
       SELECT k.key FROM unnest(${keys}::text[]) AS k(key)
        WHERE NOT EXISTS (
-         SELECT 1 FROM graphile_worker.jobs j WHERE j.key = k.key AND j.attempts < j.max_attempts)`);
+         SELECT 1 FROM graphile_worker.jobs j
+          WHERE j.key = k.key AND j.attempts < j.max_attempts
+            AND (${heldLongerThanMs ?? null}::bigint IS NULL OR j.locked_at IS NULL
+                 OR j.locked_at > now() - ${heldLongerThanMs ?? null}::bigint * interval '1 millisecond'))`);
     return rows.map((r) => r.key);
   },
 };
