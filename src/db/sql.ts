@@ -110,6 +110,8 @@ export interface CreateDbOptions {
   applicationName?: string;
   /** An idle pooled connection broke (database restart, network); the pool replaces it. */
   onPoolError?: (error: Error) => void;
+  /** How long a connection keeps its statements' plans (default PLAN_MAX_AGE_MS; see refreshPlans). */
+  planMaxAgeMs?: number;
 }
 
 /** A transaction ran past its bound; it was rolled back. */
@@ -131,6 +133,35 @@ const types = {
     oid === INT8_OID ? (value: string) => Number(value) : pg.types.getTypeParser(oid, format as "text")) as typeof pg.types.getTypeParser,
 };
 
+/** How long a pooled connection keeps the plans of its prepared statements (see refreshPlans). */
+export const PLAN_MAX_AGE_MS = 10_000;
+
+/**
+ * Keeps the plans of a pool's connections fresh: a connection handed out whose plans are older
+ * than `maxAgeMs` first drops them (DISCARD PLANS; its prepared statements stay prepared). By
+ * PostgreSQL's default, a prepared statement (every statement of this program is one) keeps the
+ * generic plan made at its sixth run, from the table sizes of that moment, until the next ANALYZE
+ * of its tables, and every pooled connection keeps its own. Made while a table was small (a fresh
+ * install, the start of a burst, until autovacuum analyses it again), that plan reads the whole
+ * table for what an index finds in a few pages: under load, the delivery of events read its whole
+ * attempt table for each event. Planning every run instead (plan_cache_mode=force_custom_plan)
+ * cost PostgreSQL nearly as much CPU as running the statements; planning again every ten seconds
+ * costs nothing measurable, and a plan is then never more than ten seconds of growth behind.
+ */
+export function refreshPlans(pool: pg.Pool, maxAgeMs = PLAN_MAX_AGE_MS): void {
+  const plannedSince = new WeakMap<pg.ClientBase, number>();
+  pool.on("connect", (client) => plannedSince.set(client, performance.now()));
+  pool.on("acquire", (client) => {
+    const now = performance.now();
+    if (now - (plannedSince.get(client) ?? now) < maxAgeMs) return;
+    plannedSince.set(client, now);
+    // Queued ahead of the statements of whoever acquired the connection.
+    client.query("DISCARD PLANS").catch(() => {
+      // A connection that fails here fails its next statement too, which reports it.
+    });
+  });
+}
+
 export function createDb(connectionString: string, options: CreateDbOptions = {}): Db {
   const pool = new pg.Pool({
     connectionString,
@@ -151,6 +182,7 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
   // leaves unhandled (the process would die): the statement in flight fails instead, and the
   // transaction's release drops the connection.
   pool.on("connect", (client) => client.on("error", () => {}));
+  refreshPlans(pool, options.planMaxAgeMs);
   const defaultTimeoutMs = options.transactionTimeoutMs ?? DEFAULT_TRANSACTION_TIMEOUT_MS;
 
   return {

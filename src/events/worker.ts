@@ -23,7 +23,7 @@ import pg from "pg";
 import { createDeliverEventsTask, schedule, type DeliveryObserver, type RetryPolicy } from "./delivery.js";
 import type { EventLogger } from "./http.js";
 import type { InlineRunner, Job, TaskHandler } from "../domain/ports.js";
-import { queryable } from "../db/sql.js";
+import { queryable, refreshPlans } from "../db/sql.js";
 import { addJob } from "./queue.js";
 import type { OrangeEventClient } from "./orange-client.js";
 import { committedDeliveryJobs, DELIVER_TASK, jobKeyOf, type RunDeliveries } from "./outbox.js";
@@ -45,6 +45,8 @@ export interface EventWorkerOptions {
   stopTimeoutMs?: number;
   /** Interval of the lease sweep (default 30 s, jittered). */
   sweepIntervalMs?: number;
+  /** How long a connection of the worker's pool keeps its statements' plans (default 10 s; src/db/sql.ts refreshPlans). */
+  planMaxAgeMs?: number;
   /** How often graphile looks for jobs that became due (retries); new jobs wake it at once. Default 1 s. */
   pollIntervalMs?: number;
   /** PostgreSQL application_name of the worker's connections. */
@@ -123,6 +125,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     if (!poolClosed) logger?.warn({ err: err.message }, "worker database connection failed; it will be replaced");
   });
   pool.on("connect", (client) => client.on("error", () => {}));
+  refreshPlans(pool, options.planMaxAgeMs);
   pool.onDoubleRelease = () => logger?.debug({}, "a worker database connection was released twice; ignored");
 
   let workerId: string | undefined;
