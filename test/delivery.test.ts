@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { setTimeout as delay } from "node:timers/promises";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { retryDelayMs } from "../src/events/delivery.js";
@@ -652,5 +653,53 @@ describe("an inline run that asks to run again (JobContext.runAgain)", () => {
     const [job] = await database.prisma.$queryRawUnsafe<{ key: string }[]>("SELECT key FROM graphile_worker._private_jobs WHERE key = 'again:2'");
     expect(job).toEqual({ key: "again:2" });
     expect(runs).toHaveLength(7);
+  });
+});
+
+describe("an acknowledgement whose inline run waits for a slot (backpressure)", () => {
+  it("is answered once its run starts, or after the bound when the run still waits; at once when a slot is free", async () => {
+    const started: string[] = [];
+    const releases = new Map<string, () => void>();
+    const w = await worker({
+      inlineSlots: 1,
+      inlineAckHoldMs: 400,
+      stopTimeoutMs: 1_000,
+      tasks: {
+        held_inline: async (payload) => {
+          const name = (payload as { name: string }).name;
+          started.push(name);
+          await new Promise<void>((resolve) => releases.set(name, resolve));
+        },
+      },
+    });
+    const state = (p: Promise<void>) => Promise.race([p.then(() => "answered"), delay(0).then(() => "held")]);
+    const job = (name: string) => ({ task: "held_inline", payload: { name }, key: `held:${name}` });
+
+    // A free slot: the run starts at once, and so does the answer.
+    const first = w.worker.inline.reserve()!.start(job("a"));
+    expect(await state(first)).toBe("answered");
+    await waitFor("a to start", async () => started.includes("a"));
+
+    // The slot busy: b waits, and its acknowledgement with it, until a is done and b starts.
+    const t0 = performance.now();
+    const second = w.worker.inline.reserve()!.start(job("b"));
+    await delay(150);
+    expect(await state(second)).toBe("held");
+    expect(started).toEqual(["a"]);
+    releases.get("a")!();
+    await second;
+    expect(started).toEqual(["a", "b"]);
+    expect(performance.now() - t0).toBeLessThan(400);
+
+    // b never ends: c's acknowledgement is answered after the bound, its run still waiting.
+    const t1 = performance.now();
+    const third = w.worker.inline.reserve()!.start(job("c"));
+    await third;
+    expect(performance.now() - t1).toBeGreaterThanOrEqual(390);
+    expect(started).toEqual(["a", "b"]);
+    releases.get("b")!();
+    await waitFor("c to start", async () => started.includes("c"));
+    releases.get("c")!();
+    await w.stop();
   });
 });

@@ -322,11 +322,15 @@ describe("inline runs waiting for a turn", () => {
   it("are handed to jobs when the server stops (SIGTERM), and carried out once by the next one", async () => {
     const first = await server("all", { WORKER_INLINE_CONCURRENCY: "1" });
     // The one slot is held by a run that stalls before its commit; the next orders wait in memory.
-    const drop = await onFirst("test_hold_first_run", "product_order", "BEFORE UPDATE OF state ON FOR EACH ROW", "PERFORM pg_sleep(2)", "NEW.state = 'completed'");
+    const drop = await onFirst("test_hold_first_run", "product_order", "BEFORE UPDATE OF state ON FOR EACH ROW", "PERFORM pg_sleep(5)", "NEW.state = 'completed'");
     try {
       const held = await order(first);
       await stalled();
-      const waiting = [await order(first), await order(first)];
+      // Their acknowledgements wait for their runs to start (backpressure), 2 s at most: answered
+      // then, the runs still waiting.
+      const asked = performance.now();
+      const waiting = await Promise.all([order(first), order(first)]);
+      expect(performance.now() - asked).toBeGreaterThanOrEqual(1_900);
       expect(await acknowledgedRuns(first, "order")).toEqual({ inline: 3, queued: 0 });
       const ended = await first.stop();
       expect(ended.code).toBe(0);

@@ -312,7 +312,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       if (!stored) slot.release();
     }
     if (!stored) return undefined;
-    slot.start(requestJob(kind, r.id));
+    // Answered once its run has started (or waited long enough): the request is durable already.
+    await slot.start(requestJob(kind, r.id));
     deps.telemetry?.requestAcknowledged?.({ kind, run: "inline" });
     return { requestId: r.id, replayed: false, response };
   }

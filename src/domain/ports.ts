@@ -59,8 +59,14 @@ export interface InlineRunner {
 }
 
 export interface InlineSlot {
-  /** Runs the job now, in the background; a run that fails is queued as a job by the runner. */
-  start(job: Job): void;
+  /**
+   * Runs the job in the background, now or once a slot is free (a run that fails is queued as a
+   * job by the runner). Resolves once it has started, or once it has waited for a slot longer
+   * than the runner's bound: the acknowledgement is answered then (backpressure: callers that
+   * send faster than the runs go are slowed down instead of piling up runs, and events, behind
+   * each other in memory).
+   */
+  start(job: Job): Promise<void>;
   /** Gives the slot back unused (the transaction rolled back). */
   release(): void;
 }

@@ -64,6 +64,11 @@ export interface EventWorkerOptions {
   /** Inline runs waiting for a slot, in memory (default 1,000); beyond them, jobs are queued. */
   inlineBacklog?: number;
   /**
+   * How long an acknowledgement whose run waits for a slot is held before it is answered all the
+   * same (default 2 s; see InlineSlot.start).
+   */
+  inlineAckHoldMs?: number;
+  /**
    * How long pending events may go without a job before the sweep gives their key one (default
    * 0): an inline run delivers the events it wrote without a job, and may still be at it.
    */
@@ -245,6 +250,9 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   let inlineHeld = 0;
   let inlineRunning = 0;
   const inlineWaiting: Job[] = [];
+  const inlineAckHoldMs = options.inlineAckHoldMs ?? INLINE_ACK_HOLD_MS;
+  /** Acknowledgements held until their run starts (InlineSlot.start), by job. */
+  const heldAcks = new Map<Job, () => void>();
   const inlineRuns = new Set<Promise<void>>();
   const inlineAbort = new AbortController();
   let inlineClosed = false;
@@ -267,13 +275,21 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     return true;
   }
 
-  /** A run holding its place: started when a slot is free; else (or stopping: it gets its job with the others) it waits. */
-  function launchOrWait(job: Job): void {
-    if (!inlineClosed && inlineRunning < inlineSlots) launchInline(job);
-    else inlineWaiting.push(job);
+  /**
+   * A run holding its place: started when a slot is free (true); else (or stopping: it gets its
+   * job with the others) it waits.
+   */
+  function launchOrWait(job: Job): boolean {
+    if (!inlineClosed && inlineRunning < inlineSlots) {
+      launchInline(job);
+      return true;
+    }
+    inlineWaiting.push(job);
+    return false;
   }
 
   function launchInline(job: Job): void {
+    heldAcks.get(job)?.();
     inlineRunning++;
     let done = false;
     const free = () => {
@@ -301,9 +317,20 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
           inlineHeld--;
         },
         start(job) {
-          if (used) return;
+          if (used) return Promise.resolve();
           used = true;
-          launchOrWait(job);
+          if (launchOrWait(job) || inlineClosed) return Promise.resolve();
+          // It waits for a slot: its acknowledgement waits too, up to the bound.
+          return new Promise<void>((resolve) => {
+            const answer = () => {
+              clearTimeout(timer);
+              heldAcks.delete(job);
+              resolve();
+            };
+            const timer = setTimeout(answer, inlineAckHoldMs);
+            timer.unref();
+            heldAcks.set(job, answer);
+          });
         },
       };
     },
@@ -315,6 +342,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
    */
   async function queueWaitingInline(): Promise<void> {
     const waiting = inlineWaiting.splice(0);
+    for (const job of waiting) heldAcks.get(job)?.();
     inlineHeld -= waiting.length;
     const q = queryable(pool);
     await Promise.all(
@@ -632,6 +660,11 @@ const RESTART_BASE_DELAY_MS = 250;
 const POOL_END_TIMEOUT_MS = 5_000;
 /** Inline runs waiting for a slot, at most (a few seconds of work at the rates this server reaches). */
 const INLINE_BACKLOG = 1_000;
+/**
+ * The longest an acknowledgement waits for its run to start (backpressure, InlineSlot.start):
+ * well under what an HTTP caller such as Orange's IT waits for an answer.
+ */
+const INLINE_ACK_HOLD_MS = 2_000;
 /** Times an inline run may ask to run again in memory (JobContext.runAgain) before its job takes over. */
 const INLINE_RUN_AGAIN_MAX = 5;
 /** A failed inline run's job: after a pause, then graphile's own backoff. */
