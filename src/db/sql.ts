@@ -145,8 +145,9 @@ export const PLAN_MAX_AGE_MS = 10_000;
  * install, the start of a burst, until autovacuum analyses it again), that plan reads the whole
  * table for what an index finds in a few pages: under load, the delivery of events read its whole
  * attempt table for each event. Planning every run instead (plan_cache_mode=force_custom_plan)
- * cost PostgreSQL nearly as much CPU as running the statements; planning again every ten seconds
- * costs nothing measurable, and a plan is then never more than ten seconds of growth behind.
+ * made PostgreSQL spend about half as long planning as running the statements; planning again
+ * every ten seconds costs a handful of plans per connection, and a plan is then never more than
+ * ten seconds of growth behind.
  */
 export function refreshPlans(pool: pg.Pool, maxAgeMs = PLAN_MAX_AGE_MS): void {
   const plannedSince = new WeakMap<pg.ClientBase, number>();
