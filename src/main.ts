@@ -269,6 +269,7 @@ async function main(): Promise<void> {
     // (its runner refuses every run unless ROLE=all and WORKER_INLINE_CONCURRENCY > 0).
     if (worker) services.runInline(worker.worker.inline);
     metrics.watchPool("worker", () => worker?.worker.pool);
+    if (worker && config.role === "all") metrics.watchInline(() => worker.worker.inlineLoad());
     if (app) {
       await app.listen({ host: config.host, port: config.port });
       log.info(

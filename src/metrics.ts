@@ -85,6 +85,8 @@ export interface Metrics {
   provisioningAttempt(outcome: (typeof PROVISIONING_OUTCOMES)[number], durationMs: number): void;
   /** Reports a connection pool (the API's is watched from the start; the worker's once it runs). */
   watchPool(name: string, pool: () => pg.Pool | undefined): void;
+  /** Reports the inline runs of this process's worker (ROLE=all), once it runs. */
+  watchInline(load: () => { running: number; waiting: number } | undefined): void;
 }
 
 let processRegistry: Registry | undefined;
@@ -174,6 +176,19 @@ export function createMetrics(options: MetricsOptions): Metrics {
   poolGauge("partner_db_pool_idle_connections", "Connections of the pool open and not in use", (p) => p.idleCount);
   poolGauge("partner_db_pool_waiting_clients", "Callers waiting for a connection of the pool (all in use)", (p) => p.waitingCount);
   poolGauge("partner_db_pool_max_connections", "Most connections the pool opens", (p) => p.options.max ?? 10);
+  let inlineLoad: () => { running: number; waiting: number } | undefined = () => undefined;
+  new Gauge({
+    name: "partner_inline_runs",
+    help:
+      "Acknowledged requests carried out by this process (ROLE=all): running, and waiting for a slot (their acknowledgements held until they start, 2 s at most: backpressure)",
+    labelNames: ["state"] as const,
+    registers,
+    collect() {
+      const load = inlineLoad();
+      this.reset();
+      if (load) for (const state of ["running", "waiting"] as const) this.set({ state }, load[state]);
+    },
+  });
 
   // --- read from PostgreSQL at scrape time, cached ---------------------------------------------
 
@@ -316,6 +331,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
     provisioningAttempt: (outcome, durationMs) => provisioning.observe({ outcome }, durationMs / 1000),
     watchPool(name, pool) {
       pools.set(name, pool);
+    },
+    watchInline(load) {
+      inlineLoad = load;
     },
   };
 }

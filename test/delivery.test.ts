@@ -686,6 +686,7 @@ describe("an acknowledgement whose inline run waits for a slot (backpressure)", 
     await delay(150);
     expect(await state(second)).toBe("held");
     expect(started).toEqual(["a"]);
+    expect(w.worker.inlineLoad()).toEqual({ running: 1, waiting: 1 });
     releases.get("a")!();
     await second;
     expect(started).toEqual(["a", "b"]);

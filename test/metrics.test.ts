@@ -108,6 +108,7 @@ describe("GET /metrics after real traffic", () => {
       onTokenRequest: metrics.tokenRequest,
     });
     metrics.watchPool("worker", () => worker?.worker.pool);
+    metrics.watchInline(() => worker?.worker.inlineLoad());
   });
 
   afterAll(async () => {
@@ -222,6 +223,9 @@ describe("GET /metrics after real traffic", () => {
     expect(value("partner_db_pool_max_connections", { pool: "worker" })).toBe(8);
     expect(value("partner_db_pool_connections", { pool: "api" })).toBeGreaterThanOrEqual(1);
     expect(value("partner_db_pool_connections", { pool: "worker" })).toBeGreaterThanOrEqual(1);
+    // The inline runs, read from the worker at the scrape: none left under way or waiting.
+    expect(value("partner_inline_runs", { state: "running" })).toBe(0);
+    expect(value("partner_inline_runs", { state: "waiting" })).toBe(0);
     expect(value("partner_db_pool_waiting_clients", { pool: "api" })).toBe(0);
     // prom-client's process metrics.
     expect(value("process_cpu_user_seconds_total")).toBeGreaterThan(0);

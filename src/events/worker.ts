@@ -84,6 +84,12 @@ export interface SweepResult {
   rescheduledRequests: string[];
 }
 
+/** What the inline runner carries now. */
+export interface InlineLoad {
+  running: number;
+  waiting: number;
+}
+
 /** Whether the worker can do its work, for the readiness check (GET /health/ready). */
 export interface WorkerHealth {
   /**
@@ -102,6 +108,8 @@ export interface EventWorker {
   readonly pool: pg.Pool;
   /** Runs a job here as soon as its transaction commits, with no job row (the domain's InlineRunner). */
   readonly inline: InlineRunner;
+  /** Inline runs under way and waiting for a slot (their acknowledgements held, 2 s at most), for the metrics. */
+  inlineLoad(): InlineLoad;
   /** The runner's state and a `SELECT 1` on the worker's pool, bounded by `timeoutMs`. */
   health(timeoutMs: number): Promise<WorkerHealth>;
   /** The lease sweep and the missing-job check; also runs on its own every sweepIntervalMs. */
@@ -556,6 +564,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     },
     pool,
     inline,
+    inlineLoad: () => ({ running: inlineRunning, waiting: inlineWaiting.length }),
     health,
     sweep,
     stop() {
