@@ -24,6 +24,7 @@ import type pg from "pg";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { sql, type Db } from "./db/sql.js";
 import type { Telemetry } from "./domain/ports.js";
+import type { InlineLoad } from "./events/worker.js";
 import { systemClock, type Clock } from "./lib/clock.js";
 
 /** Event states counted from the table: those an event leaves (pending) or an operator must act on (dead). */
@@ -86,7 +87,7 @@ export interface Metrics {
   /** Reports a connection pool (the API's is watched from the start; the worker's once it runs). */
   watchPool(name: string, pool: () => pg.Pool | undefined): void;
   /** Reports the inline runs of this process's worker (ROLE=all), once it runs. */
-  watchInline(load: () => { running: number; waiting: number } | undefined): void;
+  watchInline(load: () => InlineLoad | undefined): void;
 }
 
 let processRegistry: Registry | undefined;
@@ -176,7 +177,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   poolGauge("partner_db_pool_idle_connections", "Connections of the pool open and not in use", (p) => p.idleCount);
   poolGauge("partner_db_pool_waiting_clients", "Callers waiting for a connection of the pool (all in use)", (p) => p.waitingCount);
   poolGauge("partner_db_pool_max_connections", "Most connections the pool opens", (p) => p.options.max ?? 10);
-  let inlineLoad: () => { running: number; waiting: number } | undefined = () => undefined;
+  let inlineLoad: () => InlineLoad | undefined = () => undefined;
   new Gauge({
     name: "partner_inline_runs",
     help:
