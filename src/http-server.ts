@@ -40,6 +40,7 @@ const DROP_LOG_INTERVAL_MS = 10_000;
 export function createHttpFront(deps: HttpFrontDeps): HttpFront {
   const { limits } = deps;
   let draining = false;
+  let server: Server | undefined;
   let log: FastifyBaseLogger | undefined;
   let dropped = 0;
   let lastDropLog = 0;
@@ -48,7 +49,7 @@ export function createHttpFront(deps: HttpFrontDeps): HttpFront {
 
   return {
     serverFactory(handler) {
-      const server = createServer(
+      const created = createServer(
         {
           headersTimeout: limits.headersTimeoutMs,
           requestTimeout: limits.requestTimeoutMs,
@@ -71,8 +72,8 @@ export function createHttpFront(deps: HttpFrontDeps): HttpFront {
           if (!deps.pingFastPath.handle(req, res)) handler(req, res);
         },
       );
-      server.maxConnections = limits.maxConnections;
-      server.on("drop", () => {
+      created.maxConnections = limits.maxConnections;
+      created.on("drop", () => {
         dropped++;
         const now = Date.now();
         if (now - lastDropLog >= DROP_LOG_INTERVAL_MS) {
@@ -81,18 +82,19 @@ export function createHttpFront(deps: HttpFrontDeps): HttpFront {
           dropped = 0;
         }
       });
-      server.on("checkExpectation", (req: IncomingMessage, res: ServerResponse) => {
+      created.on("checkExpectation", (req: IncomingMessage, res: ServerResponse) => {
         sendRawError(
           res,
           new ExpectationFailed(`Expect: ${req.headers.expect} is not supported; only 100-continue is`),
           deps.requestId(req),
         );
       });
-      server.on("connect", (req: IncomingMessage, socket: Socket) => {
+      created.on("connect", (req: IncomingMessage, socket: Socket) => {
         const err = new MethodNotAllowed("CONNECT is not allowed: this server is not a proxy", ["GET", "POST"]);
         socket.end(rawErrorResponse(err, deps.requestId(req)));
       });
-      return server;
+      server = created;
+      return created;
     },
 
     clientErrorHandler(err, socket) {
@@ -111,6 +113,16 @@ export function createHttpFront(deps: HttpFrontDeps): HttpFront {
     drain() {
       draining = true;
       deps.pingFastPath.disable();
+      // Closing, Node ends the connections idle at that moment only: one whose request is still
+      // under way would stay open after its answer, kept alive for HTTP_KEEP_ALIVE_TIMEOUT_MS (a
+      // caller such as Orange's IT keeps its connections), and the stop would wait for it past
+      // its own deadline. Each connection is ended as soon as it is idle, until the server closed.
+      const s = server;
+      if (!s) return;
+      s.closeIdleConnections();
+      const sweep = setInterval(() => s.closeIdleConnections(), 50);
+      sweep.unref();
+      s.once("close", () => clearInterval(sweep));
     },
 
     setLogger(logger) {
