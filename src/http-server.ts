@@ -36,6 +36,8 @@ export interface HttpFront {
 }
 
 const DROP_LOG_INTERVAL_MS = 10_000;
+/** How long a connection is kept alive after an answer once the server is closing. */
+const DRAINING_KEEP_ALIVE_MS = 1_000;
 
 export function createHttpFront(deps: HttpFrontDeps): HttpFront {
   const { limits } = deps;
@@ -116,13 +118,9 @@ export function createHttpFront(deps: HttpFrontDeps): HttpFront {
       // Closing, Node ends the connections idle at that moment only: one whose request is still
       // under way would stay open after its answer, kept alive for HTTP_KEEP_ALIVE_TIMEOUT_MS (a
       // caller such as Orange's IT keeps its connections), and the stop would wait for it past
-      // its own deadline. Each connection is ended as soon as it is idle, until the server closed.
-      const s = server;
-      if (!s) return;
-      s.closeIdleConnections();
-      const sweep = setInterval(() => s.closeIdleConnections(), 50);
-      sweep.unref();
-      s.once("close", () => clearInterval(sweep));
+      // its own deadline. From now on a connection is kept alive a second after an answer: a
+      // request arriving on it meanwhile still gets its 503 (above), then it is ended.
+      if (server) server.keepAliveTimeout = Math.min(server.keepAliveTimeout, DRAINING_KEEP_ALIVE_MS);
     },
 
     setLogger(logger) {
