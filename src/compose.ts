@@ -30,6 +30,8 @@ export interface ServiceDeps {
   partnerName: string;
   /** Failed runs of an acknowledged request (not transient) before it ends `failed`. */
   requestMaxAttempts: number;
+  /** Async requests of at most this many licences are carried out before their acknowledgement, inline (default: AT_ONCE_MAX_LICENCES). */
+  atOnceMaxLicences?: number;
   /** The partner's application carries out every order and change (PROVISIONING_MODE=webhook). */
   provisioning?: ProvisioningStage;
   clock?: Clock;
@@ -80,7 +82,7 @@ export function createServices(deps: ServiceDeps): Services {
   const codecs = createCodecs({ catalogue, partnerName: deps.partnerName });
   const metrics = deps.metrics ?? createMetrics({ db });
   const inline: { current?: InlineRunner } = {};
-  const common = { db, clock, ids, outbox, jobs: jobQueue, maxAttempts: deps.requestMaxAttempts, provisioning: deps.provisioning, telemetry: metrics.telemetry, inline };
+  const common = { db, clock, ids, outbox, jobs: jobQueue, maxAttempts: deps.requestMaxAttempts, atOnceMaxLicences: deps.atOnceMaxLicences, provisioning: deps.provisioning, telemetry: metrics.telemetry, inline };
   const orders = createRequestLifecycle({ ...common, codec: codecs.order, handler: createOrderHandler({ catalogue, clock, ids }) });
   const updates = createRequestLifecycle({ ...common, codec: codecs.update, handler: createUpdateHandler({ catalogue, clock }) });
   const lifecycles = [orders, updates];

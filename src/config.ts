@@ -41,6 +41,11 @@ const EnvSchema = z.object({
   DATABASE_TRANSACTION_TIMEOUT_MS: z.coerce.number().int().min(1000).default(60000),
   /** Failed runs of an acknowledged (async) request, for a reason that is not transient, before it ends failed. */
   REQUEST_MAX_ATTEMPTS: z.coerce.number().int().min(1).default(5),
+  /**
+   * An async request of at most this many licences is carried out before it is answered
+   * `acknowledged` (ROLE=all, a free inline slot); 0: every one is acknowledged first.
+   */
+  ASYNC_AT_ONCE_MAX_LICENCES: z.coerce.number().int().min(0).default(100),
   BODY_LIMIT_BYTES: z.coerce.number().int().min(1024).default(10 * 1024 * 1024),
   /** Inbound connections: a client must send its headers, then its whole request, within these. */
   HTTP_HEADERS_TIMEOUT_MS: z.coerce.number().int().min(100).default(10_000),
@@ -187,6 +192,8 @@ export interface Config {
   databaseConnectTimeoutMs: number;
   transactionTimeoutMs: number;
   requestMaxAttempts: number;
+  /** Async requests of at most this many licences are carried out before their acknowledgement (inline). */
+  asyncAtOnceMaxLicences: number;
   bodyLimitBytes: number;
   http: HttpLimits;
   orderMaxQuantity: number;
@@ -312,6 +319,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     databaseConnectTimeoutMs: e.DATABASE_CONNECT_TIMEOUT_MS,
     transactionTimeoutMs: e.DATABASE_TRANSACTION_TIMEOUT_MS,
     requestMaxAttempts: e.REQUEST_MAX_ATTEMPTS,
+    asyncAtOnceMaxLicences: e.ASYNC_AT_ONCE_MAX_LICENCES,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     http: {
       headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS,

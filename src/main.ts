@@ -237,6 +237,7 @@ async function main(): Promise<void> {
       catalogue,
       partnerName: config.partnerName,
       requestMaxAttempts: config.requestMaxAttempts,
+      atOnceMaxLicences: config.asyncAtOnceMaxLicences,
       // An inline run (no job) is presumed dead after the lease, as a job's run is.
       inlineGraceMs: config.worker.leaseMs,
       log: log.child({ component: "requests" }),

@@ -704,3 +704,82 @@ describe("an acknowledgement whose inline run waits for a slot (backpressure)", 
     await w.stop();
   });
 });
+
+describe("work run in an inline slot for a caller that waits (InlineSlot.runNow)", () => {
+  it("answers the caller with the work's result, then delivers the events it committed, without a job", async () => {
+    const w = await worker({ inlineSlots: 1, inlineAckHoldMs: 2_000 });
+    const done = await w.worker.inline.reserve()!.runNow(async () => {
+      const event = await store().transaction((tx) =>
+        enqueueEvent(tx, { api: "productordering", type: "completedStateNotification", resource: { fleet: "fl_now" }, fleetId: "fl_now" }, clock, ids),
+      );
+      return event.id;
+    });
+    expect(done).toEqual({ result: expect.stringMatching(/^ev/) });
+    const row = await waitFor("delivery", async () => {
+      const r = await eventRow(db(), done!.result);
+      return r?.state === "delivered" ? r : undefined;
+    });
+    expect(row.attempts).toBe(1);
+    expect(deliveredIds("fl_now")).toEqual([done!.result]);
+    // Delivered by the slot: the outbox added no job for the key.
+    expect(await jobsOf(db(), "fl_now")).toBe(0);
+    await waitFor("the slot to be free", async () => w.worker.inlineLoad().running === 0);
+  });
+
+  it("waits for a slot; past the bound the work never runs and the slot is given back; work that throws frees its slot", async () => {
+    const w = await worker({
+      inlineSlots: 1,
+      inlineAckHoldMs: 300,
+      tasks: { held_inline: () => new Promise<void>((resolve) => (release = resolve)) },
+    });
+    let release: (() => void) | undefined;
+    await w.worker.inline.reserve()!.start({ task: "held_inline", payload: {}, key: "held:a" });
+    await waitFor("the run to hold the slot", async () => release !== undefined);
+
+    // The slot busy: the work waits, then runs once it is free.
+    const ran: string[] = [];
+    const waiting = w.worker.inline.reserve()!.runNow(async () => ran.push("b"));
+    await delay(100);
+    expect(ran).toEqual([]);
+    expect(w.worker.inlineLoad()).toEqual({ running: 1, waiting: 1 });
+    release!();
+    expect(await waiting).toEqual({ result: 1 });
+    expect(ran).toEqual(["b"]);
+
+    // Busy past the bound: undefined, the work never ran, and its place is given back.
+    release = undefined;
+    await w.worker.inline.reserve()!.start({ task: "held_inline", payload: {}, key: "held:c" });
+    await waitFor("the run to hold the slot", async () => release !== undefined);
+    expect(await w.worker.inline.reserve()!.runNow(async () => ran.push("d"))).toBeUndefined();
+    expect(w.worker.inlineLoad()).toEqual({ running: 1, waiting: 0 });
+    release!();
+    await waitFor("the slot to be free", async () => w.worker.inlineLoad().running === 0);
+    await delay(50);
+    expect(ran).toEqual(["b"]);
+
+    // Work that throws: the caller gets the error, and the slot serves the next one.
+    await expect(w.worker.inline.reserve()!.runNow(async () => Promise.reject(new Error("rolled back")))).rejects.toThrow("rolled back");
+    expect(await w.worker.inline.reserve()!.runNow(async () => "next")).toEqual({ result: "next" });
+  });
+
+  it("at stop, work still waiting for a slot never runs: its caller is told at once", async () => {
+    let release: (() => void) | undefined;
+    const w = await worker({
+      inlineSlots: 1,
+      inlineAckHoldMs: 10_000,
+      stopTimeoutMs: 2_000,
+      tasks: { held_inline: () => new Promise<void>((resolve) => (release = resolve)) },
+    });
+    await w.worker.inline.reserve()!.start({ task: "held_inline", payload: {}, key: "held:s" });
+    await waitFor("the run to hold the slot", async () => release !== undefined);
+    let ran = false;
+    const waiting = w.worker.inline.reserve()!.runNow(async () => (ran = true));
+    const t0 = performance.now();
+    const stopping = w.stop();
+    expect(await waiting).toBeUndefined();
+    expect(performance.now() - t0).toBeLessThan(1_000);
+    release!();
+    await stopping;
+    expect(ran).toBe(false);
+  });
+});

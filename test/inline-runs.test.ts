@@ -105,6 +105,9 @@ async function post(s: ServerProcess, path: string, body: unknown): Promise<{ st
   return { status: res.statusCode, body: (await res.body.json()) as Record<string, unknown> };
 }
 
+/** Every async request acknowledged first, then carried out by its run (none carried out before its acknowledgement). */
+const ACK_FIRST = { ASYNC_AT_ONCE_MAX_LICENCES: "0" };
+
 const until = <T,>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> => waitFor(what, probe, timeoutMs);
 
 /**
@@ -161,9 +164,11 @@ async function historyKinds(requestId: string): Promise<string[]> {
 }
 
 describe("an acknowledged request in the process that acknowledged it (ROLE=all)", () => {
-  it("is carried out at once and its event delivered without any job: none added for the request or its fleet", async () => {
+  it("is carried out before it is acknowledged, and its event delivered without any job: none added for the request or its fleet", async () => {
     const s = await server("all");
     const { id } = await order(s, 3);
+    // Small (3 licences): stored, carried out and announced in the transaction that answered it.
+    expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id } })).toMatchObject({ state: "completed" });
     const [event] = await until("the order's event", () => (eventsOf(id).length > 0 ? eventsOf(id) : undefined));
     expect(event!.body).toMatchObject({ type: "completedStateNotification", resource: { id, state: "completed" } });
 
@@ -174,9 +179,50 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
     expect(outboxEvent).toMatchObject({ state: "delivered", attempts: 1 });
     // Nothing went through the queue: no job for the order, none for its fleet's events.
     expect(await jobsFor(`order:${id}`, `deliver:${outboxEvent!.fleetId}`)).toEqual([]);
-    expect(await historyKinds(id)).toEqual(["request.received", "request.answered", "request.completed"]);
+    // Acknowledged once carried out: the history says it in that order.
+    expect(await historyKinds(id)).toEqual(["request.received", "request.completed", "request.answered"]);
     expect(eventsOf(id)).toHaveLength(1);
     expect(await acknowledgedRuns(s, "order")).toEqual({ inline: 1, queued: 0 });
+  }, 60_000);
+
+  it("over ASYNC_AT_ONCE_MAX_LICENCES, is acknowledged first and carried out by its run, without a job either", async () => {
+    const s = await server("all", { ASYNC_AT_ONCE_MAX_LICENCES: "2" });
+    const small = await order(s, 2);
+    const large = await order(s, 3);
+    await until("both orders' events", () => (eventsOf(small.id).length > 0 && eventsOf(large.id).length > 0 ? true : undefined));
+    expect(await historyKinds(small.id)).toEqual(["request.received", "request.completed", "request.answered"]);
+    expect(await historyKinds(large.id)).toEqual(["request.received", "request.answered", "request.completed"]);
+    for (const o of [small, large]) {
+      expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id: o.id } })).toMatchObject({ state: "completed", attempts: 0 });
+      expect(await jobsFor(`order:${o.id}`)).toEqual([]);
+    }
+    expect(await database.prisma.licence.count({ where: { orderId: large.id } })).toBe(3);
+    expect(await acknowledgedRuns(s, "order")).toEqual({ inline: 2, queued: 0 });
+  }, 60_000);
+
+  it("whose transaction fails before it is acknowledged is stored with a job instead, and ends completed once", async () => {
+    const s = await server("all");
+    // The transaction that carries it out cannot write its outcome (a serialization failure, as under contention).
+    const drop = await onFirst(
+      "test_fail_at_once",
+      "product_order",
+      "BEFORE UPDATE OF state ON FOR EACH ROW",
+      "RAISE EXCEPTION 'injected: could not serialize access' USING ERRCODE = '40001'",
+      "NEW.state = 'completed'",
+    );
+    try {
+      const { id } = await order(s);
+      await until("the order's event", () => (eventsOf(id).length > 0 ? true : undefined));
+      // The failed transaction left nothing: the request was stored by the next one, with its job.
+      expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id } })).toMatchObject({ state: "completed", attempts: 0 });
+      expect(await database.prisma.licence.count({ where: { orderId: id } })).toBe(2);
+      expect(await jobsFor(`order:${id}`)).toEqual([{ task: "process_order", key: `order:${id}` }]);
+      expect(await historyKinds(id)).toEqual(["request.received", "request.answered", "request.completed"]);
+      expect(eventsOf(id)).toHaveLength(1);
+      expect(await acknowledgedRuns(s, "order")).toEqual({ inline: 0, queued: 1 });
+    } finally {
+      await drop();
+    }
   }, 60_000);
 
   it("answers a retry of the same reference from what is stored, and carries the order out once", async () => {
@@ -221,8 +267,8 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
     expect(await jobsFor(`update:${update.id}`, `deliver:${licence.fleetId}`)).toEqual([]);
   }, 60_000);
 
-  it("is handed to a job when its run fails, and ends completed once", async () => {
-    const s = await server("all");
+  it("acknowledged first, is handed to a job when its run fails, and ends completed once", async () => {
+    const s = await server("all", ACK_FIRST);
     // The first run's outcome cannot be written (a serialization failure, as under contention).
     const drop = await onFirst(
       "test_fail_first_run",
@@ -248,7 +294,7 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
   }, 60_000);
 
   it("keeps Orange's order of the changes of a licence: a reactivation waits for the suspension sent before it, whose run failed", async () => {
-    const s = await server("all");
+    const s = await server("all", ACK_FIRST);
     const { id } = await order(s, 1);
     await until("the order's event", () => (eventsOf(id).length > 0 ? true : undefined));
     const licence = await database.prisma.licence.findFirstOrThrow({ where: { orderId: id } });
@@ -288,8 +334,8 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
     }
   }, 60_000);
 
-  it("cut by kill -9, is carried out once by the next process, once past the lease", async () => {
-    const first = await server("all");
+  it("acknowledged first and cut by kill -9, is carried out once by the next process, once past the lease", async () => {
+    const first = await server("all", ACK_FIRST);
     // The first run stops while it writes the licences, before its COMMIT is sent, long enough to
     // be killed there.
     const drop = await onFirst("test_stall_first_run", "licence", "AFTER INSERT ON FOR EACH STATEMENT", "PERFORM pg_sleep(2)");
@@ -318,9 +364,125 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
   }, 90_000);
 });
 
+describe("an async request carried out before it is acknowledged, when things go wrong", () => {
+  it("keeps Orange's order of the changes of a licence: a reactivation waits for the suspension before it, stored with a job after its transaction failed", async () => {
+    const s = await server("all");
+    const { id } = await order(s, 1);
+    await until("the order's event", () => (eventsOf(id).length > 0 ? true : undefined));
+    const licence = await database.prisma.licence.findFirstOrThrow({ where: { orderId: id } });
+    // The suspension's transaction fails, and so does the first run of the job it is then
+    // stored with (a second later, graphile's backoff, it succeeds). The reactivation comes
+    // meanwhile: it must not go first.
+    await database.prisma.$executeRawUnsafe("CREATE SEQUENCE test_fail_twice_seq");
+    await database.prisma.$executeRawUnsafe(`
+      CREATE FUNCTION test_fail_twice() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF NEW.state = 'inactive' AND nextval('test_fail_twice_seq') <= 2 THEN
+          RAISE EXCEPTION 'injected: could not serialize access' USING ERRCODE = '40001';
+        END IF;
+        RETURN NEW;
+      END $$`);
+    await database.prisma.$executeRawUnsafe("CREATE TRIGGER test_fail_twice BEFORE UPDATE OF state ON licence FOR EACH ROW EXECUTE FUNCTION test_fail_twice()");
+    const drop = () => database.prisma.$executeRawUnsafe("DROP TRIGGER test_fail_twice ON licence");
+    try {
+      const refs = { suspend: `UPD-${randomBytes(5).toString("hex")}`, reactivate: `UPD-${randomBytes(5).toString("hex")}` };
+      for (const [step, externalState] of [["suspend", "suspended"], ["reactivate", "active"]] as const) {
+        const ack = await post(s, "/userservice/v2/userService/update", {
+          externalReference: { type: "orange", id: refs[step] },
+          userService: [{ id: licence.id, externalState }],
+        });
+        expect(ack.body.state, JSON.stringify(ack.body)).toBe("acknowledged");
+      }
+      const eventOf = (ref: string) =>
+        gw.delivered().findIndex((r) => (r.body as { resource: { externalReference?: { id?: string } } }).resource.externalReference?.id === ref);
+      await until("both updates' events", () => (eventOf(refs.suspend) >= 0 && eventOf(refs.reactivate) >= 0 ? true : undefined));
+      expect(eventOf(refs.suspend)).toBeLessThan(eventOf(refs.reactivate));
+      expect(await database.prisma.licence.findUniqueOrThrow({ where: { id: licence.id } })).toMatchObject({ state: "active", externalState: "active" });
+      const suspension = await database.prisma.licenceUpdate.findFirstOrThrow({ where: { orangeRef: refs.suspend } });
+      const reactivation = await database.prisma.licenceUpdate.findFirstOrThrow({ where: { orangeRef: refs.reactivate } });
+      // The suspension's failed transaction left nothing; its job's failed run is counted.
+      expect(suspension).toMatchObject({ state: "completed", attempts: 1 });
+      expect(reactivation).toMatchObject({ state: "completed", attempts: 0 });
+      expect(reactivation.completedAt!.getTime()).toBeGreaterThan(suspension.completedAt!.getTime());
+      expect(await jobsFor(`update:${suspension.id}`)).toEqual([
+        { task: "process_update", key: `update:${suspension.id}` },
+        { task: "process_update", key: `update:${suspension.id}` },
+      ]);
+      // The reactivation was stored and acknowledged without being carried out: its job did it, after the suspension.
+      expect(await historyKinds(reactivation.id)).toEqual(["request.received", "request.answered", "licence.changed", "request.completed"]);
+      expect((await jobsFor(`update:${reactivation.id}`)).length).toBeGreaterThanOrEqual(1);
+    } finally {
+      await drop();
+    }
+  }, 60_000);
+
+  it("cut by kill -9 before it is acknowledged, leaves nothing; Orange's retry on the next process carries it out once", async () => {
+    const first = await server("all");
+    const drop = await onFirst("test_stall_at_once", "licence", "AFTER INSERT ON FOR EACH STATEMENT", "PERFORM pg_sleep(2)");
+    try {
+      const orderRef = `ORD-${randomBytes(5).toString("hex")}`;
+      const asked = post(first, ORDER_URL, uc2(orderRef)).then(
+        (r) => r,
+        (err: unknown) => err,
+      );
+      await stalled();
+      first.child.kill("SIGKILL");
+      // Never answered: Orange has no acknowledgement, and nothing is stored under its reference.
+      expect(await asked).toBeInstanceOf(Error);
+      expect(await database.prisma.productOrder.count({ where: { orangeRef: orderRef } })).toBe(0);
+
+      const second = await server("all");
+      const again = await post(second, ORDER_URL, uc2(orderRef));
+      expect(again.body).toMatchObject({ state: "acknowledged" });
+      const id = again.body.id as string;
+      await until("the order's event", () => (eventsOf(id).length > 0 ? true : undefined));
+      expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id } })).toMatchObject({ state: "completed", attempts: 0 });
+      expect(await database.prisma.licence.count({ where: { orderId: id } })).toBe(2);
+      expect(await database.prisma.productOrder.count({ where: { orangeRef: orderRef } })).toBe(1);
+      expect(eventsOf(id)).toHaveLength(1);
+    } finally {
+      await drop();
+    }
+  }, 90_000);
+
+  it("waiting for a slot past the bound, is stored with a job and acknowledged; a SIGTERM then loses nothing", async () => {
+    const first = await server("all", { WORKER_INLINE_CONCURRENCY: "1" });
+    // The one slot is held by a transaction that stalls before its commit, longer than the 2 s
+    // an acknowledgement waits for a slot.
+    const drop = await onFirst("test_hold_at_once", "product_order", "BEFORE UPDATE OF state ON FOR EACH ROW", "PERFORM pg_sleep(4)", "NEW.state = 'completed'");
+    try {
+      const held = order(first);
+      await stalled();
+      const asked = performance.now();
+      const waiting = await Promise.all([order(first), order(first)]);
+      // Answered once the bound passed, stored with their jobs (the slot still held).
+      expect(performance.now() - asked).toBeGreaterThanOrEqual(1_900);
+      for (const o of waiting) {
+        expect(await historyKinds(o.id)).toEqual(expect.arrayContaining(["request.received", "request.answered"]));
+        expect(await jobsFor(`order:${o.id}`)).toEqual([{ task: "process_order", key: `order:${o.id}` }]);
+      }
+      const stopping = first.stop();
+      const h = await held;
+      expect((await stopping).code, first.output().slice(-3000)).toBe(0);
+      // The one under way finished before the process ended.
+      expect(await historyKinds(h.id)).toEqual(["request.received", "request.completed", "request.answered"]);
+
+      await server("all");
+      for (const o of [h, ...waiting]) {
+        await until(`the event of ${o.id}`, () => (eventsOf(o.id).length > 0 ? true : undefined));
+        expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id: o.id } })).toMatchObject({ state: "completed", attempts: 0 });
+        expect(await database.prisma.licence.count({ where: { orderId: o.id } })).toBe(2);
+        expect(eventsOf(o.id)).toHaveLength(1);
+      }
+    } finally {
+      await drop();
+    }
+  }, 90_000);
+});
+
 describe("inline runs waiting for a turn", () => {
   it("are handed to jobs when the server stops (SIGTERM), and carried out once by the next one", async () => {
-    const first = await server("all", { WORKER_INLINE_CONCURRENCY: "1" });
+    const first = await server("all", { WORKER_INLINE_CONCURRENCY: "1", ...ACK_FIRST });
     // The one slot is held by a run that stalls before its commit; the next orders wait in memory.
     const drop = await onFirst("test_hold_first_run", "product_order", "BEFORE UPDATE OF state ON FOR EACH ROW", "PERFORM pg_sleep(5)", "NEW.state = 'completed'");
     try {

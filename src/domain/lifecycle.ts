@@ -4,6 +4,8 @@
  *   receive ─▶ claim (idempotency) ─┬─ sync ──▶ carry out ─▶ finish ─▶ answer the final state
  *                                   └─ async ─▶ acknowledge + job ─▶ answer `acknowledged`
  *                                                  job (worker) ─▶ carry out ─▶ finish + announce
+ *                                     async, small, in an inline slot (ROLE=all):
+ *                                              carry out ─▶ finish + announce ─▶ answer `acknowledged`
  *
  *   carry out = plan (check the rules against the store, lock what changes, decide the ids)
  *               ─▶ [provisioning stage: the partner's application, outside the transaction]
@@ -133,6 +135,8 @@ export interface LifecycleDeps<C extends RequestCommand, P, O extends FinalOutco
   handler: RequestHandler<C, P, O>;
   /** Failed runs of an acknowledged request, for a reason that is not transient, before it ends `failed`. */
   maxAttempts: number;
+  /** Async requests of at most this many licences are carried out before their acknowledgement (default AT_ONCE_MAX_LICENCES; 0: none). */
+  atOnceMaxLicences?: number;
   /** The partner's application (PROVISIONING_MODE=webhook); none: the store is the record. */
   provisioning?: ProvisioningStage;
   /** Told of every request that reached its final state (metrics); none: nothing is counted. */
@@ -192,6 +196,13 @@ export const PROVISION_TASK = "provision_command";
 export function deferralDelayMs(earliestWaitedMs: number): number {
   return Math.min(30_000, Math.max(200, Math.round(earliestWaitedMs / 4)));
 }
+/**
+ * By default, an async request of at most this many licences is carried out before it is
+ * acknowledged, when an inline slot is free (`carryOutAcknowledged`); a larger one is acknowledged
+ * first and carried out by its run: Orange's call does not wait for it (ASYNC_AT_ONCE_MAX_LICENCES).
+ */
+export const AT_ONCE_MAX_LICENCES = 100;
+
 /** The same, for a run in the process that acknowledged the update (no job): most often, the earlier one's run is just starting. */
 const DEFER_INLINE_MS = 25;
 
@@ -318,6 +329,56 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     return { requestId: r.id, replayed: false, response };
   }
 
+  /**
+   * A small asynchronous request carried out in the transaction that stores it, in an inline slot
+   * (`receive`): stored, carried out, finished and announced in one transaction, then answered
+   * `acknowledged`, its event delivered by the slot right after. Against storing it first and
+   * carrying it out in a second transaction, this saves a commit and the reading back of the
+   * request, and the acknowledgement no longer waits for a run to start (backpressure: it waits
+   * for a slot, as that run would). An update whose earlier change of the same licences is still
+   * unfinished is only stored, with a job that carries it out after that one.
+   */
+  async function carryOutAcknowledged(cmd: C): Promise<Reply> {
+    return db.transaction(async (tx) => {
+      const r = newRequest(cmd, "async");
+      const response = codec.acknowledgement(cmd.request, r.id);
+      // The update's earlier unfinished changes of its licences, looked for in the same round trip.
+      const [inserted, earlier] = (await tx.queryEach([
+        prepared(requests.insertRequestStatement(kind, r, response)),
+        ...(kind === "update" ? [prepared(requests.earlierUnfinishedUpdates(r.id))] : []),
+      ])) as [unknown[], { created_at: Date }[] | undefined];
+      if (inserted.length === 0) {
+        // The key is taken: a retry (its stored answer) or a conflict.
+        const stored = await requests.findByIdempotencyKey(tx, kind, cmd.idempotencyKey);
+        const replay = replayOrConflict(kind, stored, cmd);
+        await history.insertEntries(tx, [receivedOf(cmd, "async", stored!.id, r.createdAt, true)]);
+        return { requestId: stored!.id, replayed: true, response: replay };
+      }
+      const received = receivedOf(cmd, "async", r.id, r.createdAt, false);
+      const telemetry = deps.telemetry;
+      if (earlier !== undefined && earlier.length > 0) {
+        const now = clock.now().getTime();
+        await jobs.add(tx, { ...requestJob(kind, r.id), runAt: new Date(now + deferralDelayMs(now - earlier[0]!.created_at.getTime())) });
+        await history.insertEntries(tx, [received, answeredEntry(r.id, clock.now(), { state: "acknowledged" })]);
+        if (telemetry?.requestAcknowledged) tx.afterCommit(() => telemetry.requestAcknowledged?.({ kind, run: "queued" }));
+        return { requestId: r.id, replayed: false, response };
+      }
+      const outcome = await carryOut(tx, r.id, cmd);
+      await announce(tx, cmd.request, outcome, cmd);
+      // Answered once committed, after its outcome: the history says so.
+      await finish(tx, outcome, null, cmd, { before: [received], after: [answeredEntry(r.id, clock.now(), { state: "acknowledged" })], later: true });
+      if (telemetry?.requestAcknowledged) tx.afterCommit(() => telemetry.requestAcknowledged?.({ kind, run: "inline" }));
+      return { requestId: r.id, replayed: false, response };
+    });
+  }
+
+  /** A request small enough to be carried out before its acknowledgement (`carryOutAcknowledged`). */
+  function carriedOutAtOnce(cmd: C): boolean {
+    const max = deps.atOnceMaxLicences ?? AT_ONCE_MAX_LICENCES;
+    const { order, update } = handler.describe(cmd);
+    return max > 0 && (order?.quantity ?? 0) <= max && (update?.licenceIds.length ?? 0) <= max;
+  }
+
   async function carryOut(tx: Tx, id: string, cmd: C): Promise<O> {
     const planned = await handler.plan(tx, id, cmd);
     if ("refusal" in planned) return planned.refusal;
@@ -392,7 +453,12 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     // no job to add, claim and complete, no wait for a worker (under load, most of an async
     // order's time to its event was that wait). Its job is the fallback, and the sweep the net.
     const slot = mode === "async" ? deps.inline?.current?.reserve() : undefined;
-    if (slot) {
+    if (slot && carriedOutAtOnce(cmd)) {
+      // Rolled back (a technical error, a conflict) or no slot in time: stored with a job below,
+      // whose run tries again (or the same error is Orange's answer).
+      const done = await slot.runNow(() => carryOutAcknowledged(cmd)).catch(() => undefined);
+      if (done) return done.result;
+    } else if (slot) {
       const acknowledged = await acknowledgeInline(cmd, slot);
       if (acknowledged) return acknowledged;
     }

@@ -67,6 +67,13 @@ export interface InlineSlot {
    * each other in memory).
    */
   start(job: Job): Promise<void>;
+  /**
+   * Runs `work` in the slot, now or once a slot is free within the runner's bound, for a caller
+   * that waits for its result; the events its transactions committed are then delivered in the
+   * slot, in the background. Undefined when no slot came free within the bound (or the runner is
+   * stopping): `work` never ran, the slot is given back. Work that throws frees the slot.
+   */
+  runNow<T>(work: () => Promise<T>): Promise<{ result: T } | undefined>;
   /** Gives the slot back unused (the transaction rolled back). */
   release(): void;
 }

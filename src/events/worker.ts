@@ -257,7 +257,8 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   const inlineBacklog = options.inlineBacklog ?? INLINE_BACKLOG;
   let inlineHeld = 0;
   let inlineRunning = 0;
-  const inlineWaiting: Job[] = [];
+  /** Runs waiting for a slot: jobs, and work whose caller waits (InlineSlot.runNow). */
+  const inlineWaiting: (Job | HeldWork)[] = [];
   const inlineAckHoldMs = options.inlineAckHoldMs ?? INLINE_ACK_HOLD_MS;
   /** Acknowledgements held until their run starts (InlineSlot.start), by job. */
   const heldAcks = new Map<Job, () => void>();
@@ -287,7 +288,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
    * A run holding its place: started when a slot is free (true); else (or stopping: it gets its
    * job with the others) it waits.
    */
-  function launchOrWait(job: Job): boolean {
+  function launchOrWait(job: Job | HeldWork): boolean {
     if (!inlineClosed && inlineRunning < inlineSlots) {
       launchInline(job);
       return true;
@@ -296,8 +297,9 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     return false;
   }
 
-  function launchInline(job: Job): void {
-    heldAcks.get(job)?.();
+  function launchInline(job: Job | HeldWork): void {
+    if (job instanceof HeldWork) job.started();
+    else heldAcks.get(job)?.();
     inlineRunning++;
     let done = false;
     const free = () => {
@@ -308,7 +310,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       const next = inlineClosed ? undefined : inlineWaiting.shift();
       if (next) launchInline(next);
     };
-    const run = runInline(job, free).finally(free);
+    const run = (job instanceof HeldWork ? runWork(job, free) : runInline(job, free)).finally(free);
     inlineRuns.add(run);
     void run.finally(() => inlineRuns.delete(run));
   }
@@ -340,18 +342,43 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
             heldAcks.set(job, answer);
           });
         },
+        runNow<T>(work: () => Promise<T>): Promise<{ result: T } | undefined> {
+          if (used) return Promise.resolve(undefined);
+          used = true;
+          return new Promise<{ result: T } | undefined>((resolve, reject) => {
+            const held = new HeldWork(work as () => Promise<unknown>, resolve as (r: { result: unknown } | undefined) => void, reject);
+            if (launchOrWait(held)) return;
+            if (inlineClosed) {
+              giveUpWaiting(held);
+              return;
+            }
+            // Not started within the bound: its place is given back, and its caller queues a job.
+            held.expireAfter(inlineAckHoldMs, () => giveUpWaiting(held));
+          });
+        },
       };
     },
   };
+
+  /** Work that waited for a slot and will not run: its place is given back, its caller told. */
+  function giveUpWaiting(held: HeldWork): void {
+    const at = inlineWaiting.indexOf(held);
+    if (at >= 0) inlineWaiting.splice(at, 1);
+    inlineHeld--;
+    held.notRun();
+  }
 
   /**
    * At stop, once graphile claims nothing more: the runs still waiting for a slot get their jobs,
    * for the next worker (or, the database away, the sweep finds them after the lease).
    */
   async function queueWaitingInline(): Promise<void> {
-    const waiting = inlineWaiting.splice(0);
+    const all = inlineWaiting.splice(0);
+    inlineHeld -= all.length;
+    // Work whose caller waits was never started: its caller queues it as a job itself.
+    for (const held of all) if (held instanceof HeldWork) held.notRun();
+    const waiting = all.filter((j): j is Job => !(j instanceof HeldWork));
     for (const job of waiting) heldAcks.get(job)?.();
-    inlineHeld -= waiting.length;
     const q = queryable(pool);
     await Promise.all(
       waiting.map((job) =>
@@ -360,6 +387,29 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
         ),
       ),
     );
+  }
+
+  /**
+   * Work run in a slot for a caller that waits for its result (InlineSlot.runNow): the caller is
+   * answered as soon as the work is done, and the events its transactions committed are then
+   * delivered in the slot, without jobs, as an inline run's are. Work that throws wrote nothing
+   * the caller does not handle: its slot is freed and the caller gets the error.
+   */
+  async function runWork(held: HeldWork, freeSlot: () => void): Promise<void> {
+    const run: RunDeliveries = { keys: new Map(), inline: deliver !== undefined };
+    let result: unknown;
+    try {
+      result = await committedDeliveryJobs.run(run, held.work);
+    } catch (err) {
+      freeSlot();
+      held.failed(err);
+      return;
+    }
+    held.done(result);
+    if (deliver && run.keys.size > 0) {
+      const helpers = { abortSignal: inlineAbort.signal, job: { id: "inline:work", attempts: 1, key: null } };
+      await deliverNow(deliver, run.keys, helpers as unknown as JobHelpers);
+    }
   }
 
   async function runInline(job: Job, freeSlot: () => void): Promise<void> {
@@ -573,6 +623,8 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
         // Inline runs end first (their requests are acknowledged and have no job): within the stop
         // deadline, then aborted like graphile's; an aborted delivery hands its key to a job.
         inlineClosed = true;
+        // Work whose caller waits for a slot will not start now: its caller queues a job.
+        for (const held of inlineWaiting.filter((j): j is HeldWork => j instanceof HeldWork)) giveUpWaiting(held);
         // Those due to run again wait with the others: they get their jobs below.
         for (const [timer, job] of inlineLater) {
           clearTimeout(timer);
@@ -732,4 +784,44 @@ function graphileLogger(logger: WorkerLogger | undefined): Logger {
         logger.debug(fields, message);
     }
   });
+}
+
+/** Work a caller waits for, run in an inline slot (InlineSlot.runNow); settles its caller once. */
+class HeldWork {
+  private timer: NodeJS.Timeout | undefined;
+  private settled = false;
+
+  constructor(
+    readonly work: () => Promise<unknown>,
+    private readonly resolve: (r: { result: unknown } | undefined) => void,
+    private readonly reject: (err: unknown) => void,
+  ) {}
+
+  expireAfter(ms: number, expire: () => void): void {
+    this.timer = setTimeout(expire, ms);
+    this.timer.unref();
+  }
+
+  started(): void {
+    clearTimeout(this.timer);
+  }
+
+  done(result: unknown): void {
+    this.settle(() => this.resolve({ result }));
+  }
+
+  failed(err: unknown): void {
+    this.settle(() => this.reject(err));
+  }
+
+  notRun(): void {
+    this.settle(() => this.resolve(undefined));
+  }
+
+  private settle(f: () => void): void {
+    clearTimeout(this.timer);
+    if (this.settled) return;
+    this.settled = true;
+    f();
+  }
 }

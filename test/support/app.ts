@@ -94,6 +94,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     catalogue,
     partnerName: config.partnerName,
     requestMaxAttempts: config.requestMaxAttempts,
+    atOnceMaxLicences: config.asyncAtOnceMaxLicences,
     clock: opts.clock,
     provisioning: provisioning && { ...provisioning.stage, pollMs: 20 },
     metrics,
