@@ -172,6 +172,27 @@ describe("a transaction whose BEGIN goes with its first statement", () => {
     expect(state).toEqual({ open: false });
   });
 
+  it("reports the failure of a statement left for later before those sent together behind it, without an unhandled rejection", async () => {
+    // The statements sent together (queryEach) fail too, the transaction being aborted; nobody
+    // waits for their answers once the earlier failure is reported: no unhandled rejection may
+    // come of them (the server stops on one).
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      await expect(
+        d.db.transaction(async (tx) => {
+          await tx.executeLater(sql`SELECT 1 / ${0}::int`);
+          await tx.queryEach([sql`SELECT 1`, sql`SELECT 2`]);
+        }),
+      ).rejects.toThrow(/division by zero/);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+    }
+  });
+
   it("runs the statements sent in one round trip each on its own snapshot: the second sees what committed while the first waited for a lock", async () => {
     const other = new pg.Client({ connectionString: d.url });
     await other.connect();

@@ -234,6 +234,10 @@ export function createDb(connectionString: string, options: CreateDbOptions = {}
        * is aborted).
        */
       const settle = async <R>(result: Promise<R>): Promise<R> => {
+        // Returned, hence seen by the caller, unless a statement before it fails first: then
+        // nobody waits for it (queryEach's Promise.all of statements the aborted transaction
+        // refuses), and its rejection must not go unhandled (the process stops on one).
+        result.catch(() => {});
         const before = unawaited.splice(0);
         await Promise.all(before);
         return result;
