@@ -163,6 +163,30 @@ async function historyKinds(requestId: string): Promise<string[]> {
   return rows.map((r) => r.kind);
 }
 
+/**
+ * Orange suspends the licence, then reactivates it: both acknowledged; both events announced in
+ * that order, and the licence ends as Orange asked last. The two updates as stored.
+ */
+async function suspendThenReactivate(s: ServerProcess, licenceId: string) {
+  const refs = { suspend: `UPD-${randomBytes(5).toString("hex")}`, reactivate: `UPD-${randomBytes(5).toString("hex")}` };
+  for (const [step, externalState] of [["suspend", "suspended"], ["reactivate", "active"]] as const) {
+    const ack = await post(s, "/userservice/v2/userService/update", {
+      externalReference: { type: "orange", id: refs[step] },
+      userService: [{ id: licenceId, externalState }],
+    });
+    expect(ack.body.state, JSON.stringify(ack.body)).toBe("acknowledged");
+  }
+  const eventOf = (ref: string) =>
+    gw.delivered().findIndex((r) => (r.body as { resource: { externalReference?: { id?: string } } }).resource.externalReference?.id === ref);
+  await until("both updates' events", () => (eventOf(refs.suspend) >= 0 && eventOf(refs.reactivate) >= 0 ? true : undefined));
+  expect(eventOf(refs.suspend)).toBeLessThan(eventOf(refs.reactivate));
+  expect(await database.prisma.licence.findUniqueOrThrow({ where: { id: licenceId } })).toMatchObject({ state: "active", externalState: "active" });
+  return {
+    suspension: await database.prisma.licenceUpdate.findFirstOrThrow({ where: { orangeRef: refs.suspend } }),
+    reactivation: await database.prisma.licenceUpdate.findFirstOrThrow({ where: { orangeRef: refs.reactivate } }),
+  };
+}
+
 describe("an acknowledged request in the process that acknowledged it (ROLE=all)", () => {
   it("is carried out before it is acknowledged, and its event delivered without any job: none added for the request or its fleet", async () => {
     const s = await server("all");
@@ -308,22 +332,7 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
       "NEW.state = 'inactive'",
     );
     try {
-      const refs = { suspend: `UPD-${randomBytes(5).toString("hex")}`, reactivate: `UPD-${randomBytes(5).toString("hex")}` };
-      for (const [step, externalState] of [["suspend", "suspended"], ["reactivate", "active"]] as const) {
-        const ack = await post(s, "/userservice/v2/userService/update", {
-          externalReference: { type: "orange", id: refs[step] },
-          userService: [{ id: licence.id, externalState }],
-        });
-        expect(ack.body.state, JSON.stringify(ack.body)).toBe("acknowledged");
-      }
-      const eventOf = (ref: string) =>
-        gw.delivered().findIndex((r) => (r.body as { resource: { externalReference?: { id?: string } } }).resource.externalReference?.id === ref);
-      await until("both updates' events", () => (eventOf(refs.suspend) >= 0 && eventOf(refs.reactivate) >= 0 ? true : undefined));
-      // Announced in Orange's order, and the licence ends as Orange asked last.
-      expect(eventOf(refs.suspend)).toBeLessThan(eventOf(refs.reactivate));
-      expect(await database.prisma.licence.findUniqueOrThrow({ where: { id: licence.id } })).toMatchObject({ state: "active", externalState: "active" });
-      const suspension = await database.prisma.licenceUpdate.findFirstOrThrow({ where: { orangeRef: refs.suspend } });
-      const reactivation = await database.prisma.licenceUpdate.findFirstOrThrow({ where: { orangeRef: refs.reactivate } });
+      const { suspension, reactivation } = await suspendThenReactivate(s, licence.id);
       expect(suspension).toMatchObject({ state: "completed", attempts: 1 });
       // Waiting for its turn is not a failed attempt.
       expect(reactivation).toMatchObject({ state: "completed", attempts: 0 });
@@ -385,21 +394,7 @@ describe("an async request carried out before it is acknowledged, when things go
     await database.prisma.$executeRawUnsafe("CREATE TRIGGER test_fail_twice BEFORE UPDATE OF state ON licence FOR EACH ROW EXECUTE FUNCTION test_fail_twice()");
     const drop = () => database.prisma.$executeRawUnsafe("DROP TRIGGER test_fail_twice ON licence");
     try {
-      const refs = { suspend: `UPD-${randomBytes(5).toString("hex")}`, reactivate: `UPD-${randomBytes(5).toString("hex")}` };
-      for (const [step, externalState] of [["suspend", "suspended"], ["reactivate", "active"]] as const) {
-        const ack = await post(s, "/userservice/v2/userService/update", {
-          externalReference: { type: "orange", id: refs[step] },
-          userService: [{ id: licence.id, externalState }],
-        });
-        expect(ack.body.state, JSON.stringify(ack.body)).toBe("acknowledged");
-      }
-      const eventOf = (ref: string) =>
-        gw.delivered().findIndex((r) => (r.body as { resource: { externalReference?: { id?: string } } }).resource.externalReference?.id === ref);
-      await until("both updates' events", () => (eventOf(refs.suspend) >= 0 && eventOf(refs.reactivate) >= 0 ? true : undefined));
-      expect(eventOf(refs.suspend)).toBeLessThan(eventOf(refs.reactivate));
-      expect(await database.prisma.licence.findUniqueOrThrow({ where: { id: licence.id } })).toMatchObject({ state: "active", externalState: "active" });
-      const suspension = await database.prisma.licenceUpdate.findFirstOrThrow({ where: { orangeRef: refs.suspend } });
-      const reactivation = await database.prisma.licenceUpdate.findFirstOrThrow({ where: { orangeRef: refs.reactivate } });
+      const { suspension, reactivation } = await suspendThenReactivate(s, licence.id);
       // The suspension's failed transaction left nothing; its job's failed run is counted.
       expect(suspension).toMatchObject({ state: "completed", attempts: 1 });
       expect(reactivation).toMatchObject({ state: "completed", attempts: 0 });
