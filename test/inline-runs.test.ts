@@ -129,6 +129,17 @@ async function onFirst(name: string, table: string, timing: string, action: stri
   };
 }
 
+/** The first write of an order's `completed` state fails (a serialization failure, as under contention). */
+function failFirstCompletion(name: string): Promise<() => Promise<void>> {
+  return onFirst(
+    name,
+    "product_order",
+    "BEFORE UPDATE OF state ON FOR EACH ROW",
+    "RAISE EXCEPTION 'injected: could not serialize access' USING ERRCODE = '40001'",
+    "NEW.state = 'completed'",
+  );
+}
+
 /** Waits until a run of this test's database sleeps in a trigger (pg_sleep). */
 async function stalled(): Promise<void> {
   await until("a run to stall in its transaction", async () => {
@@ -161,6 +172,16 @@ async function order(s: ServerProcess, quantity = 2) {
 async function historyKinds(requestId: string): Promise<string[]> {
   const rows = await database.prisma.historyEntry.findMany({ where: { requestId }, orderBy: { id: "asc" } });
   return rows.map((r) => r.kind);
+}
+
+/** Each order (of 2 licences) completed at its first run, its licences written and its event sent, once. */
+async function expectCarriedOutOnce(orders: { id: string }[]): Promise<void> {
+  for (const o of orders) {
+    await until(`the event of ${o.id}`, () => (eventsOf(o.id).length > 0 ? true : undefined));
+    expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id: o.id } })).toMatchObject({ state: "completed", attempts: 0 });
+    expect(await database.prisma.licence.count({ where: { orderId: o.id } })).toBe(2);
+    expect(eventsOf(o.id)).toHaveLength(1);
+  }
 }
 
 /**
@@ -227,13 +248,7 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
   it("whose transaction fails before it is acknowledged is stored with a job instead, and ends completed once", async () => {
     const s = await server("all");
     // The transaction that carries it out cannot write its outcome (a serialization failure, as under contention).
-    const drop = await onFirst(
-      "test_fail_at_once",
-      "product_order",
-      "BEFORE UPDATE OF state ON FOR EACH ROW",
-      "RAISE EXCEPTION 'injected: could not serialize access' USING ERRCODE = '40001'",
-      "NEW.state = 'completed'",
-    );
+    const drop = await failFirstCompletion("test_fail_at_once");
     try {
       const { id } = await order(s);
       await until("the order's event", () => (eventsOf(id).length > 0 ? true : undefined));
@@ -294,13 +309,7 @@ describe("an acknowledged request in the process that acknowledged it (ROLE=all)
   it("acknowledged first, is handed to a job when its run fails, and ends completed once", async () => {
     const s = await server("all", ACK_FIRST);
     // The first run's outcome cannot be written (a serialization failure, as under contention).
-    const drop = await onFirst(
-      "test_fail_first_run",
-      "product_order",
-      "BEFORE UPDATE OF state ON FOR EACH ROW",
-      "RAISE EXCEPTION 'injected: could not serialize access' USING ERRCODE = '40001'",
-      "NEW.state = 'completed'",
-    );
+    const drop = await failFirstCompletion("test_fail_first_run");
     try {
       const { id } = await order(s);
       await until("the order's event", () => (eventsOf(id).length > 0 ? true : undefined));
@@ -463,12 +472,7 @@ describe("an async request carried out before it is acknowledged, when things go
       expect(await historyKinds(h.id)).toEqual(["request.received", "request.completed", "request.answered"]);
 
       await server("all");
-      for (const o of [h, ...waiting]) {
-        await until(`the event of ${o.id}`, () => (eventsOf(o.id).length > 0 ? true : undefined));
-        expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id: o.id } })).toMatchObject({ state: "completed", attempts: 0 });
-        expect(await database.prisma.licence.count({ where: { orderId: o.id } })).toBe(2);
-        expect(eventsOf(o.id)).toHaveLength(1);
-      }
+      await expectCarriedOutOnce([h, ...waiting]);
     } finally {
       await drop();
     }
@@ -499,12 +503,7 @@ describe("inline runs waiting for a turn", () => {
       }
 
       await server("all");
-      for (const o of [held, ...waiting]) {
-        await until(`the event of ${o.id}`, () => (eventsOf(o.id).length > 0 ? true : undefined));
-        expect(await database.prisma.productOrder.findUniqueOrThrow({ where: { id: o.id } })).toMatchObject({ state: "completed", attempts: 0 });
-        expect(await database.prisma.licence.count({ where: { orderId: o.id } })).toBe(2);
-        expect(eventsOf(o.id)).toHaveLength(1);
-      }
+      await expectCarriedOutOnce([held, ...waiting]);
     } finally {
       await drop();
     }
