@@ -283,11 +283,36 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   ): Promise<{ id: string; received: HistoryEntry } | { replay: JsonValue; id: string; received: HistoryEntry }> {
     const r = newRequest(cmd, mode);
     const inserted = await requests.insertRequest(tx, kind, r);
-    const received = (requestId: string, replayed: boolean) => receivedOf(cmd, mode, requestId, r.createdAt, replayed);
-    if (inserted) return { id: r.id, received: received(r.id, false) };
+    if (inserted) return { id: r.id, received: receivedOf(cmd, mode, r.id, r.createdAt, false) };
+    return storedUnder(tx, cmd, mode, r.createdAt);
+  }
+
+  /**
+   * The request stored under the key this call found taken: its stored answer (a retry), or a
+   * conflict (another body under the same key); `received`, this call's history entry.
+   */
+  async function storedUnder(tx: Tx, cmd: C, mode: AnswerMode, at: Date): Promise<{ replay: JsonValue; id: string; received: HistoryEntry }> {
     const stored = await requests.findByIdempotencyKey(tx, kind, cmd.idempotencyKey);
     const replay = replayOrConflict(kind, stored, cmd);
-    return { replay, id: stored!.id, received: received(stored!.id, true) };
+    return { replay, id: stored!.id, received: receivedOf(cmd, mode, stored!.id, at, true) };
+  }
+
+  /** The history entry of an `acknowledged` answer, now. */
+  const acknowledgedEntry = (requestId: string) => answeredEntry(requestId, clock.now(), { state: "acknowledged" });
+
+  /** Counts the acknowledgement (metrics) once the transaction that stored it has committed. */
+  function countAcknowledged(tx: Tx, run: "inline" | "queued"): void {
+    const telemetry = deps.telemetry;
+    if (telemetry?.requestAcknowledged) tx.afterCommit(() => telemetry.requestAcknowledged?.({ kind, run }));
+  }
+
+  /**
+   * An update waits for the earlier unfinished change of its licences, through its job: it looks
+   * again after a while that grows with how long the earliest has waited (`deferralDelayMs`).
+   */
+  async function deferBehind(tx: Tx, id: string, earliestCreatedAt: Date): Promise<void> {
+    const now = clock.now().getTime();
+    await jobs.add(tx, { ...requestJob(kind, id), runAt: new Date(now + deferralDelayMs(now - earliestCreatedAt.getTime())) });
   }
 
   function newRequest(cmd: C, mode: AnswerMode): requests.NewRequest {
@@ -315,7 +340,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   async function acknowledgeInline(cmd: C, slot: InlineSlot): Promise<Reply | undefined> {
     const r = newRequest(cmd, "async");
     const response = codec.acknowledgement(cmd.request, r.id);
-    const entries = [receivedOf(cmd, "async", r.id, r.createdAt, false), answeredEntry(r.id, clock.now(), { state: "acknowledged" })];
+    const entries = [receivedOf(cmd, "async", r.id, r.createdAt, false), acknowledgedEntry(r.id)];
     let stored = false;
     try {
       stored = await requests.insertAcknowledged(db, kind, r, response, entries);
@@ -348,26 +373,22 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         ...(kind === "update" ? [prepared(requests.earlierUnfinishedUpdates(r.id))] : []),
       ])) as [unknown[], { created_at: Date }[] | undefined];
       if (inserted.length === 0) {
-        // The key is taken: a retry (its stored answer) or a conflict.
-        const stored = await requests.findByIdempotencyKey(tx, kind, cmd.idempotencyKey);
-        const replay = replayOrConflict(kind, stored, cmd);
-        await history.insertEntries(tx, [receivedOf(cmd, "async", stored!.id, r.createdAt, true)]);
-        return { requestId: stored!.id, replayed: true, response: replay };
+        const stored = await storedUnder(tx, cmd, "async", r.createdAt);
+        await history.insertEntries(tx, [stored.received]);
+        return { requestId: stored.id, replayed: true, response: stored.replay };
       }
       const received = receivedOf(cmd, "async", r.id, r.createdAt, false);
-      const telemetry = deps.telemetry;
       if (earlier !== undefined && earlier.length > 0) {
-        const now = clock.now().getTime();
-        await jobs.add(tx, { ...requestJob(kind, r.id), runAt: new Date(now + deferralDelayMs(now - earlier[0]!.created_at.getTime())) });
-        await history.insertEntries(tx, [received, answeredEntry(r.id, clock.now(), { state: "acknowledged" })]);
-        if (telemetry?.requestAcknowledged) tx.afterCommit(() => telemetry.requestAcknowledged?.({ kind, run: "queued" }));
+        await deferBehind(tx, r.id, earlier[0]!.created_at);
+        await history.insertEntries(tx, [received, acknowledgedEntry(r.id)]);
+        countAcknowledged(tx, "queued");
         return { requestId: r.id, replayed: false, response };
       }
       const outcome = await carryOut(tx, r.id, cmd);
       await announce(tx, cmd.request, outcome, cmd);
       // Answered once committed, after its outcome: the history says so.
-      await finish(tx, outcome, null, cmd, { before: [received], after: [answeredEntry(r.id, clock.now(), { state: "acknowledged" })], later: true });
-      if (telemetry?.requestAcknowledged) tx.afterCommit(() => telemetry.requestAcknowledged?.({ kind, run: "inline" }));
+      await finish(tx, outcome, null, cmd, { before: [received], after: [acknowledgedEntry(r.id)], later: true });
+      countAcknowledged(tx, "inline");
       return { requestId: r.id, replayed: false, response };
     });
   }
@@ -473,9 +494,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         const response = codec.acknowledgement(cmd.request, claimed.id);
         await requests.storeResponse(tx, kind, claimed.id, response);
         await jobs.add(tx, requestJob(kind, claimed.id));
-        const telemetry = deps.telemetry;
-        if (telemetry?.requestAcknowledged) tx.afterCommit(() => telemetry.requestAcknowledged?.({ kind, run: "queued" }));
-        await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
+        countAcknowledged(tx, "queued");
+        await history.insertEntries(tx, [claimed.received, acknowledgedEntry(claimed.id)]);
         return { requestId: claimed.id, replayed: false, response };
       }
       const outcome = await carryOut(tx, claimed.id, cmd);
@@ -501,11 +521,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         // is about to start, or failed and waits for its retry): this one goes after it, its
         // attempts not counted. Run inline, it looks again in a moment in this process; else,
         // or after a few such looks, its job does.
-        if (!runAgain?.(DEFER_INLINE_MS)) {
-          const now = clock.now().getTime();
-          const delayMs = deferralDelayMs(now - row.earlier[0]!.createdAt.getTime());
-          await jobs.add(tx, { ...requestJob(kind, id), runAt: new Date(now + delayMs) });
-        }
+        if (!runAgain?.(DEFER_INLINE_MS)) await deferBehind(tx, id, row.earlier[0]!.createdAt);
         return "deferred";
       }
       const cmd = codec.decode(row.request);
@@ -900,12 +916,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       })),
       ...commands.lockAndLookStatements(lanes).map(prepared),
     ]);
-    const received = (requestId: string, replayed: boolean) =>
-      receivedEntry({ requestId, orangeRef: cmd.orangeRef, idempotencyKey: cmd.idempotencyKey, trace: cmd.trace, mode }, createdAt, replayed);
-    if (inserted!.length > 0) return { id, received: received(id, false), inLanes: { lanes, free: found!.length === 0 } };
-    const stored = await requests.findByIdempotencyKey(tx, kind, cmd.idempotencyKey);
-    const replay = replayOrConflict(kind, stored, cmd);
-    return { replay, id: stored!.id, received: received(stored!.id, true) };
+    if (inserted!.length > 0) return { id, received: receivedOf(cmd, mode, id, createdAt, false), inLanes: { lanes, free: found!.length === 0 } };
+    return storedUnder(tx, cmd, mode, createdAt);
   }
 
   async function receiveProvisioned(cmd: C, mode: AnswerMode, s: ProvisioningStage): Promise<Reply> {
@@ -930,7 +942,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         const response = codec.acknowledgement(cmd.request, claimed.id);
         await requests.storeResponse(tx, kind, claimed.id, response);
         await jobs.add(tx, provisionJob(kind, commandId));
-        await history.insertEntries(tx, [claimed.received, answeredEntry(claimed.id, clock.now(), { state: "acknowledged" })]);
+        await history.insertEntries(tx, [claimed.received, acknowledgedEntry(claimed.id)]);
         return { reply: { requestId: claimed.id, replayed: false, response } };
       }
       const command = { id: commandId, kind, requestId: claimed.id, lanes: claimed.inLanes.lanes };
