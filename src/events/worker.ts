@@ -345,15 +345,15 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
         runNow<T>(work: () => Promise<T>): Promise<{ result: T } | undefined> {
           if (used) return Promise.resolve(undefined);
           used = true;
+          if (inlineClosed) {
+            // Stopping: never started; its caller queues a job.
+            inlineHeld--;
+            return Promise.resolve(undefined);
+          }
           return new Promise<{ result: T } | undefined>((resolve, reject) => {
             const held = new HeldWork(work as () => Promise<unknown>, resolve as (r: { result: unknown } | undefined) => void, reject);
-            if (launchOrWait(held)) return;
-            if (inlineClosed) {
-              giveUpWaiting(held);
-              return;
-            }
             // Not started within the bound: its place is given back, and its caller queues a job.
-            held.expireAfter(inlineAckHoldMs, () => giveUpWaiting(held));
+            if (!launchOrWait(held)) held.expireAfter(inlineAckHoldMs, () => giveUpWaiting(held));
           });
         },
       };
@@ -373,11 +373,9 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
    * for the next worker (or, the database away, the sweep finds them after the lease).
    */
   async function queueWaitingInline(): Promise<void> {
-    const all = inlineWaiting.splice(0);
-    inlineHeld -= all.length;
-    // Work whose caller waits was never started: its caller queues it as a job itself.
-    for (const held of all) if (held instanceof HeldWork) held.notRun();
-    const waiting = all.filter((j): j is Job => !(j instanceof HeldWork));
+    // Jobs only: work whose caller waits was given back when the runner closed (stop).
+    const waiting = inlineWaiting.splice(0).filter((j): j is Job => !(j instanceof HeldWork));
+    inlineHeld -= waiting.length;
     for (const job of waiting) heldAcks.get(job)?.();
     const q = queryable(pool);
     await Promise.all(
