@@ -739,7 +739,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   /** Parks the command and ends its request failed: the application did not carry it out within the bounds. */
   async function park(
     tx: Tx,
-    row: CommandRow,
+    row: commands.SettlingRow,
     request: { request: JsonValue; answerMode: AnswerMode },
     detail: string,
     finishing?: commands.Settled["finishing"],
@@ -766,13 +766,15 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * passed and another runner sent it again: that runner settles it). When it ended a request
    * answered sync (or auto), the answer it stored: the caller waiting for it need not read it back.
    * `answering`: that caller is Orange's call, which gets the answer now (its history entry goes
-   * with the outcome).
+   * with the outcome). `known`: the request and its command, as the call that stored them holds
+   * them: neither read back nor parsed again.
    */
   async function settle(
     commandId: string,
     attempt: number,
     answer: ProvisioningAnswer & { responseBody?: string; durationMs: number },
     answering = false,
+    known?: { request: JsonValue; cmd: C },
   ): Promise<Answered | undefined> {
     const bounds = stage!.retry;
     // The commands whose turn may have come, once this transaction has committed: the statement
@@ -780,7 +782,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     let woken: Promise<commands.NextCommand[]> | undefined;
     const answered = await db.transaction(async (tx): Promise<Answered | undefined> => {
       // The request is locked with the command (one round trip), whatever the command's state.
-      const locked = await commands.lockWithRequest(tx, kind, commandId);
+      const locked = await commands.lockWithRequest(tx, kind, commandId, known?.request);
       if (!locked) return;
       const { row, request } = locked;
       if (row.state !== "sending" || row.attempts !== attempt) return;
@@ -803,7 +805,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         await wakeNext(tx, next);
         return;
       }
-      const cmd = codec.decode(request.request);
+      const cmd = known?.cmd ?? codec.decode(request.request);
       const plan = row.plan as P;
       const seen = { status, error, responseBody: answer.responseBody, finishing };
       switch (answer.outcome) {
@@ -964,13 +966,13 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       clearTimeout(timer);
       if (called !== undefined) {
         // Settled here, the request's answer is Orange's at once: its history entry is written with it.
-        const settled = await settle(first.commandId, step.attempt, called, true);
+        const settled = await settle(first.commandId, step.attempt, called, true, { request: cmd.request, cmd });
         if (settled !== undefined) return { requestId, replayed: false, response: settled.response };
       } else {
         // Past the deadline, the call goes on and its answer is settled when it comes: the outcome
         // then goes out as an event (auto) or waits for Orange's retry (sync).
         void calling
-          .then((answer) => settle(first.commandId, step.attempt, answer))
+          .then((answer) => settle(first.commandId, step.attempt, answer, false, { request: cmd.request, cmd }))
           .catch(() => {
             // Not settled (the database away): the command's lease passes and the sweep sends it again.
           });
