@@ -957,7 +957,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       const left = Math.max(1, deadline - clock.now().getTime());
       // The call keeps its own bound (PROVISIONING_TIMEOUT_MS), whatever Orange's deadline: cut at
       // the deadline, it would be sent again while the application may still be carrying it out.
-      const calling = send(step.call, AbortSignal.timeout(s.timeoutMs + 1_000));
+      // A timer cleared once the call ends, not AbortSignal.timeout: that one stays armed for the
+      // whole bound after the call, and then builds an abort error with its stack for every call.
+      const guard = new AbortController();
+      const guardTimer = setTimeout(() => guard.abort(), s.timeoutMs + 1_000);
+      const calling = send(step.call, guard.signal).finally(() => clearTimeout(guardTimer));
       // A plain timer, cleared once the call is answered (an aborted sleep would build an
       // AbortError, with its stack, for every call answered in time).
       let timer: ReturnType<typeof setTimeout> | undefined;
