@@ -99,7 +99,10 @@ export interface RequestHandler<C extends RequestCommand, P, O extends FinalOutc
   readonly kind: RequestKind;
   /** The kind's own columns of the stored request. */
   describe(cmd: C): Pick<NewRequest, "order" | "update">;
-  /** Checks the rules against the store, locking what the change touches, and decides what to write. */
+  /**
+   * Checks the rules against the store, locking what the change touches, and decides what to
+   * write; writes nothing (a plan may be made and thrown away: see claimInLanes).
+   */
   plan(tx: Tx, requestId: string, cmd: C): Promise<Planned<P, O>>;
   /** Writes the plan, with what the partner's application told about the licences (webhook mode); the outcome. */
   apply(tx: Tx, requestId: string, cmd: C, plan: P, app?: AppLicenceData[]): Promise<O>;
@@ -690,9 +693,9 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
   /**
    * The command of a request claimed in this very transaction (Orange's call waits; the request
    * is locked and acknowledged already), after its lanes' locks: when no earlier command holds
-   * them, planned and written with its plan, body and first attempt in one statement (the row is
-   * never updated to be prepared); otherwise `queued`, with a job that prepares it once its turn
-   * has come. `received` (the request's history entry) goes with the command's.
+   * them, written with its plan (`planned`, made with the claim), body and first attempt in one
+   * statement (the row is never updated to be prepared); otherwise `queued`, with a job that
+   * prepares it once its turn has come. `received` (the request's history entry) goes with the command's.
    */
   async function prepareNew(
     tx: Tx,
@@ -701,6 +704,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     cmd: C,
     request: { request: JsonValue; answerMode: AnswerMode },
     received: HistoryEntry,
+    planned: Planned<P, O>,
   ): Promise<Step> {
     const row = { id: command.id, request_id: command.requestId };
     if (!lanesFree) {
@@ -710,7 +714,6 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       await history.insertEntries(tx, [received]);
       return IDLE;
     }
-    const planned = await handler.plan(tx, command.requestId, cmd);
     if ("refusal" in planned) {
       // The request's outcome and history are written with the command, in one statement.
       const also: Sql[] = [];
@@ -886,16 +889,23 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     );
   }
 
-  /** A request claimed; `inLanes`: its command's lanes, locked, and whether they were free. */
+  /**
+   * A request claimed; `inLanes`: its command's lanes, locked, whether they were free, and the
+   * request's plan (made with the claim: see claimInLanes).
+   */
   type Claimed =
-    | { id: string; received: HistoryEntry; inLanes?: { lanes: string[]; free: boolean } }
+    | { id: string; received: HistoryEntry; inLanes?: { lanes: string[]; free: boolean; planned: Planned<P, O> } }
     | { replay: JsonValue; id: string; received: HistoryEntry };
 
   /**
    * `claim` for a command Orange's call waits for: the request is inserted, its lanes locked and
    * looked at (whether an earlier command holds one, on a snapshot taken once the locks are held)
-   * in one round trip. The lanes are known first (an update's, from its licences: a read before
-   * the claim); a retry under a used key took the locks for nothing, and let them go at once.
+   * and its plan begun, in one round trip. The lanes are known first (an update's, from its
+   * licences: a read before the claim); a retry under a used key took the locks for nothing, and
+   * let them go at once. The plan's first statement goes out behind the claim's (a plan writes
+   * nothing, it reads and locks what the change touches, after the lanes' locks as before): it is
+   * what the command needs when its lanes are free, its Orange's call's usual case; a replay, or
+   * lanes held by an earlier command, throw it away.
    */
   async function claimInLanes(
     tx: Tx,
@@ -905,7 +915,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const id = ids.next(ID_PREFIX[kind]);
     const lanes = await handler.lanes(tx, id, cmd);
     const createdAt = clock.now();
-    const [inserted, , found] = await tx.queryEach([
+    const claiming = tx.queryEach([
       prepared(requests.insertRequestStatement(kind, {
         id,
         answerMode: mode,
@@ -918,7 +928,17 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       })),
       ...commands.lockAndLookStatements(lanes).map(prepared),
     ]);
-    if (inserted!.length > 0) return { id, received: receivedOf(cmd, mode, id, createdAt, false), inLanes: { lanes, free: found!.length === 0 } };
+    // Begun now, its first statement sent with the claim's; always waited for before the
+    // transaction goes on, so that none of its statements outlives it.
+    const planning = handler.plan(tx, id, cmd);
+    const [inserted, , found] = await claiming.catch(async (error: unknown) => {
+      await planning.catch(() => {});
+      throw error;
+    });
+    const planned = await planning;
+    if (inserted!.length > 0) {
+      return { id, received: receivedOf(cmd, mode, id, createdAt, false), inLanes: { lanes, free: found!.length === 0, planned } };
+    }
     return storedUnder(tx, cmd, mode, createdAt);
   }
 
@@ -948,7 +968,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
         return { reply: { requestId: claimed.id, replayed: false, response } };
       }
       const command = { id: commandId, kind, requestId: claimed.id, lanes: claimed.inLanes.lanes };
-      const step = await prepareNew(tx, command, claimed.inLanes.free, cmd, { request: cmd.request, answerMode: mode }, claimed.received);
+      const { free, planned } = claimed.inLanes;
+      const step = await prepareNew(tx, command, free, cmd, { request: cmd.request, answerMode: mode }, claimed.received, planned);
       return { requestId: claimed.id, step, commandId, retried: false };
     });
     if ("reply" in first) return first.reply;
