@@ -119,6 +119,43 @@ describe("a call still under way at Orange's deadline", () => {
   });
 });
 
+describe("a call ended by hand while the application carries it out", () => {
+  let s: Setup;
+  beforeAll(async () => {
+    // The application answers 200 after 1.5 s; Orange's call waits up to 6 s.
+    s = await setup({}, { mode: "slow", delayMs: 1_500 });
+  });
+  afterAll(async () => s?.close());
+
+  it("the application's late 2xx changes nothing: Orange's call answers the operator's outcome, nothing of the order is stored", async () => {
+    const { t, partner } = s;
+    const body = uc2({ quantity: 1 });
+    const calling = t.call("POST", ORDER_URL, body);
+    const command = await waitFor("the command under way", async () => {
+      const order = await t.db.productOrder.findFirst({ where: { orangeRef: body.externalReference.id } });
+      const c = order ? await t.db.provisioningCommand.findFirst({ where: { requestId: order.id } }) : null;
+      return c?.state === "sending" ? c : undefined;
+    }, 5_000);
+    const ended = await t.call("POST", `/admin/v1/provisioning/${command.id}/result`, { outcome: "failed", reason: "cancelled by the partner's support" }, ADMIN);
+    expect(ended.status, ended.text).toBe(200);
+
+    // The application's 200 comes once the command was ended: its settling (which applies a known
+    // plan right behind its lock) finds the command no longer under way and rolls back.
+    const res = await calling;
+    expect(res.status, res.text).toBe(201);
+    expect(res.body).toMatchObject({ id: command.requestId, state: "failed" });
+    expect(partner.received.filter((r) => r.verified)).toHaveLength(1);
+
+    const order = await t.db.productOrder.findUniqueOrThrow({ where: { id: command.requestId } });
+    expect(order).toMatchObject({ state: "failed", failureReason: expect.stringContaining("cancelled by the partner's support") });
+    expect(await t.db.licence.count({ where: { orderId: order.id } })).toBe(0);
+    expect(await t.db.customer.count({ where: { orangeRef: body.customer.externalReference.id } })).toBe(0);
+    const after = await commandOf(t, order.id);
+    expect(after).toMatchObject({ state: "refused", endedBy: "admin" });
+    expect(after.attemptRows).toHaveLength(1);
+  });
+});
+
 describe("sync answers with the application in between", () => {
   let s: Setup;
   beforeAll(async () => {

@@ -100,7 +100,7 @@ export function lockAndLookStatements(lanes: string[]): [Sql, Sql] {
 /** A command written with its first attempt, or ended before any (its plan refused). */
 export type NewCommand =
   | { state: "queued" }
-  | { state: "sending"; leaseMs: number; type: string; plan: JsonValue; body: string }
+  | { state: "sending"; leaseMs: number; type: string; /** The plan as JSON text. */ planJson: string; body: string }
   | { state: "refused"; error?: string };
 
 /**
@@ -126,7 +126,7 @@ export async function insertCommand(
       INSERT INTO provisioning_command (id, request_kind, request_id, lanes, state, attempts, lease_until, type, plan, body, prepared_at, last_error, finished_at)
       VALUES (${c.id}, ${c.kind}, ${c.requestId}, ${c.lanes}::text[], ${n.state}::"CommandState", ${sending ? 1 : 0}::int,
               now() + ${sending?.leaseMs ?? null}::bigint * interval '1 millisecond', ${sending?.type ?? null},
-              ${sending ? JSON.stringify(sending.plan) : null}::json, ${sending?.body ?? null}, CASE WHEN ${sending !== undefined} THEN now() END,
+              ${sending?.planJson ?? null}::json, ${sending?.body ?? null}, CASE WHEN ${sending !== undefined} THEN now() END,
               ${n.state === "refused" ? (n.error ?? null) : null}, CASE WHEN ${n.state === "refused"} THEN now() END)
       RETURNING id, attempts)
     INSERT INTO provisioning_attempt (command_id, attempt, started_at)

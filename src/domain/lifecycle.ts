@@ -272,6 +272,11 @@ export class CommandStateConflict extends Error {
   override readonly name = "CommandStateConflict";
 }
 
+/** A settling that applied its plan ahead of its lock found that it should not have: rolled back, and settled again. */
+class AppliedAhead extends Error {
+  override readonly name = "AppliedAhead";
+}
+
 export function createRequestLifecycle<C extends RequestCommand, P, O extends FinalOutcome>(
   deps: LifecycleDeps<C, P, O>,
 ): RequestLifecycle<C> {
@@ -586,7 +591,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
 
   /** A request's final state and the answer stored for Orange. */
   type Answered = { state: string; response: JsonValue };
-  type Step = { kind: "call"; call: ProvisioningCall; attempt: number } | { kind: "finished" } | { kind: "idle" };
+  /** What Orange's call that stored a request and prepared its command holds of them (see `settle`). */
+  type Known = { request: JsonValue; cmd: C; requestId: string; plan: P };
+
+  /** `plan`, on a command prepared by Orange's call: its plan as stored (read from its JSON text). */
+  type Step = { kind: "call"; call: ProvisioningCall; attempt: number; plan?: P } | { kind: "finished" } | { kind: "idle" };
   const IDLE: Step = { kind: "idle" };
 
   /**
@@ -725,9 +734,11 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     const { type, data } = handler.command(command.requestId, cmd, planned.plan);
     const body = JSON.stringify({ type, timestamp: clock.now().toISOString(), data });
     const entries = history.entriesStatement([received, commandEntry(row, "command.prepared", { type, lanes: command.lanes })]);
+    const planJson = JSON.stringify(planned.plan);
     // The transaction's last statement: it goes with the COMMIT.
-    await commands.insertCommand(tx, command, { state: "sending", leaseMs, type, plan: planned.plan as JsonValue, body }, [entries], { last: true });
-    return { kind: "call", call: { id: command.id, type, body }, attempt: 1 };
+    await commands.insertCommand(tx, command, { state: "sending", leaseMs, type, planJson, body }, [entries], { last: true });
+    // The plan as settling reads it back from the command (what JSON keeps of it), for Orange's call.
+    return { kind: "call", call: { id: command.id, type, body }, attempt: 1, plan: JSON.parse(planJson) as P };
   }
 
   async function send(call: ProvisioningCall, signal?: AbortSignal) {
@@ -777,25 +788,63 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     attempt: number,
     answer: ProvisioningAnswer & { responseBody?: string; durationMs: number },
     answering = false,
-    known?: { request: JsonValue; cmd: C },
+    known?: Known,
+  ): Promise<Answered | undefined> {
+    if (known && answer.outcome === "done") {
+      try {
+        return await settleOnce(commandId, attempt, answer, answering, known, true);
+      } catch (error) {
+        if (!(error instanceof AppliedAhead)) throw error;
+        // Rolled back: the command had moved on meanwhile. Settled the usual way, which sees how.
+      }
+    }
+    return settleOnce(commandId, attempt, answer, answering, known, false);
+  }
+
+  /**
+   * `settle`, once. `ahead`: the application carried the command out (`done`) and its plan is
+   * known: the plan is applied right behind the lock of the command and its request, its first
+   * write in the lock's round trip, and the transaction rolled back (AppliedAhead) when the lock
+   * shows that it should not have been (the attempt is no longer the command's current one, or
+   * the request ended by hand).
+   */
+  async function settleOnce(
+    commandId: string,
+    attempt: number,
+    answer: ProvisioningAnswer & { responseBody?: string; durationMs: number },
+    answering: boolean,
+    known: Known | undefined,
+    ahead: boolean,
   ): Promise<Answered | undefined> {
     const bounds = stage!.retry;
     // The commands whose turn may have come, once this transaction has committed: the statement
     // that settles the command goes out with the COMMIT, and they are woken after it.
     let woken: Promise<commands.NextCommand[]> | undefined;
     const answered = await db.transaction(async (tx): Promise<Answered | undefined> => {
+      // The attempt's entry goes with what it led to (one statement with the request's outcome),
+      // at the time the answer is settled, before what follows from it (a plan applied ahead).
+      const settledAt = clock.now();
       // The request is locked with the command (one round trip), whatever the command's state.
-      const locked = await commands.lockWithRequest(tx, kind, commandId, known?.request);
+      const locking = commands.lockWithRequest(tx, kind, commandId, known?.request);
+      const applying = ahead && known && answer.outcome === "done" ? handler.apply(tx, known.requestId, known.cmd, known.plan, answer.licences) : undefined;
+      // Seen below in every case; never an unhandled rejection meanwhile.
+      applying?.catch(() => {});
+      const locked = await locking.catch(async (error: unknown) => {
+        await applying?.catch(() => {});
+        throw error;
+      });
+      const current = locked !== undefined && locked.row.state === "sending" && locked.row.attempts === attempt;
+      if (applying && !(current && locked.request)) {
+        await applying.catch(() => {});
+        throw new AppliedAhead();
+      }
       if (!locked) return;
       const { row, request } = locked;
-      if (row.state !== "sending" || row.attempts !== attempt) return;
+      if (!current) return;
       const status = "status" in answer ? answer.status : undefined;
       const error = "error" in answer ? answer.error : answer.outcome === "refused" ? answer.reason : undefined;
       // The attempt is finished by the statement that settles the command, whichever it is.
       const finishing = { attempt, outcome: answer.outcome, status, error, responseBody: answer.responseBody, durationMs: Math.round(answer.durationMs) };
-      // The attempt's entry goes with what it led to (one statement with the request's outcome),
-      // at the time the answer is settled, before what follows from it.
-      const settledAt = clock.now();
       const tried = (more: Record<string, JsonValue | undefined> = {}) =>
         commandEntry(row, "command.attempt", { attempt, outcome: answer.outcome, status, error, durationMs: Math.round(answer.durationMs), ...more }, undefined, settledAt);
       // What settling writes besides the command (history, the request's outcome) goes in the
@@ -813,7 +862,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       const seen = { status, error, responseBody: answer.responseBody, finishing };
       switch (answer.outcome) {
         case "done": {
-          const outcome = await handler.apply(tx, row.request_id, cmd, plan, answer.licences);
+          const outcome = await (applying ?? handler.apply(tx, row.request_id, cmd, plan, answer.licences));
           const response = await conclude(tx, request, outcome, cmd, { before: [tried()], answering, deferred: also });
           woken = commands.settleCommandLater(tx, commandId, { state: "done", result: answer.licences as unknown as JsonValue, ...seen }, also);
           return response === undefined ? undefined : { state: outcome.state, response };
@@ -991,13 +1040,13 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       clearTimeout(timer);
       if (called !== undefined) {
         // Settled here, the request's answer is Orange's at once: its history entry is written with it.
-        const settled = await settle(first.commandId, step.attempt, called, true, { request: cmd.request, cmd });
+        const settled = await settle(first.commandId, step.attempt, called, true, { request: cmd.request, cmd, requestId, plan: step.plan! });
         if (settled !== undefined) return { requestId, replayed: false, response: settled.response };
       } else {
         // Past the deadline, the call goes on and its answer is settled when it comes: the outcome
         // then goes out as an event (auto) or waits for Orange's retry (sync).
         void calling
-          .then((answer) => settle(first.commandId, step.attempt, answer, false, { request: cmd.request, cmd }))
+          .then((answer) => settle(first.commandId, step.attempt, answer, false, { request: cmd.request, cmd, requestId, plan: step.plan! }))
           .catch(() => {
             // Not settled (the database away): the command's lease passes and the sweep sends it again.
           });
