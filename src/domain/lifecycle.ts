@@ -952,9 +952,9 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * and its plan begun, in one round trip. The lanes are known first (an update's, from its
    * licences: a read before the claim); a retry under a used key took the locks for nothing, and
    * let them go at once. The plan's first statement goes out behind the claim's (a plan writes
-   * nothing, it reads and locks what the change touches, after the lanes' locks as before): it is
-   * what the command needs when its lanes are free, its Orange's call's usual case; a replay, or
-   * lanes held by an earlier command, throw it away.
+   * nothing, it reads and locks what the change touches, after the lanes' locks as before). It is
+   * needed when the lanes are free, the usual case; a replay, or lanes held by an earlier
+   * command, throw it away.
    */
   async function claimInLanes(
     tx: Tx,
