@@ -710,6 +710,14 @@ async function webhookSteps(databaseUrl: string, token: string, figures: Figure[
     throw new Error(`the application received ${smallCommands} commands for ${smallOrders.orders.webhook} orders answered`);
   }
   const { none: n, webhook: w } = smallOrders.median;
+  /** Server and PostgreSQL CPU per order over every round of a side (each round weighted by its orders). */
+  const cpuPerOrder = (side: Side["name"]) => {
+    const mine = smallOrders.rounds.filter((r) => r.side === side);
+    const orders = mine.reduce((sum, r) => sum + r.ordersPerSecond * small.seconds, 0);
+    const cpu = mine.reduce((sum, r) => sum + (r.serverCpuUsPerOrder + r.postgresCpuUsPerOrder) * r.ordersPerSecond * small.seconds, 0);
+    return cpu / orders;
+  };
+  const smallCpu = { none: cpuPerOrder("none"), webhook: cpuPerOrder("webhook") };
 
   await res.webhookServer.stop();
   res.webhookServer = undefined;
@@ -747,6 +755,19 @@ async function webhookSteps(databaseUrl: string, token: string, figures: Figure[
         `p50 ${w.p50} ms vs ${n.p50} ms, p99 ${w.p99} ms vs ${n.p99} ms; CPU per order: server ${w.serverCpuUsPerOrder.toFixed(0)} µs vs ` +
         `${n.serverCpuUsPerOrder.toFixed(0)} µs, PostgreSQL ${w.postgresCpuUsPerOrder.toFixed(0)} µs vs ${n.postgresCpuUsPerOrder.toFixed(0)} µs; ` +
         `${smallCommands} commands received by the application`,
+    },
+    {
+      // Steadier than orders/s on a shared machine: a round that other work slowed down costs the
+      // same CPU per order, and every round counts, not only the median one.
+      name: `same, CPU per order (server + PostgreSQL)`,
+      unit: "µs",
+      value: smallCpu.webhook,
+      baseline: smallCpu.none,
+      ratio: smallCpu.webhook / smallCpu.none,
+      target: "–",
+      pass: true,
+      info: true,
+      note: `all ${small.rounds} rounds of each side, their CPU over their orders; orders/s would be about 1 / this ratio on a CPU-bound machine`,
     },
   );
   Object.assign(raw, { webhook: { bigOrders, bigCommands, smallOrders, smallCommands } });
