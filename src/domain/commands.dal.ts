@@ -51,15 +51,19 @@ const lockLanesStatement = (lanes: string[]) => sql`
   SELECT pg_advisory_xact_lock(${ADVISORY_NAMESPACE}::int, hashtext(l))
     FROM unnest(${[...lanes].sort()}::text[]) AS l ORDER BY l`;
 
-/** The columns of a CommandRow, of the table (or alias) `t`; `body: false`, a SettlingRow's. */
-const columnsOf = (t: string, { body = true } = {}) =>
+/**
+ * The columns of a CommandRow, of the table (or alias) `t`; `body: false`, a SettlingRow's;
+ * `plan: false`, the plan left out (NULL: the caller holds it).
+ */
+const columnsOf = (t: string, { body = true, plan = true } = {}) =>
   raw(`${t}.id, ${t}.seq, ${t}.request_kind, ${t}.request_id, ${t}.type, ${t}.lanes, ${t}.state::text AS state, ${t}.attempts,
-  ${t}.next_attempt_at, ${t}.lease_until, ${t}.plan,${body ? ` ${t}.body,` : ""} ${t}.result, ${t}.created_at, ${t}.prepared_at, ${t}.finished_at,
+  ${t}.next_attempt_at, ${t}.lease_until, ${plan ? `${t}.plan` : "NULL::json AS plan"},${body ? ` ${t}.body,` : ""} ${t}.result, ${t}.created_at, ${t}.prepared_at, ${t}.finished_at,
   ${t}.last_status, ${t}.last_error, ${t}.ended_by,
   (${t}.state = 'retrying' AND ${t}.next_attempt_at <= now()) OR (${t}.state = 'sending' AND ${t}.lease_until <= now()) AS due`);
 
 const COLUMNS = columnsOf("provisioning_command");
 const SETTLING_COLUMNS = columnsOf("c", { body: false });
+const SETTLING_COLUMNS_BUT_PLAN = columnsOf("c", { body: false, plan: false });
 
 /**
  * Statements run within another one, as its first CTEs: the history entries, the request's
@@ -152,18 +156,18 @@ export type SettlingRow = Omit<CommandRow, "body">;
  * The command, locked, with its request (locked too, the command first as everywhere else):
  * `lockCommand` then `requests.lockAcknowledged` in one round trip, for the settling of an
  * answer. `request` is undefined when the request is no longer acknowledged. `known`: the
- * request as the caller already holds it (Orange's call that stored it and waits for its
- * outcome): it is not read back.
+ * request and the command's plan as the caller already holds them (Orange's call that stored
+ * them and waits for the outcome): they are not read back.
  */
 export async function lockWithRequest(
   tx: Tx,
   kind: RequestKind,
   id: string,
-  known?: JsonValue,
+  known?: { request: JsonValue; plan: JsonValue },
 ): Promise<{ row: SettlingRow; request: CommandRequest | undefined } | undefined> {
   const [found] = await tx.query<SettlingRow & { r_request: JsonValue | null; r_state: RequestState; r_answer_mode: AnswerMode | null }>(
     prepared(sql`
-      SELECT ${SETTLING_COLUMNS}, ${known === undefined ? raw("r.request") : raw("NULL::jsonb")} AS r_request,
+      SELECT ${known === undefined ? SETTLING_COLUMNS : SETTLING_COLUMNS_BUT_PLAN}, ${known === undefined ? raw("r.request") : raw("NULL::jsonb")} AS r_request,
              r.state::text AS r_state, r.answer_mode AS r_answer_mode
         FROM provisioning_command c JOIN ${REQUEST_TABLE[kind]} r ON r.id = c.request_id
        WHERE c.id = ${id} AND c.request_kind = ${kind}
@@ -171,10 +175,11 @@ export async function lockWithRequest(
   );
   if (!found) return undefined;
   const { r_request, r_state, r_answer_mode, ...row } = found;
+  if (known) row.plan = known.plan;
   // Rows stored before the answer mode was recorded were asynchronous (as in requests.lockAcknowledged).
   return {
     row,
-    request: r_state === "acknowledged" ? { request: known ?? (r_request as JsonValue), answerMode: r_answer_mode ?? "async" } : undefined,
+    request: r_state === "acknowledged" ? { request: known?.request ?? (r_request as JsonValue), answerMode: r_answer_mode ?? "async" } : undefined,
   };
 }
 

@@ -780,8 +780,8 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
    * passed and another runner sent it again: that runner settles it). When it ended a request
    * answered sync (or auto), the answer it stored: the caller waiting for it need not read it back.
    * `answering`: that caller is Orange's call, which gets the answer now (its history entry goes
-   * with the outcome). `known`: the request and its command, as the call that stored them holds
-   * them: neither read back nor parsed again.
+   * with the outcome). `known`: the request, its command and the command's plan, as the call that
+   * stored them holds them: neither read back nor parsed again.
    */
   async function settle(
     commandId: string,
@@ -825,7 +825,7 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       // at the time the answer is settled, before what follows from it (a plan applied ahead).
       const settledAt = clock.now();
       // The request is locked with the command (one round trip), whatever the command's state.
-      const locking = commands.lockWithRequest(tx, kind, commandId, known?.request);
+      const locking = commands.lockWithRequest(tx, kind, commandId, known && { request: known.request, plan: known.plan as JsonValue });
       const applying = ahead && known && answer.outcome === "done" ? handler.apply(tx, known.requestId, known.cmd, known.plan, answer.licences) : undefined;
       // Seen below in every case; never an unhandled rejection meanwhile.
       applying?.catch(() => {});
