@@ -272,6 +272,20 @@ export class CommandStateConflict extends Error {
   override readonly name = "CommandStateConflict";
 }
 
+/**
+ * `first`'s result. Should it fail, only once `beside` has settled too: statements of the same
+ * transaction sent along with it, none of which may outlive the transaction (its failure rolls it
+ * back and gives its connection back).
+ */
+async function awaitBeside<T>(first: Promise<T>, beside: Promise<unknown> | undefined): Promise<T> {
+  try {
+    return await first;
+  } catch (error) {
+    await beside?.catch(() => {});
+    throw error;
+  }
+}
+
 /** A settling that applied its plan ahead of its lock found that it should not have: rolled back, and settled again. */
 class AppliedAhead extends Error {
   override readonly name = "AppliedAhead";
@@ -827,12 +841,9 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
       // The request is locked with the command (one round trip), whatever the command's state.
       const locking = commands.lockWithRequest(tx, kind, commandId, known && { request: known.request, plan: known.plan as JsonValue });
       const applying = ahead && known && answer.outcome === "done" ? handler.apply(tx, known.requestId, known.cmd, known.plan, answer.licences) : undefined;
-      // Seen below in every case; never an unhandled rejection meanwhile.
+      // Awaited below in every case; never an unhandled rejection meanwhile.
       applying?.catch(() => {});
-      const locked = await locking.catch(async (error: unknown) => {
-        await applying?.catch(() => {});
-        throw error;
-      });
+      const locked = await awaitBeside(locking, applying);
       const current = locked !== undefined && locked.row.state === "sending" && locked.row.attempts === attempt;
       if (applying && !(current && locked.request)) {
         await applying.catch(() => {});
@@ -980,10 +991,9 @@ export function createRequestLifecycle<C extends RequestCommand, P, O extends Fi
     // Begun now, its first statement sent with the claim's; always waited for before the
     // transaction goes on, so that none of its statements outlives it.
     const planning = handler.plan(tx, id, cmd);
-    const [inserted, , found] = await claiming.catch(async (error: unknown) => {
-      await planning.catch(() => {});
-      throw error;
-    });
+    // Awaited below in every case; never an unhandled rejection meanwhile.
+    planning.catch(() => {});
+    const [inserted, , found] = await awaitBeside(claiming, planning);
     const planned = await planning;
     if (inserted!.length > 0) {
       return { id, received: receivedOf(cmd, mode, id, createdAt, false), inLanes: { lanes, free: found!.length === 0, planned } };
