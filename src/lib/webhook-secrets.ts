@@ -8,6 +8,11 @@ const SECRET_PREFIX = "whsec_";
 const MIN_SECRET_BYTES = 24;
 const MAX_SECRET_BYTES = 64;
 
+/** The key bytes a secret stands for: the base64 after `whsec_` (or the whole secret, without it). */
+export function webhookSecretBytes(secret: string): Buffer {
+  return Buffer.from(secret.startsWith(SECRET_PREFIX) ? secret.slice(SECRET_PREFIX.length) : secret, "base64");
+}
+
 /**
  * Reads a space-separated list of `whsec_<base64>` secrets (several while the application moves
  * to a new one). Throws an Error naming `variable`, the faulty entry's position and the rule;
@@ -24,7 +29,7 @@ export function parseWebhookSecrets(value: string, variable = "PROVISIONING_WEBH
     if (!entry.startsWith(SECRET_PREFIX)) throw new Error(`${where} must start with "${SECRET_PREFIX}": ${hint}`);
     const b64 = entry.slice(SECRET_PREFIX.length);
     // Standard alphabet, padded: what the specification's libraries (and @stablelib/base64) decode.
-    const bytes = Buffer.from(b64, "base64");
+    const bytes = webhookSecretBytes(entry);
     if (!/^[A-Za-z0-9+/]+={0,2}$/.test(b64) || b64.length % 4 !== 0 || bytes.toString("base64") !== b64) {
       throw new Error(`${where} must be "${SECRET_PREFIX}" followed by standard, padded base64: ${hint}`);
     }

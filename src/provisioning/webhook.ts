@@ -12,6 +12,7 @@
 import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
 import { performance } from "node:perf_hooks";
 export { parseWebhookSecrets } from "../lib/webhook-secrets.js";
+import { webhookSecretBytes } from "../lib/webhook-secrets.js";
 import type { Dispatcher } from "undici";
 import { z } from "zod";
 import type { AppLicenceData, Provisioner, ProvisioningAnswer, ProvisioningCall } from "../domain/ports.js";
@@ -178,7 +179,7 @@ function rejectedError(status: number): string {
  * 38 µs a signature instead of 9 (Node 24, a 1.5 KB body).
  */
 function signingKey(secret: string): KeyObject {
-  const key = Buffer.from(secret.startsWith("whsec_") ? secret.slice("whsec_".length) : secret, "base64");
+  const key = webhookSecretBytes(secret);
   if (key.length === 0) throw new Error("a webhook secret must not be empty");
   return createSecretKey(key);
 }
