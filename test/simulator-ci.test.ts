@@ -8,7 +8,8 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
 import { createCatalogue } from "../src/domain/catalogue.js";
-import { DEFAULT_OFFER, defaultOfferCodes, reportFiles, reportStamp } from "../src/simulator/cli.js";
+import { retryDelayMs } from "../src/domain/lifecycle.js";
+import { DEFAULT_OFFER, defaultOfferCodes, reportFiles, reportStamp, SELF_HOSTED_RETRY, SELF_HOSTED_SYNC_DEADLINE_MS } from "../src/simulator/cli.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
 import { renderHtml, renderJunit, renderText } from "../src/simulator/report.js";
 import { modeHint, runScenarios, type CheckResult, type RunOptions, type RunReport } from "../src/simulator/runner.js";
@@ -204,6 +205,18 @@ describe("the server's defaults", () => {
 
   it("names the file when the catalogue cannot be read", async () => {
     await expect(defaultOfferCodes(join(ROOT, "config/nope.json"))).rejects.toThrow(/config\/nope\.json .*give --offers/);
+  });
+});
+
+describe("the self-hosted webhook run's retries", () => {
+  it("last past the sync deadline while the application is down, even when every jittered delay draws a tenth of its ceiling", () => {
+    // The server's bounds as the self-hosted run sets them (the attempts, the server's default
+    // of 12 before the fix: every delay drawn low, they were spent in 470 ms, and chain-down's
+    // order ended `failed` where it expects a 503).
+    const { retry } = loadConfig({ INBOUND_BEARER_TOKEN: "x", ...SELF_HOSTED_RETRY }).provisioning;
+    let spentMs = 0;
+    for (let attempt = 1; attempt < retry.maxAttempts; attempt++) spentMs += retryDelayMs(retry, attempt, undefined, () => 0.1);
+    expect(spentMs).toBeGreaterThan(10 * SELF_HOSTED_SYNC_DEADLINE_MS);
   });
 });
 

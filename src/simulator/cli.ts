@@ -55,9 +55,13 @@ export const SELF_HOSTED_SYNC_DEADLINE_MS = 2_000;
 
 /**
  * The self-hosted server's retries of a command its application did not answer: quick, so that
- * an application down then back is seen completing within a scenario.
+ * an application down then back is seen completing within a scenario, and many, so that they do
+ * not run out while it is down. The delays are full jitter (anywhere from 0 to their ceiling):
+ * the server's 12 attempts, 11 delays of at most 100–500 ms, could all be spent before the sync
+ * deadline, and the order then ended `failed` where the scenario expects a 503 (chain-down, now
+ * and then). The age bound stays the server's (an hour).
  */
-const SELF_HOSTED_RETRY = { PROVISIONING_RETRY_BASE_MS: "100", PROVISIONING_RETRY_MAX_MS: "500" };
+export const SELF_HOSTED_RETRY = { PROVISIONING_RETRY_BASE_MS: "100", PROVISIONING_RETRY_MAX_MS: "500", PROVISIONING_MAX_ATTEMPTS: "1000" };
 
 const BUILTIN_SCENARIOS = fileURLToPath(new URL("../../scenarios/", import.meta.url));
 
