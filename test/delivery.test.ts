@@ -3,7 +3,7 @@ import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { retryDelayMs } from "../src/events/delivery.js";
+import { retryDelayMs } from "../src/lib/backoff.js";
 import { createEventOperatorService } from "../src/events/operator.js";
 import { createOrangeEventClient } from "../src/events/orange-client.js";
 import { addJob } from "../src/events/queue.js";

@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
 import { createCatalogue } from "../src/domain/catalogue.js";
-import { retryDelayMs } from "../src/domain/lifecycle.js";
+import { retryDelayMs } from "../src/lib/backoff.js";
 import { DEFAULT_OFFER, defaultOfferCodes, reportFiles, reportStamp, SELF_HOSTED_RETRY, SELF_HOSTED_SYNC_DEADLINE_MS } from "../src/simulator/cli.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
 import { renderHtml, renderJunit, renderText } from "../src/simulator/report.js";

@@ -46,6 +46,7 @@ import { prepared, type Db, type Queryable, type Sql, type Tx } from "../db/sql.
 import type { Clock } from "../lib/clock.js";
 import type { IdGenerator } from "../lib/ids.js";
 import type { JsonObject, JsonValue } from "../lib/json.js";
+import { retryDelayMs } from "../lib/backoff.js";
 import { setTimeout as sleep } from "node:timers/promises";
 import { OutcomePending } from "../errors.js";
 import * as commands from "./commands.dal.js";
@@ -220,12 +221,6 @@ export function commandLeaseMs(timeoutMs: number): number {
 
 export function provisionJob(kind: RequestKind, commandId: string, runAt?: Date): Job {
   return { task: PROVISION_TASK, payload: { commandId, kind }, key: `provision:${commandId}`, ...(runAt ? { runAt } : {}) };
-}
-
-/** Full jitter: uniform in [0, min(max, base·2^(attempt-1))], never below Retry-After. */
-export function retryDelayMs(bounds: RetryBounds, attempt: number, retryAfterMs: number | undefined, random: () => number): number {
-  const ceiling = Math.min(bounds.maxMs, bounds.baseMs * 2 ** Math.min(attempt - 1, 40));
-  return Math.max(Math.floor(random() * ceiling), retryAfterMs ?? 0);
 }
 
 /** What Orange is told when a request failed for a technical reason (the detail stays with operators). */

@@ -28,6 +28,7 @@
 import type { JobHelpers, Task } from "graphile-worker";
 import type pg from "pg";
 import { queryable, type Queryable } from "../db/sql.js";
+import { retryDelayMs } from "../lib/backoff.js";
 import { addJob } from "./queue.js";
 import type { EventLogger } from "./http.js";
 import type { DeliveryResult, OrangeEventApi, OrangeEventClient } from "./orange-client.js";
@@ -166,13 +167,6 @@ export const HEADS_SQL = `WITH lock AS MATERIALIZED (
   ORDER BY h.seq`;
 
 const INTERRUPTED = "interrupted: the worker stopped or died during the attempt";
-
-/** Full jitter: uniform in [0, min(max, base·2^(attempt-1))], never below Retry-After. */
-export function retryDelayMs(policy: RetryPolicy, attempt: number, retryAfterMs: number | undefined, random: () => number): number {
-  const ceiling = Math.min(policy.maxMs, policy.baseMs * 2 ** Math.min(attempt - 1, 40));
-  const jittered = Math.floor(random() * ceiling);
-  return Math.max(jittered, retryAfterMs ?? 0);
-}
 
 export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
   const { pool, retry, logger } = options;
