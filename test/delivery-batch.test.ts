@@ -12,11 +12,11 @@ import pg from "pg";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createDeliverEventsTask } from "../src/events/delivery.js";
 import { createOrangeEventClient, type OrangeEventClient } from "../src/events/orange-client.js";
-import { DELIVERY_LOCK_NAMESPACE, type EnqueuedEvent } from "../src/events/outbox.js";
+import { committedDeliveryJobs, DELIVERY_LOCK_NAMESPACE, enqueueEvent, type EnqueuedEvent, type RunDeliveries } from "../src/events/outbox.js";
 import { createTokenCache, type TokenCache } from "../src/events/token-cache.js";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
-import { enqueue, eventRow, FAST_RETRY } from "./support/outbox-harness.js";
+import { clock, enqueue, eventRow, FAST_RETRY, ids } from "./support/outbox-harness.js";
 
 let database: TestDatabase;
 let gw: MockGateway;
@@ -27,6 +27,8 @@ let pool: CountingPool;
 /** A pool whose checked-out connections count the statements they run, and remember their backend pid. */
 class CountingPool extends pg.Pool {
   statements = 0;
+  /** Each statement's prepared name, or its text. */
+  names: string[] = [];
   backendPids: number[] = [];
 
   override connect(): Promise<pg.PoolClient>;
@@ -40,6 +42,8 @@ class CountingPool extends pg.Pool {
       const query = conn.query.bind(conn) as (...args: unknown[]) => unknown;
       (conn as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
         this.statements++;
+        const q = args[0] as string | { name?: string; text?: string };
+        this.names.push(typeof q === "string" ? q : (q.name ?? q.text ?? ""));
         return query(...args);
       };
       return conn;
@@ -248,5 +252,120 @@ describe("a delivery run's statements", () => {
       if (i === 0) expect(row.deliveryAttempts[0]?.error).toMatch(/^interrupted/);
     }
     expect(await db().eventDeliveryAttempt.count({ where: { event: { orderingKey: "fl_crash" }, finishedAt: null } })).toBe(0);
+  });
+});
+
+/**
+ * An inline run's transaction writes its `n` events of one fleet (seq order = array order): the
+ * first one claimed, its first attempt started in that transaction (outbox.ts).
+ */
+async function inlineEventsOf(fleet: string, n: number): Promise<{ events: EnqueuedEvent[]; run: RunDeliveries }> {
+  const run: RunDeliveries = { keys: new Map(), inline: true, claims: new Map(), workerId: "inline-worker" };
+  const events = await committedDeliveryJobs.run(run, () =>
+    database.db.transaction(async (tx) => {
+      const written: EnqueuedEvent[] = [];
+      for (let i = 0; i < n; i++) {
+        written.push(await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: { fleet, n: i }, fleetId: fleet }, clock, ids));
+      }
+      return written;
+    }),
+  );
+  return { events, run };
+}
+
+describe("an inline run's own event, its first attempt started by the transaction that wrote it", () => {
+  it("is sent as written, the key's lock taken by a read-only statement, then recorded on the attempt that transaction started", async () => {
+    const { events, run: inline } = await inlineEventsOf("fl_claim", 1);
+    const [event] = events;
+    const claim = inline.claims!.get("fl_claim")!;
+    expect(claim).toMatchObject({ id: event!.id, api: "userservice", type: "updateNotification", more: false });
+    // Committed with its event: the attempt is open before any delivery run.
+    const [opened] = (await eventRow(db(), event!.id))!.deliveryAttempts;
+    expect(opened).toMatchObject({ attempt: 1, workerId: "inline-worker", finishedAt: null, outcome: null });
+
+    await task().deliverClaimed("fl_claim", claim);
+
+    expect(gw.received.map((r) => r.body)).toEqual([{ ...event!.body }]);
+    // The lock statement (which reads no event back and, the event still first, writes nothing),
+    // then the record; not the read of the key's events, which locks the event's row and starts
+    // an attempt in a transaction of its own.
+    expect(pool.names).toEqual(["outbox_claimed", "outbox_attempts_delivered"]);
+    expect(await advisoryLocks()).toBe(0);
+    const row = (await eventRow(db(), event!.id))!;
+    expect(row).toMatchObject({ state: "delivered", attempts: 1, lastStatus: 201 });
+    expect(row.deliveryAttempts).toHaveLength(1);
+    expect(row.deliveryAttempts[0]).toMatchObject({ id: opened!.id, attempt: 1, outcome: "delivered", status: 201, workerId: "inline-worker" });
+    expect(row.deliveryAttempts[0]!.finishedAt!.getTime()).toBe(row.deliveredAt!.getTime());
+  });
+
+  it("waits for an earlier pending event of its key: that attempt, never made, is taken back, and both go in seq order", async () => {
+    const [earlier] = await eventsOf("fl_behind", 1);
+    const { events, run: inline } = await inlineEventsOf("fl_behind", 1);
+    await task().deliverClaimed("fl_behind", inline.claims!.get("fl_behind")!);
+
+    expect(sentIds("fl_behind")).toEqual([earlier!.id, events[0]!.id]);
+    for (const e of [earlier!, events[0]!]) {
+      const row = (await eventRow(db(), e.id))!;
+      expect(row).toMatchObject({ state: "delivered", attempts: 1 });
+      // One attempt each, delivered: none reported interrupted.
+      expect(row.deliveryAttempts.map((a) => [a.attempt, a.outcome, a.error])).toEqual([[1, "delivered", null]]);
+    }
+    expect(await advisoryLocks()).toBe(0);
+  });
+
+  it("sends nothing while another run holds its key: that attempt is taken back, and the key's job comes back shortly", async () => {
+    const { events, run: inline } = await inlineEventsOf("fl_busy", 1);
+    const holder = new pg.Client({ connectionString: database.url });
+    await holder.connect();
+    try {
+      await holder.query("SELECT pg_advisory_lock($1::int, hashtext($2))", [DELIVERY_LOCK_NAMESPACE, "fl_busy"]);
+      await task().deliverClaimed("fl_busy", inline.claims!.get("fl_busy")!);
+      expect(sentIds("fl_busy")).toEqual([]);
+      const row = (await eventRow(db(), events[0]!.id))!;
+      expect(row).toMatchObject({ state: "pending", attempts: 0 });
+      expect(row.deliveryAttempts).toEqual([]);
+      const jobs = await db().$queryRaw<{ n: number }[]>`
+        SELECT count(*)::int AS n FROM graphile_worker.jobs WHERE key = 'deliver:fl_busy' AND run_at > now()`;
+      expect(jobs[0]!.n).toBe(1);
+    } finally {
+      await holder.end();
+    }
+    // The key's next run delivers it, its only attempt numbered 1.
+    await run(task(), "fl_busy");
+    expect(sentIds("fl_busy")).toEqual([events[0]!.id]);
+    expect((await eventRow(db(), events[0]!.id))!.deliveryAttempts.map((a) => [a.attempt, a.outcome])).toEqual([[1, "delivered"]]);
+  });
+
+  it("goes on with the key's later events that its own transaction wrote, then releases the key", async () => {
+    const { events, run: inline } = await inlineEventsOf("fl_more", 3);
+    const claim = inline.claims!.get("fl_more")!;
+    expect(claim).toMatchObject({ id: events[0]!.id, more: true });
+    // Only the first has an attempt started.
+    expect((await eventRow(db(), events[1]!.id))!.deliveryAttempts).toEqual([]);
+    await task().deliverClaimed("fl_more", claim);
+
+    expect(sentIds("fl_more")).toEqual(events.map((e) => e.id));
+    for (const e of events) {
+      const row = (await eventRow(db(), e.id))!;
+      expect(row.state).toBe("delivered");
+      expect(row.deliveryAttempts.map((a) => [a.attempt, a.outcome])).toEqual([[1, "delivered"]]);
+    }
+    expect(await advisoryLocks()).toBe(0);
+  });
+
+  it("rolled back, leaves neither the event, nor its attempt, nor a claim", async () => {
+    const inline: RunDeliveries = { keys: new Map(), inline: true, claims: new Map(), workerId: "inline-worker" };
+    await expect(
+      committedDeliveryJobs.run(inline, () =>
+        database.db.transaction(async (tx) => {
+          await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: { fleet: "fl_rollback" }, fleetId: "fl_rollback" }, clock, ids);
+          throw new Error("rolled back");
+        }),
+      ),
+    ).rejects.toThrow("rolled back");
+    expect(inline.claims!.size).toBe(0);
+    expect(inline.keys.size).toBe(0);
+    expect(await db().outboxEvent.count({ where: { orderingKey: "fl_rollback" } })).toBe(0);
+    expect(await db().eventDeliveryAttempt.count({ where: { event: { orderingKey: "fl_rollback" } } })).toBe(0);
   });
 });

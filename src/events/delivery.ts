@@ -32,7 +32,7 @@ import { retryDelayMs } from "../lib/backoff.js";
 import { addJob } from "./queue.js";
 import type { EventLogger } from "./http.js";
 import type { DeliveryResult, OrangeEventApi, OrangeEventClient } from "./orange-client.js";
-import { DELIVER_TASK, DELIVERY_LOCK_NAMESPACE, jobKeyOf } from "./outbox.js";
+import { type ClaimedEvent, DELIVER_TASK, DELIVERY_LOCK_NAMESPACE, jobKeyOf } from "./outbox.js";
 
 export interface RetryPolicy {
   /** Ceiling of the first backoff; doubles with each attempt. */
@@ -166,25 +166,74 @@ export const HEADS_SQL = `WITH lock AS MATERIALIZED (
    FROM lock l LEFT JOIN heads h ON true
   ORDER BY h.seq`;
 
+/**
+ * An inline run's claimed event (outbox.ts, `claimedEventStatement`), before it is sent: the key's
+ * lock, and its open first attempt, if the event is still what it was when written (pending, no
+ * attempt made) and the key's first pending event, with no dead one before it. Otherwise (an
+ * earlier event of the key committed meanwhile, or another run delivered it) that attempt, never
+ * made, is taken back if still open: the next read starts the right one. Read-only in the common
+ * case, so its commit costs nothing: no transaction id, no row lock (the key's lock is enough:
+ * every run that writes the event's state holds it).
+ */
+export const CLAIMED_SQL = `WITH lock AS MATERIALIZED (
+   SELECT pg_try_advisory_lock($3::int, hashtext($1)) AS locked
+ ),
+ ev AS MATERIALIZED (
+   SELECT e.seq FROM outbox_event e
+    WHERE (SELECT locked FROM lock) AND e.id = $2 AND e.state::text = 'pending' AND e.attempts = 0
+ ),
+ mine AS MATERIALIZED (
+   SELECT a.id FROM event_delivery_attempt a
+    WHERE a.event_id = $2 AND a.attempt = 1 AND a.finished_at IS NULL
+      AND EXISTS (SELECT 1 FROM ev)
+      -- The same range reads as HEADS_SQL's, on the (ordering_key, state, seq) index.
+      AND NOT EXISTS (
+        SELECT 1 FROM outbox_event p
+         WHERE (p.ordering_key, p.state, p.seq) > ($1, 'pending', -1)
+           AND (p.ordering_key, p.state, p.seq) < ($1, 'pending', (SELECT seq FROM ev)))
+      AND NOT EXISTS (
+        SELECT 1 FROM outbox_event d
+         WHERE (d.ordering_key, d.state, d.seq) > ($1, 'dead', -1)
+           AND (d.ordering_key, d.state, d.seq) < ($1, 'dead', (SELECT seq FROM ev)))
+ ),
+ taken_back AS (
+   DELETE FROM event_delivery_attempt a
+    WHERE a.event_id = $2 AND a.attempt = 1 AND a.finished_at IS NULL AND NOT EXISTS (SELECT 1 FROM mine)
+   RETURNING 1
+ )
+ SELECT (SELECT locked FROM lock) AS locked, (SELECT id FROM mine) AS attempt_id, (SELECT count(*) FROM taken_back)::int AS taken_back`;
+
 const INTERRUPTED = "interrupted: the worker stopped or died during the attempt";
 
-export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
+/** The `deliver_events` task, and the delivery of an inline run's claimed event (outbox.ts). */
+export type DeliverEventsTask = Task & {
+  deliverClaimed(orderingKey: string, claim: ClaimedEvent, abortSignal?: AbortSignal): Promise<void>;
+};
+
+export function createDeliverEventsTask(options: DeliveryTaskOptions): DeliverEventsTask {
   const { pool, retry, logger } = options;
   const random = options.random ?? Math.random;
   const busyRetryMs = options.busyRetryMs ?? 500;
 
-  return async (payload: unknown, helpers: JobHelpers) => {
+  const task: Task = async (payload: unknown, helpers: JobHelpers) => {
     const orderingKey = (payload as { orderingKey?: unknown } | null)?.orderingKey;
     if (typeof orderingKey !== "string" || orderingKey.length === 0) {
       logger?.warn({ jobId: helpers.job.id, payload }, "deliver_events job without an ordering key; dropped");
       return;
     }
+    await runKey(orderingKey, helpers.abortSignal);
+  };
+  return Object.assign(task, {
+    deliverClaimed: (orderingKey: string, claim: ClaimedEvent, abortSignal?: AbortSignal) => runKey(orderingKey, abortSignal, claim),
+  });
+
+  async function runKey(orderingKey: string, abortSignal: AbortSignal = new AbortController().signal, claim?: ClaimedEvent): Promise<void> {
     const conn = await pool.connect();
     const lock: KeyLock = { held: false };
     let broken = false;
     try {
       try {
-        await deliverKey(conn, orderingKey, helpers.abortSignal, lock);
+        await deliverKey(conn, orderingKey, abortSignal, lock, claim);
       } finally {
         if (lock.held) {
           await conn.query("SELECT pg_advisory_unlock($1::int, hashtext($2))", [DELIVERY_LOCK_NAMESPACE, orderingKey]).catch(() => {
@@ -199,7 +248,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
     } finally {
       conn.release(broken);
     }
-  };
+  }
 
   /**
    * Statements: the first read, which also takes the key lock and starts the first event's
@@ -209,7 +258,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
    * the run's job was claimed has its own job (add_job on a running job's key creates one), so a
    * run need not look again once its batch was not full.
    */
-  async function deliverKey(conn: pg.PoolClient, orderingKey: string, abortSignal: AbortSignal, lock: KeyLock): Promise<void> {
+  async function deliverKey(conn: pg.PoolClient, orderingKey: string, abortSignal: AbortSignal, lock: KeyLock, claim?: ClaimedEvent): Promise<void> {
     const startedAt = performance.now();
     const mustStop = () => abortSignal.aborted || performance.now() - startedAt > options.runBudgetMs;
     for (;;) {
@@ -218,27 +267,53 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         await schedule(conn, orderingKey, { delayMs: 0 });
         return;
       }
-      // The key's next pending events, the first of them claimed for an attempt if it is due. Only
-      // those before the key's first dead event, if any: the events behind it are held (one index
-      // probe in the same statement, no extra round trip).
-      const { rows } = await conn.query<KeyRow & (HeadRow | NoRow) & Started>({
-        name: "outbox_heads",
-        text: HEADS_SQL,
-        values: [orderingKey, options.workerId?.() ?? null, INTERRUPTED, DELIVERY_LOCK_NAMESPACE, !lock.held],
-      });
-      if (!rows[0]?.locked) {
-        // Another run delivers this key right now; it goes on while events are pending, and
-        // this retry covers an event it may have just missed.
-        await schedule(conn, orderingKey, { delayMs: busyRetryMs });
-        return;
-      }
-      lock.held = true;
-      const batch = rows.filter((r): r is HeadRow & KeyRow & Started => r.id !== null);
-      if (batch.length === 0) {
-        // Nothing to send; when a dead event holds the key, its operator action schedules it again.
-        const heldBy = rows[0]?.held_by;
-        if (heldBy) logger?.debug({ orderingKey, heldBy }, "events wait behind a dead event until an operator re-sends or discards it");
-        return;
+      let batch: (HeadRow & Started)[];
+      /** The batch holds every pending event of the key this run knows of. */
+      let whole: boolean;
+      if (claim !== undefined) {
+        // An inline run's event, its first attempt started by the transaction that wrote it: sent
+        // as written, once the key's lock is taken and the event found still the key's first.
+        const claimed = claim;
+        claim = undefined;
+        const { rows } = await conn.query<{ locked: boolean; attempt_id: string | null }>({
+          name: "outbox_claimed",
+          text: CLAIMED_SQL,
+          values: [orderingKey, claimed.id, DELIVERY_LOCK_NAMESPACE],
+        });
+        if (!rows[0]?.locked) {
+          await schedule(conn, orderingKey, { delayMs: busyRetryMs });
+          return;
+        }
+        lock.held = true;
+        // No longer the key's first pending event: the key's events are read as any run's are.
+        if (rows[0].attempt_id === null) continue;
+        const head = { id: claimed.id, api: claimed.api, json: claimed.json, type: claimed.type, attempts: 0, due: true, next_attempt_at: new Date() };
+        batch = [{ ...head, attempt_id: rows[0].attempt_id, attempt: 1 }];
+        whole = !claimed.more;
+      } else {
+        // The key's next pending events, the first of them claimed for an attempt if it is due. Only
+        // those before the key's first dead event, if any: the events behind it are held (one index
+        // probe in the same statement, no extra round trip).
+        const { rows } = await conn.query<KeyRow & (HeadRow | NoRow) & Started>({
+          name: "outbox_heads",
+          text: HEADS_SQL,
+          values: [orderingKey, options.workerId?.() ?? null, INTERRUPTED, DELIVERY_LOCK_NAMESPACE, !lock.held],
+        });
+        if (!rows[0]?.locked) {
+          // Another run delivers this key right now; it goes on while events are pending, and
+          // this retry covers an event it may have just missed.
+          await schedule(conn, orderingKey, { delayMs: busyRetryMs });
+          return;
+        }
+        lock.held = true;
+        batch = rows.filter((r): r is HeadRow & KeyRow & Started => r.id !== null);
+        if (batch.length === 0) {
+          // Nothing to send; when a dead event holds the key, its operator action schedules it again.
+          const heldBy = rows[0]?.held_by;
+          if (heldBy) logger?.debug({ orderingKey, heldBy }, "events wait behind a dead event until an operator re-sends or discards it");
+          return;
+        }
+        whole = batch.length < PREFETCH;
       }
       const first = batch[0]!;
       if (!first.due) {
@@ -271,7 +346,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): Task {
         options.observer?.attempt(result.outcome, answeredAt - sentAt);
         const following = batch[i + 1];
         // The key is drained: the statement that records the last event releases it.
-        const drained = following === undefined && batch.length < PREFETCH;
+        const drained = following === undefined && whole;
         if (result.outcome !== "delivered") {
           if (unrecorded.length > 0) await recordDelivered(conn, orderingKey, unrecorded.splice(0), undefined);
           const aborted = abortSignal.aborted && result.outcome === "retry";

@@ -49,6 +49,28 @@ export interface RunDeliveries {
    * transactions add none. If the process stops first, the worker's sweep gives the key a job.
    */
   inline: boolean;
+  /**
+   * An inline run's first event of each key, its first attempt already started by the
+   * transaction that wrote it (filled in once that transaction has committed): the run sends it
+   * without reading it back (delivery.ts, CLAIMED_SQL).
+   */
+  claims?: Map<string, ClaimedEvent>;
+  /** The worker pool id an inline run's attempts are written with. */
+  workerId?: string;
+}
+
+/**
+ * An event whose first attempt the transaction that wrote it started (an open attempt row,
+ * numbered 1), as that transaction wrote it: sent as is.
+ */
+export interface ClaimedEvent {
+  id: string;
+  api: OrangeEventApi;
+  type: string;
+  /** The body as written to its json column, byte for byte. */
+  json: string;
+  /** The run's transactions wrote more events of its key after it. */
+  more: boolean;
 }
 
 export const committedDeliveryJobs = new AsyncLocalStorage<RunDeliveries>();
@@ -74,6 +96,7 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
   if (orderingKey === undefined) throw new Error("an outbox event needs a fleetId, an orderId or an updateId (its ordering key)");
   const id = ids.next("ev");
   const body: OrangeEvent = { id, type: event.type, time: clock.now().toISOString(), resource: event.resource };
+  const json = JSON.stringify(body);
 
   // The key needs scheduling once per transaction: after this transaction's first event of the
   // key, a job of the key exists that no worker can claim before the commit (the row this
@@ -108,7 +131,7 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
     ), inserted AS (
       INSERT INTO outbox_event (id, api, type, ordering_key, fleet_id, order_id, update_id, body)
       SELECT ${id}::text, ${event.api}::text, ${event.type}::text, ${orderingKey}::text, ${event.fleetId ?? null}::text,
-             ${event.orderId ?? null}::text, ${event.updateId ?? null}::text, ${JSON.stringify(body)}::json
+             ${event.orderId ?? null}::text, ${event.updateId ?? null}::text, ${json}::json
         FROM locked
       RETURNING ordering_key
     ), waiting AS MATERIALIZED (
@@ -132,20 +155,50 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
         job_key_mode => 'preserve_run_at'
       )).id
     ) END AS job_id FROM inserted`);
-  scheduled.add(orderingKey);
   if (run?.inline) {
     // A run that delivers its own events needs no job, hence nothing of the answer: the statement
     // goes out without being waited for (answered with the transaction's next statement or its
     // COMMIT, whose failure it fails).
-    await tx.executeLater(statement);
-    tx.afterCommit(() => run.keys.set(orderingKey, null));
+    // The run's first event of the key also gets its first attempt started here, in this
+    // transaction (the statement the delivery would otherwise begin with: its commit, its reading
+    // back of the event and its row lock are saved). Whether it is still the key's first pending
+    // event once committed, the delivery checks under the key's lock before sending it.
+    const claim = run.claims !== undefined && !scheduled.has(orderingKey) && !run.claims.has(orderingKey);
+    scheduled.add(orderingKey);
+    await tx.executeLater(claim ? claimedEventStatement(id, event, orderingKey, json, run.workerId) : statement);
+    tx.afterCommit(() => {
+      run.keys.set(orderingKey, null);
+      const claimed = run.claims?.get(orderingKey);
+      if (claim && claimed === undefined) run.claims!.set(orderingKey, { id, api: event.api, type: event.type, json, more: false });
+      else if (claimed !== undefined && claimed.id !== id) claimed.more = true;
+    });
     return { id, orderingKey, body };
   }
+  scheduled.add(orderingKey);
   const written = await tx.query<{ job_id: string | number | null }>(statement);
   if (written.length !== 1) throw new Error(`outbox event ${id} was not written (${written.length} rows)`);
   const jobId = written[0]!.job_id;
   if (run && jobId !== null) tx.afterCommit(() => run.keys.set(orderingKey, String(jobId)));
   return { id, orderingKey, body };
+}
+
+/**
+ * An inline run's first event of its key: the key lock and the row (as `enqueueEvent`'s, without
+ * a job), and its first attempt started, numbered 1 (a new event has no attempt yet).
+ */
+function claimedEventStatement(id: string, event: NewEvent, orderingKey: string, json: string, workerId: string | undefined) {
+  return prepared(sql`
+    WITH locked AS (
+      SELECT 1 AS ok FROM pg_advisory_xact_lock(${ENQUEUE_LOCK_NAMESPACE}::int, hashtext(${orderingKey}::text))
+    ), inserted AS (
+      INSERT INTO outbox_event (id, api, type, ordering_key, fleet_id, order_id, update_id, body)
+      SELECT ${id}::text, ${event.api}::text, ${event.type}::text, ${orderingKey}::text, ${event.fleetId ?? null}::text,
+             ${event.orderId ?? null}::text, ${event.updateId ?? null}::text, ${json}::json
+        FROM locked
+      RETURNING id
+    )
+    INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at)
+    SELECT id, 1, ${workerId ?? null}::text, clock_timestamp() FROM inserted`);
 }
 
 /** What each announcement of the domain is on Orange's side: which API, which event type. */

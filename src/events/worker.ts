@@ -20,13 +20,13 @@
 import { EventEmitter } from "node:events";
 import { Logger, run, type JobHelpers, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
 import pg from "pg";
-import { createDeliverEventsTask, schedule, type DeliveryObserver, type RetryPolicy } from "./delivery.js";
+import { createDeliverEventsTask, schedule, type DeliverEventsTask, type DeliveryObserver, type RetryPolicy } from "./delivery.js";
 import type { EventLogger } from "./http.js";
 import type { InlineRunner, Job, TaskHandler } from "../domain/ports.js";
 import { queryable, refreshPlans } from "../db/sql.js";
 import { addJob } from "./queue.js";
 import type { OrangeEventClient } from "./orange-client.js";
-import { committedDeliveryJobs, DELIVER_TASK, jobKeyOf, type RunDeliveries } from "./outbox.js";
+import { type ClaimedEvent, committedDeliveryJobs, DELIVER_TASK, jobKeyOf, type RunDeliveries } from "./outbox.js";
 
 export interface WorkerLogger extends EventLogger {
   error(obj: object, msg?: string): void;
@@ -148,8 +148,9 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   });
 
   const taskList: TaskList = {};
+  let deliver: DeliverEventsTask | undefined;
   if (options.client) {
-    taskList[DELIVER_TASK] = createDeliverEventsTask({
+    taskList[DELIVER_TASK] = deliver = createDeliverEventsTask({
       pool,
       client: options.client,
       retry: options.retry,
@@ -160,14 +161,17 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       ...(options.observer ? { observer: options.observer } : {}),
     });
   }
-  const deliver = taskList[DELIVER_TASK];
   for (const [name, handler] of Object.entries(options.tasks ?? {})) {
     taskList[name] = async (payload, helpers) => {
       const run: RunDeliveries = { keys: new Map(), inline: false };
       await committedDeliveryJobs.run(run, () => handler(payload, { attempt: helpers.job.attempts, signal: helpers.abortSignal }));
-      if (deliver) await deliverNow(deliver, run.keys, helpers);
+      if (deliver) await deliverNow(deliver, run, helpers);
     };
   }
+
+  /** What an inline run's transactions committed for it to deliver (the claims: outbox.ts). */
+  const inlineRun = (): RunDeliveries =>
+    deliver === undefined ? { keys: new Map(), inline: false } : { keys: new Map(), inline: true, claims: new Map(), ...(workerId !== undefined ? { workerId } : {}) };
 
   /**
    * The events a task's transactions committed (an async order's outcome) are delivered by the
@@ -178,11 +182,11 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
    * already claimed by a worker, or not due (a retry's backoff), is left to graphile. A failed
    * delivery run releases the job for graphile to run again; the task itself has succeeded.
    */
-  async function deliverNow(task: NonNullable<TaskList[string]>, committed: Map<string, string | null>, helpers: JobHelpers): Promise<void> {
+  async function deliverNow(task: DeliverEventsTask, committed: RunDeliveries, helpers: JobHelpers): Promise<void> {
     const id = workerId;
-    for (const [orderingKey, jobId] of committed) {
+    for (const [orderingKey, jobId] of committed.keys) {
       if (jobId === null) {
-        await deliverWithoutJob(task, orderingKey, helpers);
+        await deliverWithoutJob(task, orderingKey, committed.claims?.get(orderingKey), helpers);
         continue;
       }
       if (id === undefined) continue;
@@ -217,10 +221,11 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
    * retry or when stopping); a run that fails before it could schedule anything schedules the key
    * here, or, with the database gone, leaves it to the sweep (pending events without a job).
    */
-  async function deliverWithoutJob(task: NonNullable<TaskList[string]>, orderingKey: string, helpers: JobHelpers): Promise<void> {
+  async function deliverWithoutJob(task: DeliverEventsTask, orderingKey: string, claim: ClaimedEvent | undefined, helpers: JobHelpers): Promise<void> {
     try {
       if (helpers.abortSignal?.aborted) throw new Error("the worker is stopping");
-      await task({ orderingKey }, { ...helpers, job: { ...helpers.job, key: jobKeyOf(orderingKey) } } as JobHelpers);
+      if (claim) await task.deliverClaimed(orderingKey, claim, helpers.abortSignal);
+      else await task({ orderingKey }, { ...helpers, job: { ...helpers.job, key: jobKeyOf(orderingKey) } } as JobHelpers);
     } catch (err) {
       logger?.warn({ orderingKey, err: errorMessage(err) }, "delivering an inline run's events failed; its key gets a job");
       await addOnceAnswered(() => schedule(pool, orderingKey, { delayMs: 0 }, "preserve_run_at"), { orderingKey });
@@ -394,7 +399,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
    * the caller does not handle: its slot is freed and the caller gets the error.
    */
   async function runWork(held: HeldWork, freeSlot: () => void): Promise<void> {
-    const run: RunDeliveries = { keys: new Map(), inline: deliver !== undefined };
+    const run = inlineRun();
     let result: unknown;
     try {
       result = await committedDeliveryJobs.run(run, held.work);
@@ -406,7 +411,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     held.done(result);
     if (deliver && run.keys.size > 0) {
       const helpers = { abortSignal: inlineAbort.signal, job: { id: "inline:work", attempts: 1, key: null } };
-      await deliverNow(deliver, run.keys, helpers as unknown as JobHelpers);
+      await deliverNow(deliver, run, helpers as unknown as JobHelpers);
     }
   }
 
@@ -414,14 +419,14 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     const handler = options.tasks?.[job.task];
     try {
       if (!handler) throw new Error(`no task ${job.task} here`);
-      const run: RunDeliveries = { keys: new Map(), inline: deliver !== undefined };
+      const run = inlineRun();
       // A run whose handler throws asked for another run: its job takes over, with graphile's
       // backoff from there (the handler has counted the failed attempt).
       const context = { attempt: 1, signal: inlineAbort.signal, runAgain: (delayMs: number) => runInlineLater(job, delayMs) };
       await committedDeliveryJobs.run(run, () => handler(job.payload, context));
       if (deliver && run.keys.size > 0) {
         const helpers = { abortSignal: inlineAbort.signal, job: { id: `inline:${job.key ?? job.task}`, attempts: 1, key: job.key ?? null } };
-        await deliverNow(deliver, run.keys, helpers as unknown as JobHelpers);
+        await deliverNow(deliver, run, helpers as unknown as JobHelpers);
       }
     } catch (err) {
       logger?.warn({ task: job.task, key: job.key, err: errorMessage(err) }, "an inline run failed; its job takes over");
