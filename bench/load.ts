@@ -23,6 +23,8 @@ export const LOAD = {
   concurrency: 16,
   warmupSeconds: 2,
   seconds: 10,
+  /** Sync and async rounds of `seconds` each, alternating (steps 11–12). */
+  rounds: 3,
   small: { warmupSeconds: 2, seconds: 5 },
   offers: ["MBA-CAISSE-PRO"],
   requestTimeoutMs: 30_000,

@@ -20,6 +20,10 @@
  * the key shortly and leaves; a run whose connection died can no longer write anything, and its
  * lock is gone with the connection, so another worker takes over (at-least-once, same event id).
  *
+ * An inline run's own event (worker.ts, outbox.ts) comes with its first attempt started by the
+ * transaction that wrote it: the run takes the key's lock with CLAIMED_SQL, which reads none of
+ * the key's events back and writes nothing while the event is still the key's first, and sends it.
+ *
  * Crash between a POST and the statement that records it: the event is still pending, so it is
  * sent again with the same id (at-least-once, as for a crash during the POST). A run's first
  * attempt is started before its POST (an open attempt row, closed as interrupted by the next
@@ -203,7 +207,12 @@ export const CLAIMED_SQL = `WITH lock AS MATERIALIZED (
  )
  SELECT (SELECT locked FROM lock) AS locked, (SELECT id FROM mine) AS attempt_id, (SELECT count(*) FROM taken_back)::int AS taken_back`;
 
-const INTERRUPTED = "interrupted: the worker stopped or died during the attempt";
+/**
+ * An open attempt found by a run that holds the key: its worker stopped or died during it, or (an
+ * attempt begun by the transaction that wrote an inline run's event) another run took the key
+ * before that run could send it. Either way it may or may not have reached Orange.
+ */
+const INTERRUPTED = "interrupted: the worker stopped or died during the attempt, or never sent it";
 
 /** The `deliver_events` task, and the delivery of an inline run's claimed event (outbox.ts). */
 export type DeliverEventsTask = Task & {
@@ -252,7 +261,7 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): DeliverEv
 
   /**
    * Statements: the first read, which also takes the key lock and starts the first event's
-   * attempt, then one statement per batch of delivered events (up to RECORD_MAX_EVENTS; the last
+   * attempt (for an inline run's claimed event, CLAIMED_SQL instead), then one statement per batch of delivered events (up to RECORD_MAX_EVENTS; the last
    * one releases the lock when the key is drained), none per event: per event, only its POST. A
    * failure costs one more (the failed attempt and its retry or park). An event committed after
    * the run's job was claimed has its own job (add_job on a running job's key creates one), so a
