@@ -1,6 +1,6 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { HEADS_SQL } from "../src/events/delivery.js";
+import { CLAIMED_SQL, HEADS_SQL } from "../src/events/delivery.js";
 import { createTestDatabaseWithClient } from "./support/db.js";
 
 /**
@@ -61,6 +61,68 @@ describe("the delivery's read of a key's next events, after statistics taken on 
       const byKey = scans.filter((s) => s.index === "outbox_event_ordering_key_state_seq_idx");
       expect(byKey.map((s) => s.cond.includes("'dead'") ? "dead" : s.cond.includes("'pending'") ? "pending" : s.cond), JSON.stringify(scans)).toEqual(["dead", "pending"]);
       expect(scans.filter((s) => s.index !== "outbox_event_ordering_key_state_seq_idx" && s.index !== "outbox_event_pkey"), JSON.stringify(scans)).toEqual([]);
+    });
+  }
+});
+
+/**
+ * An inline run's first statement for its own event (CLAIMED_SQL): the key's first pending and
+ * first dead events by the key's index entries, the event's attempt by its unique index, whatever
+ * the statistics; never a scan of the outbox or of the attempts (it once cost 2 to 10 ms a call,
+ * growing with the outbox, under load).
+ */
+describe("the lock statement of an inline run's claimed event", () => {
+  let session: Awaited<ReturnType<typeof createTestDatabaseWithClient>> | undefined;
+  let client: pg.Client;
+  beforeAll(async () => {
+    session = await createTestDatabaseWithClient();
+    client = session.client;
+    const body = JSON.stringify({ id: "ev", type: "updateNotification", time: "2026-11-30T00:00:00.000Z", resource: {} });
+    // Analysed while the outbox was small (a load's start), then 9,000 events of 3,000 fleets
+    // written and delivered, each with its attempt, but one: the load under way. (Written as "no
+    // pending or dead event of the key before this one", with NOT EXISTS, the plan was two
+    // sequential scans of the outbox: 9 ms a call here.)
+    await client.query(
+      `INSERT INTO outbox_event (id, api, type, ordering_key, body)
+       SELECT 'ev_a_' || g, 'userservice', 'updateNotification', 'fl_' || (g % 50), $1::json FROM generate_series(1, 150) g`,
+      [body],
+    );
+    await client.query(`INSERT INTO event_delivery_attempt (event_id, attempt, started_at) SELECT id, 1, now() FROM outbox_event`);
+    await client.query("VACUUM ANALYZE outbox_event");
+    await client.query("VACUUM ANALYZE event_delivery_attempt");
+    await client.query(
+      `INSERT INTO outbox_event (id, api, type, ordering_key, body)
+       SELECT 'ev_b_' || g, 'userservice', 'updateNotification', 'fl_' || (g % 3000), $1::json FROM generate_series(1, 9000) g`,
+      [body],
+    );
+    await client.query(`INSERT INTO event_delivery_attempt (event_id, attempt, started_at) SELECT id, 1, now() FROM outbox_event WHERE id LIKE 'ev_b_%'`);
+    await client.query(`UPDATE outbox_event SET state = 'delivered', attempts = 1 WHERE id <> 'ev_b_8999'`);
+    await client.query(`UPDATE event_delivery_attempt SET finished_at = now(), outcome = 'delivered' WHERE event_id <> 'ev_b_8999'`);
+  });
+  afterAll(async () => session?.close());
+
+  for (const mode of ["force_generic_plan", "force_custom_plan"] as const) {
+    it(`reads the key's events through the key's index entries and the attempt through its own (${mode})`, async () => {
+      await client.query(`SET plan_cache_mode = ${mode}`);
+      await client.query("DEALLOCATE ALL");
+      await client.query(`PREPARE claimed(text, text, int) AS ${CLAIMED_SQL}`);
+      const [row] = (await client.query(`EXPLAIN (FORMAT JSON) EXECUTE claimed('fl_2999', 'ev_b_8999', 1)`)).rows as { "QUERY PLAN": unknown }[];
+      const scans: { relation: string; index: string; cond: string }[] = [];
+      const walk = (node: Record<string, unknown>) => {
+        if (typeof node["Relation Name"] === "string" && String(node["Node Type"]).includes("Scan")) {
+          scans.push({ relation: node["Relation Name"], index: String(node["Index Name"] ?? node["Node Type"]), cond: String(node["Index Cond"] ?? node["Filter"] ?? "") });
+        }
+        for (const child of (node["Plans"] as Record<string, unknown>[] | undefined) ?? []) walk(child);
+      };
+      walk((row!["QUERY PLAN"] as { Plan: Record<string, unknown> }[])[0]!.Plan);
+      const outbox = scans.filter((s) => s.relation === "outbox_event");
+      expect(outbox.map((s) => [s.index, s.cond.includes("'dead'") ? "dead" : s.cond.includes("'pending'") ? "pending" : s.cond]), JSON.stringify(scans)).toEqual([
+        ["outbox_event_ordering_key_state_seq_idx", "pending"],
+        ["outbox_event_ordering_key_state_seq_idx", "dead"],
+      ]);
+      const attempts = scans.filter((s) => s.relation === "event_delivery_attempt");
+      expect(attempts.length, JSON.stringify(scans)).toBeGreaterThan(0);
+      expect(attempts.filter((s) => s.index !== "event_delivery_attempt_event_id_attempt_key"), JSON.stringify(scans)).toEqual([]);
     });
   }
 });

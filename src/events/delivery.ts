@@ -182,23 +182,29 @@ export const HEADS_SQL = `WITH lock AS MATERIALIZED (
 export const CLAIMED_SQL = `WITH lock AS MATERIALIZED (
    SELECT pg_try_advisory_lock($3::int, hashtext($1)) AS locked
  ),
- ev AS MATERIALIZED (
-   SELECT e.seq FROM outbox_event e
-    WHERE (SELECT locked FROM lock) AND e.id = $2 AND e.state::text = 'pending' AND e.attempts = 0
+ -- The key's first pending event and its first dead one, each one entry of the (ordering_key,
+ -- state, seq) index, read as HEADS_SQL reads them. Written as "no pending or dead event of the
+ -- key before this one" (NOT EXISTS), the plan was two sequential scans of the outbox: 2 to 10 ms
+ -- a call under load, growing with the outbox (test/delivery-plan.test.ts).
+ first AS MATERIALIZED (
+   SELECT id, seq, attempts FROM outbox_event
+    WHERE (SELECT locked FROM lock)
+      AND (ordering_key, state, seq) > ($1, 'pending', -1) AND (ordering_key, state) <= ($1, 'pending')
+    ORDER BY ordering_key, state, seq
+    LIMIT 1
+ ),
+ dead AS MATERIALIZED (
+   SELECT seq FROM outbox_event
+    WHERE (SELECT locked FROM lock)
+      AND (ordering_key, state, seq) > ($1, 'dead', -1) AND (ordering_key, state) <= ($1, 'dead')
+    ORDER BY ordering_key, state, seq
+    LIMIT 1
  ),
  mine AS MATERIALIZED (
    SELECT a.id FROM event_delivery_attempt a
     WHERE a.event_id = $2 AND a.attempt = 1 AND a.finished_at IS NULL
-      AND EXISTS (SELECT 1 FROM ev)
-      -- The same range reads as HEADS_SQL's, on the (ordering_key, state, seq) index.
-      AND NOT EXISTS (
-        SELECT 1 FROM outbox_event p
-         WHERE (p.ordering_key, p.state, p.seq) > ($1, 'pending', -1)
-           AND (p.ordering_key, p.state, p.seq) < ($1, 'pending', (SELECT seq FROM ev)))
-      AND NOT EXISTS (
-        SELECT 1 FROM outbox_event d
-         WHERE (d.ordering_key, d.state, d.seq) > ($1, 'dead', -1)
-           AND (d.ordering_key, d.state, d.seq) < ($1, 'dead', (SELECT seq FROM ev)))
+      AND (SELECT id FROM first) = $2 AND (SELECT attempts FROM first) = 0
+      AND coalesce((SELECT seq FROM dead) > (SELECT seq FROM first), true)
  ),
  taken_back AS (
    DELETE FROM event_delivery_attempt a
