@@ -56,6 +56,62 @@ describe("enqueueEvent", () => {
     expect(await jobsOf(db, "fl_rollback")).toBe(0);
   });
 
+  it("sends a transaction's events without waiting for each one's answer; a failure among them fails its commit and writes nothing", async () => {
+    const db = database.prisma;
+    // The insert of a fl_stream event waits for an advisory lock this test holds; a fl_stream_bad
+    // event's second insert fails.
+    await db.$executeRawUnsafe(`
+      CREATE FUNCTION test_outbox_stream() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF NEW.ordering_key = 'fl_stream' THEN PERFORM pg_advisory_xact_lock(4242); END IF;
+        IF NEW.ordering_key = 'fl_stream_bad' AND EXISTS (SELECT 1 FROM outbox_event WHERE ordering_key = 'fl_stream_bad') THEN
+          RAISE EXCEPTION 'injected: the second event cannot be written';
+        END IF;
+        RETURN NEW;
+      END $$`);
+    await db.$executeRawUnsafe(`CREATE TRIGGER test_outbox_stream BEFORE INSERT ON outbox_event FOR EACH ROW EXECUTE FUNCTION test_outbox_stream()`);
+    const holder = new pg.Client({ connectionString: database.url });
+    await holder.connect();
+    try {
+      await holder.query("BEGIN");
+      await holder.query("SELECT pg_advisory_xact_lock(4242)");
+      let returned = 0;
+      const committed = database.db.transaction(async (tx) => {
+        for (let i = 0; i < 3; i++) {
+          await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: { n: i }, fleetId: "fl_stream" }, clock, ids);
+          returned++;
+        }
+      });
+      // The first insert waits for the lock, and the three calls have returned all the same.
+      await waitFor("the first insert to wait for the lock", async () => {
+        const [row] = await db.$queryRaw<{ n: number }[]>`
+          SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND datname = current_database()`;
+        return row!.n > 0;
+      });
+      expect(returned).toBe(3);
+      expect(await db.outboxEvent.count({ where: { orderingKey: "fl_stream" } })).toBe(0);
+      await holder.query("COMMIT");
+      await committed;
+      expect((await db.outboxEvent.findMany({ where: { orderingKey: "fl_stream" }, orderBy: { seq: "asc" } })).map((e) => (e.body as { resource: unknown }).resource)).toEqual([
+        { n: 0 },
+        { n: 1 },
+        { n: 2 },
+      ]);
+      expect(await jobsOf(db, "fl_stream")).toBe(1);
+
+      await expect(
+        database.db.transaction(async (tx) => {
+          for (let i = 0; i < 3; i++) await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: { n: i }, fleetId: "fl_stream_bad" }, clock, ids);
+        }),
+      ).rejects.toThrow("injected: the second event cannot be written");
+      expect(await db.outboxEvent.count({ where: { orderingKey: "fl_stream_bad" } })).toBe(0);
+      expect(await jobsOf(db, "fl_stream_bad")).toBe(0);
+    } finally {
+      await holder.end();
+      await db.$executeRawUnsafe("DROP TRIGGER test_outbox_stream ON outbox_event");
+    }
+  });
+
   it("keeps one job per ordering key, however many events wait", async () => {
     const db = database.prisma;
     await Promise.all(Array.from({ length: 10 }, () => enqueue(database.db, { fleetId: "fl_many" })));

@@ -175,10 +175,18 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
     return { id, orderingKey, body };
   }
   scheduled.add(orderingKey);
+  if (!run) {
+    // No run waits to deliver the key at once, so nothing of the answer (the job's id) is needed:
+    // the statement goes out without being waited for, as an inline run's does. A transaction that
+    // writes many events sends them in one stream instead of one round trip each; its COMMIT's
+    // answer comes after theirs, and any failure among them fails it.
+    await tx.executeLater(statement);
+    return { id, orderingKey, body };
+  }
   const written = await tx.query<{ job_id: string | number | null }>(statement);
   if (written.length !== 1) throw new Error(`outbox event ${id} was not written (${written.length} rows)`);
   const jobId = written[0]!.job_id;
-  if (run && jobId !== null) tx.afterCommit(() => run.keys.set(orderingKey, String(jobId)));
+  if (jobId !== null) tx.afterCommit(() => run.keys.set(orderingKey, String(jobId)));
   return { id, orderingKey, body };
 }
 
