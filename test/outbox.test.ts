@@ -1,5 +1,6 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { sql } from "../src/db/sql.js";
 import { enqueueEvent } from "../src/events/outbox.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { clock, enqueue, ids, jobsOf, waitFor } from "./support/outbox-harness.js";
@@ -149,6 +150,8 @@ describe("enqueueEvent", () => {
     try {
       await database.db.transaction(async (tx) => {
         await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: {}, fleetId: "fl_waiting" }, clock, ids);
+        // Its statement is pipelined: it has run once the transaction's next one is answered.
+        await tx.query(sql`SELECT 1`);
         // graphile's claim (FOR UPDATE SKIP LOCKED) cannot take the job before this event commits.
         const claimable = await worker.query("SELECT id FROM graphile_worker._private_jobs WHERE key = 'deliver:fl_waiting' FOR UPDATE SKIP LOCKED");
         expect(claimable.rowCount).toBe(0);
@@ -240,7 +243,10 @@ describe("enqueueEvent", () => {
     const firstMayCommit = new Promise<void>((resolve) => (releaseFirst = resolve));
     let firstId = "";
     const first = database.db.transaction(async (tx) => {
-      firstId = (await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: {}, fleetId: "fl_overlap" }, clock, ids)).id;
+      const id = (await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: {}, fleetId: "fl_overlap" }, clock, ids)).id;
+      // Its statement (pipelined) has run, and holds the fleet's lock, once the next one is answered.
+      await tx.query(sql`SELECT 1`);
+      firstId = id;
       await firstMayCommit;
     });
     while (firstId === "") await new Promise((r) => setTimeout(r, 5));
