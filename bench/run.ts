@@ -1081,16 +1081,18 @@ async function loadSteps(databaseUrl: string, token: string, figures: Figure[], 
   let small, bareTx, rows;
   try {
     console.log(
-      `\n11–12. load mode, ${c} virtual users, sync then async modes, ${LOAD.rounds} rounds each, alternating (${LOAD.warmupSeconds} s warm-up each, then ${LOAD.seconds} s per round)`,
+      `\n11–12. load mode, ${c} virtual users, sync then async modes, ${LOAD.rounds} rounds each, alternating (each ${LOAD.seconds} s after ${LOAD.warmupSeconds} s of warm-up)`,
     );
     console.log(`  VACUUM (ANALYZE) of the database first: ${(await settleDatabase(databaseUrl)).toFixed(0)} ms`);
-    await loadRound(sync.base, token, gw, { ordering: "sync", update: "sync" }, LOAD.warmupSeconds);
-    await loadRound(asyncServer.base, token, gw, { ordering: "async", update: "async" }, LOAD.warmupSeconds);
     for (let round = 1; round <= LOAD.rounds; round++) {
+      // Each round after a warm-up of its own: the other server's round left this one idle (its
+      // pool's idle connections closed, their statements to prepare again).
+      await loadRound(sync.base, token, gw, { ordering: "sync", update: "sync" }, LOAD.warmupSeconds);
       const syncCpu = cpuMeter(sync.child.pid);
       const syncLoad = await loadRound(sync.base, token, gw, { ordering: "sync", update: "sync" }, LOAD.seconds);
       console.log(`  round ${round}, sync:  ${line(syncLoad)}`);
       console.log(`    ${syncCpu.perRequest(syncLoad)}`);
+      await loadRound(asyncServer.base, token, gw, { ordering: "async", update: "async" }, LOAD.warmupSeconds);
       const asyncCpu = cpuMeter(asyncServer.child.pid);
       const runsBefore = await acknowledgedRuns(asyncServer.base, metricsToken);
       const asyncLoad = await loadRound(asyncServer.base, token, gw, { ordering: "async", update: "async" }, LOAD.seconds);
@@ -1166,7 +1168,7 @@ async function loadSteps(databaseUrl: string, token: string, figures: Figure[], 
   const syncLoad = pickBy(pairs, (p) => requestsPerSecond(p.sync)).sync;
   const syncRps = requestsPerSecond(byRps.sync);
   const asyncRps = requestsPerSecond(byRps.async);
-  const loadNote = `simulator load mode (order 1–3 licences, GET by fleet, suspend, reactivate per virtual user), ${c} users, ${LOAD.rounds} rounds of ${LOAD.seconds} s after ${LOAD.warmupSeconds} s warm-up, sync and async alternating`;
+  const loadNote = `simulator load mode (order 1–3 licences, GET by fleet, suspend, reactivate per virtual user), ${c} users, ${LOAD.rounds} rounds of ${LOAD.seconds} s, each after ${LOAD.warmupSeconds} s of warm-up, sync and async alternating`;
   figures.push(
     {
       name: `sync load, ${c} callers: orders`,
