@@ -3,6 +3,29 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CLAIMED_SQL, HEADS_SQL } from "../src/events/delivery.js";
 import { createTestDatabaseWithClient } from "./support/db.js";
 
+type PlanMode = "force_generic_plan" | "force_custom_plan";
+
+/**
+ * Every scan of a table in the plan of `text`, prepared as `signature` and explained as `execute`
+ * (a generic plan, as a prepared statement gets after its first runs, or a custom one): the table,
+ * the index (or the kind of scan) and its condition.
+ */
+async function planScans(client: pg.Client, mode: PlanMode, signature: string, text: string, execute: string): Promise<{ relation: string; index: string; cond: string }[]> {
+  await client.query(`SET plan_cache_mode = ${mode}`);
+  await client.query("DEALLOCATE ALL");
+  await client.query(`PREPARE ${signature} AS ${text}`);
+  const [row] = (await client.query(`EXPLAIN (FORMAT JSON) EXECUTE ${execute}`)).rows as { "QUERY PLAN": unknown }[];
+  const scans: { relation: string; index: string; cond: string }[] = [];
+  const walk = (node: Record<string, unknown>) => {
+    if (typeof node["Relation Name"] === "string" && String(node["Node Type"]).includes("Scan")) {
+      scans.push({ relation: node["Relation Name"], index: String(node["Index Name"] ?? node["Node Type"]), cond: String(node["Index Cond"] ?? node["Filter"] ?? "") });
+    }
+    for (const child of (node["Plans"] as Record<string, unknown>[] | undefined) ?? []) walk(child);
+  };
+  walk((row!["QUERY PLAN"] as { Plan: Record<string, unknown> }[])[0]!.Plan);
+  return scans;
+}
+
 /**
  * The delivery's read of a key's next events must stay a range of the key's own index entries
  * whatever PostgreSQL's statistics say. They are gathered whenever autovacuum analyses the
@@ -35,22 +58,11 @@ describe("the delivery's read of a key's next events, after statistics taken on 
   });
   afterAll(async () => session?.close());
 
-  /** Every index scan of outbox_event in the plan: the index and its condition. */
-  async function indexScans(mode: "force_generic_plan" | "force_custom_plan"): Promise<{ index: string; cond: string }[]> {
-    await client.query(`SET plan_cache_mode = ${mode}`);
-    await client.query("DEALLOCATE ALL");
-    await client.query(`PREPARE heads(text, text, text, int, boolean) AS ${HEADS_SQL}`);
+  /** Every scan of outbox_event in the plan: the index and its condition. */
+  async function indexScans(mode: PlanMode): Promise<{ index: string; cond: string }[]> {
     // $5 false: no advisory lock is taken; EXPLAIN without ANALYZE runs nothing.
-    const [row] = (await client.query(`EXPLAIN (FORMAT JSON) EXECUTE heads('fl_new_7', NULL, 'x', 1, false)`)).rows as { "QUERY PLAN": unknown }[];
-    const scans: { index: string; cond: string }[] = [];
-    const walk = (node: Record<string, unknown>) => {
-      if (node["Relation Name"] === "outbox_event" && String(node["Node Type"]).includes("Scan")) {
-        scans.push({ index: String(node["Index Name"] ?? node["Node Type"]), cond: String(node["Index Cond"] ?? node["Filter"] ?? "") });
-      }
-      for (const child of (node["Plans"] as Record<string, unknown>[] | undefined) ?? []) walk(child);
-    };
-    walk((row!["QUERY PLAN"] as { Plan: Record<string, unknown> }[])[0]!.Plan);
-    return scans;
+    const scans = await planScans(client, mode, "heads(text, text, text, int, boolean)", HEADS_SQL, "heads('fl_new_7', NULL, 'x', 1, false)");
+    return scans.filter((s) => s.relation === "outbox_event");
   }
 
   for (const mode of ["force_generic_plan", "force_custom_plan"] as const) {
@@ -103,18 +115,8 @@ describe("the lock statement of an inline run's claimed event", () => {
 
   for (const mode of ["force_generic_plan", "force_custom_plan"] as const) {
     it(`reads the key's events through the key's index entries and the attempt through its own (${mode})`, async () => {
-      await client.query(`SET plan_cache_mode = ${mode}`);
-      await client.query("DEALLOCATE ALL");
-      await client.query(`PREPARE claimed(text, text, int) AS ${CLAIMED_SQL}`);
-      const [row] = (await client.query(`EXPLAIN (FORMAT JSON) EXECUTE claimed('fl_2999', 'ev_b_8999', 1)`)).rows as { "QUERY PLAN": unknown }[];
-      const scans: { relation: string; index: string; cond: string }[] = [];
-      const walk = (node: Record<string, unknown>) => {
-        if (typeof node["Relation Name"] === "string" && String(node["Node Type"]).includes("Scan")) {
-          scans.push({ relation: node["Relation Name"], index: String(node["Index Name"] ?? node["Node Type"]), cond: String(node["Index Cond"] ?? node["Filter"] ?? "") });
-        }
-        for (const child of (node["Plans"] as Record<string, unknown>[] | undefined) ?? []) walk(child);
-      };
-      walk((row!["QUERY PLAN"] as { Plan: Record<string, unknown> }[])[0]!.Plan);
+      // EXPLAIN without ANALYZE runs nothing: no lock is taken, no attempt taken back.
+      const scans = await planScans(client, mode, "claimed(text, text, int)", CLAIMED_SQL, "claimed('fl_2999', 'ev_b_8999', 1)");
       const outbox = scans.filter((s) => s.relation === "outbox_event");
       expect(outbox.map((s) => [s.index, s.cond.includes("'dead'") ? "dead" : s.cond.includes("'pending'") ? "pending" : s.cond]), JSON.stringify(scans)).toEqual([
         ["outbox_event_ordering_key_state_seq_idx", "pending"],

@@ -8,7 +8,7 @@
  * (delivery.ts) reads the key's pending events in seq order.
  */
 import { AsyncLocalStorage } from "node:async_hooks";
-import { prepared, sql, type Tx } from "../db/sql.js";
+import { prepared, sql, type Sql, type Tx } from "../db/sql.js";
 import type { Announcement, Outbox } from "../domain/ports.js";
 import type { Clock } from "../lib/clock.js";
 import type { IdGenerator } from "../lib/ids.js";
@@ -125,16 +125,9 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
   // the row makes it wait, then see the row claimed: add_job.)
   // Prepared once per connection: parsing and planning this statement anew cost about as much as
   // running it (a backlog is written one event per statement).
-  const statement = prepared(sql`
-    WITH locked AS (
-      SELECT 1 AS ok FROM pg_advisory_xact_lock(${ENQUEUE_LOCK_NAMESPACE}::int, hashtext(${orderingKey}::text))
-    ), inserted AS (
-      INSERT INTO outbox_event (id, api, type, ordering_key, fleet_id, order_id, update_id, body)
-      SELECT ${id}::text, ${event.api}::text, ${event.type}::text, ${orderingKey}::text, ${event.fleetId ?? null}::text,
-             ${event.orderId ?? null}::text, ${event.updateId ?? null}::text, ${json}::json
-        FROM locked
-      RETURNING ordering_key
-    ), waiting AS MATERIALIZED (
+  const statement = () =>
+    prepared(sql`
+    WITH ${writeEvent(id, event, orderingKey, json)}, waiting AS MATERIALIZED (
       SELECT j.id FROM graphile_worker._private_jobs j
        WHERE ${schedule}::boolean AND j.key = ${jobKeyOf(orderingKey)}::text
          AND j.locked_at IS NULL AND j.attempts = 0
@@ -165,7 +158,7 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
     // event once committed, the delivery checks under the key's lock before sending it.
     const claim = run.claims !== undefined && !scheduled.has(orderingKey) && !run.claims.has(orderingKey);
     scheduled.add(orderingKey);
-    await tx.executeLater(claim ? claimedEventStatement(id, event, orderingKey, json, run.workerId) : statement);
+    await tx.executeLater(claim ? claimedEventStatement(id, event, orderingKey, json, run.workerId) : statement());
     tx.afterCommit(() => {
       run.keys.set(orderingKey, null);
       const claimed = run.claims?.get(orderingKey);
@@ -180,10 +173,10 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
     // the statement goes out without being waited for, as an inline run's does. A transaction that
     // writes many events sends them in one stream instead of one round trip each; its COMMIT's
     // answer comes after theirs, and any failure among them fails it.
-    await tx.executeLater(statement);
+    await tx.executeLater(statement());
     return { id, orderingKey, body };
   }
-  const written = await tx.query<{ job_id: string | number | null }>(statement);
+  const written = await tx.query<{ job_id: string | number | null }>(statement());
   if (written.length !== 1) throw new Error(`outbox event ${id} was not written (${written.length} rows)`);
   const jobId = written[0]!.job_id;
   if (jobId !== null) tx.afterCommit(() => run.keys.set(orderingKey, String(jobId)));
@@ -196,17 +189,26 @@ export async function enqueueEvent(tx: Tx, event: NewEvent, clock: Clock, ids: I
  */
 function claimedEventStatement(id: string, event: NewEvent, orderingKey: string, json: string, workerId: string | undefined) {
   return prepared(sql`
-    WITH locked AS (
+    WITH ${writeEvent(id, event, orderingKey, json)}
+    INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at)
+    SELECT id, 1, ${workerId ?? null}::text, clock_timestamp() FROM inserted`);
+}
+
+/**
+ * What every statement that writes an event begins with: the key's lock, then the row, whose seq
+ * (nextval) is drawn only once the lock is held (the INSERT reads FROM the lock). The CTEs
+ * `locked` and `inserted (id, ordering_key)`.
+ */
+function writeEvent(id: string, event: NewEvent, orderingKey: string, json: string): Sql {
+  return sql`locked AS (
       SELECT 1 AS ok FROM pg_advisory_xact_lock(${ENQUEUE_LOCK_NAMESPACE}::int, hashtext(${orderingKey}::text))
     ), inserted AS (
       INSERT INTO outbox_event (id, api, type, ordering_key, fleet_id, order_id, update_id, body)
       SELECT ${id}::text, ${event.api}::text, ${event.type}::text, ${orderingKey}::text, ${event.fleetId ?? null}::text,
              ${event.orderId ?? null}::text, ${event.updateId ?? null}::text, ${json}::json
         FROM locked
-      RETURNING id
-    )
-    INSERT INTO event_delivery_attempt (event_id, attempt, worker_id, started_at)
-    SELECT id, 1, ${workerId ?? null}::text, clock_timestamp() FROM inserted`);
+      RETURNING id, ordering_key
+    )`;
 }
 
 /** What each announcement of the domain is on Orange's side: which API, which event type. */
