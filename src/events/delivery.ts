@@ -267,8 +267,9 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): DeliverEv
 
   /**
    * Statements: the first read, which also takes the key lock and starts the first event's
-   * attempt (for an inline run's claimed event, CLAIMED_SQL instead), then one statement per batch of delivered events (up to RECORD_MAX_EVENTS; the last
-   * one releases the lock when the key is drained), none per event: per event, only its POST. A
+   * attempt (for an inline run's claimed event, CLAIMED_SQL instead), then one statement per
+   * batch of delivered events (up to RECORD_MAX_EVENTS; the last one releases the lock when the
+   * key is drained), none per event: per event, only its POST. A
    * failure costs one more (the failed attempt and its retry or park). An event committed after
    * the run's job was claimed has its own job (add_job on a running job's key creates one), so a
    * run need not look again once its batch was not full.
