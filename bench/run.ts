@@ -1059,9 +1059,7 @@ async function loadSteps(databaseUrl: string, token: string, figures: Figure[], 
   const start = async (mode: "sync" | "async") => {
     const settings = { ROLE: "all", ...orangeEnv(gw), ORDERING_MODE: mode, UPDATE_MODE: mode, METRICS_TOKEN: metricsToken };
     console.log(`\nstarting the load server (ROLE=all, ORDERING_MODE=UPDATE_MODE=${mode}, ORANGE_* → mock gateway) …`);
-    const s = await startServer(databaseUrl, token, settings, `load server (${mode})`);
-    res.server = s.child;
-    return s;
+    return startServer(databaseUrl, token, settings, `load server (${mode})`);
   };
   const line = (r: Awaited<ReturnType<typeof loadRound>>) =>
     `orders ${r.orders.perSecond.toFixed(0)}/s (p50 ${r.orders.p50} ms, p99 ${r.orders.p99} ms), updates ${r.updates.perSecond.toFixed(0)}/s, ` +
@@ -1084,26 +1082,28 @@ async function loadSteps(databaseUrl: string, token: string, figures: Figure[], 
       `\n11–12. load mode, ${c} virtual users, sync then async modes, ${LOAD.rounds} rounds each, alternating (each ${LOAD.seconds} s after ${LOAD.warmupSeconds} s of warm-up)`,
     );
     console.log(`  VACUUM (ANALYZE) of the database first: ${(await settleDatabase(databaseUrl)).toFixed(0)} ms`);
-    for (let round = 1; round <= LOAD.rounds; round++) {
-      // Each round after a warm-up of its own: the other server's round left this one idle (its
-      // pool's idle connections closed, their statements to prepare again).
-      await loadRound(sync.base, token, gw, { ordering: "sync", update: "sync" }, LOAD.warmupSeconds);
-      const syncCpu = cpuMeter(sync.child.pid);
-      const syncLoad = await loadRound(sync.base, token, gw, { ordering: "sync", update: "sync" }, LOAD.seconds);
-      console.log(`  round ${round}, sync:  ${line(syncLoad)}`);
-      console.log(`    ${syncCpu.perRequest(syncLoad)}`);
-      await loadRound(asyncServer.base, token, gw, { ordering: "async", update: "async" }, LOAD.warmupSeconds);
-      const asyncCpu = cpuMeter(asyncServer.child.pid);
-      const runsBefore = await acknowledgedRuns(asyncServer.base, metricsToken);
-      const asyncLoad = await loadRound(asyncServer.base, token, gw, { ordering: "async", update: "async" }, LOAD.seconds);
-      const runs = await acknowledgedRuns(asyncServer.base, metricsToken);
-      console.log(`  round ${round}, async: ${line(asyncLoad)}`);
+    // One measured round of a server, after a warm-up of its own: the other server's round left
+    // this one idle (its pool's idle connections closed, their statements to prepare again).
+    const measured = async (server: typeof sync, mode: "sync" | "async", round: number) => {
+      const modes = { ordering: mode, update: mode };
+      await loadRound(server.base, token, gw, modes, LOAD.warmupSeconds);
+      const cpu = cpuMeter(server.child.pid);
+      // Async only: how its acknowledged requests were carried out (the metrics, read around it).
+      const runsBefore = mode === "async" ? await acknowledgedRuns(server.base, metricsToken) : { inline: 0, queued: 0 };
+      const report = await loadRound(server.base, token, gw, modes, LOAD.seconds);
+      const runs = mode === "async" ? await acknowledgedRuns(server.base, metricsToken) : runsBefore;
       const inline = runs.inline - runsBefore.inline;
       const queued = runs.queued - runsBefore.queued;
-      console.log(
-        `    ${asyncCpu.perRequest(asyncLoad)}; acknowledged requests carried out inline ${inline}, queued as jobs ${queued} (${((100 * inline) / Math.max(1, inline + queued)).toFixed(0)} % inline)`,
-      );
-      pairs.push({ sync: syncLoad, async: asyncLoad, inline, queued });
+      console.log(`  round ${round}, ${`${mode}:`.padEnd(6)} ${line(report)}`);
+      const carried =
+        mode === "async" ? `; acknowledged requests carried out inline ${inline}, queued as jobs ${queued} (${((100 * inline) / Math.max(1, inline + queued)).toFixed(0)} % inline)` : "";
+      console.log(`    ${cpu.perRequest(report)}${carried}`);
+      return { report, inline, queued };
+    };
+    for (let round = 1; round <= LOAD.rounds; round++) {
+      const syncRound = await measured(sync, "sync", round);
+      const asyncRound = await measured(asyncServer, "async", round);
+      pairs.push({ sync: syncRound.report, async: asyncRound.report, inline: asyncRound.inline, queued: asyncRound.queued });
     }
 
     console.log(`\n13. sync UC2 orders of 1 licence, ${c} callers at once vs bare pg transactions writing the same rows (${LOAD.small.seconds} s each)`);
