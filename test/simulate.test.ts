@@ -216,7 +216,7 @@ describe("npm run simulate", () => {
       const cwd = join(dir, "cwd");
       await mkdir(cwd);
       const run = await simulate(["--target", target, "--auth-bearer", TEST_TOKEN, "--only", "ping", "--verbose"], { cwd });
-      expect(run.code, run.stdout).toBe(0);
+      expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
       // No JUnit file unless asked (a second run in the same second gets -2: simulator-ci.test.ts).
       const files = (await readdir(cwd)).sort();
       expect(files.map((f) => f.replace(/\.\w+$/, ""))).toEqual([files[0]!.replace(/\.\w+$/, ""), files[0]!.replace(/\.\w+$/, "")]);
@@ -243,7 +243,7 @@ describe("npm run simulate", () => {
         "--report-html",
         join(dir, "own.html"),
       ]);
-      expect(run.code, run.stdout.slice(-5000)).toBe(0);
+      expect(run.code, `${run.stdout.slice(-5000)}\n${run.stderr}`).toBe(0);
       const report = JSON.parse(await readFile(json, "utf8")) as JsonReport;
       expect(report.runs).toHaveLength(1);
       expect(report.summary.failed).toBe(0);
@@ -283,7 +283,7 @@ describe("npm run simulate", () => {
         ...["--app-secret", secret, "--app-token", APP_TOKEN, "--sync-deadline", "1000", "--only", "chain-refused,chain-late"],
         ...["--report-json", json, "--report-html", join(dir, "target-webhook.html")],
       ]);
-      expect(run.code, run.stdout.slice(-10_000)).toBe(0);
+      expect(run.code, `${run.stdout.slice(-10_000)}\n${run.stderr}`).toBe(0);
       expect(run.stdout).toContain(`mock application: the target must send its commands to PROVISIONING_URL=http://127.0.0.1:${appPort}/webhooks/orange`);
       const report = JSON.parse(await readFile(json, "utf8")) as JsonReport;
       expect(report.runs[0]!.scenarios.map((s) => s.name)).toEqual(["chain-refused", "chain-late"]);
@@ -301,7 +301,7 @@ describe("npm run simulate", () => {
           ...["--target", target, "--auth-bearer", TEST_TOKEN, "--app-url", own.webhookUrl, "--only", "uc2-first-order,chain"],
           ...["--report-json", json, "--report-html", join(dir, "target-app-url.html")],
         ]);
-        expect(run.code, run.stdout.slice(-10_000)).toBe(0);
+        expect(run.code, `${run.stdout.slice(-10_000)}\n${run.stderr}`).toBe(0);
         const report = JSON.parse(await readFile(json, "utf8")) as JsonReport;
         expect(report.runs[0]!.scenarios.map((s) => s.name)).toEqual(["uc2-first-order"]);
         expect(report.runs[0]!.notPlayed.map((n) => n.scenario)).toEqual(["chain-provisioned", "chain-refused", "chain-late", "chain-down"]);

@@ -1,9 +1,11 @@
-import type { AddressInfo } from "node:net";
+import { readFile } from "node:fs/promises";
+import { createServer, type AddressInfo, type Server } from "node:net";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startMockGateway, type MockGateway } from "../src/simulator/gateway.js";
 import { findEmptyNodes, matchPath, matchValue, parsePath, resolvePath } from "../src/simulator/match.js";
 import { renderHtml, renderJson, renderText } from "../src/simulator/report.js";
+import { freePort } from "../src/simulator/self-host.js";
 import { collectOrangeRefs, runScenarios, toCurl, type RunOptions, type RunReport } from "../src/simulator/runner.js";
 import { authHeaders } from "../src/simulator/target.js";
 import { loadScenarios, parseScenarios, type Scenario } from "../src/simulator/scenario.js";
@@ -320,5 +322,41 @@ describe("events at the mock gateway", () => {
     });
     expect(byCheck("(events)", "productordering ev_1 gateway answer")).toBeUndefined();
     expect(report.summary.failed).toBe(3);
+  });
+});
+
+describe("freePort", () => {
+  const listen = (port: number): Promise<Server> =>
+    new Promise((resolve, reject) => {
+      const srv = createServer();
+      srv.once("error", reject);
+      srv.listen({ port, host: "127.0.0.1", exclusive: true }, () => resolve(srv));
+    });
+
+  // A port that listen(0) gave once can be given again to the next listen(0), or taken by an
+  // outbound connection, before its own listener binds it: the simulator's mock application then
+  // failed with EADDRINUSE (a CI run of test/simulate.test.ts).
+  it.runIf(process.platform === "linux")("gives ports below the kernel's ephemeral range, that a listener can bind", async () => {
+    const [low] = (await readFile("/proc/sys/net/ipv4/ip_local_port_range", "utf8")).trim().split(/\s+/).map(Number);
+    const ports = await Promise.all(Array.from({ length: 40 }, () => freePort()));
+    for (const port of ports) {
+      expect(port).toBeGreaterThanOrEqual(1024);
+      expect(port).toBeLessThan(low!);
+    }
+    // At random, not a sequence another freePort caller would follow.
+    expect(new Set(ports).size).toBeGreaterThan(30);
+    const servers = await Promise.all([...new Set(ports)].slice(0, 5).map(listen));
+    // What listen(0) gives meanwhile is never one of them.
+    const others = await Promise.all(Array.from({ length: 20 }, () => listen(0)));
+    for (const other of others) expect(ports).not.toContain((other.address() as AddressInfo).port);
+    await Promise.all([...servers, ...others].map((s) => new Promise((r) => s.close(r))));
+  });
+
+  it("skips a port that is taken", async () => {
+    const taken = await Promise.all(Array.from({ length: 5 }, async () => listen(await freePort())));
+    const busy = taken.map((s) => (s.address() as AddressInfo).port);
+    const ports = await Promise.all(Array.from({ length: 200 }, () => freePort()));
+    for (const port of ports) expect(busy).not.toContain(port);
+    await Promise.all(taken.map((s) => new Promise((r) => s.close(r))));
   });
 });

@@ -5,7 +5,7 @@
  * its entry point and environment variables, never its modules.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomInt } from "node:crypto";
 import { once } from "node:events";
 import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
@@ -48,17 +48,48 @@ export interface SelfHostOptions {
   startTimeoutMs?: number;
 }
 
-/** A TCP port free on loopback right now (the simulator's, the tests' and the benchmark's). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * The kernel's ephemeral range: where `listen(0)` and every outbound connection take their port.
+ * Linux says it in /proc; elsewhere the IANA range (macOS, Windows).
+ */
+async function ephemeralRange(): Promise<{ low: number; high: number }> {
+  try {
+    const [low, high] = (await readFile("/proc/sys/net/ipv4/ip_local_port_range", "utf8")).trim().split(/\s+/).map(Number);
+    if (Number.isInteger(low) && Number.isInteger(high) && low! > 0 && high! >= low!) return { low: low!, high: high! };
+  } catch {
+    // Not Linux.
+  }
+  return { low: 49152, high: 65535 };
+}
+
+function tryListen(port: number): Promise<number | undefined> {
+  return new Promise((resolve) => {
     const srv = createServer();
     srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
+    srv.once("error", () => resolve(undefined));
+    srv.listen({ port, host: "127.0.0.1", exclusive: true }, () => {
       const address = srv.address();
-      srv.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
+      srv.close(() => resolve(typeof address === "object" && address ? address.port : undefined));
     });
   });
+}
+
+/**
+ * A TCP port free on loopback right now (the simulator's, the tests' and the benchmark's), for a
+ * listener started a moment later. Picked at random below the ephemeral range: a port that
+ * `listen(0)` had given could be given again, or taken by any outbound connection, before its
+ * listener binds it (EADDRINUSE). Port 0's answer only when that range is too low to leave room.
+ */
+export async function freePort(): Promise<number> {
+  const { low } = await ephemeralRange();
+  const floor = Math.max(10_000, low - 16_384);
+  for (let i = 0; low - floor >= 1_000 && i < 50; i++) {
+    const port = await tryListen(floor + randomInt(low - floor));
+    if (port !== undefined) return port;
+  }
+  const port = await tryListen(0);
+  if (port === undefined) throw new Error("no free TCP port on 127.0.0.1");
+  return port;
 }
 
 export async function startSelfHostedServer(options: SelfHostOptions): Promise<SelfHostedServer> {
