@@ -289,7 +289,7 @@ describe("an inline run's own event, its first attempt started by the transactio
     // The lock statement (which reads no event back and, the event still first, writes nothing),
     // then the record; not the read of the key's events, which locks the event's row and starts
     // an attempt in a transaction of its own.
-    expect(pool.names).toEqual(["outbox_claimed", "outbox_attempts_delivered"]);
+    expect(pool.names).toEqual(["outbox_claimed", "outbox_attempt_delivered"]);
     expect(await advisoryLocks()).toBe(0);
     const row = (await eventRow(db(), event!.id))!;
     expect(row).toMatchObject({ state: "delivered", attempts: 1, lastStatus: 201 });
