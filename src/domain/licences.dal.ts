@@ -3,7 +3,7 @@
  * transaction or on the pool. Every writer locks licences in id order, so that two writers on
  * overlapping lists cannot deadlock.
  */
-import { prepared, raw, sql, type Queryable, type Tx } from "../db/sql.js";
+import { prepared, raw, sql, type Queryable, type Sql, type Tx } from "../db/sql.js";
 import type { JsonObject, JsonValue } from "../lib/json.js";
 import type { ExternalState, LicenceState } from "./licence-state.js";
 import type { AppLicenceData } from "./ports.js";
@@ -135,11 +135,21 @@ export async function fetchFleetCursor(tx: Tx, count: number): Promise<LicenceRe
   return rows.map(toRecord);
 }
 
+/**
+ * `l.id` among `ids`: for one id, compared to it. PostgreSQL assumes ten elements of an array
+ * parameter in a generic plan and knows the one of a custom plan, so the generic plan always
+ * looked costlier and a statement on one licence (a suspension, a reactivation) was planned
+ * anew at each run; compared to one id, it keeps its generic plan (test/update-order-plan.test.ts).
+ */
+function idAmong(ids: string[]): Sql {
+  return ids.length === 1 ? sql`l.id = ${ids[0]}::text` : sql`l.id = ANY(${ids}::text[])`;
+}
+
 /** The licences that exist among `ids`, in id order. */
 export async function selectLicences(q: Queryable, ids: string[]): Promise<LicenceRecord[]> {
   const rows = await q.query<LicenceRow>(prepared(sql`
     SELECT ${COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
-    WHERE l.id = ANY(${ids}::text[]) ORDER BY l.id`));
+    WHERE ${idAmong(ids)} ORDER BY l.id`));
   return rows.map(toRecord);
 }
 
@@ -147,7 +157,7 @@ export async function selectLicences(q: Queryable, ids: string[]): Promise<Licen
 export async function lockLicences(tx: Tx, ids: string[]): Promise<LicenceRecord[]> {
   const rows = await tx.query<LicenceRow>(prepared(sql`
     SELECT ${COLUMNS} FROM licence l JOIN fleet f ON f.id = l.fleet_id
-    WHERE l.id = ANY(${ids}::text[]) ORDER BY l.id FOR UPDATE OF l`));
+    WHERE ${idAmong(ids)} ORDER BY l.id FOR UPDATE OF l`));
   return rows.map(toRecord);
 }
 
@@ -159,7 +169,7 @@ export async function lockLicencesOfCompletedOrders(tx: Tx, ids: string[]): Prom
   const rows = await tx.query<LicenceRow>(prepared(sql`
     SELECT ${COLUMNS}
     FROM licence l JOIN fleet f ON f.id = l.fleet_id JOIN product_order o ON o.id = l.order_id
-    WHERE l.id = ANY(${ids}::text[]) AND o.state = 'completed'
+    WHERE ${idAmong(ids)} AND o.state = 'completed'
     ORDER BY l.id FOR UPDATE OF l`));
   return rows.map(toRecord);
 }
@@ -224,6 +234,16 @@ export async function storeAppData(tx: Tx, app: AppLicenceData[], now: Date): Pr
     WHERE l.id = a.value ->> 'id'`);
 }
 
+/** The licences' new values as rows: one licence's as parameters, as idAmong does and for the same reason. */
+function statesAndOffers(next: LicenceRecord[]): Sql {
+  if (next.length === 1) {
+    const [l] = next as [LicenceRecord];
+    return sql`(VALUES (${l.id}::text, ${l.state}::text, ${l.externalState}::text, ${l.offerCode}::text))`;
+  }
+  return sql`unnest(${next.map((l) => l.id)}::text[], ${next.map((l) => l.state)}::text[],
+                ${next.map((l) => l.externalState)}::text[], ${next.map((l) => l.offerCode)}::text[])`;
+}
+
 /** Writes state, Orange's last asked state and offer of each licence; the licences after. */
 export async function updateStatesAndOffers(tx: Tx, next: LicenceRecord[], now: Date): Promise<LicenceRecord[]> {
   const rows = await tx.query<LicenceRow>(prepared(sql`
@@ -233,9 +253,7 @@ export async function updateStatesAndOffers(tx: Tx, next: LicenceRecord[], now: 
       offer_code = v.offer_code,
       terminated_at = CASE WHEN v.state = 'terminated' THEN COALESCE(l.terminated_at, ${now}) END,
       updated_at = ${now}
-    FROM unnest(${next.map((l) => l.id)}::text[], ${next.map((l) => l.state)}::text[],
-                ${next.map((l) => l.externalState)}::text[], ${next.map((l) => l.offerCode)}::text[])
-         AS v(id, state, external_state, offer_code), fleet f
+    FROM ${statesAndOffers(next)} AS v(id, state, external_state, offer_code), fleet f
     WHERE l.id = v.id AND f.id = l.fleet_id
     RETURNING ${COLUMNS}`));
   return rows.map(toRecord);
