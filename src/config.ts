@@ -56,6 +56,8 @@ const EnvSchema = z.object({
   HTTP_MAX_CONNECTIONS: z.coerce.number().int().min(1).default(1000),
   /** Orders asking for more licences than this are rejected (400) before touching the store. */
   ORDER_MAX_QUANTITY: z.coerce.number().int().min(1).default(100_000),
+  /** Fleet listings streamed at once (pages of more than 10,000 licences); the others wait their turn. */
+  FLEET_STREAMS_MAX: z.coerce.number().int().min(1).default(4),
   /** Product catalogue: Orange offer codes this partner sells, mapped to its plans. */
   CATALOGUE_FILE: z.string().default("config/catalogue.json"),
   /** Name written as `note.author` on failed orders. */
@@ -197,6 +199,8 @@ export interface Config {
   bodyLimitBytes: number;
   http: HttpLimits;
   orderMaxQuantity: number;
+  /** Fleet listings streamed at once; the others wait for one to end. */
+  fleetStreamsMax: number;
   catalogueFile: string;
   partnerName: string;
   orderingMode: AnswerMode;
@@ -328,6 +332,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       maxConnections: e.HTTP_MAX_CONNECTIONS,
     },
     orderMaxQuantity: e.ORDER_MAX_QUANTITY,
+    fleetStreamsMax: e.FLEET_STREAMS_MAX,
     catalogueFile: e.CATALOGUE_FILE,
     partnerName: e.PARTNER_NAME,
     orderingMode: e.ORDERING_MODE,

@@ -243,6 +243,7 @@ async function main(): Promise<void> {
       log: log.child({ component: "requests" }),
       provisioning: provisioning?.stage,
       metrics,
+      fleetListing: { streamsMax: config.fleetStreamsMax },
     });
     // The worker starts after the app is built: readiness asks for it when it is called.
     const started: { worker?: RunningWorker } = {};

@@ -51,8 +51,8 @@ function uniqueRef(prefix: string): string {
 }
 
 /** UC2 through the API: a new fleet of `quantity` licences, the first with an end user. */
-async function orderFleet(quantity: number): Promise<string> {
-  const res = await t.call("POST", "/productordering/v2/productOrder", {
+async function orderFleet(quantity: number, app: TestApp = t): Promise<string> {
+  const res = await app.call("POST", "/productordering/v2/productOrder", {
     externalReference: { type: "orange", id: uniqueRef("ORD") },
     category: "production",
     customer: { externalReference: { type: "orange", id: uniqueRef("CUST") }, tradingName: "Boulangerie Martin" },
@@ -98,8 +98,8 @@ const listUrl = (fleetId: string, query = "") => `${LIST}?productRefId=${encodeU
 
 /** Sessions of this database, other than the asking one, inside a transaction. */
 /** The clients' open transactions (not autovacuum's, which a large fleet just written may start). */
-async function openTransactions(): Promise<number> {
-  const [row] = await t.db.$queryRaw<{ n: number }[]>`
+async function openTransactions(app: TestApp = t): Promise<number> {
+  const [row] = await app.db.$queryRaw<{ n: number }[]>`
     SELECT count(*)::int AS n FROM pg_stat_activity
     WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
       AND backend_type = 'client backend'`;
@@ -115,9 +115,9 @@ async function eventually(what: string, check: () => Promise<boolean>, timeoutMs
 }
 
 /** A GET over the server's Unix socket; resolves once the head arrived, the body not read yet. */
-function open(url: string): Promise<{ req: http.ClientRequest; res: http.IncomingMessage }> {
+function open(url: string, socket = socketPath): Promise<{ req: http.ClientRequest; res: http.IncomingMessage }> {
   return new Promise((resolve, reject) => {
-    const req = http.get({ socketPath, path: url, headers: { authorization: "Bearer test-orange-token", accept: "application/json" } });
+    const req = http.get({ socketPath: socket, path: url, headers: { authorization: "Bearer test-orange-token", accept: "application/json" } });
     req.on("response", (res) => resolve({ req, res }));
     req.on("error", reject);
   });
@@ -416,6 +416,68 @@ describe("streaming to a real client", () => {
     expect(after.headers["x-total-count"]).toBe(String(LARGE + 5));
     expect(after.body[0].state).toBe("inactive");
     expect(after.body.find((l: { id: string }) => l.id === last).state).toBe("inactive");
+  });
+});
+
+describe("streamed listings at once (FLEET_STREAMS_MAX)", () => {
+  let app: TestApp;
+  let socket: string;
+  let fleetId: string;
+  beforeAll(async () => {
+    app = await createTestApp({ env: { FLEET_STREAMS_MAX: "2" }, fleetListing: { atOnceMax: FLEET_CHUNK_SIZE } });
+    socket = path.join(tmpdir(), `fleet-streams-${randomBytes(6).toString("hex")}.sock`);
+    await app.app.listen({ path: socket });
+    fleetId = await orderFleet(LARGE, app);
+  });
+  afterAll(async () => app?.close());
+
+  it("are two at most: a third waits, before its snapshot and its first byte, until one of them ends", async () => {
+    // Two paused clients: each listing holds its transaction (the answer is far larger than the socket).
+    const first = await open(listUrl(fleetId), socket);
+    const second = await open(listUrl(fleetId), socket);
+    await eventually("both listings hold their transactions", async () => (await openTransactions(app)) === 2);
+    let thirdHead = false;
+    const third = open(listUrl(fleetId), socket).then((o) => {
+      thirdHead = true;
+      return o;
+    });
+    await delay(300);
+    expect(thirdHead).toBe(false);
+    expect(await openTransactions(app)).toBe(2);
+    // The first one read to its end: the third takes its turn.
+    const firstBody = await readRest(first.res);
+    const { res } = await third;
+    expect(res.statusCode).toBe(200);
+    expect(res.headers["x-total-count"]).toBe(String(LARGE));
+    const [secondBody, thirdBody] = await Promise.all([readRest(second.res), readRest(res)]);
+    for (const body of [firstBody, secondBody, thirdBody]) {
+      expect(body.complete).toBe(true);
+      expect((JSON.parse(body.text) as unknown[]).length).toBe(LARGE);
+    }
+    await eventually("the listings' transactions ended", async () => (await openTransactions(app)) === 0);
+  });
+
+  it("a waiting listing whose client went away, and one whose client stops early, leave the turns to the others", async () => {
+    const first = await open(listUrl(fleetId), socket);
+    const second = await open(listUrl(fleetId), socket);
+    // A third client gives up while it waits; a fourth waits behind it.
+    const gone = http.get({ socketPath: socket, path: listUrl(fleetId), headers: { authorization: "Bearer test-orange-token" } });
+    gone.on("error", () => undefined);
+    const fourth = open(listUrl(fleetId), socket);
+    await delay(200);
+    gone.destroy();
+    first.req.destroy();
+    second.req.destroy();
+    const { res } = await fourth;
+    const body = await readRest(res);
+    expect(body.complete).toBe(true);
+    expect((JSON.parse(body.text) as unknown[]).length).toBe(LARGE);
+    await eventually("every transaction ended", async () => (await openTransactions(app)) === 0);
+    // Both turns are free again: two more are streamed at once.
+    const again = [await open(listUrl(fleetId), socket), await open(listUrl(fleetId), socket)];
+    await eventually("two listings at once again", async () => (await openTransactions(app)) === 2);
+    for (const o of again) o.req.destroy();
+    await eventually("their transactions ended", async () => (await openTransactions(app)) === 0);
   });
 });
 

@@ -98,7 +98,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     clock: opts.clock,
     provisioning: provisioning && { ...provisioning.stage, pollMs: 20 },
     metrics,
-    fleetListing: opts.fleetListing,
+    fleetListing: { streamsMax: config.fleetStreamsMax, ...opts.fleetListing },
   });
   const app = await buildApp({ config, services, logger: opts.logger ?? false, worker: opts.worker });
   await app.ready();
