@@ -272,6 +272,7 @@ async function main(): Promise<void> {
     if (worker) services.runInline(worker.worker.inline);
     metrics.watchPool("worker", () => worker?.worker.pool);
     if (worker && config.role === "all") metrics.watchInline(() => worker.worker.inlineLoad());
+    if (config.role !== "worker") metrics.watchFleetListings(services.licences.streamedListings);
     if (app) {
       await app.listen({ host: config.host, port: config.port });
       log.info(

@@ -23,6 +23,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type pg from "pg";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { sql, type Db } from "./db/sql.js";
+import type { StreamedListings } from "./domain/licences.js";
 import type { Telemetry } from "./domain/ports.js";
 import type { InlineLoad } from "./events/worker.js";
 import { systemClock, type Clock } from "./lib/clock.js";
@@ -88,6 +89,8 @@ export interface Metrics {
   watchPool(name: string, pool: () => pg.Pool | undefined): void;
   /** Reports the inline runs of this process's worker (ROLE=all), once it runs. */
   watchInline(load: () => InlineLoad | undefined): void;
+  /** Reports the streamed fleet listings of this process's HTTP API. */
+  watchFleetListings(load: () => StreamedListings): void;
 }
 
 let processRegistry: Registry | undefined;
@@ -186,6 +189,20 @@ export function createMetrics(options: MetricsOptions): Metrics {
     registers,
     collect() {
       const load = inlineLoad();
+      this.reset();
+      if (load) for (const state of ["running", "waiting"] as const) this.set({ state }, load[state]);
+    },
+  });
+
+  let fleetListings: () => StreamedListings | undefined = () => undefined;
+  new Gauge({
+    name: "partner_fleet_listings_streamed",
+    help:
+      "Fleet listings of more than 10,000 licences: being sent (FLEET_STREAMS_MAX at most, each holding a pooled connection), and waiting for their turn before their first byte",
+    labelNames: ["state"] as const,
+    registers,
+    collect() {
+      const load = fleetListings();
       this.reset();
       if (load) for (const state of ["running", "waiting"] as const) this.set({ state }, load[state]);
     },
@@ -335,6 +352,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
     },
     watchInline(load) {
       inlineLoad = load;
+    },
+    watchFleetListings(load) {
+      fleetListings = load;
     },
   };
 }

@@ -11,6 +11,7 @@ import { FLEET_AT_ONCE_MAX, FLEET_CHUNK_SIZE } from "../src/domain/licences.js";
 import { selectLicences } from "../src/domain/licences.dal.js";
 import { renderUserService } from "../src/orange/mapping.js";
 import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
+import { parseExposition, valueOf } from "./support/prometheus.js";
 
 /**
  * GET /userservice/v2/userService?productRefId=: the fleet listing is streamed a chunk at a time
@@ -22,6 +23,7 @@ import { createTestApp, type CallResult, type TestApp } from "./support/app.js";
  */
 
 const LIST = "/userservice/v2/userService";
+const METRICS_TOKEN = "metrics-token-fleet-4d1e";
 const PRO = "MBA-CAISSE-PRO";
 /** Licences of the fleets streamed to a paused client: about 3 MB, far more than the socket holds. */
 const LARGE = 10_000;
@@ -424,14 +426,26 @@ describe("streamed listings at once (FLEET_STREAMS_MAX)", () => {
   let socket: string;
   let fleetId: string;
   beforeAll(async () => {
-    app = await createTestApp({ env: { FLEET_STREAMS_MAX: "2" }, fleetListing: { atOnceMax: FLEET_CHUNK_SIZE } });
+    app = await createTestApp({ env: { FLEET_STREAMS_MAX: "2", METRICS_TOKEN }, fleetListing: { atOnceMax: FLEET_CHUNK_SIZE } });
     socket = path.join(tmpdir(), `fleet-streams-${randomBytes(6).toString("hex")}.sock`);
     await app.app.listen({ path: socket });
     fleetId = await orderFleet(LARGE, app);
   });
   afterAll(async () => app?.close());
 
+  /** partner_fleet_listings_streamed, as GET /metrics tells it. */
+  async function streamed(): Promise<{ running: number | undefined; waiting: number | undefined }> {
+    const res = await app.call("GET", "/metrics", undefined, { authorization: `Bearer ${METRICS_TOKEN}` });
+    expect(res.status, res.text).toBe(200);
+    const samples = parseExposition(res.text);
+    return {
+      running: valueOf(samples, "partner_fleet_listings_streamed", { state: "running" }),
+      waiting: valueOf(samples, "partner_fleet_listings_streamed", { state: "waiting" }),
+    };
+  }
+
   it("are two at most: a third waits, before its snapshot and its first byte, until one of them ends", async () => {
+    expect(await streamed()).toEqual({ running: 0, waiting: 0 });
     // Two paused clients: each listing holds its transaction (the answer is far larger than the socket).
     const first = await open(listUrl(fleetId), socket);
     const second = await open(listUrl(fleetId), socket);
@@ -444,6 +458,8 @@ describe("streamed listings at once (FLEET_STREAMS_MAX)", () => {
     await delay(300);
     expect(thirdHead).toBe(false);
     expect(await openTransactions(app)).toBe(2);
+    // What an operator sees meanwhile.
+    expect(await streamed()).toEqual({ running: 2, waiting: 1 });
     // The first one read to its end: the third takes its turn.
     const firstBody = await readRest(first.res);
     const { res } = await third;
@@ -455,6 +471,8 @@ describe("streamed listings at once (FLEET_STREAMS_MAX)", () => {
       expect((JSON.parse(body.text) as unknown[]).length).toBe(LARGE);
     }
     await eventually("the listings' transactions ended", async () => (await openTransactions(app)) === 0);
+    await eventually("their turns given back", async () => (await streamed()).running === 0);
+    expect(await streamed()).toEqual({ running: 0, waiting: 0 });
   });
 
   it("a waiting listing whose client went away, and one whose client stops early, leave the turns to the others", async () => {
@@ -478,6 +496,8 @@ describe("streamed listings at once (FLEET_STREAMS_MAX)", () => {
     await eventually("two listings at once again", async () => (await openTransactions(app)) === 2);
     for (const o of again) o.req.destroy();
     await eventually("their transactions ended", async () => (await openTransactions(app)) === 0);
+    await eventually("no listing left under way", async () => (await streamed()).running === 0);
+    expect(await streamed()).toEqual({ running: 0, waiting: 0 });
   });
 });
 

@@ -80,11 +80,18 @@ export interface FleetListingLimits {
   streamsMax?: number;
 }
 
+/** Streamed listings of this process: being sent, and waiting for their turn. */
+export interface StreamedListings {
+  running: number;
+  waiting: number;
+}
+
 /** At most `max` holders at once; the others wait for a turn, first come first served. */
-function turns(max: number): { take(): Promise<() => void> } {
+function turns(max: number): { take(): Promise<() => void>; load(): StreamedListings } {
   let free = max;
   const waiting: (() => void)[] = [];
   return {
+    load: () => ({ running: max - free, waiting: waiting.length }),
     async take() {
       if (free > 0) free--;
       else await new Promise<void>((resolve) => waiting.push(resolve));
@@ -175,6 +182,8 @@ export function createLicenceQueries(deps: { db: Db; fleetListing?: FleetListing
 
   return {
     readFleet,
+    /** The streamed listings under way and waiting (the operators' gauge). */
+    streamedListings: (): StreamedListings => streams.load(),
     /** The licences that exist among `ids`, in the order asked. */
     listByIds: async (ids: string[]): Promise<LicenceRecord[]> => orderLike(await licences.selectLicences(db, ids), ids),
     getById: async (id: string): Promise<LicenceRecord | null> => (await licences.selectLicences(db, [id]))[0] ?? null,

@@ -100,6 +100,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     metrics,
     fleetListing: { streamsMax: config.fleetStreamsMax, ...opts.fleetListing },
   });
+  metrics.watchFleetListings(services.licences.streamedListings);
   const app = await buildApp({ config, services, logger: opts.logger ?? false, worker: opts.worker });
   await app.ready();
   return {
