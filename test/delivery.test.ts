@@ -656,6 +656,44 @@ describe("an inline run that asks to run again (JobContext.runAgain)", () => {
   });
 });
 
+describe("an inline run that fails after one of its transactions committed an event", () => {
+  it("still delivers that event at once, with its one claimed attempt, and hands the run to its job", async () => {
+    let eventId = "";
+    let runs = 0;
+    const w = await worker({
+      inlineSlots: 1,
+      tasks: {
+        commit_then_fail: async () => {
+          runs++;
+          if (runs > 1) return;
+          eventId = (
+            await store().transaction((tx) =>
+              enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: { fleet: "fl_failed_run" }, fleetId: "fl_failed_run" }, clock, ids),
+            )
+          ).id;
+          throw new Error("injected: the run fails after its event committed");
+        },
+      },
+    });
+    w.worker.inline.reserve()!.start({ task: "commit_then_fail", payload: {}, key: "failed-run:1" });
+    // Well within the sweep's grace: the run itself sends it.
+    const row = await waitFor("the event to be delivered", async () => {
+      const r = await eventRow(db(), eventId);
+      return r?.state === "delivered" ? r : undefined;
+    }, 3_000);
+    expect(deliveredIds("fl_failed_run")).toEqual([eventId]);
+    // The attempt claimed with the event, closed as delivered: none left open, none counted as interrupted.
+    expect(row.attempts).toBe(1);
+    expect(row.deliveryAttempts.map((a) => ({ attempt: a.attempt, outcome: a.outcome, error: a.error }))).toEqual([
+      { attempt: 1, outcome: "delivered", error: null },
+    ]);
+    // The failed run's own job was queued for another run, and the outbox added none for the fleet.
+    const [job] = await database.prisma.$queryRawUnsafe<{ key: string }[]>("SELECT key FROM graphile_worker._private_jobs WHERE key = 'failed-run:1'");
+    expect(job).toEqual({ key: "failed-run:1" });
+    expect(await jobsOf(db(), "fl_failed_run")).toBe(0);
+  });
+});
+
 describe("an acknowledgement whose inline run waits for a slot (backpressure)", () => {
   it("is answered once its run starts, or after the bound when the run still waits; at once when a slot is free", async () => {
     const started: string[] = [];

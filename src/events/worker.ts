@@ -398,6 +398,17 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
    * delivered in the slot, without jobs, as an inline run's are. Work that throws wrote nothing
    * the caller does not handle: its slot is freed and the caller gets the error.
    */
+  /**
+   * The events an inline run's transactions committed, delivered by the run (no job was added for
+   * them), whether its work then succeeded or failed: a transaction that committed before a
+   * failure left its events, their first attempts claimed, for this run to send.
+   */
+  async function deliverCommitted(run: RunDeliveries, jobId: string, key: string | null): Promise<void> {
+    if (!deliver || run.keys.size === 0) return;
+    const helpers = { abortSignal: inlineAbort.signal, job: { id: jobId, attempts: 1, key } };
+    await deliverNow(deliver, run, helpers as unknown as JobHelpers);
+  }
+
   async function runWork(held: HeldWork, freeSlot: () => void): Promise<void> {
     const run = inlineRun();
     let result: unknown;
@@ -406,32 +417,30 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     } catch (err) {
       freeSlot();
       held.failed(err);
+      await deliverCommitted(run, "inline:work", null);
       return;
     }
     held.done(result);
-    if (deliver && run.keys.size > 0) {
-      const helpers = { abortSignal: inlineAbort.signal, job: { id: "inline:work", attempts: 1, key: null } };
-      await deliverNow(deliver, run, helpers as unknown as JobHelpers);
-    }
+    await deliverCommitted(run, "inline:work", null);
   }
 
   async function runInline(job: Job, freeSlot: () => void): Promise<void> {
     const handler = options.tasks?.[job.task];
+    const run = inlineRun();
+    let delivered = false;
     try {
       if (!handler) throw new Error(`no task ${job.task} here`);
-      const run = inlineRun();
       // A run whose handler throws asked for another run: its job takes over, with graphile's
       // backoff from there (the handler has counted the failed attempt).
       const context = { attempt: 1, signal: inlineAbort.signal, runAgain: (delayMs: number) => runInlineLater(job, delayMs) };
       await committedDeliveryJobs.run(run, () => handler(job.payload, context));
-      if (deliver && run.keys.size > 0) {
-        const helpers = { abortSignal: inlineAbort.signal, job: { id: `inline:${job.key ?? job.task}`, attempts: 1, key: job.key ?? null } };
-        await deliverNow(deliver, run, helpers as unknown as JobHelpers);
-      }
+      delivered = true;
+      await deliverCommitted(run, `inline:${job.key ?? job.task}`, job.key ?? null);
     } catch (err) {
       logger?.warn({ task: job.task, key: job.key, err: errorMessage(err) }, "an inline run failed; its job takes over");
       freeSlot();
       await addOnceAnswered(() => addJob(queryable(pool), { ...job, delayMs: INLINE_RETRY_DELAY_MS }), { task: job.task, key: job.key });
+      if (!delivered) await deliverCommitted(run, `inline:${job.key ?? job.task}`, job.key ?? null);
     }
   }
 
