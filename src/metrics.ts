@@ -180,33 +180,31 @@ export function createMetrics(options: MetricsOptions): Metrics {
   poolGauge("partner_db_pool_idle_connections", "Connections of the pool open and not in use", (p) => p.idleCount);
   poolGauge("partner_db_pool_waiting_clients", "Callers waiting for a connection of the pool (all in use)", (p) => p.waitingCount);
   poolGauge("partner_db_pool_max_connections", "Most connections the pool opens", (p) => p.options.max ?? 10);
+  /** Work of this process under way and waiting for its turn, read at each scrape once watched. */
+  const loadGauge = (name: string, help: string, read: () => { running: number; waiting: number } | undefined) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ["state"] as const,
+      registers,
+      collect() {
+        const load = read();
+        this.reset();
+        if (load) for (const state of ["running", "waiting"] as const) this.set({ state }, load[state]);
+      },
+    });
   let inlineLoad: () => InlineLoad | undefined = () => undefined;
-  new Gauge({
-    name: "partner_inline_runs",
-    help:
-      "Acknowledged requests carried out by this process (ROLE=all): running, and waiting for a slot (their acknowledgements held until they start, 2 s at most: backpressure)",
-    labelNames: ["state"] as const,
-    registers,
-    collect() {
-      const load = inlineLoad();
-      this.reset();
-      if (load) for (const state of ["running", "waiting"] as const) this.set({ state }, load[state]);
-    },
-  });
-
+  loadGauge(
+    "partner_inline_runs",
+    "Acknowledged requests carried out by this process (ROLE=all): running, and waiting for a slot (their acknowledgements held until they start, 2 s at most: backpressure)",
+    () => inlineLoad(),
+  );
   let fleetListings: () => StreamedListings | undefined = () => undefined;
-  new Gauge({
-    name: "partner_fleet_listings_streamed",
-    help:
-      "Fleet listings of more than 10,000 licences: being sent (FLEET_STREAMS_MAX at most, each holding a pooled connection), and waiting for their turn before their first byte",
-    labelNames: ["state"] as const,
-    registers,
-    collect() {
-      const load = fleetListings();
-      this.reset();
-      if (load) for (const state of ["running", "waiting"] as const) this.set({ state }, load[state]);
-    },
-  });
+  loadGauge(
+    "partner_fleet_listings_streamed",
+    "Fleet listings of more than 10,000 licences: being sent (FLEET_STREAMS_MAX at most, each holding a pooled connection), and waiting for their turn before their first byte",
+    () => fleetListings(),
+  );
 
   // --- read from PostgreSQL at scrape time, cached ---------------------------------------------
 
