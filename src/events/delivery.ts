@@ -419,11 +419,12 @@ export function createDeliverEventsTask(options: DeliveryTaskOptions): DeliverEv
       (d) => d.result.requestId ?? null,
       (d) => d.result.body ?? null,
     ];
+    const one = items.length === 1;
     const { rows } = await conn.query<{ recorded: number; unlocked: boolean | null }>({
-      name: items.length === 1 ? "outbox_attempt_delivered" : "outbox_attempts_delivered",
-      text: RECORD_DELIVERED_SQL[items.length === 1 ? "one" : "many"],
+      name: one ? "outbox_attempt_delivered" : "outbox_attempts_delivered",
+      text: RECORD_DELIVERED_SQL[one ? "one" : "many"],
       values: [
-        ...columns.map((column) => (items.length === 1 ? column(items[0]!) : items.map(column))),
+        ...columns.map((column) => (one ? column(items[0]!) : items.map(column))),
         options.workerId?.() ?? null,
         unlockKey ?? null,
         DELIVERY_LOCK_NAMESPACE,

@@ -393,15 +393,10 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   }
 
   /**
-   * Work run in a slot for a caller that waits for its result (InlineSlot.runNow): the caller is
-   * answered as soon as the work is done, and the events its transactions committed are then
-   * delivered in the slot, without jobs, as an inline run's are. Work that throws wrote nothing
-   * the caller does not handle: its slot is freed and the caller gets the error.
-   */
-  /**
    * The events an inline run's transactions committed, delivered by the run (no job was added for
    * them), whether its work then succeeded or failed: a transaction that committed before a
-   * failure left its events, their first attempts claimed, for this run to send.
+   * failure left its events, their first attempts claimed, for this run to send. Never throws
+   * (deliverNow hands what it cannot deliver to the key's job).
    */
   async function deliverCommitted(run: RunDeliveries, jobId: string, key: string | null): Promise<void> {
     if (!deliver || run.keys.size === 0) return;
@@ -409,6 +404,12 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     await deliverNow(deliver, run, helpers as unknown as JobHelpers);
   }
 
+  /**
+   * Work run in a slot for a caller that waits for its result (InlineSlot.runNow): the caller is
+   * answered as soon as the work is done, and the events its transactions committed are then
+   * delivered in the slot, without jobs, as an inline run's are. Work that throws wrote nothing
+   * the caller does not handle: its slot is freed and the caller gets the error.
+   */
   async function runWork(held: HeldWork, freeSlot: () => void): Promise<void> {
     const run = inlineRun();
     let result: unknown;
@@ -427,21 +428,18 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   async function runInline(job: Job, freeSlot: () => void): Promise<void> {
     const handler = options.tasks?.[job.task];
     const run = inlineRun();
-    let delivered = false;
     try {
       if (!handler) throw new Error(`no task ${job.task} here`);
       // A run whose handler throws asked for another run: its job takes over, with graphile's
       // backoff from there (the handler has counted the failed attempt).
       const context = { attempt: 1, signal: inlineAbort.signal, runAgain: (delayMs: number) => runInlineLater(job, delayMs) };
       await committedDeliveryJobs.run(run, () => handler(job.payload, context));
-      delivered = true;
-      await deliverCommitted(run, `inline:${job.key ?? job.task}`, job.key ?? null);
     } catch (err) {
       logger?.warn({ task: job.task, key: job.key, err: errorMessage(err) }, "an inline run failed; its job takes over");
       freeSlot();
       await addOnceAnswered(() => addJob(queryable(pool), { ...job, delayMs: INLINE_RETRY_DELAY_MS }), { task: job.task, key: job.key });
-      if (!delivered) await deliverCommitted(run, `inline:${job.key ?? job.task}`, job.key ?? null);
     }
+    await deliverCommitted(run, `inline:${job.key ?? job.task}`, job.key ?? null);
   }
 
   async function sweep(): Promise<SweepResult> {
