@@ -5,6 +5,9 @@ import { createTestDatabaseWithClient } from "./support/db.js";
 
 type PlanMode = "force_generic_plan" | "force_custom_plan";
 
+/** The body of every event these tests write. */
+const body = JSON.stringify({ id: "ev", type: "updateNotification", time: "2026-11-30T00:00:00.000Z", resource: {} });
+
 /**
  * Every scan of a table in the plan of `text`, prepared as `signature` and explained as `execute`
  * (a generic plan, as a prepared statement gets after its first runs, or a custom one): the table,
@@ -27,6 +30,23 @@ async function planScans(client: pg.Client, mode: PlanMode, signature: string, t
 }
 
 /**
+ * An outbox that has lived: 20,000 events delivered, 10 for each of 2,000 fleets (`fl_old_*`),
+ * each with its delivered attempt.
+ */
+async function deliveredHistory(client: pg.Client): Promise<void> {
+  await client.query(
+    `INSERT INTO outbox_event (id, api, type, ordering_key, body, state, attempts, delivered_at)
+     SELECT 'ev_old_' || g, 'userservice', 'updateNotification', 'fl_old_' || (g % 2000), $1::json, 'delivered', 1, now()
+       FROM generate_series(1, 20000) g`,
+    [body],
+  );
+  await client.query(
+    `INSERT INTO event_delivery_attempt (event_id, attempt, started_at, finished_at, outcome)
+     SELECT id, 1, now(), now(), 'delivered' FROM outbox_event WHERE id LIKE 'ev_old_%'`,
+  );
+}
+
+/**
  * The delivery's read of a key's next events must stay a range of the key's own index entries
  * whatever PostgreSQL's statistics say. They are gathered whenever autovacuum analyses the
  * table: analysed while the outbox was quiet (every event delivered), they say almost nothing is
@@ -39,14 +59,8 @@ describe("the delivery's read of a key's next events, after statistics taken on 
   beforeAll(async () => {
     session = await createTestDatabaseWithClient();
     client = session.client;
-    const body = JSON.stringify({ id: "ev", type: "updateNotification", time: "2026-11-30T00:00:00.000Z", resource: {} });
-    // The past: 20,000 events delivered, 10 for each of 2,000 fleets; analysed then.
-    await client.query(
-      `INSERT INTO outbox_event (id, api, type, ordering_key, body, state, delivered_at)
-       SELECT 'ev_old_' || g, 'userservice', 'updateNotification', 'fl_old_' || (g % 2000), $1::json, 'delivered', now()
-         FROM generate_series(1, 20000) g`,
-      [body],
-    );
+    // The past, analysed then.
+    await deliveredHistory(client);
     await client.query("VACUUM ANALYZE outbox_event");
     // The burst: 2,000 events pending, 10 for each of 200 fleets.
     await client.query(
@@ -89,7 +103,6 @@ describe("the lock statement of an inline run's claimed event", () => {
   beforeAll(async () => {
     session = await createTestDatabaseWithClient();
     client = session.client;
-    const body = JSON.stringify({ id: "ev", type: "updateNotification", time: "2026-11-30T00:00:00.000Z", resource: {} });
     // Analysed while the outbox was small (a load's start), then 9,000 events of 3,000 fleets
     // written and delivered, each with its attempt, but one: the load under way. (Written as "no
     // pending or dead event of the key before this one", with NOT EXISTS, the plan was two
@@ -143,15 +156,7 @@ describe("the record of one delivered event", () => {
   beforeAll(async () => {
     session = await createTestDatabaseWithClient();
     client = session.client;
-    const body = JSON.stringify({ id: "ev", type: "updateNotification", time: "2026-11-30T00:00:00.000Z", resource: {} });
-    // An outbox that has lived: 20,000 events delivered, each with its attempt.
-    await client.query(
-      `INSERT INTO outbox_event (id, api, type, ordering_key, body, state, attempts, delivered_at)
-       SELECT 'ev_old_' || g, 'userservice', 'updateNotification', 'fl_old_' || (g % 2000), $1::json, 'delivered', 1, now()
-         FROM generate_series(1, 20000) g`,
-      [body],
-    );
-    await client.query(`INSERT INTO event_delivery_attempt (event_id, attempt, started_at, finished_at, outcome) SELECT id, 1, now(), now(), 'delivered' FROM outbox_event`);
+    await deliveredHistory(client);
     // Events sent, each with its open first attempt, as a run leaves them before recording them.
     await client.query(
       `INSERT INTO outbox_event (id, api, type, ordering_key, body)
