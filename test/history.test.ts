@@ -347,6 +347,35 @@ describe("sync mode: orders, licences and the search box", () => {
 
 // ---------------------------------------------------------------------------------------------
 
+describe("a timeline whose entries share one instant", () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    // Every entry in the same millisecond, as a sync request on a fast machine writes them.
+    const at = new Date("2026-12-01T06:00:00.000Z");
+    t = await createTestApp({ env: { ADMIN_TOKEN }, clock: { now: () => new Date(at) } });
+  });
+  afterAll(async () => t?.close());
+  const admin = (url: string) => t.call("GET", url, undefined, ADMIN);
+
+  it("shows a sync update received first, then its change, its outcome and its answer, in its detail and its timeline", async () => {
+    const order = await t.call("POST", ORDER_URL, uc2({ quantity: 1 }));
+    expect(order.body.state, order.text).toBe("completed");
+    const [licence] = await t.db.licence.findMany({ where: { fleetId: order.body.orderItem[0].productRef.id as string } });
+    const suspend = await t.call("POST", UPDATE_URL, update([{ id: licence!.id, externalState: "suspended" }]));
+    expect(suspend.body.state, suspend.text).toBe("completed");
+    const [row] = await t.db.licenceUpdate.findMany({ where: { licenceIds: { has: licence!.id } } });
+    // The store: one instant for all four entries.
+    const entries = await t.db.historyEntry.findMany({ where: { requestId: row!.id } });
+    expect(new Set(entries.map((e) => e.at.toISOString()))).toEqual(new Set(["2026-12-01T06:00:00.000Z"]));
+    const lifeOfUpdate = ["request.received", "licence.changed", "request.completed", "request.answered"];
+    // The detail reads the latest entries newest first, then shows them oldest first; the timeline route pages oldest first.
+    expect(kinds((await admin(`/admin/v1/updates/${row!.id}`)).body.timeline)).toEqual(lifeOfUpdate);
+    expect(kinds((await admin(`/admin/v1/updates/${row!.id}/timeline`)).body)).toEqual(lifeOfUpdate);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
 describe("async mode: the worker, the events and the operators' actions", () => {
   let t: TestApp;
   let gw: MockGateway;

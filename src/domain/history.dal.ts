@@ -187,7 +187,13 @@ export async function timeline(
   s: TimelineSubject,
   page: { offset: number; limit: number; newestFirst?: boolean },
 ): Promise<TimelineRow[]> {
-  const order = page.newestFirst ? raw("at DESC, src DESC, n DESC") : raw("at, src, n");
+  // At the same instant (the same millisecond: a sync request on a fast machine), a request's
+  // reception comes before what it caused. Entries otherwise keep the order they were written in,
+  // but the reception of a sync request is written last, with its outcome and answer, in one
+  // statement after the changes it made.
+  const order = page.newestFirst
+    ? raw("at DESC, src DESC, (kind = 'request.received') ASC, n DESC")
+    : raw("at, src, (kind = 'request.received') DESC, n");
   return q.query<TimelineRow>(sql`
     SELECT at, kind, actor, request_id, customer_id, fleet_id, licence_id, event_id, command_id, data
       FROM (${timelineOf(s)}) t
