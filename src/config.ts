@@ -129,6 +129,8 @@ const EnvSchema = z.object({
   WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(8),
   WORKER_INLINE_CONCURRENCY: z.coerce.number().int().min(0).max(1000).default(16),
   WORKER_LEASE_MS: z.coerce.number().int().min(1000).default(120_000),
+  /** Jobs a worker process claims in one query and holds in memory for its free slots; 0: one query per job. Default 2 × WORKER_CONCURRENCY. */
+  WORKER_PREFETCH: z.coerce.number().int().min(0).max(10_000).optional(),
   WORKER_POLL_INTERVAL_MS: z.coerce.number().int().min(10).default(1_000),
   WORKER_STOP_TIMEOUT_MS: z.coerce.number().int().min(0).default(10_000),
   /** How often the worker sweeps: jobs of dead workers, work without a job, commands past their lease or bounds. */
@@ -175,6 +177,8 @@ export interface WorkerConfig {
   /** Acknowledged requests carried out at once by the process that acknowledged them (ROLE=all); 0: none, each gets a job. */
   inlineConcurrency: number;
   leaseMs: number;
+  /** Jobs claimed in one query and held in memory until a slot is free (0: one query per job). */
+  prefetch: number;
   pollIntervalMs: number;
   stopTimeoutMs: number;
   sweepIntervalMs: number;
@@ -305,10 +309,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (e.EVENT_RETRY_MAX_MS < e.EVENT_RETRY_BASE_MS) {
     throw new ConfigError("EVENT_RETRY_MAX_MS must not be smaller than EVENT_RETRY_BASE_MS");
   }
-  // A run of the delivery job lasts up to half the lease plus one delivery (token request and
-  // two POSTs at most): a shorter lease would hand live deliveries to another worker.
+  // A job waits in a worker's memory up to a sixth of the lease (WORKER_PREFETCH), then its run
+  // of the delivery lasts up to a third of it plus one delivery (token request and two POSTs at
+  // most): a shorter lease would hand live deliveries to another worker.
   if (e.WORKER_LEASE_MS < 6 * e.ORANGE_EVENT_TIMEOUT_MS) {
     throw new ConfigError("WORKER_LEASE_MS must be at least 6 × ORANGE_EVENT_TIMEOUT_MS");
+  }
+  if (e.WORKER_PREFETCH !== undefined && e.WORKER_PREFETCH > 0 && e.WORKER_PREFETCH < e.WORKER_CONCURRENCY) {
+    throw new ConfigError("WORKER_PREFETCH must be 0 (off) or at least WORKER_CONCURRENCY: the jobs claimed at once serve every slot");
   }
   return {
     role: e.ROLE,
@@ -383,6 +391,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       concurrency: e.WORKER_CONCURRENCY,
       inlineConcurrency: e.WORKER_INLINE_CONCURRENCY,
       leaseMs: e.WORKER_LEASE_MS,
+      prefetch: e.WORKER_PREFETCH ?? 2 * e.WORKER_CONCURRENCY,
       pollIntervalMs: e.WORKER_POLL_INTERVAL_MS,
       stopTimeoutMs: e.WORKER_STOP_TIMEOUT_MS,
       sweepIntervalMs: e.WORKER_SWEEP_INTERVAL_MS,

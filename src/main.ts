@@ -91,6 +91,7 @@ async function startWorkerRole(
     // Requests are carried out inline only where they are received too.
     inlineSlots: config.role === "all" ? config.worker.inlineConcurrency : 0,
     leaseMs: config.worker.leaseMs,
+    prefetch: config.worker.prefetch,
     pollIntervalMs: config.worker.pollIntervalMs,
     stopTimeoutMs: config.worker.stopTimeoutMs,
     sweepIntervalMs: config.worker.sweepIntervalMs,

@@ -3,6 +3,7 @@ import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { loadConfig } from "../src/config.js";
 import { retryDelayMs } from "../src/lib/backoff.js";
 import { createEventOperatorService } from "../src/events/operator.js";
 import { createOrangeEventClient } from "../src/events/orange-client.js";
@@ -560,18 +561,95 @@ describe("delivery of outbox events", () => {
   });
 });
 
+/**
+ * A worker claims jobs for its free slots and as many again in one query (graphile's local
+ * queue, `prefetch`), so that a burst of keys costs one claim per batch, not one per key. Those
+ * held in memory are locked by the worker like running ones: they go back to the queue at stop,
+ * and after a sixth of the lease while every slot stays busy. Each test has a database of its own,
+ * so that no other test's job is claimed with them.
+ */
+describe("jobs claimed ahead of a worker's free slots", () => {
+  let own: TestDatabase;
+  beforeEach(async () => {
+    own = await createTestDatabase();
+  });
+  afterEach(async () => {
+    await Promise.all(running.splice(0).map((w) => w.stop()));
+    await own.drop();
+  });
+
+  const jobs = async () => {
+    return own.prisma.$queryRaw<{ key: string; locked_by: string | null }[]>`SELECT key, locked_by FROM graphile_worker.jobs ORDER BY key`;
+  };
+  const fleetsOf = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}_${String(i).padStart(2, "0")}`);
+  const posted = (prefix: string) => gw.received.filter((r) => String((r.body as { resource?: { fleet?: string } }).resource?.fleet).startsWith(prefix));
+
+  it("are claimed in one query with the jobs of the free slots, held while the slots are busy, and handed back at stop; nothing is lost", async () => {
+    const fleets = fleetsOf("fl_pf", 10);
+    const events = [];
+    for (const fleetId of fleets) events.push(await enqueue(own.db, { fleetId, resource: { fleet: fleetId } }));
+    gw.scriptEvents("hang", 10);
+    const first = await startWorker(gw, own.url, { concurrency: 2, prefetch: 6, stopTimeoutMs: 200 });
+    running.push(first);
+    await waitFor("two hanging calls", () => posted("fl_pf").length === 2);
+    // Two jobs running, four held in memory: all six locked by the worker; the other four free.
+    const claimed = await jobs();
+    expect(claimed.filter((j) => j.locked_by === first.worker.id)).toHaveLength(6);
+    expect(claimed.filter((j) => j.locked_by === null)).toHaveLength(4);
+
+    await first.stop();
+    // The held jobs went back unrun; the two running ones were aborted and their keys handed back.
+    expect((await jobs()).filter((j) => j.locked_by !== null)).toEqual([]);
+    expect(new Set((await jobs()).map((j) => j.key))).toEqual(new Set(fleets.map((f) => `deliver:${f}`)));
+    expect(posted("fl_pf")).toHaveLength(2);
+
+    gw.reset();
+    running.push(await startWorker(gw, own.url, { concurrency: 2, prefetch: 6 }));
+    await waitFor("every event delivered", async () => {
+      const rows = await own.prisma.$queryRaw<{ n: number }[]>`SELECT count(*)::int AS n FROM outbox_event WHERE state = 'delivered'`;
+      return rows[0]?.n === fleets.length;
+    });
+    expect(posted("fl_pf").filter((r) => r.status === 201).map((r) => (r.body as { id: string }).id).sort()).toEqual(events.map((e) => e.id).sort());
+    await waitFor("every job done", async () => (await jobs()).length === 0);
+  });
+
+  it("are twice the slots by default (WORKER_PREFETCH); 0 turns them off; fewer than the slots is refused", () => {
+    expect(loadConfig({}).worker.prefetch).toBe(16);
+    expect(loadConfig({ WORKER_CONCURRENCY: "3" }).worker.prefetch).toBe(6);
+    expect(loadConfig({ WORKER_PREFETCH: "0" }).worker.prefetch).toBe(0);
+    expect(loadConfig({ WORKER_CONCURRENCY: "4", WORKER_PREFETCH: "4" }).worker.prefetch).toBe(4);
+    expect(() => loadConfig({ WORKER_CONCURRENCY: "4", WORKER_PREFETCH: "3" })).toThrow(/WORKER_PREFETCH must be 0 \(off\) or at least WORKER_CONCURRENCY/);
+    expect(() => loadConfig({ WORKER_PREFETCH: "-1" })).toThrow(/WORKER_PREFETCH/);
+  });
+
+  it("go back to the queue after a sixth of the lease while every slot stays busy", async () => {
+    const fleets = fleetsOf("fl_ttl", 3);
+    for (const fleetId of fleets) await enqueue(own.db, { fleetId, resource: { fleet: fleetId } });
+    gw.scriptEvents("hang", 3);
+    const w = await startWorker(gw, own.url, { concurrency: 1, prefetch: 3, leaseMs: 6_000, stopTimeoutMs: 200 });
+    running.push(w);
+    await waitFor("one hanging call", () => posted("fl_ttl").length === 1);
+    expect((await jobs()).filter((j) => j.locked_by === w.worker.id)).toHaveLength(3);
+    // A sixth of 6 s: the two held jobs are unlocked, the running one stays the worker's.
+    await waitFor("the held jobs back in the queue", async () => (await jobs()).filter((j) => j.locked_by === null).length === 2, 5_000);
+    expect((await jobs()).filter((j) => j.locked_by === w.worker.id)).toHaveLength(1);
+    expect(posted("fl_ttl")).toHaveLength(1);
+  });
+});
+
 describe("events of another task's run", () => {
   it("are delivered by that run at once, with their key's job claimed by it, then completed", async () => {
     const tokens = createTokenCache({ tokenUrl: gw.tokenUrl, clientId: gw.clientId, clientSecret: gw.clientSecret, timeoutMs: 2_000 });
     const real = createOrangeEventClient({ baseUrl: gw.url, offer: "mba2", tokens, timeoutMs: 5_000 });
     const probe = new pg.Client({ connectionString: database.url });
     await probe.connect();
-    // What the key's job looks like while its event is being sent.
-    const seen: { attempts: number; locked_by: string | null }[][] = [];
+    // What the key's job, and the task's own, look like while its event is being sent.
+    const seen: { task: string; locked_by: string | null }[][] = [];
     const client = {
       async send(...args: Parameters<typeof real.send>) {
-        const { rows } = await probe.query<{ attempts: number; locked_by: string | null }>(
-          "SELECT attempts, locked_by FROM graphile_worker._private_jobs WHERE key = 'deliver:fl_inline'",
+        const { rows } = await probe.query<{ task: string; locked_by: string | null }>(
+          `SELECT t.identifier AS task, j.locked_by FROM graphile_worker._private_jobs j JOIN graphile_worker._private_tasks t ON t.id = j.task_id
+            WHERE j.key = 'deliver:fl_inline' OR t.identifier = 'announce_inline' ORDER BY t.identifier`,
         );
         seen.push(rows);
         return real.send(...args);
@@ -595,8 +673,15 @@ describe("events of another task's run", () => {
       await addJob(store(), { task: "announce_inline", payload: {} });
       await waitFor("the event to be delivered", async () => (await eventRow(db(), eventId))?.state === "delivered");
       expect(deliveredIds("fl_inline")).toEqual([eventId]);
-      // graphile's claim counts an attempt (attempts 1); the task's run claimed the job itself.
-      expect(seen).toEqual([[{ attempts: 0, locked_by: w.worker.id }]]);
+      // Sent while the task's run is still under way (its job not yet completed, the worker's one
+      // slot still taken), with the key's job locked by this worker: claimed by the run, or held
+      // in memory for a free slot (prefetch), which the run takes as well.
+      expect(seen).toEqual([
+        [
+          { task: "announce_inline", locked_by: w.worker.id },
+          { task: "deliver_events", locked_by: w.worker.id },
+        ],
+      ]);
       await waitFor("the jobs to be completed", async () => {
         const { rows } = await probe.query<{ n: number }>(
           "SELECT count(*)::int AS n FROM graphile_worker._private_jobs WHERE key = 'deliver:fl_inline' OR payload->>'orderingKey' = 'fl_inline' OR task_id = (SELECT id FROM graphile_worker._private_tasks WHERE identifier = 'announce_inline')",
@@ -611,6 +696,81 @@ describe("events of another task's run", () => {
       await probe.end();
       await real.close();
       await tokens.close();
+    }
+  });
+});
+
+describe("events of another task's run, their key's job claimed ahead of a free slot", () => {
+  it("are delivered by that run at once all the same: it takes the job this worker holds in memory", async () => {
+    const probe = new pg.Client({ connectionString: database.url });
+    await probe.connect();
+    const jobsNow = async () =>
+      (
+        await probe.query<{ task: string; locked_by: string | null; locked_at: string | null }>(
+          `SELECT t.identifier AS task, j.locked_by, (extract(epoch FROM j.locked_at) * 1000000)::bigint::text AS locked_at FROM graphile_worker._private_jobs j JOIN graphile_worker._private_tasks t ON t.id = j.task_id
+            WHERE j.key = 'deliver:fl_held' OR t.identifier = 'announce_held' ORDER BY t.identifier`,
+        )
+      ).rows;
+    try {
+      const seen: Awaited<ReturnType<typeof jobsNow>>[] = [];
+      const tokens = createTokenCache({ tokenUrl: gw.tokenUrl, clientId: gw.clientId, clientSecret: gw.clientSecret, timeoutMs: 2_000 });
+      const real = createOrangeEventClient({ baseUrl: gw.url, offer: "mba2", tokens, timeoutMs: 5_000 });
+      const client = {
+        async send(...args: Parameters<typeof real.send>) {
+          seen.push(await jobsNow());
+          return real.send(...args);
+        },
+      };
+      let eventId = "";
+      const self: { id?: string } = {};
+      /** When the key's job was claimed into memory, in µs. */
+      let heldAt: string | null | undefined;
+      // One slot, taken by the task's run; the key's job, once committed, is claimed into memory
+      // for the next free slot (prefetch): the task returns once it is.
+      const w = await worker({
+        client,
+        concurrency: 1,
+        prefetch: 2,
+        tasks: {
+          announce_held: async () => {
+            eventId = await store().transaction(
+              async (tx) =>
+                (await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: { fleet: "fl_held" }, fleetId: "fl_held" }, clock, ids)).id,
+            );
+            const held = await waitFor("the key's job held by this worker", async () =>
+              (await jobsNow()).find((j) => j.task === "deliver_events" && j.locked_by === self.id),
+            );
+            heldAt = held.locked_at;
+          },
+        },
+      });
+      self.id = w.worker.id;
+      try {
+        await addJob(store(), { task: "announce_held", payload: {} });
+        await waitFor("the event to be delivered", async () => (await eventRow(db(), eventId))?.state === "delivered");
+        expect(deliveredIds("fl_held")).toEqual([eventId]);
+        // Sent by the task's run: it claimed the held job anew (its lock renewed), where the run of
+        // that job from memory, once the slot is free, would have sent it under the first claim.
+        expect(seen.map((jobs) => jobs.map((j) => ({ task: j.task, locked_by: j.locked_by })))).toEqual([
+          [
+            { task: "announce_held", locked_by: w.worker.id },
+            { task: "deliver_events", locked_by: w.worker.id },
+          ],
+        ]);
+        const sentUnder = seen[0]!.find((j) => j.task === "deliver_events")!.locked_at;
+        expect(heldAt).toBeTruthy();
+        expect(BigInt(sentUnder!)).toBeGreaterThan(BigInt(heldAt!));
+        await waitFor("the jobs to be completed", async () => (await jobsNow()).length === 0);
+        const row = await eventRow(db(), eventId);
+        expect(row?.deliveryAttempts.map((a) => ({ attempt: a.attempt, outcome: a.outcome, workerId: a.workerId }))).toEqual([
+          { attempt: 1, outcome: "delivered", workerId: w.worker.id },
+        ]);
+      } finally {
+        await real.close();
+        await tokens.close();
+      }
+    } finally {
+      await probe.end();
     }
   });
 });

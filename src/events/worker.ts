@@ -41,6 +41,11 @@ export interface EventWorkerOptions {
   concurrency: number;
   /** A job locked longer than this is taken from its worker, presumed dead. */
   leaseMs: number;
+  /**
+   * Jobs claimed in one query and held in memory until one of the `concurrency` slots is free
+   * (graphile's local queue); 0: each slot claims its own job, one query each. Default 2 × concurrency.
+   */
+  prefetch?: number;
   /** How long stop() lets running deliveries finish before aborting them (default 10 s). */
   stopTimeoutMs?: number;
   /** Interval of the lease sweep (default 30 s, jittered). */
@@ -123,6 +128,10 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
   const stopTimeoutMs = options.stopTimeoutMs ?? 10_000;
   const sweepIntervalMs = options.sweepIntervalMs ?? 30_000;
   const random = options.random ?? Math.random;
+  const prefetch = options.prefetch ?? 2 * options.concurrency;
+  // A prefetched job is locked from its claim on, and its wait in memory counts against the lease:
+  // it goes back to the queue after a sixth of the lease (see runBudgetMs below).
+  const prefetchTtlMs = Math.max(1_000, Math.floor(options.leaseMs / 6));
   const pool = new ReleaseOncePool({
     connectionString: options.databaseUrl,
     // One held by each running job (its key lock) and by each inline run's delivery, plus
@@ -154,7 +163,10 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       pool,
       client: options.client,
       retry: options.retry,
-      runBudgetMs: Math.max(1_000, Math.floor(options.leaseMs / 2)),
+      // A third of the lease: with its wait in memory (prefetchTtlMs) and the delivery under way when
+      // the budget runs out (a token request and two POSTs, at most half the lease: src/config.ts),
+      // a job stays locked less than the lease.
+      runBudgetMs: Math.max(1_000, Math.floor(options.leaseMs / 3)),
       workerId: () => workerId,
       random,
       ...(logger ? { logger } : {}),
@@ -179,7 +191,7 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
    * most of an async order's time to its event was that wait). The run claims each key's job as
    * graphile's claim would (locked by this worker: a crash leaves it to the lease sweep, like any
    * job), runs the delivery task with it, then completes it (deletes it, as graphile does). A job
-   * already claimed by a worker, or not due (a retry's backoff), is left to graphile. A failed
+   * already claimed by another worker, or not due (a retry's backoff), is left to graphile. A failed
    * delivery run releases the job for graphile to run again; the task itself has succeeded.
    */
   async function deliverNow(task: DeliverEventsTask, committed: RunDeliveries, helpers: JobHelpers): Promise<void> {
@@ -192,9 +204,13 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       if (id === undefined) continue;
       if (helpers.abortSignal?.aborted) return;
       try {
+        // A job this worker already holds is taken too: claimed ahead of a free slot (prefetch), it
+        // waits in memory for one, like the run of this task did. Should another slot of this
+        // worker be running it already, the key's lock keeps the two apart, and its completion
+        // after this run's finds no row to delete.
         const claimed = await pool.query(
           `UPDATE graphile_worker._private_jobs SET locked_at = now(), locked_by = $3
-            WHERE id = $1::bigint AND key = $2 AND locked_at IS NULL AND attempts < max_attempts AND run_at <= now()`,
+            WHERE id = $1::bigint AND key = $2 AND (locked_at IS NULL OR locked_by = $3) AND attempts < max_attempts AND run_at <= now()`,
           [jobId, jobKeyOf(orderingKey), id],
         );
         if (claimed.rowCount !== 1) continue;
@@ -514,7 +530,12 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
       events,
       logger: graphileLogger(logger),
       preset: {
-        worker: { gracefulShutdownAbortTimeout: stopTimeoutMs, completeJobBatchDelay: 0, failJobBatchDelay: 0 },
+        worker: {
+          gracefulShutdownAbortTimeout: stopTimeoutMs,
+          completeJobBatchDelay: 0,
+          failJobBatchDelay: 0,
+          ...(prefetch > 0 ? { localQueue: { size: prefetch, ttl: prefetchTtlMs } } : {}),
+        },
       },
     });
     const generation: Generation = { runner, id: workerId, running, failed: false };
