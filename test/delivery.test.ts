@@ -637,140 +637,132 @@ describe("jobs claimed ahead of a worker's free slots", () => {
   });
 });
 
-describe("events of another task's run", () => {
-  it("are delivered by that run at once, with their key's job claimed by it, then completed", async () => {
-    const tokens = createTokenCache({ tokenUrl: gw.tokenUrl, clientId: gw.clientId, clientSecret: gw.clientSecret, timeoutMs: 2_000 });
-    const real = createOrangeEventClient({ baseUrl: gw.url, offer: "mba2", tokens, timeoutMs: 5_000 });
-    const probe = new pg.Client({ connectionString: database.url });
-    await probe.connect();
-    // What the key's job, and the task's own, look like while its event is being sent.
-    const seen: { task: string; locked_by: string | null }[][] = [];
-    const client = {
+/**
+ * The jobs of a task's run as a probe sees them: the task's own and its key's delivery job, with
+ * who holds each and since when (µs).
+ */
+async function runJobs(probe: pg.Client, orderingKey: string, task: string) {
+  const { rows } = await probe.query<{ task: string; locked_by: string | null; locked_at: string | null }>(
+    `SELECT t.identifier AS task, j.locked_by, (extract(epoch FROM j.locked_at) * 1000000)::bigint::text AS locked_at
+       FROM graphile_worker._private_jobs j JOIN graphile_worker._private_tasks t ON t.id = j.task_id
+      WHERE j.key = $1 OR t.identifier = $2 ORDER BY t.identifier`,
+    [`deliver:${orderingKey}`, task],
+  );
+  return rows;
+}
+
+/** A real event client that records `look()` before each send: what the jobs look like then. */
+function recordingClient<T>(look: () => Promise<T>) {
+  const tokens = createTokenCache({ tokenUrl: gw.tokenUrl, clientId: gw.clientId, clientSecret: gw.clientSecret, timeoutMs: 2_000 });
+  const real = createOrangeEventClient({ baseUrl: gw.url, offer: "mba2", tokens, timeoutMs: 5_000 });
+  const seen: T[] = [];
+  return {
+    seen,
+    client: {
       async send(...args: Parameters<typeof real.send>) {
-        const { rows } = await probe.query<{ task: string; locked_by: string | null }>(
-          `SELECT t.identifier AS task, j.locked_by FROM graphile_worker._private_jobs j JOIN graphile_worker._private_tasks t ON t.id = j.task_id
-            WHERE j.key = 'deliver:fl_inline' OR t.identifier = 'announce_inline' ORDER BY t.identifier`,
-        );
-        seen.push(rows);
+        seen.push(await look());
         return real.send(...args);
       },
-    };
-    try {
-      let eventId = "";
-      // One slot, taken by the task's run: no other run of this worker can claim the key's job first.
-      const w = await worker({
-        client,
-        concurrency: 1,
-        tasks: {
-          announce_inline: async () => {
-            eventId = await store().transaction(
-              async (tx) =>
-                (await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: { fleet: "fl_inline" }, fleetId: "fl_inline" }, clock, ids)).id,
-            );
-          },
+    },
+    async close() {
+      await real.close();
+      await tokens.close();
+    },
+  };
+}
+
+describe("events of another task's run", () => {
+  let probe: pg.Client;
+  beforeEach(async () => {
+    probe = new pg.Client({ connectionString: database.url });
+    await probe.connect();
+  });
+  afterEach(async () => {
+    await probe.end();
+  });
+
+  /** Runs `task` (one slot: its run holds it), which writes one event of `fleetId`; the event once delivered, and the worker. */
+  async function runTask(
+    fleetId: string,
+    task: string,
+    recording: ReturnType<typeof recordingClient>,
+    options: { prefetch?: number; after?: (workerId: string) => Promise<void> } = {},
+  ) {
+    let eventId = "";
+    const self: { id?: string } = {};
+    const w = await worker({
+      client: recording.client,
+      concurrency: 1,
+      ...(options.prefetch !== undefined ? { prefetch: options.prefetch } : {}),
+      tasks: {
+        [task]: async () => {
+          eventId = await store().transaction(
+            async (tx) => (await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: { fleet: fleetId }, fleetId }, clock, ids)).id,
+          );
+          await options.after?.(self.id!);
         },
-      });
-      await addJob(store(), { task: "announce_inline", payload: {} });
-      await waitFor("the event to be delivered", async () => (await eventRow(db(), eventId))?.state === "delivered");
-      expect(deliveredIds("fl_inline")).toEqual([eventId]);
+      },
+    });
+    self.id = w.worker.id;
+    await addJob(store(), { task, payload: {} });
+    await waitFor("the event to be delivered", async () => eventId !== "" && (await eventRow(db(), eventId))?.state === "delivered");
+    expect(deliveredIds(fleetId)).toEqual([eventId]);
+    await waitFor("the jobs to be completed", async () => (await runJobs(probe, fleetId, task)).length === 0);
+    const row = await eventRow(db(), eventId);
+    expect(row?.deliveryAttempts.map((a) => ({ attempt: a.attempt, outcome: a.outcome, workerId: a.workerId }))).toEqual([
+      { attempt: 1, outcome: "delivered", workerId: w.worker.id },
+    ]);
+    return w;
+  }
+
+  it("are delivered by that run at once, with their key's job claimed by it, then completed", async () => {
+    const recording = recordingClient(() => runJobs(probe, "fl_inline", "announce_inline"));
+    try {
+      // One slot, taken by the task's run: no other run of this worker can run the key's job first.
+      const w = await runTask("fl_inline", "announce_inline", recording);
       // Sent while the task's run is still under way (its job not yet completed, the worker's one
       // slot still taken), with the key's job locked by this worker: claimed by the run, or held
       // in memory for a free slot (prefetch), which the run takes as well.
-      expect(seen).toEqual([
+      expect(recording.seen.map((jobs) => jobs.map((j) => ({ task: j.task, locked_by: j.locked_by })))).toEqual([
         [
           { task: "announce_inline", locked_by: w.worker.id },
           { task: "deliver_events", locked_by: w.worker.id },
         ],
       ]);
-      await waitFor("the jobs to be completed", async () => {
-        const { rows } = await probe.query<{ n: number }>(
-          "SELECT count(*)::int AS n FROM graphile_worker._private_jobs WHERE key = 'deliver:fl_inline' OR payload->>'orderingKey' = 'fl_inline' OR task_id = (SELECT id FROM graphile_worker._private_tasks WHERE identifier = 'announce_inline')",
-        );
-        return rows[0]!.n === 0;
-      });
-      const row = await eventRow(db(), eventId);
-      expect(row?.deliveryAttempts.map((a) => ({ attempt: a.attempt, outcome: a.outcome, workerId: a.workerId }))).toEqual([
-        { attempt: 1, outcome: "delivered", workerId: w.worker.id },
-      ]);
     } finally {
-      await probe.end();
-      await real.close();
-      await tokens.close();
+      await recording.close();
     }
   });
-});
 
-describe("events of another task's run, their key's job claimed ahead of a free slot", () => {
-  it("are delivered by that run at once all the same: it takes the job this worker holds in memory", async () => {
-    const probe = new pg.Client({ connectionString: database.url });
-    await probe.connect();
-    const jobsNow = async () =>
-      (
-        await probe.query<{ task: string; locked_by: string | null; locked_at: string | null }>(
-          `SELECT t.identifier AS task, j.locked_by, (extract(epoch FROM j.locked_at) * 1000000)::bigint::text AS locked_at FROM graphile_worker._private_jobs j JOIN graphile_worker._private_tasks t ON t.id = j.task_id
-            WHERE j.key = 'deliver:fl_held' OR t.identifier = 'announce_held' ORDER BY t.identifier`,
-        )
-      ).rows;
+  it("are delivered by that run at once when their key's job was claimed ahead of a free slot: it takes the job this worker holds in memory", async () => {
+    const recording = recordingClient(() => runJobs(probe, "fl_held", "announce_held"));
+    /** When the key's job was claimed into memory, in µs. */
+    let heldAt: string | null | undefined;
     try {
-      const seen: Awaited<ReturnType<typeof jobsNow>>[] = [];
-      const tokens = createTokenCache({ tokenUrl: gw.tokenUrl, clientId: gw.clientId, clientSecret: gw.clientSecret, timeoutMs: 2_000 });
-      const real = createOrangeEventClient({ baseUrl: gw.url, offer: "mba2", tokens, timeoutMs: 5_000 });
-      const client = {
-        async send(...args: Parameters<typeof real.send>) {
-          seen.push(await jobsNow());
-          return real.send(...args);
-        },
-      };
-      let eventId = "";
-      const self: { id?: string } = {};
-      /** When the key's job was claimed into memory, in µs. */
-      let heldAt: string | null | undefined;
-      // One slot, taken by the task's run; the key's job, once committed, is claimed into memory
-      // for the next free slot (prefetch): the task returns once it is.
-      const w = await worker({
-        client,
-        concurrency: 1,
+      // The key's job, once committed, is claimed into memory for the next free slot (prefetch):
+      // the task returns once it is.
+      const w = await runTask("fl_held", "announce_held", recording, {
         prefetch: 2,
-        tasks: {
-          announce_held: async () => {
-            eventId = await store().transaction(
-              async (tx) =>
-                (await enqueueEvent(tx, { api: "userservice", type: "updateNotification", resource: { fleet: "fl_held" }, fleetId: "fl_held" }, clock, ids)).id,
-            );
-            const held = await waitFor("the key's job held by this worker", async () =>
-              (await jobsNow()).find((j) => j.task === "deliver_events" && j.locked_by === self.id),
-            );
-            heldAt = held.locked_at;
-          },
+        after: async (workerId) => {
+          const held = await waitFor("the key's job held by this worker", async () =>
+            (await runJobs(probe, "fl_held", "announce_held")).find((j) => j.task === "deliver_events" && j.locked_by === workerId),
+          );
+          heldAt = held.locked_at;
         },
       });
-      self.id = w.worker.id;
-      try {
-        await addJob(store(), { task: "announce_held", payload: {} });
-        await waitFor("the event to be delivered", async () => (await eventRow(db(), eventId))?.state === "delivered");
-        expect(deliveredIds("fl_held")).toEqual([eventId]);
-        // Sent by the task's run: it claimed the held job anew (its lock renewed), where the run of
-        // that job from memory, once the slot is free, would have sent it under the first claim.
-        expect(seen.map((jobs) => jobs.map((j) => ({ task: j.task, locked_by: j.locked_by })))).toEqual([
-          [
-            { task: "announce_held", locked_by: w.worker.id },
-            { task: "deliver_events", locked_by: w.worker.id },
-          ],
-        ]);
-        const sentUnder = seen[0]!.find((j) => j.task === "deliver_events")!.locked_at;
-        expect(heldAt).toBeTruthy();
-        expect(BigInt(sentUnder!)).toBeGreaterThan(BigInt(heldAt!));
-        await waitFor("the jobs to be completed", async () => (await jobsNow()).length === 0);
-        const row = await eventRow(db(), eventId);
-        expect(row?.deliveryAttempts.map((a) => ({ attempt: a.attempt, outcome: a.outcome, workerId: a.workerId }))).toEqual([
-          { attempt: 1, outcome: "delivered", workerId: w.worker.id },
-        ]);
-      } finally {
-        await real.close();
-        await tokens.close();
-      }
+      // Sent by the task's run: it claimed the held job anew (its lock renewed), where the run of
+      // that job from memory, once the slot is free, would have sent it under the first claim.
+      expect(recording.seen.map((jobs) => jobs.map((j) => ({ task: j.task, locked_by: j.locked_by })))).toEqual([
+        [
+          { task: "announce_held", locked_by: w.worker.id },
+          { task: "deliver_events", locked_by: w.worker.id },
+        ],
+      ]);
+      const sentUnder = recording.seen[0]!.find((j) => j.task === "deliver_events")!.locked_at;
+      expect(heldAt).toBeTruthy();
+      expect(BigInt(sentUnder!)).toBeGreaterThan(BigInt(heldAt!));
     } finally {
-      await probe.end();
+      await recording.close();
     }
   });
 });
