@@ -527,6 +527,26 @@ describe("delivery of outbox events", () => {
     }
   });
 
+  it("keeps its connections through a pause longer than pg's idle timeout: a burst after it opens none", async () => {
+    const w = await worker();
+    const first = await enqueue(store(), { fleetId: "fl_pause", resource: { fleet: "fl_pause" } });
+    await waitFor("the first delivery", () => deliveredIds("fl_pause").includes(first.id));
+    const backends = async () =>
+      (
+        await db().$queryRaw<{ pid: number }[]>`
+          SELECT pid FROM pg_stat_activity WHERE application_name = 'orange-partner-worker' AND datname = current_database() ORDER BY pid`
+      ).map((r) => r.pid);
+    const before = await backends();
+    expect(before.length).toBeGreaterThan(0);
+    // pg closes a connection idle for 10 s by default.
+    await delay(11_000);
+    expect(await backends()).toEqual(before);
+    const second = await enqueue(store(), { fleetId: "fl_pause", resource: { fleet: "fl_pause" } });
+    await waitFor("the delivery after the pause", () => deliveredIds("fl_pause").includes(second.id));
+    expect((await backends()).filter((pid) => !before.includes(pid))).toEqual([]);
+    expect(w.worker.pool.totalCount).toBe(before.length);
+  }, 30_000);
+
   it("re-schedules pending events whose job is gone", async () => {
     const admin = new pg.Client({ connectionString: database.url });
     await admin.connect();
