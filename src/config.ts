@@ -57,7 +57,7 @@ const EnvSchema = z.object({
   /** Orders asking for more licences than this are rejected (400) before touching the store. */
   ORDER_MAX_QUANTITY: z.coerce.number().int().min(1).default(100_000),
   /** Fleet listings streamed at once (pages of more than 10,000 licences); the others wait their turn. */
-  FLEET_STREAMS_MAX: z.coerce.number().int().min(1).default(4),
+  FLEET_STREAMS_MAX: z.coerce.number().int().min(1).default(2),
   /** Product catalogue: Orange offer codes this partner sells, mapped to its plans. */
   CATALOGUE_FILE: z.string().default("config/catalogue.json"),
   /** Name written as `note.author` on failed orders. */

@@ -65,11 +65,12 @@ export const FLEET_AT_ONCE_MAX = 10_000;
 /**
  * Listings streamed at once by default (FLEET_STREAMS_MAX). Each holds a pooled connection while
  * it is sent, and V8's heap grows with the licences rendered: eight 100,000-licence listings at
- * once peaked at 450 MB of RSS, four at 350 MB, one at 320 MB (npm run bench, step 7). With four
- * turns, eight asked at once peak at 375 MB and are all sent in 3.7 s instead of 3.2 s: the cores
- * are the limit, not the waiting.
+ * once peaked at 450 MB of RSS, four at 350 MB, one at 320 MB (npm run bench, step 7). Eight
+ * asked at once: with four turns they peaked at 364–420 MB over the whole runs of two sessions
+ * (385–387 MB with BENCH_ONLY=listing), with two at 355–365 MB; all sent in 2.6–2.8 s either way:
+ * the cores are the limit, not the waiting.
  */
-export const FLEET_STREAMS_MAX = 4;
+export const FLEET_STREAMS_MAX = 2;
 
 export interface FleetListingLimits {
   /** Licences per statement of a streamed listing (default FLEET_CHUNK_SIZE). */
