@@ -143,16 +143,6 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     // statements again on every connection: about a third more of the server's CPU for the first
     // burst of 5,000 events after 15 s of quiet (npm run bench, step 15).
     idleTimeoutMillis: WORKER_IDLE_CONNECTION_MS,
-    application_name: options.applicationName ?? "orange-partner-worker",
-  });
-  // An idle connection that breaks (database restart) is replaced; one in use fails its query.
-  let poolClosed = false;
-  pool.on("error", (err) => {
-    // pool.end() resolves before the sockets are closed: a database stopping right after is no news.
-    if (!poolClosed) logger?.warn({ err: err.message }, "worker database connection failed; it will be replaced");
-  });
-  pool.on("connect", (client) => {
-    client.on("error", () => {});
     // The worker's commits do not wait for the disk. What it writes is rebuilt by its sweeps
     // should a database crash lose the last of it: a claim or a completion of a job (the job runs
     // again, and finds its events delivered), a job added (pending events and acknowledged
@@ -161,10 +151,16 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     // which wait; the delivery's records already did not (HEADS_SQL, recordDelivered). Each of
     // graphile's claims and completions waited for a WAL flush, and a burst's delivery runs waited
     // for those claims (step 15 of npm run bench: about 9 % more events per second without).
-    // A statement, not a startup option: a connection pooler may refuse startup options. Queued
-    // ahead of whatever the connection is taken for; should it fail, so does that.
-    client.query("SET synchronous_commit TO off").catch(() => {});
+    options: "-c synchronous_commit=off",
+    application_name: options.applicationName ?? "orange-partner-worker",
   });
+  // An idle connection that breaks (database restart) is replaced; one in use fails its query.
+  let poolClosed = false;
+  pool.on("error", (err) => {
+    // pool.end() resolves before the sockets are closed: a database stopping right after is no news.
+    if (!poolClosed) logger?.warn({ err: err.message }, "worker database connection failed; it will be replaced");
+  });
+  pool.on("connect", (client) => client.on("error", () => {}));
   refreshPlans(pool, options.planMaxAgeMs);
   pool.onDoubleRelease = () => logger?.debug({}, "a worker database connection was released twice; ignored");
 
