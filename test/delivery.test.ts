@@ -4,7 +4,6 @@ import { setTimeout as delay } from "node:timers/promises";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
-import { sql } from "../src/db/sql.js";
 import { retryDelayMs } from "../src/lib/backoff.js";
 import { createEventOperatorService } from "../src/events/operator.js";
 import { createOrangeEventClient } from "../src/events/orange-client.js";
@@ -547,14 +546,6 @@ describe("delivery of outbox events", () => {
     expect((await backends()).filter((pid) => !before.includes(pid))).toEqual([]);
     expect(w.worker.pool.totalCount).toBe(before.length);
   }, 30_000);
-
-  it("commits without waiting for the disk on its own connections, not on the API's", async () => {
-    const w = await worker();
-    const { rows } = await w.worker.pool.query<{ synchronous_commit: string }>("SHOW synchronous_commit");
-    expect(rows[0]?.synchronous_commit).toBe("off");
-    const api = await store().query<{ synchronous_commit: string }>(sql`SHOW synchronous_commit`);
-    expect(api[0]?.synchronous_commit).toBe("on");
-  });
 
   it("re-schedules pending events whose job is gone", async () => {
     const admin = new pg.Client({ connectionString: database.url });

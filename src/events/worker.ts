@@ -143,15 +143,6 @@ export async function startEventWorker(options: EventWorkerOptions): Promise<Eve
     // statements again on every connection: about a third more of the server's CPU for the first
     // burst of 5,000 events after 15 s of quiet (npm run bench, step 15).
     idleTimeoutMillis: WORKER_IDLE_CONNECTION_MS,
-    // The worker's commits do not wait for the disk. What it writes is rebuilt by its sweeps
-    // should a database crash lose the last of it: a claim or a completion of a job (the job runs
-    // again, and finds its events delivered), a job added (pending events and acknowledged
-    // requests without a job get one after the lease), an attempt's outcome (the event is sent
-    // again, with the same id). The requests and the events are written by the API's connections,
-    // which wait; the delivery's records already did not (HEADS_SQL, recordDelivered). Each of
-    // graphile's claims and completions waited for a WAL flush, and a burst's delivery runs waited
-    // for those claims (step 15 of npm run bench: about 9 % more events per second without).
-    options: "-c synchronous_commit=off",
     application_name: options.applicationName ?? "orange-partner-worker",
   });
   // An idle connection that breaks (database restart) is replaced; one in use fails its query.
